@@ -1,0 +1,117 @@
+"""The model catalog: which provider and model answers for each tier, and what it costs.
+
+Defaults come from seed 000 (``model_configurations``): small 0.0005 USD per 1k tokens at ~150
+tokens/s and at most 1024 tokens, medium 0.003 / ~80 / 2048, large 0.01 / ~30 / 4096. Every tier
+uses the offline ``simulated`` provider unless a catalog file or ``OPENAI_BASE_URL`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from core.models import Tier
+
+ProviderKind = Literal["simulated", "openai"]
+
+
+class ModelSpec(BaseModel):
+    """One tier's model.
+
+    Attributes:
+        tier: the tier this model serves.
+        provider: ``simulated`` (offline, labelled) or ``openai`` (any OpenAI-compatible endpoint).
+        model_id: the model name sent to the provider.
+        cost_per_1k_tokens_usd: price of 1,000 tokens, prompt and completion alike, in USD.
+        tokens_per_second: typical generation speed; the simulated provider sleeps accordingly.
+        max_tokens: the most completion tokens a call may ask for.
+        base_url / api_key: per-model endpoint override for ``openai`` (defaults from settings).
+    """
+
+    tier: Tier
+    provider: ProviderKind = "simulated"
+    model_id: str
+    cost_per_1k_tokens_usd: float = Field(ge=0)
+    tokens_per_second: float = Field(gt=0)
+    max_tokens: int = Field(gt=0)
+    temperature: float = 0.7
+    base_url: str | None = None
+    api_key: str | None = None
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost of one call in USD from its token counts."""
+        return (prompt_tokens + completion_tokens) / 1000 * self.cost_per_1k_tokens_usd
+
+
+class ModelCatalog(BaseModel):
+    """Exactly one :class:`ModelSpec` per tier."""
+
+    models: list[ModelSpec]
+
+    @model_validator(mode="after")
+    def _one_per_tier(self) -> ModelCatalog:
+        tiers = [m.tier for m in self.models]
+        missing = set(Tier) - set(tiers)
+        if missing or len(tiers) != len(set(tiers)):
+            raise ValueError(f"catalog needs exactly one model per tier; got {sorted(tiers)}")
+        return self
+
+    def for_tier(self, tier: Tier) -> ModelSpec:
+        """The model serving ``tier``."""
+        return next(m for m in self.models if m.tier == tier)
+
+    @classmethod
+    def default(cls, *, openai_base_url: str | None = None) -> ModelCatalog:
+        """The seed's three tiers; all simulated unless ``openai_base_url`` is given."""
+        provider: ProviderKind = "openai" if openai_base_url else "simulated"
+        prefix = "" if openai_base_url else "simulated-"
+        return cls(
+            models=[
+                ModelSpec(
+                    tier=Tier.SMALL,
+                    provider=provider,
+                    model_id=f"{prefix}small",
+                    cost_per_1k_tokens_usd=0.0005,
+                    tokens_per_second=150,
+                    max_tokens=1024,
+                ),
+                ModelSpec(
+                    tier=Tier.MEDIUM,
+                    provider=provider,
+                    model_id=f"{prefix}medium",
+                    cost_per_1k_tokens_usd=0.003,
+                    tokens_per_second=80,
+                    max_tokens=2048,
+                ),
+                ModelSpec(
+                    tier=Tier.LARGE,
+                    provider=provider,
+                    model_id=f"{prefix}large",
+                    cost_per_1k_tokens_usd=0.01,
+                    tokens_per_second=30,
+                    max_tokens=4096,
+                ),
+            ]
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelCatalog:
+        """Load a catalog from a JSON file ``{"models": [ModelSpec, ...]}``.
+
+        Raises:
+            ValueError: the file is missing or does not validate (message names the file).
+        """
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"AGENTFLOW_CATALOG_FILE {path}: {exc}") from exc
+
+
+def load_catalog(catalog_file: Path | None, openai_base_url: str | None) -> ModelCatalog:
+    """The catalog the settings describe: the file when given, else the default."""
+    if catalog_file is not None:
+        return ModelCatalog.from_file(catalog_file)
+    return ModelCatalog.default(openai_base_url=openai_base_url)

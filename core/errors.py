@@ -1,0 +1,117 @@
+"""Domain errors with stable type names.
+
+Activities translate provider, Redis and database exceptions into these at the boundary, and raise
+them to Temporal as ``ApplicationError(type=<ErrorType>, non_retryable=...)``. The API maps them to
+HTTP status codes by type, never by message text. A deployed type name never changes: workflows and
+clients branch on it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorType(StrEnum):
+    """Stable ``ApplicationError.type`` names used across workflow, activities and API."""
+
+    CONTEXT_BUDGET_EXCEEDED = "ContextBudgetExceeded"
+    """Critical context items alone exceed ``max_context_tokens``; non-retryable."""
+    MODEL_RATE_LIMITED = "ModelRateLimited"
+    """The model endpoint answered 429; retryable after its Retry-After."""
+    MODEL_UNAVAILABLE = "ModelUnavailable"
+    """Connection error, timeout or 5xx from the model endpoint; retryable."""
+    MODEL_REQUEST_REJECTED = "ModelRequestRejected"
+    """4xx other than 429 (bad request, unknown model, auth); non-retryable."""
+    MODEL_OUTPUT_INVALID = "ModelOutputInvalid"
+    """The model answered but the answer cannot be used; non-retryable."""
+    TOOL_FAILED = "ToolFailed"
+    """A tool raised; the workflow records it and carries on."""
+    TOOL_TRANSIENT = "ToolTransient"
+    """A tool hit a transient failure (network); retryable."""
+    BLOB_NOT_FOUND = "BlobNotFound"
+    """A payload reference points at nothing; non-retryable."""
+    STORE_UNAVAILABLE = "StoreUnavailable"
+    """The job database is down; retryable."""
+
+
+class AgentflowError(Exception):
+    """Base of every agentflow domain error.
+
+    Attributes:
+        type: the stable :class:`ErrorType` name.
+        retryable: whether the same call may succeed later.
+    """
+
+    type: ErrorType = ErrorType.TOOL_FAILED
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        """Create the error with a human-readable ``message``."""
+        super().__init__(message)
+        self.message = message
+
+
+class ContextBudgetExceededError(AgentflowError):
+    """Critical context items alone need more tokens than the budget allows."""
+
+    type = ErrorType.CONTEXT_BUDGET_EXCEEDED
+
+
+class ModelError(AgentflowError):
+    """A model provider failed; see subclasses for retryability."""
+
+    type = ErrorType.MODEL_UNAVAILABLE
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        """Create the error; ``retry_after_s`` is the endpoint's Retry-After in seconds, if any."""
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelRateLimitedError(ModelError):
+    """HTTP 429 from a model endpoint (retryable, honours Retry-After)."""
+
+    type = ErrorType.MODEL_RATE_LIMITED
+    retryable = True
+
+
+class ModelUnavailableError(ModelError):
+    """Connection failure, timeout or 5xx from a model endpoint (retryable)."""
+
+    type = ErrorType.MODEL_UNAVAILABLE
+    retryable = True
+
+
+class ModelRequestRejectedError(ModelError):
+    """A 4xx other than 429: bad request, unknown model, bad key (non-retryable)."""
+
+    type = ErrorType.MODEL_REQUEST_REJECTED
+    retryable = False
+
+
+class ModelOutputInvalidError(ModelError):
+    """The endpoint answered with nothing usable (non-retryable)."""
+
+    type = ErrorType.MODEL_OUTPUT_INVALID
+    retryable = False
+
+
+class ToolError(AgentflowError):
+    """A tool refused its input or failed; reported in the job, never fatal to it."""
+
+    type = ErrorType.TOOL_FAILED
+    retryable = False
+
+
+class ToolTransientError(ToolError):
+    """A tool failed in a way worth retrying (network hiccup, timeout)."""
+
+    type = ErrorType.TOOL_TRANSIENT
+    retryable = True
+
+
+class BlobNotFoundError(AgentflowError):
+    """A payload reference names a blob the store does not hold."""
+
+    type = ErrorType.BLOB_NOT_FOUND

@@ -1,0 +1,454 @@
+"""Durable contracts: the pydantic models that travel between API, workflow and activities.
+
+These models are serialized into Temporal history by ``pydantic_data_converter``, so they are
+long-lived contracts: a new field is optional with a default, a field is never renamed, and no
+field has a clock or uuid default factory (a workflow would silently read the wall clock).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+
+class Importance(StrEnum):
+    """How much a context item matters; drives how hard compression may cut it."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical up to 3 for low: lower ranks are kept first."""
+        return _IMPORTANCE_RANK[self]
+
+
+_IMPORTANCE_RANK = {
+    Importance.CRITICAL: 0,
+    Importance.HIGH: 1,
+    Importance.MEDIUM: 2,
+    Importance.LOW: 3,
+}
+
+
+class Tier(StrEnum):
+    """A model size class in the catalog, ordered small < medium < large."""
+
+    SMALL = "small"
+    MEDIUM = "medium"
+    LARGE = "large"
+
+    def next_up(self) -> Tier | None:
+        """The next larger tier, or ``None`` for the largest."""
+        order = list(Tier)
+        index = order.index(self)
+        return order[index + 1] if index + 1 < len(order) else None
+
+
+class TaskType(StrEnum):
+    """Task classes of the selection table (seed 000, ``model_tiers``)."""
+
+    SIMPLE_FACTUAL = "simple_factual"
+    CREATIVE_GENERATION = "creative_generation"
+    COMPLEX_REASONING = "complex_reasoning"
+    TOOL_USAGE = "tool_usage"
+
+
+class JobStatus(StrEnum):
+    """Externally visible job status; RUNNING and AWAITING_APPROVAL are the only open ones."""
+
+    RUNNING = "RUNNING"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job can change no more."""
+        return self not in (JobStatus.RUNNING, JobStatus.AWAITING_APPROVAL)
+
+
+class Stage(StrEnum):
+    """Workflow stages in execution order, as reported by the ``get_progress`` query."""
+
+    STARTED = "started"
+    RESPONSE_CACHE = "response_cache"
+    MODEL_SELECTION = "model_selection"
+    DRAFT = "draft"
+    TOOL_PLAN = "tool_plan"
+    AWAITING_APPROVAL = "awaiting_approval"
+    TOOLS = "tools"
+    COMPRESSION = "compression"
+    GENERATION = "generation"
+    RECORD = "record"
+    DONE = "done"
+
+
+# --------------------------------------------------------------------------- request
+
+
+class BlobRef(BaseModel):
+    """A reference to a large payload stored outside Temporal history (in the job database).
+
+    Content-addressed: ``blob_id`` is the SHA-256 hex digest of the UTF-8 text, so storing the same
+    text twice is idempotent.
+    """
+
+    blob_id: str
+    size_bytes: int
+    preview: str = ""
+    """The first few hundred characters, for humans reading history in the Web UI."""
+
+
+class ContextItem(BaseModel):
+    """One piece of context for the answer.
+
+    ``content`` is the text itself; when it was larger than the payload threshold it is moved to
+    the blob store, ``content`` is emptied and ``blob`` points at it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = ""
+    importance: Importance = Importance.MEDIUM
+    source: str | None = None
+    blob: BlobRef | None = None
+
+
+class ToolCall(BaseModel):
+    """A request to run one registered tool with JSON ``parameters``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+TierChoice = Literal["auto", "small", "medium", "large"]
+
+
+class AgentRequest(BaseModel):
+    """The user's request, as accepted by ``POST /v1/jobs`` and carried by the workflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=20_000)
+    context: list[ContextItem] = Field(default_factory=list, max_length=200)
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=64)
+    model_tier: TierChoice = "auto"
+    max_context_tokens: int = Field(default=4000, gt=0, le=200_000)
+    require_approval: bool = False
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class AgentWorkflowInput(BaseModel):
+    """Everything ``AgentWorkflow`` needs: the request plus the settings that shape the run.
+
+    Settings travel in the input because workflow code must not read the environment.
+    """
+
+    job_id: str
+    request: AgentRequest
+    approval_timeout: timedelta = timedelta(hours=24)
+    draft_enabled: bool = True
+    draft_max_tokens: int = 256
+
+
+# --------------------------------------------------------------------------- usage & selection
+
+
+class ModelUsage(BaseModel):
+    """One model call's accounting.
+
+    Attributes:
+        purpose: ``draft``, ``final`` or ``plan``.
+        prompt_tokens / completion_tokens: counted by the provider (or by our tokenizer for the
+            simulated provider).
+        cost_usd: ``(prompt + completion) / 1000 * cost_per_1k_tokens_usd`` from the catalog.
+        latency_ms: wall time of the call in milliseconds.
+    """
+
+    purpose: str
+    tier: Tier
+    provider: str
+    model: str
+    simulated: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+
+
+class SelectionScores(BaseModel):
+    """Scores computed from the query; 1 (low) to 5 (high), ``response_length`` in tokens."""
+
+    complexity: int
+    creativity_required: int
+    reasoning_depth: int
+    factual_knowledge: int
+    response_length: int
+
+
+class SelectModelInput(BaseModel):
+    """Input of the ``select_model`` activity."""
+
+    query: str
+    tool_call_names: list[str] = Field(default_factory=list)
+    context_items: int = 0
+    pinned_tier: Tier | None = None
+
+
+class SelectModelResult(BaseModel):
+    """The tier to answer with, the tier to escalate to when it fails, and why."""
+
+    task_type: TaskType
+    scores: SelectionScores
+    tier: Tier
+    escalation_tier: Tier | None
+    reason: str
+
+
+# --------------------------------------------------------------------------- response cache
+
+
+class ResponseCacheKeyInput(BaseModel):
+    """What identifies a final answer in the response cache."""
+
+    query: str
+    context: list[ContextItem] = Field(default_factory=list)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    model_tier: TierChoice = "auto"
+
+
+class CachedResponse(BaseModel):
+    """A final answer stored in the response cache."""
+
+    answer: str
+    tier: Tier
+    model: str
+    simulated: bool
+    job_id: str
+
+
+class CheckResponseCacheResult(BaseModel):
+    """Outcome of the ``check_response_cache`` activity; ``hit`` is None on a miss."""
+
+    key: str
+    hit: CachedResponse | None = None
+    error: str | None = None
+    """Set when the cache was unreachable (treated as a miss)."""
+
+
+# --------------------------------------------------------------------------- generation
+
+
+class GenerateInput(BaseModel):
+    """Input of the ``generate_answer`` activity.
+
+    ``context`` is already compressed to the budget; ``purpose`` is ``draft`` or ``final``.
+    """
+
+    job_id: str
+    purpose: Literal["draft", "final"]
+    tier: Tier
+    query: str
+    context: list[ContextItem] = Field(default_factory=list)
+    max_tokens: int | None = None
+
+
+class GenerateResult(BaseModel):
+    """The text a model produced and what it cost."""
+
+    text: str
+    usage: ModelUsage
+
+
+# --------------------------------------------------------------------------- tools
+
+
+class ToolSpecPublic(BaseModel):
+    """A tool as the registry describes it (``GET /v1/tools`` and the tool plan)."""
+
+    name: str
+    description: str
+    parameters_schema: dict[str, Any]
+    parallel_safe: bool
+    cacheable: bool
+    cache_ttl_s: int
+    requires_approval: bool
+    timeout_s: float
+
+
+class PlannedToolCall(BaseModel):
+    """A validated tool call with the metadata the workflow needs to schedule it."""
+
+    call: ToolCall
+    parallel_safe: bool
+    requires_approval: bool
+    timeout_s: float
+    origin: Literal["request", "planner"] = "request"
+
+
+class PlanToolsInput(BaseModel):
+    """Input of the ``plan_tools`` activity."""
+
+    query: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+class PlanToolsResult(BaseModel):
+    """The calls to run, and the planner's proposals that did not validate (with reasons)."""
+
+    planned: list[PlannedToolCall] = Field(default_factory=list)
+    rejected: list[str] = Field(default_factory=list)
+    planner: str = "rules"
+
+
+class RunToolInput(BaseModel):
+    """Input of the ``run_tool`` activity."""
+
+    job_id: str
+    call: ToolCall
+
+
+class ToolSuccess(BaseModel):
+    """A tool call that produced a value. Large values are moved to the blob store (``value_ref``)."""
+
+    status: Literal["success"] = "success"
+    call_id: str
+    name: str
+    value: JsonValue = None
+    value_ref: BlobRef | None = None
+    cache_hit: bool = False
+    latency_ms: float = 0.0
+
+
+class ToolFailure(BaseModel):
+    """A tool call that failed; the job carries on without it."""
+
+    status: Literal["error"] = "error"
+    call_id: str
+    name: str
+    error_type: str
+    error: str
+    cache_hit: bool = False
+    latency_ms: float = 0.0
+
+
+ToolResult = Annotated[ToolSuccess | ToolFailure, Field(discriminator="status")]
+
+
+# --------------------------------------------------------------------------- compression
+
+
+CompressionAction = Literal["verbatim", "light", "medium", "heavy", "truncated", "dropped"]
+
+
+class CompressContextInput(BaseModel):
+    """Input of the ``compress_context`` activity: items to fit into ``max_tokens``."""
+
+    query: str
+    items: list[ContextItem]
+    tool_results: list[ToolResult] = Field(default_factory=list)
+    max_tokens: int = Field(gt=0)
+
+
+class CompressedItemReport(BaseModel):
+    """What compression did to one item (tokens counted with the cl100k_base tokenizer)."""
+
+    source: str | None
+    importance: Importance
+    action: CompressionAction
+    tokens_before: int
+    tokens_after: int
+
+
+class CompressionSummary(BaseModel):
+    """Per-item report and totals; ``tokens_after <= max_tokens`` always holds."""
+
+    report: list[CompressedItemReport]
+    tokens_before: int
+    tokens_after: int
+    max_tokens: int
+
+
+class CompressContextResult(BaseModel):
+    """Compressed context items (fit to the budget) plus the summary of what was done."""
+
+    items: list[ContextItem]
+    summary: CompressionSummary
+
+
+# --------------------------------------------------------------------------- approval & progress
+
+
+class ApprovalDecision(BaseModel):
+    """A human decision on a job waiting for approval (the ``approve`` signal)."""
+
+    approved: bool
+    reviewer: str = Field(min_length=1, max_length=200)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class StageTiming(BaseModel):
+    """How long one stage took, in milliseconds of workflow time."""
+
+    stage: Stage
+    duration_ms: float
+
+
+class AgentProgress(BaseModel):
+    """Intermediate state, returned by the ``get_progress`` query at any point of the run."""
+
+    job_id: str
+    status: JobStatus = JobStatus.RUNNING
+    stage: Stage = Stage.STARTED
+    selection: SelectModelResult | None = None
+    draft: str | None = None
+    tool_plan: list[PlannedToolCall] = Field(default_factory=list)
+    tool_results: list[ToolResult] = Field(default_factory=list)
+    approval: ApprovalDecision | None = None
+    usage: list[ModelUsage] = Field(default_factory=list)
+    timings: list[StageTiming] = Field(default_factory=list)
+
+
+class AgentResult(BaseModel):
+    """The job's outcome, returned by ``AgentWorkflow.run`` and persisted as the job record."""
+
+    job_id: str
+    status: JobStatus
+    answer: str | None = None
+    simulated: bool = False
+    """True when the answer came from the offline simulated provider, not a real model."""
+    response_cache_hit: bool = False
+    selection: SelectModelResult | None = None
+    escalated_to: Tier | None = None
+    draft: str | None = None
+    tool_results: list[ToolResult] = Field(default_factory=list)
+    compression: CompressionSummary | None = None
+    approval: ApprovalDecision | None = None
+    usage: list[ModelUsage] = Field(default_factory=list)
+    timings: list[StageTiming] = Field(default_factory=list)
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def total_cost_usd(self) -> float:
+        """Sum of every model call's cost in USD."""
+        return sum(u.cost_usd for u in self.usage)
+
+
+class RecordJobInput(BaseModel):
+    """Input of the ``record_job`` activity: the state to persist (and cache, when completed)."""
+
+    result: AgentResult
+    response_cache_key: str | None = None

@@ -1,0 +1,117 @@
+"""Settings from environment variables (and an optional ``.env`` file), validated at start-up.
+
+Well-known variables keep their usual names (``TEMPORAL_ADDRESS``, ``REDIS_URL``, ``DATABASE_URL``,
+``OPENAI_BASE_URL``, ``OPENAI_API_KEY``); everything else is prefixed ``AGENTFLOW_``. Bad
+configuration fails at start-up with a message naming the setting. Workflow code never reads
+settings: what it needs travels in :class:`core.models.AgentWorkflowInput`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout root (for ``data/`` and ``examples/`` in a development install)."""
+
+
+class Settings(BaseSettings):
+    """agentflow configuration. Every field can be set through the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTFLOW_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    temporal_address: str = Field(
+        default="127.0.0.1:7233",
+        validation_alias=AliasChoices("TEMPORAL_ADDRESS", "AGENTFLOW_TEMPORAL_ADDRESS"),
+    )
+    """host:port of the Temporal frontend (gRPC)."""
+    temporal_namespace: str = Field(
+        default="default",
+        validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "AGENTFLOW_TEMPORAL_NAMESPACE"),
+    )
+    """Temporal namespace the workflows run in."""
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+    """Base URL of the Temporal Web UI, used to build links to each job's workflow."""
+    task_queue: str = "agentflow"
+    """Task queue shared by the API (starts workflows) and the worker (polls it)."""
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "AGENTFLOW_REDIS_URL"),
+    )
+    """Redis for the response cache and the tool-result cache."""
+    redis_timeout_s: float = 0.5
+    """Socket timeout for cache calls in seconds; a slow or down Redis is treated as a miss."""
+    database_url: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'data' / 'agentflow.db'}",
+        validation_alias=AliasChoices("DATABASE_URL", "AGENTFLOW_DATABASE_URL"),
+    )
+    """SQLAlchemy URL of the job database (SQLite file by default; PostgreSQL in production,
+    e.g. ``postgresql+psycopg://user@host:5432/db``)."""
+
+    catalog_file: Path | None = None
+    """Optional JSON file replacing the default model catalog (see :mod:`core.catalog`)."""
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AGENTFLOW_OPENAI_BASE_URL")
+    )
+    """Base URL of an OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server)."""
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "AGENTFLOW_OPENAI_API_KEY")
+    )
+    """API key for that endpoint (local servers accept any non-empty value)."""
+    model_timeout_s: float = 60.0
+    """Timeout of one model call in seconds (the activity's start-to-close timeout follows it)."""
+    simulated_latency_scale: float = Field(default=1.0, ge=0.0)
+    """Multiplier on the simulated provider's latency: 1.0 honours each tier's tokens/s, 0 is instant."""
+
+    approval_timeout_s: float = Field(default=24 * 3600, gt=0)
+    """How long a job waits for an approval before it ends as EXPIRED, in seconds."""
+    large_payload_threshold_bytes: int = Field(default=32 * 1024, gt=0)
+    """Context items and tool results larger than this go to the blob store, passed by reference."""
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Largest accepted request body for the REST API; larger bodies get 413."""
+    default_max_context_tokens: int = Field(default=4000, gt=0)
+    """Token budget for context when a request names none."""
+
+    http_allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    """Hosts the ``http_get`` tool may fetch from (exact host names; JSON list in the env)."""
+    http_max_bytes: int = Field(default=256 * 1024, gt=0)
+    """Largest body ``http_get`` reads; longer bodies are cut and marked truncated."""
+    http_timeout_s: float = Field(default=10.0, gt=0)
+    """Timeout of one ``http_get`` request in seconds."""
+    sql_database_path: Path = PROJECT_ROOT / "data" / "shop.sqlite"
+    """SQLite database the ``sql_query`` tool reads (opened read-only)."""
+    sql_max_rows: int = Field(default=200, gt=0)
+    """Most rows ``sql_query`` returns."""
+
+    api_host: str = "127.0.0.1"
+    """Address the API binds to."""
+    api_port: int = 8000
+    """Port the API binds to."""
+    data_dir: Path = PROJECT_ROOT / "data"
+    """Folder for the dev stack's state (Temporal database, SQLite files, logs)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

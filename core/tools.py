@@ -1,0 +1,163 @@
+"""The tool registry: typed tools with a pydantic parameter model, a description and metadata.
+
+A tool is an async function ``fn(params) -> JsonValue``. The registry validates calls (unknown
+tool, bad parameters) before anything runs, so the API can refuse a bad request with a 422 and the
+planner can drop a bad proposal. The built-in tools live in :mod:`activities.tools`; their
+implementations touch the world, the registry itself does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from core.models import ToolCall, ToolSpecPublic
+
+CACHE_KEY_VERSION = "v1"
+"""Bump when a tool's output format changes, so old cached results are never read."""
+
+
+@dataclass(frozen=True)
+class ToolMetadata:
+    """Scheduling and caching facts about a tool.
+
+    Attributes:
+        parallel_safe: may run concurrently with other parallel-safe calls.
+        cacheable: results may be served from the Redis tool-result cache.
+        cache_ttl_s: how long a cached result stays valid, in seconds.
+        requires_approval: a job planning this tool waits for a human approval first.
+        timeout_s: the activity's start-to-close timeout in seconds.
+    """
+
+    parallel_safe: bool = True
+    cacheable: bool = True
+    cache_ttl_s: int = 3600
+    requires_approval: bool = False
+    timeout_s: float = 30.0
+
+
+ToolFn = Callable[[Any], Awaitable[JsonValue]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A registered tool: ``fn`` receives an instance of ``params_model``."""
+
+    name: str
+    description: str
+    params_model: type[BaseModel]
+    fn: ToolFn
+    metadata: ToolMetadata
+
+    def public(self) -> ToolSpecPublic:
+        """The tool's public description (``GET /v1/tools``)."""
+        m = self.metadata
+        return ToolSpecPublic(
+            name=self.name,
+            description=self.description,
+            parameters_schema=self.params_model.model_json_schema(),
+            parallel_safe=m.parallel_safe,
+            cacheable=m.cacheable,
+            cache_ttl_s=m.cache_ttl_s,
+            requires_approval=m.requires_approval,
+            timeout_s=m.timeout_s,
+        )
+
+
+class ToolCallInvalidError(ValueError):
+    """A tool call names an unknown tool or carries parameters its model refuses.
+
+    Attributes:
+        call_id: the offending call's id.
+        field: ``name`` (unknown tool) or ``parameters`` (validation failed).
+    """
+
+    def __init__(self, call_id: str, field: str, message: str) -> None:
+        """Create the error for ``call_id``; ``field`` is ``name`` or ``parameters``."""
+        super().__init__(message)
+        self.call_id = call_id
+        self.field = field
+        self.message = message
+
+
+class ToolRegistry:
+    """Tools by name. Registration order is the listing order."""
+
+    def __init__(self, tools: list[Tool] | None = None) -> None:
+        """Create a registry holding ``tools``.
+
+        Raises:
+            ValueError: two tools share a name.
+        """
+        self._tools: dict[str, Tool] = {}
+        for tool in tools or []:
+            self.register(tool)
+
+    def register(self, tool: Tool) -> None:
+        """Add ``tool``. Raises ValueError when its name is taken."""
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is already registered")
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called ``name``, or ``None``."""
+        return self._tools.get(name)
+
+    def __iter__(self) -> Iterator[Tool]:
+        """Tools in registration order."""
+        return iter(self._tools.values())
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a tool of that name is registered."""
+        return name in self._tools
+
+    def names(self) -> list[str]:
+        """Registered tool names, in order."""
+        return list(self._tools)
+
+    def validate(self, call: ToolCall) -> tuple[Tool, BaseModel]:
+        """Resolve ``call`` to its tool and validated parameters.
+
+        Raises:
+            ToolCallInvalidError: unknown tool (``field="name"``) or invalid parameters
+                (``field="parameters"``, message lists each error with its location).
+        """
+        tool = self._tools.get(call.name)
+        if tool is None:
+            known = ", ".join(self._tools) or "none"
+            raise ToolCallInvalidError(
+                call.id, "name", f"unknown tool {call.name!r} (registered: {known})"
+            )
+        try:
+            params = tool.params_model.model_validate(call.parameters)
+        except ValidationError as exc:
+            details = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ToolCallInvalidError(
+                call.id, "parameters", f"invalid parameters for {call.name!r}: {details}"
+            ) from exc
+        return tool, params
+
+
+def canonical_parameters(params: BaseModel) -> str:
+    """Canonical JSON of validated parameters: defaults filled, keys sorted, no whitespace.
+
+    Two calls that mean the same thing (``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1.0}`` after
+    validation, or with a default spelled out) produce the same string.
+    """
+    return json.dumps(
+        params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def tool_cache_key(tool_name: str, params: BaseModel) -> str:
+    """Content-addressed Redis key of a tool result: ``agentflow:tool:v1:<name>:<sha256>``."""
+    digest = hashlib.sha256(canonical_parameters(params).encode()).hexdigest()
+    return f"agentflow:tool:{CACHE_KEY_VERSION}:{tool_name}:{digest}"
