@@ -1,0 +1,1 @@
+"""The ``agentflow`` command line: dev stack, example runs."""

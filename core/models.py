@@ -11,7 +11,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 
 class Importance(StrEnum):
@@ -149,6 +149,13 @@ class AgentRequest(BaseModel):
     require_approval: bool = False
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be empty or whitespace")
+        return value
+
 
 class AgentWorkflowInput(BaseModel):
     """Everything ``AgentWorkflow`` needs: the request plus the settings that shape the run.
@@ -159,6 +166,7 @@ class AgentWorkflowInput(BaseModel):
     job_id: str
     request: AgentRequest
     approval_timeout: timedelta = timedelta(hours=24)
+    model_timeout: timedelta = timedelta(seconds=60)
     draft_enabled: bool = True
     draft_max_tokens: int = 256
 
@@ -321,7 +329,7 @@ class RunToolInput(BaseModel):
 
 
 class ToolSuccess(BaseModel):
-    """A tool call that produced a value. Large values are moved to the blob store (``value_ref``)."""
+    """A tool call that produced a value; large values go to the blob store (``value_ref``)."""
 
     status: Literal["success"] = "success"
     call_id: str

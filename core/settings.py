@@ -67,8 +67,10 @@ class Settings(BaseSettings):
     model_timeout_s: float = 60.0
     """Timeout of one model call in seconds (the activity's start-to-close timeout follows it)."""
     simulated_latency_scale: float = Field(default=1.0, ge=0.0)
-    """Multiplier on the simulated provider's latency: 1.0 honours each tier's tokens/s, 0 is instant."""
+    """Multiplier on simulated latency: 1.0 honours each tier's tokens/s, 0 is instant."""
 
+    response_cache_ttl_s: int = Field(default=3600, gt=0)
+    """How long a final answer stays in the response cache, in seconds."""
     approval_timeout_s: float = Field(default=24 * 3600, gt=0)
     """How long a job waits for an approval before it ends as EXPIRED, in seconds."""
     large_payload_threshold_bytes: int = Field(default=32 * 1024, gt=0)

@@ -1,0 +1,51 @@
+"""``/healthz`` (the process is up) and ``/readyz`` (its dependencies answer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+
+from api.deps import StateDep
+from api.errors import TemporalUnavailableError
+from api.schemas import ReadyStatus
+
+router = APIRouter(tags=["health"])
+
+_CHECK_TIMEOUT_S = 3.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: always ``ok`` while the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ReadyStatus}})
+async def readyz(state: StateDep, response: Response) -> ReadyStatus:
+    """Readiness of Temporal, Redis and the database; 503 naming what is down."""
+
+    async def temporal() -> None:
+        client = await state.temporal.client()
+        await asyncio.wait_for(client.service_client.check_health(), _CHECK_TIMEOUT_S)
+
+    async def redis() -> None:
+        if not await state.cache.ping():
+            raise ConnectionError(state.cache.last_error or "no answer")
+
+    async def database() -> None:
+        await asyncio.wait_for(asyncio.to_thread(state.store.ping), _CHECK_TIMEOUT_S)
+
+    names = ["temporal", "redis", "database"]
+    outcomes = await asyncio.gather(temporal(), redis(), database(), return_exceptions=True)
+    checks: dict[str, str] = {}
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            detail = outcome.message if isinstance(outcome, TemporalUnavailableError) else outcome
+            checks[name] = f"down: {detail or type(outcome).__name__}"
+        else:
+            checks[name] = "ok"
+    down = [n for n in names if checks[n] != "ok"]
+    if down:
+        response.status_code = 503
+    return ReadyStatus(status="unavailable" if down else "ok", checks=checks, down=down)

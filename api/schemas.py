@@ -1,0 +1,90 @@
+"""REST schemas: the ``Job*`` family and small response bodies.
+
+Request bodies reuse the durable models (:class:`core.models.AgentRequest` is ``JobCreate``), so
+what the API accepts is exactly what the workflow runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from core.models import AgentProgress, AgentRequest, AgentResult, ApprovalDecision, JobStatus
+
+JobCreate = AgentRequest
+"""Body of ``POST /v1/jobs``."""
+
+ApprovalCreate = ApprovalDecision
+"""Body of ``POST /v1/jobs/{job_id}/approval``."""
+
+
+class JobLinks(BaseModel):
+    """Where to look at a job: this API and the Temporal Web UI."""
+
+    self: str
+    temporal_ui: str
+
+
+class JobUsage(BaseModel):
+    """Totals over every model call of a job (tokens, USD)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it.
+
+    ``progress`` is live while the job runs (from the workflow's ``get_progress`` query);
+    ``result`` is set once it ended. ``warning`` says when live progress could not be read.
+    """
+
+    job_id: str
+    workflow_id: str
+    status: JobStatus
+    query: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    duration_ms: float | None = None
+    tier: str | None = None
+    response_cache_hit: bool = False
+    progress: AgentProgress | None = None
+    result: AgentResult | None = None
+    usage: JobUsage = Field(default_factory=JobUsage)
+    error: str | None = None
+    warning: str | None = None
+    links: JobLinks
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, newest first."""
+
+    data: list[JobPublic]
+    count: int
+
+
+class ApprovalAccepted(BaseModel):
+    """Answer to an approval: the decision was delivered to the waiting workflow."""
+
+    job_id: str
+    approved: bool
+    reviewer: str
+
+
+class CancelAccepted(BaseModel):
+    """Answer to a cancel request: cancellation was requested from Temporal."""
+
+    job_id: str
+    status: str = "CANCEL_REQUESTED"
+
+
+class ReadyStatus(BaseModel):
+    """Readiness: ``ok`` per dependency, ``down`` names the failing ones."""
+
+    status: str
+    checks: dict[str, str]
+    down: list[str] = Field(default_factory=list)

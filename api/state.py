@@ -1,0 +1,61 @@
+"""Process-wide resources of the API, opened in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from temporalio.client import Client
+
+from activities.cache import RedisCache
+from activities.store import JobStore
+from api.errors import TemporalUnavailableError
+from core.catalog import ModelCatalog
+from core.settings import Settings
+from core.temporal import connect
+from core.tools import ToolRegistry
+
+
+@dataclass
+class TemporalGateway:
+    """A Temporal client connected on first use and reconnected after a failed attempt.
+
+    The API starts even when Temporal is down; endpoints that need it answer 503 until it is up.
+    """
+
+    settings: Settings
+    connect_timeout_s: float = 5.0
+    _client: Client | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def client(self) -> Client:
+        """The connected client.
+
+        Raises:
+            TemporalUnavailableError: the frontend did not answer within the connect timeout.
+        """
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                try:
+                    self._client = await asyncio.wait_for(
+                        connect(self.settings), timeout=self.connect_timeout_s
+                    )
+                except (TimeoutError, RuntimeError, OSError) as exc:
+                    raise TemporalUnavailableError(
+                        f"Temporal is unreachable at {self.settings.temporal_address}: {exc}"
+                    ) from exc
+            return self._client
+
+
+@dataclass
+class AppState:
+    """Everything the routes share: settings, store, cache, registry, catalog and Temporal."""
+
+    settings: Settings
+    store: JobStore
+    cache: RedisCache
+    tools: ToolRegistry
+    catalog: ModelCatalog
+    temporal: TemporalGateway
