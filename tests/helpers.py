@@ -58,3 +58,13 @@ def redis_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` next to the running Python (the virtualenv's bin), else on PATH."""
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name)

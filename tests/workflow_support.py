@@ -1,0 +1,194 @@
+"""Building blocks for workflow tests: a real worker over real activities on a uuid task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.agent import AgentActivities
+from activities.cache import RedisCache
+from activities.providers import ProviderRegistry, SimulatedProvider
+from activities.store import JobStore, create_tables, make_engine
+from activities.tools import builtin_registry
+from core.catalog import ModelCatalog
+from core.errors import ToolTransientError
+from core.models import AgentRequest, AgentResult, AgentWorkflowInput
+from core.settings import Settings
+from core.tools import Tool, ToolMetadata, ToolRegistry
+from workflows.agent import AgentWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+class SlowParams(BaseModel):
+    """Parameters of the test-only ``slow_echo`` tool."""
+
+    text: str
+    delay_ms: int = Field(default=300, ge=0, le=5000)
+
+
+async def slow_echo(params: SlowParams) -> dict[str, str]:
+    """Sleep ``delay_ms`` then echo: a tool whose duration is known, to observe overlap."""
+    await asyncio.sleep(params.delay_ms / 1000)
+    return {"echo": params.text}
+
+
+class FlakyParams(BaseModel):
+    """Parameters of the test-only ``always_down`` tool."""
+
+    target: str = "upstream"
+
+
+async def always_down(params: FlakyParams) -> dict[str, str]:
+    """A tool whose upstream is always down (transient failure every attempt)."""
+    raise ToolTransientError(f"{params.target} is unreachable")
+
+
+class BigParams(BaseModel):
+    """Parameters of the test-only ``big_report`` tool."""
+
+    size_kib: int = Field(default=64, ge=1, le=1024)
+
+
+async def big_report(params: BigParams) -> dict[str, str]:
+    """A result larger than the payload threshold, to exercise pass-by-reference."""
+    line = "Quarterly revenue grew in every region. "
+    return {"report": line * (params.size_kib * 1024 // len(line))}
+
+
+def test_registry(settings: Settings) -> ToolRegistry:
+    """The built-in tools plus three test tools with known behaviour."""
+    registry = builtin_registry(settings)
+    registry.register(
+        Tool("slow_echo", "Echo after a delay.", SlowParams, slow_echo, ToolMetadata(timeout_s=10))
+    )
+    registry.register(
+        Tool(
+            "always_down",
+            "Fails transiently.",
+            FlakyParams,
+            always_down,
+            ToolMetadata(cacheable=False, timeout_s=5),
+        )
+    )
+    registry.register(
+        Tool("big_report", "A large result.", BigParams, big_report, ToolMetadata(timeout_s=10))
+    )
+    return registry
+
+
+@dataclass
+class Harness:
+    """A running worker plus handles on what it writes (store, cache)."""
+
+    client: Client
+    task_queue: str
+    store: JobStore
+    cache: RedisCache
+    activities: AgentActivities
+
+    async def start(
+        self, request: AgentRequest, *, job_id: str | None = None, **overrides: object
+    ) -> WorkflowHandle[AgentWorkflow, AgentResult]:
+        """Start ``AgentWorkflow`` for ``request`` (inserting the job row like the API does)."""
+        job_id = job_id or uuid.uuid4().hex
+        workflow_id = f"agent-{job_id}"
+        await asyncio.to_thread(self.store.create_job, job_id, workflow_id, request, None)
+        inp = AgentWorkflowInput(job_id=job_id, request=request, **overrides)  # type: ignore[arg-type]
+        return await self.client.start_workflow(
+            AgentWorkflow.run, inp, id=workflow_id, task_queue=self.task_queue
+        )
+
+    async def run(self, request: AgentRequest, **overrides: object) -> AgentResult:
+        """Start and wait for the result."""
+        handle = await self.start(request, **overrides)
+        return await handle.result()
+
+
+@asynccontextmanager
+async def agent_worker(
+    client: Client,
+    *,
+    redis_url: str,
+    database_url: str,
+    settings: Settings,
+    catalog: ModelCatalog | None = None,
+    providers: ProviderRegistry | None = None,
+    registry: ToolRegistry | None = None,
+    payload_threshold_bytes: int = 32 * 1024,
+) -> AsyncIterator[Harness]:
+    """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers)."""
+    engine = make_engine(database_url)
+    create_tables(engine)
+    store = JobStore(engine)
+    cache = RedisCache(redis_url, timeout_s=0.5)
+    providers = providers or ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0)})
+    activities = AgentActivities(
+        catalog=catalog or ModelCatalog.default(),
+        providers=providers,
+        tools=registry or test_registry(settings),
+        cache=cache,
+        store=store,
+        payload_threshold_bytes=payload_threshold_bytes,
+    )
+    task_queue = f"test-{uuid.uuid4()}"
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[AgentWorkflow],
+        activities=activities.all(),
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
+    try:
+        async with worker:
+            yield Harness(client, task_queue, store, cache, activities)
+    finally:
+        await cache.aclose()
+        await providers.aclose()
+        engine.dispose()
+
+
+async def activity_spans(
+    handle: WorkflowHandle[AgentWorkflow, AgentResult], activity_name: str
+) -> list[tuple[float, float]]:
+    """(started, completed) event times in seconds for each attempt-final run of an activity.
+
+    Read from the workflow history, so the comparison is of server-recorded activity times,
+    not of the test's wall clock.
+    """
+    history = await handle.fetch_history()
+    scheduled: dict[int, str] = {}
+    started: dict[int, float] = {}
+    spans: list[tuple[float, float]] = []
+    for event in history.events:
+        ts = event.event_time.ToDatetime().timestamp()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            scheduled[event.event_id] = attrs.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs_s = event.activity_task_started_event_attributes
+            if scheduled.get(attrs_s.scheduled_event_id) == activity_name:
+                started[attrs_s.scheduled_event_id] = ts
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            attrs_c = event.activity_task_completed_event_attributes
+            if attrs_c.scheduled_event_id in started:
+                spans.append((started[attrs_c.scheduled_event_id], ts))
+    return spans
+
+
+async def save_history(handle: WorkflowHandle[AgentWorkflow, AgentResult], name: str) -> None:
+    """Write the run's history to ``tests/histories/<name>.json`` (for replay tests)."""
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
