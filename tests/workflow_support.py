@@ -127,6 +127,7 @@ async def agent_worker(
     providers: ProviderRegistry | None = None,
     registry: ToolRegistry | None = None,
     payload_threshold_bytes: int = 32 * 1024,
+    task_queue: str | None = None,
 ) -> AsyncIterator[Harness]:
     """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers)."""
     engine = make_engine(database_url)
@@ -142,7 +143,7 @@ async def agent_worker(
         store=store,
         payload_threshold_bytes=payload_threshold_bytes,
     )
-    task_queue = f"test-{uuid.uuid4()}"
+    task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(
         client,
         task_queue=task_queue,
