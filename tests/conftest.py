@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.tools.sql_query import ensure_example_database
+from core.settings import Settings
 from tests.helpers import find_binary, free_port, redis_server
+from tests.workflow_support import Harness, agent_worker
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -80,3 +84,22 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
 def client(env: WorkflowEnvironment) -> Client:
     """A client on the test environment, with the pydantic data converter."""
     return env.client
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    db = ensure_example_database(tmp_path_factory.mktemp("sql") / "shop.sqlite")
+    return Settings(sql_database_path=db, http_allowed_hosts=["127.0.0.1"])
+
+
+@pytest.fixture
+async def harness(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> AsyncIterator[Harness]:
+    async with agent_worker(
+        client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+    ) as h:
+        yield h

@@ -7,7 +7,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.providers import ProviderRegistry, SimulatedProvider
-from activities.tools.sql_query import ensure_example_database
 from core.catalog import ModelCatalog
 from core.models import (
     AgentRequest,
@@ -38,25 +36,6 @@ from tests.workflow_support import Harness, activity_spans, agent_worker, save_h
 from workflows.agent import AgentWorkflow
 
 SAVE = bool(os.environ.get("AGENTFLOW_SAVE_HISTORIES"))
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    db = ensure_example_database(tmp_path_factory.mktemp("sql") / "shop.sqlite")
-    return Settings(sql_database_path=db, http_allowed_hosts=["127.0.0.1"])
-
-
-@pytest.fixture
-async def harness(
-    client: Client, redis_url: str, settings: Settings, tmp_path: Path
-) -> AsyncIterator[Harness]:
-    async with agent_worker(
-        client,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        settings=settings,
-    ) as h:
-        yield h
 
 
 def unique(text: str) -> str:

@@ -1,0 +1,50 @@
+"""The built-in tools and the registry that holds them.
+
+| tool                 | module                          | approval | cache TTL |
+|----------------------|---------------------------------|----------|-----------|
+| ``calculator``       | :mod:`activities.tools.calculator`  | no       | 1 day     |
+| ``python_docs_search`` | :mod:`activities.tools.python_docs` | no     | 1 day     |
+| ``http_get``         | :mod:`activities.tools.http_get`    | yes      | 5 min     |
+| ``sql_query``        | :mod:`activities.tools.sql_query`   | no       | 10 min    |
+
+Building the registry does no I/O: the docs index is built on the first search, the database is
+opened per query and HTTP clients are created per request.
+"""
+
+from __future__ import annotations
+
+from activities.tools.calculator import make_calculator_tool
+from activities.tools.http_get import make_http_get_tool
+from activities.tools.python_docs import make_python_docs_tool
+from activities.tools.sql_query import ensure_example_database, make_sql_query_tool
+from core.settings import Settings
+from core.tools import ToolRegistry
+
+__all__ = ["builtin_registry", "ensure_example_database"]
+
+
+def builtin_registry(settings: Settings) -> ToolRegistry:
+    """A registry with the four built-in tools, configured from ``settings``.
+
+    Args:
+        settings: supplies ``http_allowed_hosts``, ``http_max_bytes``, ``http_timeout_s``,
+            ``sql_database_path`` and ``sql_max_rows``.
+
+    Returns:
+        A :class:`ToolRegistry` listing ``calculator``, ``python_docs_search``, ``http_get`` and
+        ``sql_query``, in that order.
+    """
+    return ToolRegistry(
+        [
+            make_calculator_tool(),
+            make_python_docs_tool(),
+            make_http_get_tool(
+                allowed_hosts=settings.http_allowed_hosts,
+                max_bytes=settings.http_max_bytes,
+                timeout_s=settings.http_timeout_s,
+            ),
+            make_sql_query_tool(
+                database_path=settings.sql_database_path, max_rows=settings.sql_max_rows
+            ),
+        ]
+    )

@@ -1,0 +1,237 @@
+"""The ``calculator`` tool: safe evaluation of arithmetic expressions.
+
+The hazard: evaluating user text is code execution unless every construct is whitelisted, and even
+pure arithmetic can hang a worker (``9**9**9`` has about 370 million digits). So the expression is
+parsed with :mod:`ast` first and refused unless it contains only numbers, the arithmetic operators
+``+ - * / // % **``, parentheses, unary signs and calls of whitelisted :mod:`math` functions by
+name; only then is it evaluated by ``simpleeval`` with the same whitelist. Powers are estimated
+before they are computed, integer results are capped at :data:`MAX_RESULT_DIGITS` digits, and
+``factorial`` accepts arguments up to :data:`MAX_FACTORIAL_ARG` only.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import simpleeval
+from pydantic import BaseModel, Field, JsonValue
+
+from core.errors import ToolError
+from core.tools import Tool, ToolMetadata
+
+MAX_RESULT_DIGITS = 1000
+"""Largest integer result (and intermediate power) accepted, in decimal digits."""
+MAX_FACTORIAL_ARG = 500
+"""Largest argument of ``factorial``."""
+
+_MAX_RESULT_BITS = int(MAX_RESULT_DIGITS * math.log2(10)) + 1
+
+
+class CalculatorParams(BaseModel):
+    """Parameters of the ``calculator`` tool."""
+
+    expression: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Arithmetic expression, e.g. '17 * (3 + 4)' or 'sqrt(2) * pi'.",
+    )
+
+
+def _check_number(value: Any) -> Any:
+    """Refuse results that are not finite real numbers or have too many digits."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_RESULT_BITS:
+            raise ToolError(f"result is too large (more than {MAX_RESULT_DIGITS} digits)")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ToolError("result is not a finite number (overflow or infinity)")
+        return value
+    if isinstance(value, complex):
+        raise ToolError("result is not a real number (e.g. a fractional power of a negative)")
+    raise ToolError(f"result is not a number ({type(value).__name__})")
+
+
+def _safe_pow(base: Any, exponent: Any) -> Any:
+    """``base ** exponent``, refused when the result would exceed the digit limit."""
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and exponent > 0
+        and abs(base) > 1
+        and exponent * math.log10(abs(base)) > MAX_RESULT_DIGITS
+    ):
+        raise ToolError(
+            f"result of {base} ** {exponent} is too large (more than {MAX_RESULT_DIGITS} digits)"
+        )
+    return _check_number(base**exponent)
+
+
+def _checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a binary operator or function so its result passes :func:`_check_number`."""
+
+    def wrapper(*args: Any) -> Any:
+        return _check_number(fn(*args))
+
+    return wrapper
+
+
+def _factorial(n: Any) -> int:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ToolError("factorial() takes a non-negative integer")
+    if n > MAX_FACTORIAL_ARG:
+        raise ToolError(f"factorial() argument is too large (at most {MAX_FACTORIAL_ARG})")
+    return math.factorial(n)
+
+
+_OPERATORS: dict[type[ast.AST], Callable[..., Any]] = {
+    ast.Add: _checked(operator.add),
+    ast.Sub: _checked(operator.sub),
+    ast.Mult: _checked(operator.mul),
+    ast.Div: _checked(operator.truediv),
+    ast.FloorDiv: _checked(operator.floordiv),
+    ast.Mod: _checked(operator.mod),
+    ast.Pow: _safe_pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+_MATH_FUNCTIONS = (  # noqa: SIM905 (a word list reads better than 31 quoted lines)
+    "sqrt cbrt exp log log2 log10 log1p sin cos tan asin acos atan atan2 sinh cosh tanh asinh "
+    "acosh atanh degrees radians hypot floor ceil trunc fabs gcd isqrt copysign fmod"
+).split()
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    **{name: _checked(getattr(math, name)) for name in _MATH_FUNCTIONS if hasattr(math, name)},
+    "factorial": _factorial,
+    "pow": _checked(math.pow),
+    "abs": _checked(abs),
+    "round": _checked(round),
+    "min": _checked(min),
+    "max": _checked(max),
+}
+"""Functions the calculator knows, by name."""
+
+CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau}
+"""Named constants the calculator knows."""
+
+_ALLOWED_NODES = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Call,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    *_OPERATORS,
+)
+
+
+def _validate(expression: str) -> ast.Expression:
+    """Parse ``expression`` and refuse anything but whitelisted arithmetic."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ToolError(f"not a valid arithmetic expression: {exc.msg}") from exc
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in FUNCTIONS and node.id not in CONSTANTS:
+                known = ", ".join(sorted([*FUNCTIONS, *CONSTANTS]))
+                raise ToolError(f"unknown name {node.id!r} (known: {known})")
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                raise ToolError("only calls of the known math functions are allowed")
+            if node.func.id not in FUNCTIONS:
+                known = ", ".join(sorted(FUNCTIONS))
+                raise ToolError(f"unknown function {node.func.id!r} (known: {known})")
+            if node.keywords:
+                raise ToolError("keyword arguments are not allowed")
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, int | float):
+                raise ToolError(f"only numbers are allowed, not {node.value!r}")
+        elif isinstance(node, ast.BitXor):
+            raise ToolError("'^' is not supported; use '**' for powers")
+        elif not isinstance(node, _ALLOWED_NODES):
+            raise ToolError(f"{type(node).__name__} is not allowed in an arithmetic expression")
+    callees = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in FUNCTIONS and id(node) not in callees:
+            raise ToolError(f"{node.id!r} is a function; call it, e.g. {node.id}(2)")
+    return tree
+
+
+def evaluate_expression(expression: str) -> int | float:
+    """Evaluate an arithmetic expression safely.
+
+    Args:
+        expression: numbers, ``+ - * / // % **``, parentheses, unary signs, the constants
+            ``pi``, ``e``, ``tau`` and calls of :data:`FUNCTIONS` (``sqrt``, ``log``, ``sin``,
+            ``abs``, ``round``, ``min``, ``max``, ...).
+
+    Returns:
+        The value: an ``int`` for exact integer arithmetic, else a finite ``float``.
+
+    Raises:
+        ToolError: syntax error, unknown name, disallowed construct, division by zero, math
+            domain error, or a result that is too large (non-retryable).
+    """
+    tree = _validate(expression)
+    evaluator = simpleeval.SimpleEval(
+        operators=dict(_OPERATORS), functions=dict(FUNCTIONS), names=dict(CONSTANTS)
+    )
+    try:
+        value = evaluator.eval(expression.strip(), previously_parsed=tree.body)
+    except ToolError:
+        raise
+    except ZeroDivisionError as exc:
+        raise ToolError("division by zero") from exc
+    except OverflowError as exc:
+        raise ToolError("result is too large (numeric overflow)") from exc
+    except simpleeval.InvalidExpression as exc:
+        raise ToolError(f"not a valid arithmetic expression: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ToolError(f"cannot evaluate {expression.strip()!r}: {exc}") from exc
+    result: int | float = _check_number(value)
+    return result
+
+
+async def calculator(params: CalculatorParams) -> dict[str, JsonValue]:
+    """Run the ``calculator`` tool.
+
+    Args:
+        params: the validated parameters.
+
+    Returns:
+        ``{"expression": str, "value": int | float}``.
+
+    Raises:
+        ToolError: the expression was refused or cannot be evaluated (non-retryable).
+    """
+    return {"expression": params.expression, "value": evaluate_expression(params.expression)}
+
+
+def make_calculator_tool() -> Tool:
+    """The ``calculator`` tool, ready to register (pure and fast, so parallel-safe and cached)."""
+    return Tool(
+        name="calculator",
+        description=(
+            "Evaluate an arithmetic expression exactly: numbers, + - * / // % ** and parentheses, "
+            "constants pi, e, tau and math functions such as sqrt, log, sin, cos, abs, round, "
+            "min, max. Returns {expression, value}."
+        ),
+        params_model=CalculatorParams,
+        fn=calculator,
+        metadata=ToolMetadata(
+            parallel_safe=True,
+            cacheable=True,
+            cache_ttl_s=86400,
+            requires_approval=False,
+            timeout_s=5,
+        ),
+    )
