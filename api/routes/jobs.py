@@ -9,8 +9,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -47,11 +46,11 @@ _QUERY_TIMEOUT_S = 5.0
 # A workflow that closed without recording its outcome (terminated from the Web UI, timed out)
 # still has a true status in Temporal; these map it onto the job's.
 _CLOSED_STATUS = {
-    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: JobStatus.COMPLETED,
-    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: JobStatus.FAILED,
-    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: JobStatus.CANCELED,
-    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED: JobStatus.FAILED,
-    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: JobStatus.FAILED,
+    WorkflowExecutionStatus.COMPLETED: JobStatus.COMPLETED,
+    WorkflowExecutionStatus.FAILED: JobStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED: JobStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED: JobStatus.FAILED,
+    WorkflowExecutionStatus.TIMED_OUT: JobStatus.FAILED,
 }
 
 
