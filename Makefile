@@ -1,0 +1,44 @@
+# One place for the commands the README and .ci/run use.
+# Everything runs from a local virtualenv (.venv) that the first target creates.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo dev test test-fast lint format histories bench-smoke clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install agentflow with its dev tools
+
+demo: $(STAMP) ## Start the dev stack, run examples/requests.jsonl, leave the stack up
+	$(BIN)/agentflow dev --run examples/requests.jsonl
+
+dev: $(STAMP) ## Start the dev stack only (Temporal, Redis, worker, API)
+	$(BIN)/agentflow dev
+
+test: $(STAMP) ## The whole test suite (time-skipping server, dev server, Redis, SQLite, PostgreSQL)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP) ## Everything except the tests that start a Temporal dev server
+	$(BIN)/pytest -q -m "not devserver"
+
+lint: $(STAMP) ## ruff (lint + format check) and strict mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+histories: $(STAMP) ## Re-record the replay histories under tests/histories
+	AGENTFLOW_SAVE_HISTORIES=1 $(BIN)/pytest -q tests/test_workflow.py
+
+clean:
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache
