@@ -24,11 +24,12 @@ from temporalio import activity
 from activities.cache import RedisCache, response_cache_key
 from activities.compression import compress_context
 from activities.errors import to_application_error
+from activities.model_planner import PlanParseError, plan_with_model
 from activities.planner import plan_tools_by_rules
-from activities.providers import ProviderRegistry, build_messages
+from activities.providers import Completion, ProviderRegistry, build_messages
 from activities.selection import select_model
 from activities.store import JobStore
-from core.catalog import ModelCatalog
+from core.catalog import ModelCatalog, ModelSpec
 from core.errors import AgentflowError, ModelError, ToolError
 from core.models import (
     CachedResponse,
@@ -49,6 +50,7 @@ from core.models import (
     RunToolInput,
     SelectModelInput,
     SelectModelResult,
+    Tier,
     ToolCall,
     ToolFailure,
     ToolResult,
@@ -150,18 +152,7 @@ class AgentActivities:
             completion = await provider.complete(spec, messages, max_tokens)
         except ModelError as exc:
             raise to_application_error(exc) from exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        usage = ModelUsage(
-            purpose=inp.purpose,
-            tier=inp.tier,
-            provider=provider.name,
-            model=completion.model or spec.model_id,
-            simulated=completion.simulated,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            cost_usd=spec.cost_usd(completion.prompt_tokens, completion.completion_tokens),
-            latency_ms=round(latency_ms, 3),
-        )
+        usage = _usage(inp.purpose, spec, provider.name, completion, started)
         return GenerateResult(text=completion.text, usage=usage)
 
     # ------------------------------------------------------------------ tools
@@ -201,9 +192,24 @@ class AgentActivities:
 
         for call in inp.tool_calls:
             add(call, "request")
-        for call in plan_tools_by_rules(inp.query, self.tools):
+        proposals, planner, usage = await self._propose(inp.query)
+        for call in proposals:
             add(call, "planner")
-        return PlanToolsResult(planned=planned, rejected=rejected, planner="rules")
+        return PlanToolsResult(planned=planned, rejected=rejected, planner=planner, usage=usage)
+
+    async def _propose(self, query: str) -> tuple[list[ToolCall], str, ModelUsage | None]:
+        """The model's proposals when the small tier is a real model, else the rules'."""
+        spec = self.catalog.for_tier(Tier.SMALL)
+        if spec.provider == "simulated":
+            return plan_tools_by_rules(query, self.tools), "rules", None
+        provider = self.providers.for_spec(spec)
+        started = time.perf_counter()
+        try:
+            calls, completion = await plan_with_model(provider, spec, query, self.tools)
+        except (ModelError, PlanParseError) as exc:
+            log.warning("model planner failed, using the rules: %s", exc)
+            return plan_tools_by_rules(query, self.tools), f"rules (model failed: {exc})", None
+        return calls, "model", _usage("plan", spec, provider.name, completion, started)
 
     @activity.defn(name="run_tool")
     async def run_tool(self, inp: RunToolInput) -> ToolResult:
@@ -356,6 +362,23 @@ class AgentActivities:
             return await asyncio.to_thread(fn, *args)
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
+
+
+def _usage(
+    purpose: str, spec: ModelSpec, provider: str, completion: Completion, started: float
+) -> ModelUsage:
+    """Accounting for one model call; ``started`` is its ``time.perf_counter()`` start."""
+    return ModelUsage(
+        purpose=purpose,
+        tier=spec.tier,
+        provider=provider,
+        model=completion.model or spec.model_id,
+        simulated=completion.simulated,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        cost_usd=spec.cost_usd(completion.prompt_tokens, completion.completion_tokens),
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
 
 
 __all__ = ["AgentActivities"]

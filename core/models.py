@@ -319,6 +319,9 @@ class PlanToolsResult(BaseModel):
     planned: list[PlannedToolCall] = Field(default_factory=list)
     rejected: list[str] = Field(default_factory=list)
     planner: str = "rules"
+    """``rules``, ``model``, or ``rules (model failed: ...)`` when the model could not plan."""
+    usage: ModelUsage | None = None
+    """The planning call's usage when a model planned."""
 
 
 class RunToolInput(BaseModel):

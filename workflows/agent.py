@@ -190,6 +190,8 @@ class AgentWorkflow:
             retry_policy=policies.QUICK_RETRY,
         )
         self._progress.tool_plan = plan.planned
+        if plan.usage is not None:
+            self._progress.usage.append(plan.usage)
         self._progress.tool_results = [
             ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
             for reason in plan.rejected
