@@ -23,6 +23,7 @@ from activities.store import JobStore, create_tables, make_engine
 from activities.tools import builtin_registry
 from core.catalog import load_catalog
 from core.settings import Settings, get_settings
+from core.telemetry import configure_tracing
 from core.temporal import connect
 from core.tokens import encoding
 from workflows.agent import AgentWorkflow
@@ -92,6 +93,7 @@ def main() -> None:
     """Entry point: ``python worker.py``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    configure_tracing("agentflow-worker")
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -20,6 +20,7 @@ from api.routes import catalog, health, jobs
 from api.state import AppState, TemporalGateway
 from core.catalog import load_catalog
 from core.settings import Settings, get_settings
+from core.telemetry import configure_tracing
 
 
 class BodyLimitMiddleware:
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     connected Temporal client, so the API starts and reports 503s while Temporal is down.
     """
     settings = settings or get_settings()
+    configure_tracing("agentflow-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
