@@ -244,10 +244,19 @@ def create_tables(engine: Engine) -> None:
     Raises:
         StoreUnavailableError: the database is unreachable (retryable).
     """
-    with _translate_errors():
-        SQLModel.metadata.create_all(
-            engine, tables=[SQLModel.metadata.tables["jobs"], SQLModel.metadata.tables["blobs"]]
-        )
+    tables = [SQLModel.metadata.tables["jobs"], SQLModel.metadata.tables["blobs"]]
+    # The worker and the API start together and both create the tables; on a fresh database
+    # one can lose the check-then-create race ("table already exists"). A second pass sees the
+    # winner's tables and creates nothing (one more pass per table that can race).
+    attempts = 2 * len(tables) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            with _translate_errors():
+                SQLModel.metadata.create_all(engine, tables=tables)
+            return
+        except StoreUnavailableError:
+            if attempt == attempts:
+                raise
 
 
 def request_hash(request: AgentRequest) -> str:

@@ -376,3 +376,31 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
 def test_unsupported_url() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         make_engine("mysql://localhost/db")
+
+
+def test_create_tables_survives_a_concurrent_creator(tmp_path: Path) -> None:
+    """Worker and API create tables at the same time on a fresh database: both succeed."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def create() -> None:
+        engine = make_engine(url)
+        barrier.wait()
+        try:
+            create_tables(engine)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    for _ in range(5):
+        (tmp_path / "race.db").unlink(missing_ok=True)
+        threads = [threading.Thread(target=create) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
