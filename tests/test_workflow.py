@@ -74,6 +74,9 @@ async def test_happy_path_runs_every_stage(harness: Harness) -> None:
     record = await asyncio.to_thread(harness.store.get_job, handle.id.removeprefix("agent-"))
     assert record is not None and record.status == JobStatus.COMPLETED
     assert record.cost_usd == pytest.approx(result.total_cost_usd)
+    stored = record.to_result()
+    assert stored is not None
+    assert Stage.GENERATION in {t.stage for t in stored.timings}, "record has every stage's timing"
     if SAVE:
         await save_history(handle, "happy_path")
 

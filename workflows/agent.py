@@ -371,6 +371,7 @@ class AgentWorkflow:
     async def _complete(self, result: AgentResult) -> AgentResult:
         self._enter(Stage.RECORD)
         self._progress.status = result.status
+        result = result.model_copy(update={"timings": list(self._progress.timings)})
         await self._record(result)
         self._enter(Stage.DONE)
         return result.model_copy(update={"timings": self._progress.timings})
