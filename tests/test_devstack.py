@@ -1,0 +1,100 @@
+"""End to end: ``agentflow dev --run ... --exit-after-run`` on free ports, as a newcomer runs it.
+
+Starts a real Temporal dev server, the worker and the API as child processes (Redis is the one at
+127.0.0.1:6379 when it answers, else one the command starts). Queries carry a per-run nonce so a
+developer's long-lived Redis cannot answer them from an earlier run's response cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core.settings import PROJECT_ROOT
+from tests.helpers import free_port
+
+EXAMPLES = PROJECT_ROOT / "examples" / "requests.jsonl"
+
+
+def pick(lines: list[dict[str, object]], predicate: str) -> dict[str, object]:
+    """The first example whose JSON text contains ``predicate``."""
+    return next(line for line in lines if predicate in json.dumps(line))
+
+
+@pytest.mark.devserver
+@pytest.mark.timeout(300)
+def test_dev_runs_examples_end_to_end(tmp_path: Path) -> None:
+    temporal_port, ui_port, api_port = free_port(), free_port(), free_port()
+    examples = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
+    python_q = pick(examples, "yield keyword")
+    arithmetic = pick(examples, "17 * (3 + 4)")
+    sql = pick(examples, "revenue by product category")
+    approval = pick(examples, "/healthz")
+    rejected = pick(examples, '"expect_approval": "reject"')
+    nonce = uuid.uuid4().hex[:8]
+    chosen = [python_q, arithmetic, sql, approval, rejected]
+    requests = []
+    for line in chosen:
+        line = json.loads(json.dumps(line).replace("127.0.0.1:8000", f"127.0.0.1:{api_port}"))
+        line["query"] = f"{line['query']} (run {nonce})"
+        requests.append(line)
+    repeat = dict(requests[0])
+    repeat["query"] = "  " + str(repeat["query"]).upper() + "?"  # same modulo case/space/'?'
+    requests.append(repeat)
+    request_file = tmp_path / "requests.jsonl"
+    request_file.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    out = tmp_path / "results.jsonl"
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "TEMPORAL_ADDRESS", "DATABASE_URL")
+        and not k.startswith("AGENTFLOW_")
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+        AGENTFLOW_DATA_DIR=str(tmp_path),
+        AGENTFLOW_SIMULATED_LATENCY_SCALE="0",
+        COLUMNS="160",
+    )
+    # One request at a time, so the repeat starts after the first answer is cached.
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "cli.main", "dev",
+            "--run", str(request_file), "--out", str(out), "--exit-after-run",
+            "--concurrency", "1",
+            "--temporal-port", str(temporal_port),
+            "--ui-port", str(ui_port),
+            "--api-port", str(api_port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in results] == [1, 2, 3, 4, 5, 6]
+    assert [r["status"] for r in results] == [
+        "COMPLETED", "COMPLETED", "COMPLETED", "COMPLETED", "REJECTED", "COMPLETED",
+    ]  # fmt: skip
+    assert all(r["expected"] for r in results)
+    assert results[0]["job"]["result"]["tool_results"][0]["name"] == "python_docs_search"
+    assert results[3]["job"]["result"]["approval"]["approved"] is True
+    assert results[3]["job"]["result"]["tool_results"][0]["value"]["status_code"] == 200
+    assert results[4]["job"]["result"]["approval"]["approved"] is False
+    assert results[5]["job"]["response_cache_hit"] is True
+    assert "response-cache hit rate" in output
+    assert "20% (1/5 completed)" in output
+    assert "Stack is up" not in output
+    assert (tmp_path / "logs" / "worker.log").is_file()
+    assert (tmp_path / "logs" / "api.log").is_file()
