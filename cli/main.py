@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.devstack import ChildExitedError, DevStack, DevStackError
+from cli.devstack import DevStack, DevStackError
 from cli.runner import RunOptions, run_file
 from core.settings import get_settings
 
@@ -51,10 +51,18 @@ TimeoutOpt = Annotated[
 
 
 def _interrupt_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C, so both stop the stack through the same cleanup path."""
+    """Treat SIGTERM like Ctrl-C, so both stop the stack through the same cleanup path.
+
+    SIGTERM is handed to the current SIGINT handler (Python's, or the one ``asyncio.run``
+    installs, which cancels the main task); when SIGINT is ignored (a background job of a
+    non-interactive shell), KeyboardInterrupt is raised directly.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        signal.raise_signal(signal.SIGINT)
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if not callable(on_sigint):
+            raise KeyboardInterrupt
+        on_sigint(signal.SIGINT, frame)
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -101,8 +109,8 @@ def dev(
         console=console,
     )
     code = 0
-    try:
-        with stack:
+    with stack:  # leaving the block stops every child, whatever happened
+        try:
             stack.start()
             _print_urls(stack)
             if run is not None:
@@ -119,14 +127,12 @@ def dev(
                     "Ctrl-C to stop"
                 )
                 stack.wait_forever()
-    except KeyboardInterrupt:
-        console.print("Interrupted; the stack was stopped")
-    except ChildExitedError as exc:
-        console.print(f"[red]✗ {exc}[/]")
-        code = 1
-    except DevStackError as exc:
-        console.print(f"[red]✗ {exc}[/]")
-        code = 1
+        except KeyboardInterrupt:
+            console.print("Interrupted; stopping the stack")
+        except DevStackError as exc:  # ChildExitedError included: its message has the log tail
+            console.print(f"[red]✗ {exc}[/]", highlight=False)
+            console.print("Stopping the stack")
+            code = 1
     raise typer.Exit(code)
 
 
