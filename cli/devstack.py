@@ -315,6 +315,7 @@ class DevStack:
                 self.temporal_address = configured
                 self.temporal_ui_url = self.settings.temporal_ui_url
                 self._done(f"using Temporal at {configured}", started)
+                self._warn_about_other_workers()
                 return
             self.console.print(
                 f"  [yellow]![/] {configured} does not answer; starting a dev server instead"
@@ -325,6 +326,7 @@ class DevStack:
             if asyncio.run(temporal_answers(address)):
                 self.temporal_address, self.temporal_ui_url = address, ui_url
                 self._done(f"reusing the Temporal server already running on {address}")
+                self._warn_about_other_workers()
                 return
             raise DevStackError(
                 f"port {self.temporal_port} is in use by something that is not a Temporal "
@@ -472,8 +474,11 @@ class DevStack:
         else:
             self._done(f"worker polling task queue {self.settings.task_queue!r}")
 
-    async def _worker_polls(self, pid: int) -> bool:
-        """Whether the worker with process id ``pid`` polls the workflow task queue."""
+    async def _pollers(self) -> list[str] | None:
+        """Identities of the workers polling the workflow task queue; None when unknown.
+
+        Temporal keeps listing a worker for a few minutes after it stopped polling.
+        """
         try:
             client = await asyncio.wait_for(Client.connect(self.temporal_address), 3.0)
             response = await client.workflow_service.describe_task_queue(
@@ -484,9 +489,28 @@ class DevStack:
                 ),
                 timeout=timedelta(seconds=3),
             )
-        except Exception:  # not reachable yet: the caller retries
-            return False
-        return any(p.identity.startswith(f"{pid}@") for p in response.pollers)
+        except Exception:  # not reachable (yet): the caller decides
+            return None
+        return [p.identity for p in response.pollers]
+
+    async def _worker_polls(self, pid: int) -> bool:
+        """Whether the worker with process id ``pid`` polls the workflow task queue."""
+        pollers = await self._pollers()
+        return pollers is not None and any(p.startswith(f"{pid}@") for p in pollers)
+
+    def _warn_about_other_workers(self) -> None:
+        """Warn when a reused server's task queue already has (or recently had) workers.
+
+        Their jobs may then run on those workers, which record them in their own database, not
+        in this stack's.
+        """
+        pollers = asyncio.run(self._pollers())
+        if pollers:
+            self.console.print(
+                f"  [yellow]![/] task queue {self.settings.task_queue!r} already has workers "
+                f"({', '.join(pollers)}); if another stack is still running, its workers may "
+                "take this stack's jobs and record them in their own database"
+            )
 
     # ------------------------------------------------------------------ helpers
 

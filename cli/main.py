@@ -29,6 +29,8 @@ app = typer.Typer(
     help="Durable LLM agent requests on Temporal: dev stack, batch runs, worker and API.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,  # locals would print settings, API keys included
 )
 console = Console()
 
@@ -187,7 +189,11 @@ def worker() -> None:
     """Run the worker (the same as ``python worker.py``), configured from the environment."""
     import worker as worker_module
 
-    worker_module.main()
+    try:
+        worker_module.main()
+    except (RuntimeError, ValueError) as exc:  # Temporal unreachable, bad configuration
+        console.print(f"[red]✗ the worker stopped: {exc}[/]", highlight=False)
+        raise typer.Exit(1) from exc
 
 
 @app.command()

@@ -224,7 +224,9 @@ async def get_job(job_id: str, state: StateDep) -> JobPublic:
         client = await state.temporal.client()
         handle = client.get_workflow_handle_for(AgentWorkflow.run, record.workflow_id)
         public.progress = await _progress(handle)
-        public.status = public.progress.status
+        # A terminal status shows only once the record (and its result) is written.
+        if not public.progress.status.is_terminal:
+            public.status = public.progress.status
     except TemporalUnavailableError as exc:
         public.warning = exc.message
     except (RPCError, TimeoutError) as exc:
