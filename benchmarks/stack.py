@@ -1,0 +1,362 @@
+"""The servers and workers a benchmark run needs, started fresh and stopped at the end.
+
+:class:`BenchStack` starts its own Temporal dev server (in memory, free ports, the low-latency
+poll setting ``agentflow dev`` also uses) and its own ``redis-server`` on a free port, so caches
+start empty and nothing a developer runs on 7233 or 6379 is touched or measured. Workers are
+``python worker.py`` processes, exactly as deployed, started per benchmark with the settings it
+needs (:meth:`BenchStack.workers`), each pool on its own task queue.
+
+The benchmark driver (this process) talks to Temporal directly with a client; the REST API is
+not in the measured path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from rich.console import Console
+from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.tools import ensure_example_database
+from cli.devstack import (
+    ChildProcess,
+    find_redis_server,
+    find_temporal,
+    free_port,
+    redis_answers,
+    temporal_answers,
+)
+from core.models import AgentRequest, AgentResult, AgentWorkflowInput, ApprovalDecision
+from core.settings import PROJECT_ROOT
+from core.temporal import workflow_id_for
+
+START_TIMEOUT_S = 60.0
+"""How long a server or worker may take to come up, in seconds."""
+
+
+class BenchStackError(RuntimeError):
+    """A server or worker of the benchmark stack did not start; the message says which."""
+
+
+@dataclass
+class WorkerPool:
+    """Worker processes polling one task queue."""
+
+    task_queue: str
+    children: list[ChildProcess] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers."""
+        return [c.proc.pid for c in self.children]
+
+
+@dataclass
+class BenchStack:
+    """A private Temporal dev server + Redis + SQLite for one benchmark run.
+
+    Use ``async with BenchStack() as stack``; leaving the block stops everything it started.
+    """
+
+    console: Console = field(default_factory=Console)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="agentflow-bench-")))
+    temporal_address: str = ""
+    redis_url: str = ""
+    database_url: str = ""
+    client: Client | None = None
+    _servers: list[ChildProcess] = field(default_factory=list)
+
+    async def __aenter__(self) -> BenchStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ servers
+
+    async def start(self) -> None:
+        """Start Temporal and Redis and connect the driver's client.
+
+        Raises:
+            BenchStackError: a server did not answer within :data:`START_TIMEOUT_S`.
+        """
+        started = time.perf_counter()
+        port, ui_port = free_port(), free_port()
+        self.temporal_address = f"127.0.0.1:{port}"
+        temporal = self._spawn(
+            "temporal",
+            [
+                find_temporal(), "server", "start-dev", "--ip", "127.0.0.1",
+                "--port", str(port), "--ui-port", str(ui_port), "--log-level", "error",
+                "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+            ],
+        )  # fmt: skip
+        redis_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        redis_child = self._spawn(
+            "redis",
+            [
+                find_redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no",
+                "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
+            ],
+        )  # fmt: skip
+        await self._wait(
+            lambda: temporal_answers(self.temporal_address, 2.0), [temporal], "Temporal"
+        )
+        await self._wait(
+            lambda: _true_async(redis_answers(self.redis_url) is None), [redis_child], "Redis"
+        )
+        self.database_url = f"sqlite:///{self.workdir / 'agentflow.db'}"
+        ensure_example_database(self.workdir / "shop.sqlite")
+        self.client = await Client.connect(
+            self.temporal_address, data_converter=pydantic_data_converter
+        )
+        self.console.print(
+            f"[dim]stack: Temporal {self.temporal_address}, Redis {self.redis_url}, "
+            f"up in {time.perf_counter() - started:.1f} s[/]"
+        )
+
+    def stop(self) -> None:
+        """Stop every process this stack started (reverse order)."""
+        for child in reversed(self._servers):
+            child.stop(timeout_s=10)
+        self._servers.clear()
+
+    def worker_env(
+        self, task_queue: str, overrides: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The environment of a worker process on ``task_queue``."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "TEMPORAL_ADDRESS": self.temporal_address,
+                "REDIS_URL": self.redis_url,
+                "DATABASE_URL": self.database_url,
+                "AGENTFLOW_TASK_QUEUE": task_queue,
+                "AGENTFLOW_SQL_DATABASE_PATH": str(self.workdir / "shop.sqlite"),
+                "AGENTFLOW_DATA_DIR": str(self.workdir),
+                "AGENTFLOW_SIMULATED_LATENCY_SCALE": "0",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.pop("AGENTFLOW_OTEL_CONSOLE", None)
+        env.update(overrides or {})
+        return env
+
+    @asynccontextmanager
+    async def workers(
+        self,
+        count: int = 1,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: list[str] | None = None,
+        label: str = "agentflow",
+    ) -> AsyncIterator[WorkerPool]:
+        """Run ``count`` worker processes on a fresh task queue for the block.
+
+        Args:
+            count: number of processes.
+            env: settings overrides, e.g. ``{"AGENTFLOW_SIMULATED_LATENCY_SCALE": "1"}``.
+            args: the command (default ``python worker.py``); ``{task_queue}`` and
+                ``{address}`` in it are filled in.
+            label: name used in log files.
+
+        Raises:
+            BenchStackError: a worker exited or did not poll within :data:`START_TIMEOUT_S`.
+        """
+        queue = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+        pool = WorkerPool(task_queue=queue)
+        command = args or [sys.executable, "worker.py"]
+        command = [a.format(task_queue=queue, address=self.temporal_address) for a in command]
+        try:
+            for i in range(count):
+                pool.children.append(
+                    ChildProcess.start(
+                        f"{label}-worker-{i}",
+                        command,
+                        self.workdir / "logs" / f"{queue}-{i}.log",
+                        env=self.worker_env(queue, env),
+                        cwd=PROJECT_ROOT,
+                    )
+                )
+            await self._wait(lambda: self._all_poll(pool), pool.children, f"{count} worker(s)")
+            yield pool
+        finally:
+            for child in pool.children:
+                child.stop(timeout_s=15)
+
+    async def _all_poll(self, pool: WorkerPool) -> bool:
+        assert self.client is not None
+        polling: set[str] = set()
+        for kind in (
+            TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        ):
+            response = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace="default",
+                    task_queue=TaskQueue(name=pool.task_queue),
+                    task_queue_type=kind,
+                ),
+                timeout=timedelta(seconds=3),
+            )
+            ids = {p.identity.split("@", 1)[0] for p in response.pollers}
+            polling = ids if not polling else polling & ids
+        return all(str(pid) in polling for pid in pool.pids)
+
+    async def flush_redis(self) -> None:
+        """Empty the benchmark Redis (both caches), so the next job starts cold."""
+        client = aioredis.Redis.from_url(self.redis_url)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+
+    # ------------------------------------------------------------------ jobs
+
+    async def run_job(
+        self,
+        request: AgentRequest,
+        task_queue: str,
+        *,
+        approve: bool = True,
+        draft: bool = True,
+        job_id: str | None = None,
+    ) -> tuple[AgentResult, float]:
+        """Run one agent job to its end through Temporal.
+
+        Jobs that need approval get an ``approve`` decision with their start (signal-with-start),
+        so the approval gate passes at once; ``approve=False`` sends a rejection.
+
+        Returns:
+            The result and the wall time from start request to result, in ms.
+        """
+        assert self.client is not None
+        job_id = job_id or uuid.uuid4().hex
+        inp = AgentWorkflowInput(job_id=job_id, request=request, draft_enabled=draft)
+        needs_signal = request.require_approval or any(
+            c.name in {"http_get", "sql_query"} for c in request.tool_calls
+        )
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {}
+        if needs_signal:
+            kwargs = {
+                "start_signal": "approve",
+                "start_signal_args": [ApprovalDecision(approved=approve, reviewer="bench")],
+            }
+        handle = await self.client.start_workflow(
+            "AgentWorkflow",
+            inp,
+            id=workflow_id_for(job_id),
+            task_queue=task_queue,
+            result_type=AgentResult,
+            **kwargs,
+        )
+        result = await handle.result()
+        return result, (time.perf_counter() - started) * 1000
+
+    async def history(self, job_id: str) -> WorkflowHistory:
+        """The event history of a finished job."""
+        assert self.client is not None
+        return await self.client.get_workflow_handle(workflow_id_for(job_id)).fetch_history()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, name: str, args: list[str]) -> ChildProcess:
+        child = ChildProcess.start(
+            name,
+            args,
+            self.workdir / "logs" / f"{name}.log",
+            env=dict(os.environ),
+            cwd=PROJECT_ROOT,
+        )
+        self._servers.append(child)
+        return child
+
+    async def _wait(self, ready: Any, watch: list[ChildProcess], what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            for child in watch:
+                if child.proc.poll() is not None:
+                    raise BenchStackError(
+                        f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}"
+                    )
+            try:
+                if await ready():
+                    return
+            except Exception:  # not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise BenchStackError(f"{what} did not come up within {START_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.2)
+
+
+async def _true_async(value: bool) -> bool:
+    return value
+
+
+def activity_events(
+    history: WorkflowHistory, activity_type: str | None = None
+) -> list[dict[str, Any]]:
+    """Scheduled/started/completed times (seconds, monotonic within the history) per activity.
+
+    Returns:
+        One dict per scheduled activity: ``type``, ``scheduled``, ``started``, ``closed``
+        (event times as UNIX seconds; ``None`` when the event is missing).
+    """
+    by_scheduled: dict[int, dict[str, Any]] = {}
+    started_to_scheduled: dict[int, int] = {}
+    for event in history.events:
+        t = event.event_time.ToDatetime().timestamp()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            by_scheduled[event.event_id] = {
+                "type": name,
+                "scheduled": t,
+                "started": None,
+                "closed": None,
+            }
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            sched = event.activity_task_started_event_attributes.scheduled_event_id
+            started_to_scheduled[event.event_id] = sched
+            by_scheduled[sched]["started"] = t
+        elif event.event_type in (
+            EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+            EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+            EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+        ):
+            attrs = (
+                event.activity_task_completed_event_attributes
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                else event.activity_task_failed_event_attributes
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                else event.activity_task_timed_out_event_attributes
+            )
+            by_scheduled[attrs.scheduled_event_id]["closed"] = t
+    spans = list(by_scheduled.values())
+    return [s for s in spans if activity_type is None or s["type"] == activity_type]
+
+
+def workflow_task_count(history: WorkflowHistory) -> int:
+    """Number of workflow tasks completed in ``history``."""
+    return sum(
+        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
