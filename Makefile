@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install demo dev test test-fast lint format histories bench-smoke clean
+.PHONY: install demo dev test test-fast lint format histories bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +16,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install agentflow with its dev tools
+
+# The benchmark extras (pydantic-ai for the peer benchmark, matplotlib, psutil); mypy checks
+# benchmarks/ too, so lint needs them.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
 
 demo: $(STAMP) ## Start the dev stack, run examples/requests.jsonl, leave the stack up
 	$(BIN)/agentflow dev --run examples/requests.jsonl
@@ -28,7 +35,7 @@ test: $(STAMP) ## The whole test suite (time-skipping server, dev server, Redis,
 test-fast: $(STAMP) ## Everything except the tests that start a Temporal dev server
 	$(BIN)/pytest -q -m "not devserver"
 
-lint: $(STAMP) ## ruff (lint + format check) and strict mypy
+lint: $(BENCH_STAMP) ## ruff (lint + format check) and strict mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -36,6 +43,12 @@ lint: $(STAMP) ## ruff (lint + format check) and strict mypy
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+bench: $(BENCH_STAMP) ## The benchmark suite (about 10 min); writes benchmarks/results/
+	$(BIN)/python -m benchmarks
+
+bench-smoke: $(BENCH_STAMP) ## Every benchmark with tiny counts, results in a temp folder (CI)
+	$(BIN)/python -m benchmarks --smoke
 
 histories: $(STAMP) ## Re-record the replay histories under tests/histories
 	AGENTFLOW_SAVE_HISTORIES=1 $(BIN)/pytest -q tests/test_workflow.py

@@ -9,6 +9,7 @@ table reads "how many times the baseline" directly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -22,7 +23,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import psutil
 from pydantic import BaseModel, Field
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -45,7 +45,7 @@ class Stats(BaseModel):
         if not values:
             raise ValueError("no measurements to summarize")
         ordered = sorted(values)
-        rank = max(0, min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1))
+        rank = max(0, math.ceil(0.95 * len(ordered)) - 1)
         return cls(
             n=len(ordered),
             median=statistics.median(ordered),
@@ -157,6 +157,8 @@ def _cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Cores, memory (GiB), CPU model, OS and Python of this machine."""
+    import psutil  # the bench extra; imported here so the report model needs only pydantic
+
     return {
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
