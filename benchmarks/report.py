@@ -120,8 +120,8 @@ class BenchResult(BaseModel):
         return row
 
     def headline(self, label: str, value: float, unit: str = "x") -> None:
-        """Record a headline number (rounded to 3 significant decimals for reading)."""
-        self.headlines.append(Headline(label=label, value=round(value, 3), unit=unit))
+        """Record a headline number (rounded to 4 significant digits for reading)."""
+        self.headlines.append(Headline(label=label, value=float(f"{value:.4g}"), unit=unit))
 
     def median(self, case: str, variant: str) -> float:
         """The median of ``variant`` in ``case``.
