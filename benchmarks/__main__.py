@@ -109,7 +109,7 @@ def main(
                     console.print(f"  [green]✓[/] {h.label}: [bold]{h.value:g}[/] {h.unit}")
                 console.print(f"  wrote {json_path} ({time.perf_counter() - t0:.1f} s)")
         finally:
-            ctx.close()
+            ctx.close(keep_files=bool(failed))
 
     asyncio.run(run_all())
     if results:

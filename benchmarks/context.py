@@ -36,10 +36,10 @@ class BenchContext:
             await self._stack.start()
         return self._stack
 
-    def close(self) -> None:
-        """Stop the stack if one was started."""
+    def close(self, *, keep_files: bool = False) -> None:
+        """Stop the stack if one was started (``keep_files``: keep its logs for a post-mortem)."""
         if self._stack is not None:
-            self._stack.stop()
+            self._stack.stop(keep_files=keep_files)
             self._stack = None
 
     def progress(self, message: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ class BenchStack:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.stop(keep_files=exc_info[0] is not None)
 
     # ------------------------------------------------------------------ servers
 
@@ -134,11 +135,19 @@ class BenchStack:
             f"up in {time.perf_counter() - started:.1f} s[/]"
         )
 
-    def stop(self) -> None:
-        """Stop every process this stack started (reverse order)."""
+    def stop(self, *, keep_files: bool = False) -> None:
+        """Stop every process this stack started (reverse order) and delete its temp folder.
+
+        Args:
+            keep_files: keep the folder (logs, SQLite files) for a post-mortem.
+        """
         for child in reversed(self._servers):
             child.stop(timeout_s=10)
         self._servers.clear()
+        if keep_files:
+            self.console.print(f"[dim]stack files kept in {self.workdir}[/]")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def worker_env(
         self, task_queue: str, overrides: Mapping[str, str] | None = None
