@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 
 from benchmarks.context import BenchContext
 from benchmarks.pipeline import pipeline_activities, run_pipeline
@@ -65,6 +66,7 @@ async def run(ctx: BenchContext) -> BenchResult:
         history = await stack.history(res.job_id)
     spans = activity_events(history)
     activities = len(spans)
+    kinds = ", ".join(f"{name} x{n}" for name, n in Counter(s["type"] for s in spans).items())
     wf_tasks = workflow_task_count(history)
     in_activity = [(s["closed"] - s["started"]) * 1000 for s in spans]
     sched_to_start = [(s["started"] - s["scheduled"]) * 1000 for s in spans]
@@ -83,8 +85,9 @@ async def run(ctx: BenchContext) -> BenchResult:
     result.headline("overhead per activity", per_activity, "ms")
     result.headline("agentflow job latency (median)", result.median(case, "agentflow"), "ms")
     result.notes += [
-        f"One agentflow job = {activities} activities and {wf_tasks} workflow tasks "
-        "(response cache, selection, draft, plan, tool, compression, final answer, record).",
+        f"One agentflow job = {activities} activities ({kinds}) and {wf_tasks} workflow tasks. "
+        "The rules planner adds its own calculator call for the question's arithmetic "
+        "('17 * 23' is not the explicit call's '17*23'), so two tool activities run.",
         "Overhead per activity = (agentflow median - pipeline median) / activities per job; it "
         "includes the workflow tasks between them, payload encoding and history writes.",
         f"In the last job, time inside activities summed to {sum(in_activity):.1f} ms; "
