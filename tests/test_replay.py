@@ -1,7 +1,8 @@
 """Replay: recorded histories must replay against today's workflow code.
 
 ``tests/histories/*.json`` were recorded from representative runs (happy path, parallel tools,
-approved, expired, escalated) with ``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``. A
+approved, expired, escalated; ``select_with_plan`` after the ``select-model-with-plan-tools``
+patch, the others before it) with ``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``. A
 change that makes ``AgentWorkflow`` non-deterministic for those runs fails here; such a change
 needs ``workflow.patched``.
 """
@@ -25,6 +26,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 def test_histories_are_checked_in() -> None:
     names = {p.stem for p in HISTORIES}
     assert {"happy_path", "parallel_tools", "approved", "expired", "escalated"} <= names
+    assert "select_with_plan" in names  # recorded with the patch; the others from before it
 
 
 @pytest.mark.parametrize(

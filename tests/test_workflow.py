@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -97,6 +98,21 @@ async def test_parallel_safe_tools_overlap(harness: Harness) -> None:
     assert latest_start < earliest_end, spans
     if SAVE:
         await save_history(handle, "parallel_tools")
+
+
+async def test_selection_and_planning_are_scheduled_together(harness: Harness) -> None:
+    handle = await harness.start(AgentRequest(query=unique("What is 6 * 7?")))
+    await handle.result()
+    history = await handle.fetch_history()
+    decided_in: dict[str, int] = {}
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = e.activity_task_scheduled_event_attributes
+            decided_in.setdefault(attrs.activity_type.name, attrs.workflow_task_completed_event_id)
+    # One workflow task scheduled both (and the draft), saving a round trip per job.
+    assert decided_in["select_model"] == decided_in["plan_tools"] == decided_in["generate_answer"]
+    if SAVE:
+        await save_history(handle, "select_with_plan")
 
 
 async def test_failing_tool_is_isolated(harness: Harness) -> None:
