@@ -27,6 +27,7 @@ from core.telemetry import configure_tracing
 from core.temporal import connect
 from core.tokens import encoding
 from workflows.agent import AgentWorkflow
+from workflows.sandbox import workflow_runner
 
 log = logging.getLogger("agentflow.worker")
 
@@ -65,6 +66,7 @@ def build_worker(client: Client, settings: Settings, activities: AgentActivities
         task_queue=settings.task_queue,
         workflows=[AgentWorkflow],
         activities=activities.all(),
+        workflow_runner=workflow_runner(),
         max_concurrent_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )

@@ -19,6 +19,7 @@ from temporalio.worker import Replayer
 from core.models import AgentRequest
 from tests.workflow_support import Harness
 from workflows.agent import AgentWorkflow
+from workflows.sandbox import workflow_runner
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -34,12 +35,20 @@ def test_histories_are_checked_in() -> None:
 )
 async def test_recorded_history_replays(name: str, text: str) -> None:
     history = WorkflowHistory.from_json(f"agent-{name}", text)
-    replayer = Replayer(workflows=[AgentWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[AgentWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
     await replayer.replay_workflow(history)
 
 
 async def test_run_then_replay(harness: Harness) -> None:
     handle = await harness.start(AgentRequest(query="What is 2 ** 16?"))
     await handle.result()
-    replayer = Replayer(workflows=[AgentWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[AgentWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
     await replayer.replay_workflow(await handle.fetch_history())

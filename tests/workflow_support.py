@@ -27,6 +27,7 @@ from core.models import AgentRequest, AgentResult, AgentWorkflowInput
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
 from workflows.agent import AgentWorkflow
+from workflows.sandbox import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -149,6 +150,7 @@ async def agent_worker(
         task_queue=task_queue,
         workflows=[AgentWorkflow],
         activities=activities.all(),
+        workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
     )
     try:
