@@ -38,7 +38,7 @@ import sqlite3
 
 from pydantic import JsonValue
 
-from activities.tools.calculator import CONSTANTS, FUNCTIONS
+from activities.tools.calculator import ALLOWED_NODES, CONSTANTS, FUNCTIONS
 from core.models import ToolCall
 from core.tools import ToolRegistry
 
@@ -194,23 +194,10 @@ def _trim_to_expression(text: str) -> str | None:
     return None
 
 
-_EXPRESSION_NODES = (
-    ast.Expression,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.Call,
-    ast.Name,
-    ast.Load,
-    ast.Constant,
-    ast.operator,
-    ast.unaryop,
-)
-
-
 def _is_arithmetic(tree: ast.Expression) -> bool:
     """Whether the parsed run is arithmetic only and does some (a binary operation or a call)."""
     nodes = list(ast.walk(tree))
-    return all(isinstance(node, _EXPRESSION_NODES) for node in nodes) and any(
+    return all(isinstance(node, ALLOWED_NODES) for node in nodes) and any(
         isinstance(node, ast.BinOp | ast.Call) for node in nodes
     )
 

@@ -121,7 +121,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau}
 """Named constants the calculator knows."""
 
-_ALLOWED_NODES = (
+ALLOWED_NODES: tuple[type[ast.AST], ...] = (
     ast.Expression,
     ast.BinOp,
     ast.UnaryOp,
@@ -131,6 +131,7 @@ _ALLOWED_NODES = (
     ast.Constant,
     *_OPERATORS,
 )
+"""The syntax nodes an arithmetic expression may contain (the planner uses the same list)."""
 
 
 def _validate(expression: str) -> ast.Expression:
@@ -157,7 +158,7 @@ def _validate(expression: str) -> ast.Expression:
                 raise ToolError(f"only numbers are allowed, not {node.value!r}")
         elif isinstance(node, ast.BitXor):
             raise ToolError("'^' is not supported; use '**' for powers")
-        elif not isinstance(node, _ALLOWED_NODES):
+        elif not isinstance(node, ALLOWED_NODES):
             raise ToolError(f"{type(node).__name__} is not allowed in an arithmetic expression")
     callees = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
