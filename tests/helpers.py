@@ -5,10 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 
 def free_port() -> int:
@@ -27,6 +31,31 @@ def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@contextmanager
+def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` under uvicorn on a free loopback port, in a thread.
+
+    Args:
+        app: the ASGI application.
+        **config: extra ``uvicorn.Config`` options (``lifespan="off"``, ...).
+
+    Yields:
+        The base URL, ``http://127.0.0.1:<port>``; the server stops when the block ends.
+    """
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def redis_server_binary() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -22,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.tools.sql_query import ensure_example_database
 from api.app import create_app
 from core.settings import Settings
-from tests.helpers import find_binary, free_port, wait_for_port
+from tests.helpers import find_binary, free_port, serve_asgi
 from tests.workflow_support import agent_worker
 
 pytestmark = pytest.mark.devserver
@@ -48,18 +46,8 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
 @contextmanager
 def serve_api(settings: Settings) -> Iterator[str]:
     """The real app under uvicorn on a free port, in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_asgi(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

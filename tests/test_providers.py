@@ -9,7 +9,6 @@ SDK makes exactly one HTTP request per call (SDK retries off; Temporal owns retr
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -42,7 +40,7 @@ from core.errors import (
 from core.models import ContextItem, Importance, Tier
 from core.settings import Settings
 from core.tokens import count_tokens
-from tests.helpers import free_port, wait_for_port
+from tests.helpers import free_port, serve_asgi
 
 HANG_S = 2.0
 CLIENT_TIMEOUT_S = 0.5
@@ -138,24 +136,8 @@ class LocalServer:
 @pytest.fixture(scope="module")
 def local_server() -> Iterator[LocalServer]:
     state = ServerState()
-    port = free_port()
-    config = uvicorn.Config(
-        make_app(state),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    try:
-        yield LocalServer(base_url=f"http://127.0.0.1:{port}/v1", state=state)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_asgi(make_app(state), lifespan="off", timeout_graceful_shutdown=1) as url:
+        yield LocalServer(base_url=f"{url}/v1", state=state)
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import uvicorn
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
@@ -31,7 +29,7 @@ from core.models import (
     ToolSuccess,
 )
 from core.settings import Settings
-from tests.helpers import free_port, wait_for_port
+from tests.helpers import serve_asgi
 from tests.test_providers import ServerState, make_app
 from tests.workflow_support import Harness, activity_spans, agent_worker, save_history
 from workflows.agent import AgentWorkflow
@@ -287,21 +285,14 @@ async def test_escalates_to_fallback_tier_when_primary_fails(
 ) -> None:
     """The medium tier's endpoint answers 500 every time; the job escalates to large."""
     state = ServerState()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    try:
+    with serve_asgi(make_app(state)) as url:
         base = ModelCatalog.default()
         models = [
             m.model_copy(
                 update={
                     "provider": "openai",
                     "model_id": "server-error",
-                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "base_url": f"{url}/v1",
                 }
             )
             if m.tier is Tier.MEDIUM
@@ -322,9 +313,6 @@ async def test_escalates_to_fallback_tier_when_primary_fails(
             request = AgentRequest(query=unique("Who wrote Hamlet?"), model_tier="medium")
             handle = await h.start(request)
             result = await handle.result()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert result.status is JobStatus.COMPLETED
     assert result.escalated_to is Tier.LARGE
     final = [u for u in result.usage if u.purpose == "final"]
