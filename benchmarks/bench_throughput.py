@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import psutil
 
@@ -133,9 +132,14 @@ async def run(ctx: BenchContext) -> BenchResult:
                 )
                 curves[label][0].append(c)
                 curves[label][1].append(rate)
-    rate_of: Callable[[str, str], float] = lambda case, variant: next(  # noqa: E731
-        float(r.extra["jobs_per_s"]) for r in result.rows if r.case == case and r.variant == variant
-    )
+
+    def rate_of(case: str, variant: str) -> float:
+        return next(
+            float(r.extra["jobs_per_s"])
+            for r in result.rows
+            if r.case == case and r.variant == variant
+        )
+
     top, low = f"concurrency={concurrencies[-1]}", f"concurrency={concurrencies[0]}"
     result.headline(f"jobs/s, 1 worker, {top}", rate_of(top, "1 worker"), "jobs/s")
     result.headline(f"jobs/s, 2 workers, {top}", rate_of(top, "2 workers"), "jobs/s")

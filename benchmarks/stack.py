@@ -34,7 +34,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from activities.tools import ensure_example_database
+from activities.tools import builtin_registry, ensure_example_database
 from cli.devstack import (
     ChildProcess,
     find_redis_server,
@@ -44,7 +44,7 @@ from cli.devstack import (
     temporal_answers,
 )
 from core.models import AgentRequest, AgentResult, AgentWorkflowInput, ApprovalDecision
-from core.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT, Settings
 from core.temporal import workflow_id_for
 
 START_TIMEOUT_S = 60.0
@@ -82,6 +82,12 @@ class BenchStack:
     database_url: str = ""
     client: Client | None = None
     _servers: list[ChildProcess] = field(default_factory=list)
+    _approval_tools: frozenset[str] = field(
+        default_factory=lambda: frozenset(
+            t.name for t in builtin_registry(Settings()) if t.metadata.requires_approval
+        )
+    )
+    """Tools whose calls make a job wait for approval (from their metadata)."""
 
     async def __aenter__(self) -> BenchStack:
         await self.start()
@@ -262,7 +268,7 @@ class BenchStack:
         job_id = job_id or uuid.uuid4().hex
         inp = AgentWorkflowInput(job_id=job_id, request=request, draft_enabled=draft)
         needs_signal = request.require_approval or any(
-            c.name in {"http_get", "sql_query"} for c in request.tool_calls
+            c.name in self._approval_tools for c in request.tool_calls
         )
         started = time.perf_counter()
         kwargs: dict[str, Any] = {}
