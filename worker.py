@@ -10,30 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
-from activities.cache import RedisCache
-from activities.providers import ProviderRegistry
-from activities.store import JobStore, create_tables, make_engine
-from activities.tools import builtin_registry
+from activities import AgentActivities
 from core.catalog import load_catalog
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
-from core.temporal import connect
 from core.tokens import encoding
-from workflows.agent import AgentWorkflow
-from workflows.sandbox import workflow_runner
+from infra.cache import RedisCache
+from infra.db import create_tables, make_engine
+from infra.jobs import JobStore
+from infra.providers import ProviderRegistry
+from infra.temporal import connect, plugin_from_settings, temporal_target
+from infra.tools import builtin_registry
 
 log = logging.getLogger("agentflow.worker")
 
 
-def build_activities(settings: Settings) -> tuple[AgentActivities, RedisCache, ProviderRegistry]:
-    """Wire the activity class with its clients (no network I/O yet).
+def build_activities(
+    settings: Settings, store: JobStore
+) -> tuple[AgentActivities, RedisCache, ProviderRegistry]:
+    """Wire the activities with their clients (no network I/O yet).
 
     Returns:
         The activities plus the cache and provider registry, which the caller must close.
@@ -45,29 +47,28 @@ def build_activities(settings: Settings) -> tuple[AgentActivities, RedisCache, P
     catalog = load_catalog(settings.catalog_file, settings.openai_base_url)
     providers = ProviderRegistry.from_settings(settings)
     cache = RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s)
-    engine = make_engine(settings.database_url)
-    create_tables(engine)
-    activities = AgentActivities(
+    activities = AgentActivities.build(
         catalog=catalog,
         providers=providers,
         tools=builtin_registry(settings),
         cache=cache,
-        store=JobStore(engine),
-        payload_threshold_bytes=settings.large_payload_threshold_bytes,
+        store=store,
         response_cache_ttl_s=settings.response_cache_ttl_s,
+        planner_timeout_s=settings.planner_timeout_s,
     )
     return activities, cache, providers
 
 
-def build_worker(client: Client, settings: Settings, activities: AgentActivities) -> Worker:
-    """A worker for the settings' task queue with the agent workflow and activities."""
+def build_worker(client: Client, settings: Settings) -> Worker:
+    """A worker for the settings' task queue.
+
+    Workflows and activities come from the client's :class:`infra.temporal.AgentflowPlugin`.
+    Other options stay at the SDK's defaults, which measured best (pollers, slots and poller
+    autoscaling no better; a small sticky cache worse).
+    """
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[AgentWorkflow],
-        activities=activities.all(),
-        workflow_runner=workflow_runner(),
-        max_concurrent_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
@@ -75,15 +76,19 @@ def build_worker(client: Client, settings: Settings, activities: AgentActivities
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, run the worker until ``stop`` is set, then shut down cleanly."""
     async with AsyncExitStack() as stack:
-        activities, cache, providers = build_activities(settings)
+        engine = make_engine(settings.database_url)
+        stack.callback(engine.dispose)
+        create_tables(engine)
+        activities, cache, providers = build_activities(settings, JobStore(engine))
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(providers.aclose)
-        client = await connect(settings)
-        worker = build_worker(client, settings, activities)
+        plugin = plugin_from_settings(settings, engine, activities=activities.all())
+        client = await connect(settings, plugin)
+        worker = build_worker(client, settings)
         log.info(
             "worker polling task queue %r on %s (namespace %s)",
             settings.task_queue,
-            settings.temporal_address,
+            temporal_target(settings),
             settings.temporal_namespace,
         )
         async with worker:
@@ -93,6 +98,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     """Entry point: ``python worker.py``."""
+    # The workflow sandbox re-imports the workflow module for every workflow run; without cached
+    # bytecode it compiles it from source each time (about 7 ms per job). Some environments set
+    # PYTHONDONTWRITEBYTECODE; the worker writes bytecode regardless.
+    sys.dont_write_bytecode = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
     configure_tracing("agentflow-worker")

@@ -1,1 +1,85 @@
-"""Activities: everything that touches the world (models, tools, Redis, the database)."""
+"""Activities: thin wrappers that turn contracts into calls on the infrastructure and the tools.
+
+Three groups, each a class whose constructor takes its clients so the worker wires them once:
+:class:`~activities.stages.StageActivities` (the short stages, run as local activities),
+:class:`~activities.generation.ModelActivities` and :class:`~activities.tool_calls.ToolActivities`
+(regular activities that heartbeat). :class:`AgentActivities` holds one of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from activities.generation import ModelActivities
+from activities.stages import StageActivities
+from activities.tool_calls import ToolActivities
+from core.catalog import ModelCatalog
+from core.tools import ToolRegistry
+from infra.cache import RedisCache
+from infra.jobs import JobStore
+from infra.providers import ProviderRegistry
+
+
+@dataclass(frozen=True)
+class AgentActivities:
+    """Every activity of ``AgentWorkflow``, wired to one worker's clients."""
+
+    stages: StageActivities
+    model: ModelActivities
+    tools: ToolActivities
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        catalog: ModelCatalog,
+        providers: ProviderRegistry,
+        tools: ToolRegistry,
+        cache: RedisCache,
+        store: JobStore,
+        response_cache_ttl_s: int = 3600,
+        planner_timeout_s: float = 8.0,
+    ) -> AgentActivities:
+        """Wire the three groups to the given clients (no I/O).
+
+        Args:
+            catalog: tier -> model spec.
+            providers: model providers.
+            tools: the tool registry.
+            cache: Redis for the response and tool-result caches.
+            store: job records.
+            response_cache_ttl_s: TTL of cached final answers, in seconds.
+            planner_timeout_s: budget of the model planner before the rules plan, in seconds.
+        """
+        return cls(
+            stages=StageActivities(
+                catalog=catalog,
+                providers=providers,
+                tools=tools,
+                cache=cache,
+                store=store,
+                response_cache_ttl_s=response_cache_ttl_s,
+                planner_timeout_s=planner_timeout_s,
+            ),
+            model=ModelActivities(catalog=catalog, providers=providers),
+            tools=ToolActivities(tools=tools, cache=cache),
+        )
+
+    def all(self) -> list[Callable[..., Any]]:
+        """The bound activity methods, for ``Worker(activities=...)``."""
+        s = self.stages
+        return [
+            s.check_response_cache,
+            s.plan_tools,
+            s.select_model,
+            s.compress_context,
+            s.record_job,
+            self.model.generate_answer,
+            self.tools.run_tools,
+            self.tools.run_tool,
+        ]
+
+
+__all__ = ["AgentActivities", "ModelActivities", "StageActivities", "ToolActivities"]

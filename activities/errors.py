@@ -1,144 +1,16 @@
-"""Translate provider exceptions into domain errors, and domain errors into Temporal failures.
+"""Translate domain errors into the Temporal failures activities raise.
 
-The hazard this module guards against: an exception that escapes an activity untranslated becomes
-a retryable ``ApplicationError`` named after its Python class, so a bad API key would be retried
-until the activity's retry policy gives up, and a 429's Retry-After would be ignored. Every
-exception the ``openai`` SDK can raise is therefore mapped deliberately here, and
-``tests/test_error_mapping.py`` fails when the SDK grows an exception class this module has not
-been taught about.
-
-Mapping of ``openai`` exceptions (``openai`` 3.x, whose HTTP layer is ``httpx2``):
-
-| SDK exception                                   | domain error                | retryable |
-|-------------------------------------------------|-----------------------------|-----------|
-| ``RateLimitError`` / any status 429             | ``ModelRateLimitedError``   | yes       |
-| ``APITimeoutError``, ``APIConnectionError``     | ``ModelUnavailableError``   | yes       |
-| ``InternalServerError`` / any status >= 500     | ``ModelUnavailableError``   | yes       |
-| status 408 (request timeout)                    | ``ModelUnavailableError``   | yes       |
-| ``ConflictError`` (409)                         | ``ModelUnavailableError``   | yes       |
-| other 4xx (400, 401, 403, 404, 422, OAuth ...)  | ``ModelRequestRejectedError``| no       |
-| ``APIResponseValidationError``                  | ``ModelOutputInvalidError`` | no        |
-| ``LengthFinishReasonError``                     | ``ModelOutputInvalidError`` | no        |
-| ``ContentFilterFinishReasonError``              | ``ModelOutputInvalidError`` | no        |
-| ``_AmbiguousModuleClientUsageError`` (misuse)   | ``ModelRequestRejectedError``| no       |
-| WebSocket errors, token-provider errors, other  | ``ModelUnavailableError``   | yes       |
-
-409 is retryable because OpenAI uses it for transient lock conflicts and the SDK itself retries
-408, 409 and 429; Temporal's retry policy takes that role here. Retry-After (``retry-after-ms`` in
-milliseconds, ``retry-after`` in seconds or as an HTTP date) is honoured on 429 and 5xx answers.
+Activities call :func:`to_application_error` at their boundary, so the workflow branches on
+stable type names and Temporal's retry policy sees what is worth retrying.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
-from collections.abc import Mapping
 from datetime import timedelta
 
-import openai
 from temporalio.exceptions import ApplicationError
 
-from core.errors import (
-    AgentflowError,
-    ModelError,
-    ModelOutputInvalidError,
-    ModelRateLimitedError,
-    ModelRequestRejectedError,
-    ModelUnavailableError,
-)
-
-_RETRYABLE_4XX = frozenset({408, 409})
-"""4xx statuses that mean "try again": request timeout and (transient) conflict."""
-
-
-def parse_retry_after(
-    headers: Mapping[str, str] | None, *, now: float | None = None
-) -> float | None:
-    """Seconds to wait before retrying, from an HTTP response's headers.
-
-    Reads ``retry-after-ms`` (milliseconds) first, then ``retry-after`` as a number of seconds or
-    as an HTTP date (RFC 9110), the same order the ``openai`` SDK uses.
-
-    Args:
-        headers: response headers (a case-insensitive mapping such as ``httpx2.Headers``; a plain
-            dict must use lower-case keys), or ``None``.
-        now: the current Unix time in seconds, for an HTTP-date header; defaults to the clock.
-
-    Returns:
-        The delay in seconds (never negative), or ``None`` when no header is present or none
-        parses to a finite number.
-    """
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / divisor
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            return max(value, 0.0)
-    raw_date = headers.get("retry-after")
-    if raw_date is None:
-        return None
-    parsed = email.utils.parsedate_tz(raw_date)
-    if parsed is None:
-        return None
-    when = email.utils.mktime_tz(parsed)
-    current = time.time() if now is None else now
-    return max(float(when) - current, 0.0)
-
-
-def _describe(exc: openai.OpenAIError) -> str:
-    status = getattr(exc, "status_code", None)
-    prefix = f"model endpoint answered {status}" if isinstance(status, int) else "model call failed"
-    return f"{prefix}: {type(exc).__name__}: {exc}"
-
-
-def map_openai_error(exc: openai.OpenAIError) -> ModelError:
-    """The domain error for an exception raised by the ``openai`` SDK.
-
-    See the module docstring for the full table. Never raises.
-
-    Args:
-        exc: any ``openai.OpenAIError`` raised by a chat-completions call.
-
-    Returns:
-        A :class:`core.errors.ModelError` subclass whose ``retryable`` flag says whether the same
-        call may succeed later; ``retry_after_s`` (seconds) is set when a 429 or 5xx answer carried
-        a Retry-After header.
-    """
-    message = _describe(exc)
-    # Order matters: APIResponseValidationError carries a status code but the request succeeded;
-    # APITimeoutError is a subclass of APIConnectionError.
-    if isinstance(exc, openai.APIResponseValidationError):
-        return ModelOutputInvalidError(message)
-    if isinstance(exc, openai.APIConnectionError):
-        return ModelUnavailableError(message)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status == 429:
-            return ModelRateLimitedError(
-                message, retry_after_s=parse_retry_after(exc.response.headers)
-            )
-        if status >= 500:
-            return ModelUnavailableError(
-                message, retry_after_s=parse_retry_after(exc.response.headers)
-            )
-        if status in _RETRYABLE_4XX:
-            return ModelUnavailableError(message)
-        return ModelRequestRejectedError(message)
-    if isinstance(exc, openai.LengthFinishReasonError | openai.ContentFilterFinishReasonError):
-        return ModelOutputInvalidError(message)
-    if type(exc).__name__ == "_AmbiguousModuleClientUsageError":
-        # A programming error (module-level client used ambiguously): retrying cannot fix it.
-        return ModelRequestRejectedError(message)
-    # APIError without a response, WebSocket errors, credential-provider failures and anything
-    # a future SDK adds: assume transient so Temporal retries (bounded by the retry policy).
-    return ModelUnavailableError(message)
+from core.errors import AgentflowError
 
 
 def to_application_error(exc: AgentflowError) -> ApplicationError:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import re
 
-from activities.providers import ChatMessage, Completion, ModelProvider
 from core.catalog import ModelSpec
 from core.models import ToolCall
 from core.tools import ToolRegistry
+from infra.providers import ChatMessage, Completion, ModelProvider
 
 MAX_PROPOSALS = 8
 """The most tool calls one planning answer may add."""

@@ -38,14 +38,22 @@ import sqlite3
 
 from pydantic import JsonValue
 
-from activities.tools.calculator import ALLOWED_NODES, CONSTANTS, FUNCTIONS
 from core.models import ToolCall
 from core.tools import ToolRegistry
+from infra.tools.calculator import ALLOWED_NODES, CONSTANTS, FUNCTIONS
 
 MAX_EXPRESSIONS = 3
 """Most calculator calls proposed for one query."""
 MAX_EXPRESSION_CHARS = 500
 """Longest expression proposed (the calculator's own limit)."""
+MAX_RUN_CHARS = 2 * MAX_EXPRESSION_CHARS
+"""Longest run of math tokens the planner tries to trim into an expression. Trimming parses the
+run once per character it drops, so an unbounded run costs quadratic CPU (a 14 KB arithmetic
+query took 9-14 s); no run this long trims down to an expression under the limit in practice."""
+
+MAX_TRIMS = 32
+"""Most edge characters trimmed off one run (each trim is one more parse)."""
+
 MAX_DOCS_QUERY_CHARS = 500
 """Longest docs query proposed; longer queries are cut at a word boundary."""
 MAX_SQL_CHARS = 5000
@@ -178,7 +186,9 @@ def _trim_to_expression(text: str) -> str | None:
     candidate = text.strip()
     if candidate.startswith("+") or candidate.startswith(("- ", "-\t")):
         candidate = candidate[1:].lstrip()
-    while candidate:
+    for _ in range(MAX_TRIMS + 1):
+        if not candidate:
+            return None
         try:
             ast.parse(candidate, mode="eval")
         except SyntaxError:
@@ -216,6 +226,8 @@ def find_expressions(query: str) -> list[str]:
     wants_calculation = _CALC_INTENT.search(query) is not None
     found: list[str] = []
     for run in _candidate_runs(query):
+        if len(run) > MAX_RUN_CHARS:
+            continue  # trimming parses once per character: bound the CPU before trying
         expression = _trim_to_expression(_normalize(run))
         if expression is None or len(expression) > MAX_EXPRESSION_CHARS:
             continue

@@ -12,15 +12,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from activities.cache import RedisCache
-from activities.store import JobStore, create_tables, make_engine
-from activities.tools import builtin_registry
 from api.errors import install_error_handlers
 from api.routes import catalog, health, jobs
 from api.state import AppState, TemporalGateway
 from core.catalog import load_catalog
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
+from infra.cache import RedisCache
+from infra.db import create_tables, make_engine
+from infra.jobs import JobStore
+from infra.temporal import plugin_from_settings
+from infra.tools import builtin_registry
 
 
 class BodyLimitMiddleware:
@@ -103,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=cache,
             tools=builtin_registry(settings),
             catalog=load_catalog(settings.catalog_file, settings.openai_base_url),
-            temporal=TemporalGateway(settings),
+            temporal=TemporalGateway(settings, plugin_from_settings(settings, engine)),
         )
         try:
             yield

@@ -1,11 +1,15 @@
-"""Map domain and Temporal errors to HTTP responses, by type (never by message text)."""
+"""Map domain and Temporal errors to HTTP responses, by type (never by message text).
+
+Error bodies carry agentflow's own messages only: never a SQL statement, a host name, a key or a
+dependency's raw error text.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from activities.store import IdempotencyConflictError, StoreUnavailableError
+from core.errors import StoreRejectedError, StoreUnavailableError
 from core.tools import ToolCallInvalidError
 
 
@@ -14,10 +18,11 @@ class ApiError(Exception):
 
     status_code = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         """Create the error; ``message`` goes to the client as ``detail``."""
         super().__init__(message)
         self.message = message
+        self.headers = headers
 
 
 class JobNotFoundError(ApiError):
@@ -33,13 +38,13 @@ class JobStateConflictError(ApiError):
 
 
 class TemporalUnavailableError(ApiError):
-    """The Temporal frontend cannot be reached (503)."""
+    """The Temporal frontend cannot be reached, or no worker answered in time (503)."""
 
     status_code = 503
 
 
 class PayloadTooLargeError(ApiError):
-    """The request body is over the configured limit (413)."""
+    """The request is over a configured size limit (413)."""
 
     status_code = 413
 
@@ -49,7 +54,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return JSONResponse(
+            {"detail": exc.message}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(ToolCallInvalidError)
     async def _tool_invalid(_: Request, exc: ToolCallInvalidError) -> JSONResponse:
@@ -63,13 +70,16 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=422,
         )
 
-    @app.exception_handler(IdempotencyConflictError)
-    async def _idempotency(_: Request, exc: IdempotencyConflictError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"Idempotency-Key already used for job {exc.existing_job_id}"},
-            status_code=409,
-        )
-
     @app.exception_handler(StoreUnavailableError)
     async def _store_down(_: Request, exc: StoreUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": f"job database unavailable: {exc.message}"}, status_code=503)
+        return JSONResponse(
+            {"detail": "the job database is unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StoreRejectedError)
+    async def _store_refused(_: Request, exc: StoreRejectedError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the job database refused the request's data"}, status_code=422
+        )

@@ -1,7 +1,8 @@
 """REST schemas: the ``Job*`` family and small response bodies.
 
-Request bodies reuse the durable models (:class:`core.models.AgentRequest` is ``JobCreate``), so
-what the API accepts is exactly what the workflow runs.
+``JobCreate`` shares every field but ``context`` with the durable :class:`core.models.AgentRequest`
+(through :class:`core.models.RequestBase`); its context items cannot carry a stored-payload
+reference, so client input never names server-side storage.
 """
 
 from __future__ import annotations
@@ -10,10 +11,29 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from core.models import AgentProgress, AgentRequest, AgentResult, ApprovalDecision, JobStatus
+from core.models import (
+    AgentProgress,
+    AgentRequest,
+    AgentResult,
+    ApprovalDecision,
+    ContextItem,
+    ContextItemCreate,
+    JobStatus,
+    RequestBase,
+)
 
-JobCreate = AgentRequest
-"""Body of ``POST /v1/jobs``."""
+
+class JobCreate(RequestBase):
+    """Body of ``POST /v1/jobs``."""
+
+    context: list[ContextItemCreate] = Field(default_factory=list, max_length=200)
+
+    def to_request(self) -> AgentRequest:
+        """The durable request the workflow runs."""
+        data = self.model_dump(exclude={"context"})
+        context = [ContextItem(**item.model_dump()) for item in self.context]
+        return AgentRequest(**data, context=context)
+
 
 ApprovalCreate = ApprovalDecision
 """Body of ``POST /v1/jobs/{job_id}/approval``."""
@@ -67,12 +87,16 @@ class JobsPublic(BaseModel):
     count: int
 
 
-class ApprovalAccepted(BaseModel):
-    """Answer to an approval: the decision was delivered to the waiting workflow."""
+class ApprovalPublic(BaseModel):
+    """Answer to an accepted decision: who decided what, and the job's status now.
+
+    ``status`` is RUNNING after an approval and REJECTED after a rejection.
+    """
 
     job_id: str
     approved: bool
     reviewer: str
+    status: JobStatus
 
 
 class CancelAccepted(BaseModel):

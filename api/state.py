@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
-from activities.cache import RedisCache
-from activities.store import JobStore
 from api.errors import TemporalUnavailableError
 from core.catalog import ModelCatalog
 from core.settings import Settings
-from core.temporal import connect
 from core.tools import ToolRegistry
+from infra.cache import RedisCache
+from infra.jobs import JobStore
+from infra.temporal import AgentflowPlugin, connect, temporal_target
 
 
 @dataclass
@@ -24,6 +24,7 @@ class TemporalGateway:
     """
 
     settings: Settings
+    plugin: AgentflowPlugin
     connect_timeout_s: float = 5.0
     _client: Client | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -40,11 +41,11 @@ class TemporalGateway:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        connect(self.settings), timeout=self.connect_timeout_s
+                        connect(self.settings, self.plugin), timeout=self.connect_timeout_s
                     )
                 except (TimeoutError, RuntimeError, OSError) as exc:
                     raise TemporalUnavailableError(
-                        f"Temporal is unreachable at {self.settings.temporal_address}: {exc}"
+                        f"Temporal is unreachable at {temporal_target(self.settings)}"
                     ) from exc
             return self._client
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from activities.cache import response_cache_key
 from benchmarks.context import BenchContext
 from benchmarks.report import BenchResult
 from benchmarks.stack import BenchStack
@@ -48,6 +47,7 @@ from core.models import (
     ToolFailure,
 )
 from core.settings import PROJECT_ROOT
+from infra.cache import response_cache_key
 
 REQUESTS_FILE = PROJECT_ROOT / "examples" / "requests.jsonl"
 """The request mix measured."""

@@ -8,7 +8,7 @@ therefore the worker) registers its model-request and tool activities. The model
 provider does in the bench stack: its first call asks for the ``calculator`` tool with the
 expression taken from the prompt, its second call (after the tool's return) answers in text.
 
-The tool evaluates through :func:`activities.tools.calculator.evaluate_expression`, the very
+The tool evaluates through :func:`infra.tools.calculator.evaluate_expression`, the very
 function agentflow's ``calculator`` tool calls, so both frameworks do the same tool work.
 
 Both the worker (``benchmarks.peer_worker``) and the driver (``benchmarks.bench_peer``) import this
@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-    from activities.tools.calculator import evaluate_expression
+    from infra.tools.calculator import evaluate_expression
 
 AGENT_NAME = "peer_calculator"
 """The agent's name; pydantic-ai uses it in its activity names."""

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 from activities.agent import AgentActivities
+
 from core.models import (
     AgentRequest,
     AgentResult,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from core.temporal import workflow_id_for
 from rich.console import Console
 from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -34,7 +35,6 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from activities.tools import builtin_registry, ensure_example_database
 from cli.devstack import (
     ChildProcess,
     find_redis_server,
@@ -45,7 +45,7 @@ from cli.devstack import (
 )
 from core.models import AgentRequest, AgentResult, AgentWorkflowInput, ApprovalDecision
 from core.settings import PROJECT_ROOT, Settings
-from core.temporal import workflow_id_for
+from infra.tools import builtin_registry, ensure_example_database
 
 START_TIMEOUT_S = 60.0
 """How long a server or worker may take to come up, in seconds."""

@@ -37,8 +37,8 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from activities.tools import ensure_example_database
 from core.settings import PROJECT_ROOT, Settings
+from infra.tools import ensure_example_database
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 """The conventional local Redis, reused when it answers."""

@@ -17,6 +17,12 @@ from core.models import Tier
 
 ProviderKind = Literal["simulated", "openai"]
 
+ATTEMPT_TIME_FACTOR = 1.5
+"""Margin on the time a tier needs to produce its ``max_tokens`` (real speeds vary)."""
+
+ATTEMPT_OVERHEAD_S = 10.0
+"""Seconds added to every attempt timeout for prompt processing and connection set-up."""
+
 
 class ModelSpec(BaseModel):
     """One tier's model.
@@ -29,6 +35,8 @@ class ModelSpec(BaseModel):
         tokens_per_second: typical generation speed; the simulated provider sleeps accordingly.
         max_tokens: the most completion tokens a call may ask for.
         base_url / api_key: per-model endpoint override for ``openai`` (defaults from settings).
+        request_timeout_s: how long one call may take, in seconds; by default
+            :attr:`attempt_timeout_s` derives it from ``max_tokens`` and ``tokens_per_second``.
     """
 
     tier: Tier
@@ -40,6 +48,20 @@ class ModelSpec(BaseModel):
     temperature: float = 0.7
     base_url: str | None = None
     api_key: str | None = None
+    request_timeout_s: float | None = Field(default=None, gt=0)
+
+    @property
+    def attempt_timeout_s(self) -> float:
+        """Seconds one generation call may take.
+
+        The configured ``request_timeout_s``, else the time to produce ``max_tokens`` at
+        ``tokens_per_second`` times :data:`ATTEMPT_TIME_FACTOR`, plus :data:`ATTEMPT_OVERHEAD_S`
+        for the prompt and the connection (large default tier: 4096 / 30 * 1.5 + 10 = 215 s).
+        """
+        if self.request_timeout_s is not None:
+            return self.request_timeout_s
+        generation_s = self.max_tokens / self.tokens_per_second
+        return round(generation_s * ATTEMPT_TIME_FACTOR + ATTEMPT_OVERHEAD_S, 1)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """Cost of one call in USD from its token counts."""

@@ -31,7 +31,11 @@ class ErrorType(StrEnum):
     BLOB_NOT_FOUND = "BlobNotFound"
     """A payload reference points at nothing; non-retryable."""
     STORE_UNAVAILABLE = "StoreUnavailable"
-    """The job database is down; retryable."""
+    """The job database is down or locked; retryable."""
+    STORE_REJECTED = "StoreRejected"
+    """The job database refused a write (bad data, constraint); retrying cannot help."""
+    JOB_NOT_AWAITING_APPROVAL = "JobNotAwaitingApproval"
+    """A ``decide`` update reached a job that is not waiting for a decision; non-retryable."""
 
 
 class AgentflowError(Exception):
@@ -115,3 +119,20 @@ class BlobNotFoundError(AgentflowError):
     """A payload reference names a blob the store does not hold."""
 
     type = ErrorType.BLOB_NOT_FOUND
+
+
+class StoreUnavailableError(AgentflowError):
+    """The job database cannot be reached or is locked (retryable)."""
+
+    type = ErrorType.STORE_UNAVAILABLE
+    retryable = True
+
+
+class StoreRejectedError(AgentflowError):
+    """The job database refused the statement: bad data or a constraint (non-retryable).
+
+    Retrying the same write cannot succeed, so recording stops instead of retrying forever.
+    """
+
+    type = ErrorType.STORE_REJECTED
+    retryable = False

@@ -7,7 +7,7 @@ field has a clock or uuid default factory (a workflow would silently read the wa
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -108,18 +108,24 @@ class BlobRef(BaseModel):
     """The first few hundred characters, for humans reading history in the Web UI."""
 
 
-class ContextItem(BaseModel):
-    """One piece of context for the answer.
-
-    ``content`` is the text itself; when it was larger than the payload threshold it is moved to
-    the blob store, ``content`` is emptied and ``blob`` points at it.
-    """
+class ContextItemCreate(BaseModel):
+    """One piece of context for the answer, as a client sends it."""
 
     model_config = ConfigDict(extra="forbid")
 
     content: str = ""
     importance: Importance = Importance.MEDIUM
     source: str | None = None
+
+
+class ContextItem(ContextItemCreate):
+    """One piece of context inside the durable contracts.
+
+    ``blob`` is only ever set in jobs started before payloads moved to Temporal's
+    ``ExternalStorage`` (the API then moved large items to the ``blobs`` table itself). Clients
+    cannot send it (:class:`ContextItemCreate` has no such field) and jobs started since refuse it.
+    """
+
     blob: BlobRef | None = None
 
 
@@ -136,13 +142,12 @@ class ToolCall(BaseModel):
 TierChoice = Literal["auto", "small", "medium", "large"]
 
 
-class AgentRequest(BaseModel):
-    """The user's request, as accepted by ``POST /v1/jobs`` and carried by the workflow."""
+class RequestBase(BaseModel):
+    """The fields a request has whichever front fills it (REST today, batches later)."""
 
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=20_000)
-    context: list[ContextItem] = Field(default_factory=list, max_length=200)
     tool_calls: list[ToolCall] = Field(default_factory=list, max_length=64)
     model_tier: TierChoice = "auto"
     max_context_tokens: int = Field(default=4000, gt=0, le=200_000)
@@ -157,6 +162,12 @@ class AgentRequest(BaseModel):
         return value
 
 
+class AgentRequest(RequestBase):
+    """The request carried by ``AgentWorkflow`` (a durable contract)."""
+
+    context: list[ContextItem] = Field(default_factory=list, max_length=200)
+
+
 class AgentWorkflowInput(BaseModel):
     """Everything ``AgentWorkflow`` needs: the request plus the settings that shape the run.
 
@@ -167,8 +178,16 @@ class AgentWorkflowInput(BaseModel):
     request: AgentRequest
     approval_timeout: timedelta = timedelta(hours=24)
     model_timeout: timedelta = timedelta(seconds=60)
+    """Start-to-close of one generation attempt in jobs started before per-tier timeouts."""
     draft_enabled: bool = True
     draft_max_tokens: int = 256
+    heartbeat_timeout: timedelta = timedelta(seconds=10)
+    """How long a model or tool activity may go without heartbeating before Temporal retries it
+    elsewhere (a lost worker is noticed this fast)."""
+    idempotency_key: str | None = None
+    """The client's key; recorded with the job's first projection."""
+    request_hash: str | None = None
+    """:func:`core.ids.request_hash` of ``request``; recorded with the first projection."""
 
 
 # --------------------------------------------------------------------------- usage & selection
@@ -223,6 +242,9 @@ class SelectModelResult(BaseModel):
     tier: Tier
     escalation_tier: Tier | None
     reason: str
+    attempt_timeouts_s: dict[Tier, float] = Field(default_factory=dict)
+    """Start-to-close of one generation attempt per tier, in seconds, from the worker's catalog
+    (``max_tokens / tokens_per_second`` with a margin); empty in jobs recorded before it."""
 
 
 # --------------------------------------------------------------------------- response cache
@@ -353,9 +375,31 @@ class ToolFailure(BaseModel):
     error: str
     cache_hit: bool = False
     latency_ms: float = 0.0
+    retryable: bool = False
+    """A transient failure inside a batch; the workflow retries the call on its own."""
 
 
 ToolResult = Annotated[ToolSuccess | ToolFailure, Field(discriminator="status")]
+
+
+class RunToolsInput(BaseModel):
+    """Input of the ``run_tools`` activity: several calls run concurrently in one activity.
+
+    ``raise_transient`` decides what a transient failure does: in a first-attempt batch (False)
+    it comes back as a retryable :class:`ToolFailure`, so one flaky call does not re-run the
+    batch; when the workflow retries that call alone (True) it raises ``ToolTransient`` so
+    Temporal's retry policy (and history) owns each retry.
+    """
+
+    job_id: str
+    calls: list[ToolCall] = Field(min_length=1)
+    raise_transient: bool = False
+
+
+class RunToolsResult(BaseModel):
+    """One result per call, in the input's order."""
+
+    results: list[ToolResult]
 
 
 # --------------------------------------------------------------------------- compression
@@ -371,6 +415,9 @@ class CompressContextInput(BaseModel):
     items: list[ContextItem]
     tool_results: list[ToolResult] = Field(default_factory=list)
     max_tokens: int = Field(gt=0)
+    allow_blob_refs: bool = True
+    """Resolve pre-``ExternalStorage`` blob references (jobs started before it); False refuses
+    them, which is what every job started since sends."""
 
 
 class CompressedItemReport(BaseModel):
@@ -403,11 +450,24 @@ class CompressContextResult(BaseModel):
 
 
 class ApprovalDecision(BaseModel):
-    """A human decision on a job waiting for approval (the ``approve`` signal)."""
+    """A human decision on a job waiting for approval (the ``decide`` update)."""
 
     approved: bool
     reviewer: str = Field(min_length=1, max_length=200)
     comment: str | None = Field(default=None, max_length=2000)
+
+
+class DecisionResult(BaseModel):
+    """What an accepted ``decide`` update returns: the decision and the job's new status.
+
+    ``status`` is RUNNING after an approval (the job goes on to its tools) and REJECTED after a
+    rejection (the job ends, recorded as REJECTED).
+    """
+
+    job_id: str
+    approved: bool
+    reviewer: str
+    status: JobStatus
 
 
 class StageTiming(BaseModel):
@@ -423,6 +483,9 @@ class AgentProgress(BaseModel):
     job_id: str
     status: JobStatus = JobStatus.RUNNING
     stage: Stage = Stage.STARTED
+    query: str = ""
+    started_at: datetime | None = None
+    """When the workflow started (aware UTC)."""
     selection: SelectModelResult | None = None
     draft: str | None = None
     tool_plan: list[PlannedToolCall] = Field(default_factory=list)
@@ -459,7 +522,16 @@ class AgentResult(BaseModel):
 
 
 class RecordJobInput(BaseModel):
-    """Input of the ``record_job`` activity: the state to persist (and cache, when completed)."""
+    """Input of the ``record_job`` activity: the projection to persist (and cache, when completed).
+
+    ``revision`` orders projections of one job (a lower one never overwrites a higher one);
+    ``request``, ``created_at``, ``idempotency_key`` and ``request_hash`` travel with the first.
+    """
 
     result: AgentResult
     response_cache_key: str | None = None
+    revision: int = 0
+    request: AgentRequest | None = None
+    created_at: datetime | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None

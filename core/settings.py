@@ -25,16 +25,22 @@ class Settings(BaseSettings):
         env_prefix="AGENTFLOW_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
-    temporal_address: str = Field(
-        default="127.0.0.1:7233",
+    temporal_address: str | None = Field(
+        default=None,
         validation_alias=AliasChoices("TEMPORAL_ADDRESS", "AGENTFLOW_TEMPORAL_ADDRESS"),
     )
-    """host:port of the Temporal frontend (gRPC)."""
+    """host:port of the Temporal frontend (gRPC); unset: the envconfig profile's address, else
+    127.0.0.1:7233. API key, TLS and profiles come from ``temporalio.envconfig``
+    (``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE``, ``TEMPORAL_CONFIG_FILE``)."""
     temporal_namespace: str = Field(
         default="default",
         validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "AGENTFLOW_TEMPORAL_NAMESPACE"),
     )
     """Temporal namespace the workflows run in."""
+    workflow_sandbox: bool = True
+    """Run workflow code in Temporal's sandbox. ``false`` saves about 15-20 ms of worker CPU per
+    job but no longer catches non-deterministic calls at run time (the replay tests still guard
+    code changes)."""
     temporal_ui_url: str = "http://127.0.0.1:8233"
     """Base URL of the Temporal Web UI, used to build links to each job's workflow."""
     task_queue: str = "agentflow"
@@ -64,8 +70,16 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "AGENTFLOW_OPENAI_API_KEY")
     )
     """API key for that endpoint (local servers accept any non-empty value)."""
-    model_timeout_s: float = 60.0
-    """Timeout of one model call in seconds (the activity's start-to-close timeout follows it)."""
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    """Default HTTP timeout of the OpenAI-compatible client, in seconds. Each generation call
+    uses its tier's attempt timeout instead (``max_tokens / tokens_per_second`` with a margin, or
+    the catalog entry's ``request_timeout_s``)."""
+    planner_timeout_s: float = Field(default=8.0, gt=0, le=20)
+    """How long the model planner may take before the rules planner plans instead, in seconds
+    (at most 20: the planning stage's own timeout is 30 s)."""
+    activity_heartbeat_timeout_s: float = Field(default=10.0, ge=1, le=300)
+    """Heartbeat timeout of model and tool activities, in seconds: a worker that dies mid-call is
+    noticed this fast and the call retried elsewhere."""
     simulated_latency_scale: float = Field(default=1.0, ge=0.0)
     """Multiplier on simulated latency: 1.0 honours each tier's tokens/s, 0 is instant."""
 
@@ -77,6 +91,13 @@ class Settings(BaseSettings):
     """Context items and tool results larger than this go to the blob store, passed by reference."""
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
     """Largest accepted request body for the REST API; larger bodies get 413."""
+    max_job_input_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Largest accepted job input (the request as the workflow carries it, JSON-encoded, in
+    bytes); larger requests get 413 naming this limit and start nothing."""
+    decision_wait_s: float = Field(default=30.0, gt=0, le=600)
+    """How long ``POST /v1/jobs/{id}/approval`` waits for a worker to take the decision (for
+    example while workers restart) before answering 503; a retry with the same body returns the
+    same outcome."""
     default_max_context_tokens: int = Field(default=4000, gt=0)
     """Token budget for context when a request names none."""
 

@@ -1,9 +1,11 @@
-"""OpenTelemetry tracing set-up for the worker and the API.
+"""OpenTelemetry tracing set-up for the worker, the API and the tests.
 
-Spans come from Temporal's ``TracingInterceptor`` (on every client, see :mod:`core.temporal`): one
-trace runs from ``StartWorkflow`` through each ``RunActivity``. By default spans are created but
-not exported; ``AGENTFLOW_OTEL_CONSOLE=1`` prints them, and any OTLP exporter can be added to the
-provider this returns.
+Spans come from Temporal's ``OpenTelemetryPlugin`` (inside :class:`infra.temporal.AgentflowPlugin`,
+on every client): one trace runs from ``StartWorkflow`` through the workflow and each activity.
+That plugin needs the global tracer provider to be replay-safe (so a replayed workflow does not
+emit its spans twice), which is what :func:`configure_tracing` installs. By default spans are
+created but not exported; ``AGENTFLOW_OTEL_CONSOLE=1`` prints them, and any exporter can be added
+to the provider this returns.
 """
 
 from __future__ import annotations
@@ -12,21 +14,32 @@ import os
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from temporalio.contrib.opentelemetry import ReplaySafeTracerProvider, create_tracer_provider
 
 
-def configure_tracing(service_name: str) -> TracerProvider:
-    """Install a global tracer provider named ``service_name`` (idempotent per process).
+def configure_tracing(service_name: str) -> ReplaySafeTracerProvider:
+    """Install a replay-safe global tracer provider named ``service_name`` (once per process).
 
     Returns:
-        The provider, so callers can attach exporters.
+        The global provider, so callers can attach span processors and exporters.
+
+    Raises:
+        RuntimeError: another library already installed a global provider that is not
+            replay-safe (OpenTelemetry allows only one per process).
     """
     current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
+    if isinstance(current, ReplaySafeTracerProvider):
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = create_tracer_provider(
+        resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False
+    )
     if os.environ.get("AGENTFLOW_OTEL_CONSOLE"):
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
+    if not isinstance(trace.get_tracer_provider(), ReplaySafeTracerProvider):
+        raise RuntimeError(
+            "a global OpenTelemetry tracer provider was installed before agentflow's; the "
+            "Temporal OpenTelemetry plugin needs the replay-safe one (create_tracer_provider)"
+        )
     return provider

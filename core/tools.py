@@ -2,7 +2,7 @@
 
 A tool is an async function ``fn(params) -> JsonValue``. The registry validates calls (unknown
 tool, bad parameters) before anything runs, so the API can refuse a bad request with a 422 and the
-planner can drop a bad proposal. The built-in tools live in :mod:`activities.tools`; their
+planner can drop a bad proposal. The built-in tools live in :mod:`infra.tools`; their
 implementations touch the world, the registry itself does no I/O.
 """
 
@@ -18,8 +18,11 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from core.models import ToolCall, ToolSpecPublic
 
-CACHE_KEY_VERSION = "v1"
-"""Bump when a tool's output format changes, so old cached results are never read."""
+CACHE_KEY_VERSION = "v2"
+"""Bump when a tool's output format changes, so old cached results are never read.
+
+v2: results are cached inline (v1 entries could hold a reference into the retired ``blobs``
+table)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,6 @@ def canonical_parameters(params: BaseModel) -> str:
 
 
 def tool_cache_key(tool_name: str, params: BaseModel) -> str:
-    """Content-addressed Redis key of a tool result: ``agentflow:tool:v1:<name>:<sha256>``."""
+    """Content-addressed Redis key of a tool result: ``agentflow:tool:v2:<name>:<sha256>``."""
     digest = hashlib.sha256(canonical_parameters(params).encode()).hexdigest()
     return f"agentflow:tool:{CACHE_KEY_VERSION}:{tool_name}:{digest}"

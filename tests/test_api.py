@@ -17,9 +17,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tools.sql_query import ensure_example_database
 from api.app import create_app
 from core.settings import Settings
+from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, serve_asgi
 from tests.workflow_support import agent_worker
 

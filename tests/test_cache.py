@@ -14,8 +14,8 @@ import pytest
 from pydantic import JsonValue
 from redis.asyncio import Redis
 
-from activities.cache import RedisCache, normalize_query, response_cache_key
 from core.models import BlobRef, ContextItem, Importance, ResponseCacheKeyInput, ToolCall
+from infra.cache import RedisCache, normalize_query, response_cache_key
 from tests.helpers import free_port, redis_server_binary, wait_for_port
 
 

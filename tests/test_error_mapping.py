@@ -17,7 +17,7 @@ import openai._exceptions
 import pytest
 from openai.types.chat import ChatCompletion
 
-from activities.errors import map_openai_error, parse_retry_after, to_application_error
+from activities.errors import to_application_error
 from core.errors import (
     AgentflowError,
     BlobNotFoundError,
@@ -29,6 +29,7 @@ from core.errors import (
     ModelUnavailableError,
     ToolTransientError,
 )
+from infra.providers.openai_errors import map_openai_error, parse_retry_after
 
 URL = "http://127.0.0.1:1/v1/chat/completions"
 
@@ -126,7 +127,7 @@ def test_every_sdk_exception_has_a_deliberate_mapping() -> None:
     unmapped = sorted(set(SDK_CLASSES) - set(EXPECTED))
     assert not unmapped, (
         f"openai exports exception classes without a deliberate mapping: {unmapped}; "
-        "decide their retryability in activities/errors.py and add them to EXPECTED"
+        "decide their retryability in infra/providers/openai_errors.py and add them to EXPECTED"
     )
     # Sanity: the walk found the classes we know of (guards against a broken walk).
     assert {"RateLimitError", "APITimeoutError", "InternalServerError"} <= set(SDK_CLASSES)

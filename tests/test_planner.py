@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from activities.planner import find_expressions, is_sql, mentions_python, plan_tools_by_rules
-from activities.tools import builtin_registry
-from activities.tools.calculator import evaluate_expression
 from core.settings import Settings
 from core.tools import ToolRegistry
+from infra.tools import builtin_registry
+from infra.tools.calculator import evaluate_expression
 
 
 @pytest.fixture(scope="module")

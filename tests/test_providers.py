@@ -19,16 +19,6 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from activities.providers import (
-    ChatMessage,
-    Completion,
-    ModelProvider,
-    OpenAICompatibleProvider,
-    ProviderRegistry,
-    ScriptedProvider,
-    SimulatedProvider,
-    build_messages,
-)
 from core.catalog import ModelCatalog, ModelSpec
 from core.errors import (
     ModelError,
@@ -40,6 +30,16 @@ from core.errors import (
 from core.models import ContextItem, Importance, Tier
 from core.settings import Settings
 from core.tokens import count_tokens
+from infra.providers import (
+    ChatMessage,
+    Completion,
+    ModelProvider,
+    OpenAICompatibleProvider,
+    ProviderRegistry,
+    ScriptedProvider,
+    SimulatedProvider,
+    build_messages,
+)
 from tests.helpers import free_port, serve_asgi
 
 HANG_S = 2.0

@@ -1,10 +1,11 @@
 """Replay: recorded histories must replay against today's workflow code.
 
-``tests/histories/*.json`` were recorded from representative runs (happy path, parallel tools,
-approved, expired, escalated; ``select_with_plan`` after the ``select-model-with-plan-tools``
-patch, the others before it) with ``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``. A
-change that makes ``AgentWorkflow`` non-deterministic for those runs fails here; such a change
-needs ``workflow.patched``.
+``tests/histories/v1_*.json`` were recorded before the v2 core (nine regular activities, the
+``approve`` signal): they replay on the v1 path of ``AgentWorkflow`` and prove that jobs of that
+shape still finish after an upgrade. ``v2_*.json`` are recorded from today's shape with
+``make histories`` (``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``). A change that
+makes ``AgentWorkflow`` non-deterministic for any of them fails here; such a change needs
+``workflow.patched``. The Replayer uses the same ``AgentflowPlugin`` as the worker.
 """
 
 from __future__ import annotations
@@ -13,42 +14,43 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from core.models import AgentRequest
+from infra.temporal import AgentflowPlugin
 from tests.workflow_support import Harness
-from workflows.agent import AgentWorkflow
-from workflows.sandbox import workflow_runner
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_are_checked_in() -> None:
     names = {p.stem for p in HISTORIES}
-    assert {"happy_path", "parallel_tools", "approved", "expired", "escalated"} <= names
-    assert "select_with_plan" in names  # recorded with the patch; the others from before it
+    v1 = {"happy_path", "parallel_tools", "approved", "expired", "escalated", "select_with_plan"}
+    assert {f"v1_{n}" for n in v1} <= names
+    assert {"v2_happy_path", "v2_approved", "v2_expired", "v2_escalated"} <= names
 
 
 @pytest.mark.parametrize(
     ("name", "text"), [(p.stem, p.read_text()) for p in HISTORIES], ids=[p.stem for p in HISTORIES]
 )
-async def test_recorded_history_replays(name: str, text: str) -> None:
+async def test_recorded_history_replays(name: str, text: str, plugin: AgentflowPlugin) -> None:
     history = WorkflowHistory.from_json(f"agent-{name}", text)
-    replayer = Replayer(
-        workflows=[AgentWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
-    await replayer.replay_workflow(history)
+    await Replayer(workflows=[], plugins=[plugin]).replay_workflow(history)
 
 
-async def test_run_then_replay(harness: Harness) -> None:
+async def test_run_then_replay(harness: Harness, plugin: AgentflowPlugin) -> None:
     handle = await harness.start(AgentRequest(query="What is 2 ** 16?"))
     await handle.result()
-    replayer = Replayer(
-        workflows=[AgentWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
-    await replayer.replay_workflow(await handle.fetch_history())
+    await Replayer(workflows=[], plugins=[plugin]).replay_workflow(await handle.fetch_history())
+
+
+async def test_worker_client_and_replayer_share_the_plugin(
+    harness: Harness, plugin: AgentflowPlugin
+) -> None:
+    """The worker inherits the client's plugin; the Replayer decodes with the same converter."""
+    client_plugins = harness.client.config()["plugins"]
+    assert plugin in client_plugins
+    replayer = Replayer(workflows=[], plugins=[plugin])
+    config = replayer.config()
+    assert config["data_converter"] is harness.client.data_converter
+    assert [w.__name__ for w in config["workflows"]] == ["AgentWorkflow"]

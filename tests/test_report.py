@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from activities.tools import builtin_registry, ensure_example_database
 from cli.report import render_summary, summarize
 from cli.runner import expected_statuses, load_requests
 from core.models import AgentRequest
 from core.settings import PROJECT_ROOT, Settings
 from core.tokens import count_tokens
+from infra.tools import builtin_registry, ensure_example_database
 
 EXAMPLES = PROJECT_ROOT / "examples" / "requests.jsonl"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-
 from activities.store import (
     IdempotencyConflictError,
     JobRecord,
@@ -20,6 +19,7 @@ from activities.store import (
     make_engine,
     request_hash,
 )
+
 from core.errors import BlobNotFoundError, ErrorType
 from core.models import (
     AgentRequest,

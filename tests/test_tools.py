@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from activities.tools import builtin_registry, ensure_example_database
-from activities.tools.calculator import evaluate_expression
-from activities.tools.python_docs import search_python_docs, tokenize
-from activities.tools.sql_query import run_query
 from core.errors import ToolError, ToolTransientError
 from core.models import ToolCall
 from core.settings import Settings
 from core.tools import ToolCallInvalidError, ToolRegistry
+from infra.tools import builtin_registry, ensure_example_database
+from infra.tools.calculator import evaluate_expression
+from infra.tools.python_docs import search_python_docs, tokenize
+from infra.tools.sql_query import run_query
 from tests.helpers import free_port
 
 BIG_BODY = b"0123456789" * 1000  # 10,000 bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -14,7 +15,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.providers import ProviderRegistry, SimulatedProvider
+from infra.providers import ProviderRegistry, SimulatedProvider
 from core.catalog import ModelCatalog
 from core.models import (
     AgentRequest,
@@ -88,7 +89,7 @@ async def test_parallel_safe_tools_overlap(harness: Harness) -> None:
     handle = await harness.start(AgentRequest(query=unique("echo four things"), tool_calls=calls))
     result = await handle.result()
     assert [r.call_id for r in result.tool_results] == ["s0", "s1", "s2", "s3"]
-    spans = await activity_spans(handle, "run_tool")
+    spans = await activity_spans(handle, "run_tools")
     assert len(spans) == 4
     latest_start = max(s for s, _ in spans)
     earliest_end = min(e for _, e in spans)
@@ -98,19 +99,40 @@ async def test_parallel_safe_tools_overlap(harness: Harness) -> None:
         await save_history(handle, "parallel_tools")
 
 
-async def test_selection_and_planning_are_scheduled_together(harness: Harness) -> None:
-    handle = await harness.start(AgentRequest(query=unique("What is 6 * 7?")))
-    await handle.result()
+async def test_short_stages_run_inside_the_first_workflow_task(harness: Harness) -> None:
+    handle = await harness.start(
+        AgentRequest(query=unique("What does a Python generator do? And what is 6 * 7?"))
+    )
+    result = await handle.result()
+    assert result.status is JobStatus.COMPLETED
     history = await handle.fetch_history()
-    decided_in: dict[str, int] = {}
+    scheduled = {
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    # Cache lookup, planning, selection, compression and the record are local activities: only
+    # the tools and the model calls are scheduled on the task queue.
+    assert scheduled == {"run_tools", "generate_answer"}
+    # The first workflow task looked up the cache, planned and selected, then scheduled the
+    # tools and the draft: one round trip for the whole front of the job.
+    first_task: list[str] = []
+    tasks_scheduled = 0
     for e in history.events:
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            attrs = e.activity_task_scheduled_event_attributes
-            decided_in.setdefault(attrs.activity_type.name, attrs.workflow_task_completed_event_id)
-    # One workflow task scheduled both (and the draft), saving a round trip per job.
-    assert decided_in["select_model"] == decided_in["plan_tools"] == decided_in["generate_answer"]
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            tasks_scheduled += 1
+            if tasks_scheduled == 2:
+                break
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            data = e.marker_recorded_event_attributes.details.get("data")
+            if data is not None:
+                first_task.append(json.loads(data.payloads[0].data)["activity_type"])
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            first_task.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+    assert {"check_response_cache", "plan_tools", "select_model"} <= set(first_task)
+    assert {"run_tools", "generate_answer"} <= set(first_task)
     if SAVE:
-        await save_history(handle, "select_with_plan")
+        await save_history(handle, "v2_local_stages")
 
 
 async def test_failing_tool_is_isolated(harness: Harness) -> None:
@@ -171,7 +193,10 @@ async def test_approval_approved_continues(harness: Harness) -> None:
     record = await asyncio.to_thread(harness.store.get_job, handle.id.removeprefix("agent-"))
     assert record is not None and record.status == JobStatus.AWAITING_APPROVAL
 
-    await handle.signal(AgentWorkflow.approve, ApprovalDecision(approved=True, reviewer="ana"))
+    decided = await handle.execute_update(
+        AgentWorkflow.decide, ApprovalDecision(approved=True, reviewer="ana")
+    )
+    assert decided.status is JobStatus.RUNNING and decided.reviewer == "ana"
     result = await handle.result()
     assert result.status is JobStatus.COMPLETED and result.answer
     assert result.approval is not None and result.approval.reviewer == "ana"
@@ -184,12 +209,13 @@ async def test_approval_rejected_ends_rejected(harness: Harness) -> None:
         AgentRequest(query=unique("Delete the logs"), require_approval=True)
     )
     await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
-    await handle.signal(
-        AgentWorkflow.approve, ApprovalDecision(approved=False, reviewer="bo", comment="no")
+    decided = await handle.execute_update(
+        AgentWorkflow.decide, ApprovalDecision(approved=False, reviewer="bo", comment="no")
     )
+    assert decided.status is JobStatus.REJECTED
     result = await handle.result()
     assert result.status is JobStatus.REJECTED and result.answer is None
-    assert [u.purpose for u in result.usage] == ["draft"], "no final answer was generated"
+    assert "final" not in [u.purpose for u in result.usage], "no final answer was generated"
 
 
 async def test_approval_times_out_after_24h_skipped(harness: Harness) -> None:
@@ -216,7 +242,9 @@ async def test_tool_requiring_approval_gates_the_job(harness: Harness) -> None:
     )
     progress = await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     assert [p.call.name for p in progress.tool_plan] == ["http_get"]
-    await handle.signal(AgentWorkflow.approve, ApprovalDecision(approved=False, reviewer="sec"))
+    await handle.execute_update(
+        AgentWorkflow.decide, ApprovalDecision(approved=False, reviewer="sec")
+    )
     assert (await handle.result()).status is JobStatus.REJECTED
 
 

@@ -16,18 +16,18 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
-from activities.cache import RedisCache
-from activities.providers import ProviderRegistry, SimulatedProvider
-from activities.store import JobStore, create_tables, make_engine
-from activities.tools import builtin_registry
+from activities import AgentActivities
 from core.catalog import ModelCatalog
 from core.errors import ToolTransientError
 from core.models import AgentRequest, AgentResult, AgentWorkflowInput
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
+from infra.cache import RedisCache
+from infra.db import create_tables, make_engine
+from infra.jobs import JobStore
+from infra.providers import ProviderRegistry, SimulatedProvider
+from infra.tools import builtin_registry
 from workflows.agent import AgentWorkflow
-from workflows.sandbox import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -102,10 +102,9 @@ class Harness:
     async def start(
         self, request: AgentRequest, *, job_id: str | None = None, **overrides: object
     ) -> WorkflowHandle[AgentWorkflow, AgentResult]:
-        """Start ``AgentWorkflow`` for ``request`` (inserting the job row like the API does)."""
+        """Start ``AgentWorkflow`` for ``request`` as the API does (nothing written first)."""
         job_id = job_id or uuid.uuid4().hex
         workflow_id = f"agent-{job_id}"
-        await asyncio.to_thread(self.store.create_job, job_id, workflow_id, request, None)
         inp = AgentWorkflowInput(job_id=job_id, request=request, **overrides)  # type: ignore[arg-type]
         return await self.client.start_workflow(
             AgentWorkflow.run, inp, id=workflow_id, task_queue=self.task_queue
@@ -127,30 +126,31 @@ async def agent_worker(
     catalog: ModelCatalog | None = None,
     providers: ProviderRegistry | None = None,
     registry: ToolRegistry | None = None,
-    payload_threshold_bytes: int = 32 * 1024,
     task_queue: str | None = None,
+    planner_timeout_s: float = 8.0,
 ) -> AsyncIterator[Harness]:
-    """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers)."""
+    """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers).
+
+    Workflows, the data converter and the sandbox come from ``client``'s ``AgentflowPlugin``.
+    """
     engine = make_engine(database_url)
     create_tables(engine)
     store = JobStore(engine)
     cache = RedisCache(redis_url, timeout_s=0.5)
     providers = providers or ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0)})
-    activities = AgentActivities(
+    activities = AgentActivities.build(
         catalog=catalog or ModelCatalog.default(),
         providers=providers,
         tools=registry or test_registry(settings),
         cache=cache,
         store=store,
-        payload_threshold_bytes=payload_threshold_bytes,
+        planner_timeout_s=planner_timeout_s,
     )
     task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(
         client,
         task_queue=task_queue,
-        workflows=[AgentWorkflow],
         activities=activities.all(),
-        workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
     )
     try:

@@ -1,39 +1,55 @@
 """``AgentWorkflow``: one durable agent request, from cache check to recorded answer.
 
-Stages (each an activity with its own timeout and retry policy, see :mod:`workflows.policies`):
+The workflow owns the job's state: the ``get_progress`` query answers from it at any time, the
+``decide`` update changes it, and each status change is projected into the job database through
+``record_job`` (ordered by a revision counter, so a late write never moves a job backwards).
 
-1. response cache — a hit completes the job at once;
-2. model selection — task type, scores, tier and escalation tier;
-3. draft — a quick answer from the small tier, run alongside stages 4-6 (an intermediate result);
-4. tool plan — explicit calls plus the planner's, validated against the registry;
-5. approval gate — waits for the ``approve`` signal when asked to, or when a tool requires it;
-6. tools — parallel-safe calls fanned out concurrently, the rest in order; failures are data;
-7. context compression — context and tool results fitted to the token budget;
-8. generation — the selected tier, escalating to the fallback tier when it fails (cascade);
-9. record — the job record in the database and the answer in the response cache.
+Stages (timeouts and retry policies in :mod:`workflows.policies`):
 
-The workflow is deterministic: no clock but ``workflow.now()``, no I/O, settings arrive in the
-input. ``get_progress`` answers at any time with the intermediate state.
+1. response cache (local activity) — a hit completes the job at once;
+2. tool plan (local) — explicit calls plus the planner's, validated against the registry;
+3. model selection (local) — sees the planned tools; picks a tier and an escalation tier;
+4. draft — a quick small-tier answer, only when the final tier is above small; it runs beside
+   the next stages and is cancelled when the job ends early or the final answer is ready first;
+5. approval gate — when asked to, or when a planned tool requires it: waits for the ``decide``
+   update (validated; refused unless the job is waiting), up to the approval timeout;
+6. tools — ``run_tools`` regular activities, at most ``TOOL_FANOUT_WIDTH`` at once, each call
+   behind the Redis tool-result cache; failures are data;
+7. compression (local) — context and tool results fitted to the token budget;
+8. generation — the selected tier with a timeout fitted to it; on failure the escalation tier
+   answers (cascade);
+9. record (local, falling back to a regular activity during a database outage).
+
+Stages 1-3 run in the first workflow task. The workflow is deterministic: no clock but
+``workflow.now()``, no I/O, settings arrive in the input or from activity results.
+
+Versioning: histories recorded before this shape (no ``agentflow-core-v2`` marker) take the v1
+path in :mod:`workflows.agent_v1`, unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from functools import partial
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.agent import AgentActivities
+    from activities.generation import ModelActivities
+    from activities.stages import StageActivities
+    from activities.tool_calls import ToolActivities
+    from core.errors import ErrorType
     from core.models import (
         AgentProgress,
         AgentResult,
         AgentWorkflowInput,
         ApprovalDecision,
         CompressContextInput,
+        CompressionSummary,
+        ContextItem,
+        DecisionResult,
         GenerateInput,
         GenerateResult,
         JobStatus,
@@ -41,55 +57,25 @@ with workflow.unsafe.imports_passed_through():
         PlanToolsInput,
         RecordJobInput,
         ResponseCacheKeyInput,
-        RunToolInput,
+        RunToolsInput,
         SelectModelInput,
+        SelectModelResult,
         Stage,
         StageTiming,
         Tier,
-        ToolCall,
         ToolFailure,
         ToolResult,
     )
     from workflows import policies
+    from workflows.agent_v1 import LegacyAgentRun
+    from workflows.failures import failure_of, root_cause
 
-
-PATCH_SELECT_WITH_PLAN = "select-model-with-plan-tools"
-"""``workflow.patched`` id: model selection and tool planning are scheduled together."""
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The first typed ``ApplicationError`` in the cause chain, else the deepest cause.
-
-    An activity failure arrives as ``ActivityError`` -> ``ApplicationError(type=...)`` ->
-    (the activity's own exception chain); the typed error is the one to branch and report on.
-    """
-    cause: BaseException | None = error
-    deepest = error
-    while cause is not None:
-        if isinstance(cause, ApplicationError) and cause.type:
-            return cause
-        deepest = cause
-        cause = cause.__cause__
-    return deepest
-
-
-def failure_of(call: ToolCall, error: BaseException) -> ToolFailure:
-    """A :class:`ToolFailure` for ``call`` from the error its activity ended with.
-
-    The recorded type is the typed one from the chain, e.g. ``ToolTransient`` after the last
-    retry, or ``TimeoutError`` when the tool outran its start-to-close timeout.
-    """
-    cause = _root_cause(error)
-    if isinstance(cause, ApplicationError) and cause.type:
-        error_type = cause.type
-    else:
-        error_type = type(cause).__name__
-    message = getattr(cause, "message", None) or str(cause) or error_type
-    return ToolFailure(call_id=call.id, name=call.name, error_type=error_type, error=message)
+PATCH_CORE_V2 = "agentflow-core-v2"
+"""``workflow.patched`` id of this shape; histories without it replay on the v1 path."""
 
 
 @workflow.defn(name="AgentWorkflow")
-class AgentWorkflow:
+class AgentWorkflow(LegacyAgentRun):
     """Runs one agent request; the workflow id is ``agent-<job_id>``."""
 
     def __init__(self) -> None:
@@ -97,18 +83,75 @@ class AgentWorkflow:
         self._decision: ApprovalDecision | None = None
         self._stage_started: datetime | None = None
         self._cache_key: str | None = None
+        self._gate_open = False
+        self._legacy = False
+        self._revision = 0
+        self._projection: asyncio.Task[None] | None = None
+        self._draft_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ handlers
 
     @workflow.query
     def get_progress(self) -> AgentProgress:
-        """Current stage, draft, tool results so far, chosen tier and usage so far."""
+        """Current status and stage, draft, tool plan and results so far, tier, usage, timings."""
         return self._progress
+
+    @workflow.update
+    async def decide(self, decision: ApprovalDecision) -> DecisionResult:
+        """Approve or reject the job while it waits at the approval gate.
+
+        Returns:
+            The decision and the job's new status: RUNNING after an approval, REJECTED after a
+            rejection.
+
+        Raises:
+            ApplicationError: ``JobNotAwaitingApproval`` (non-retryable) when the job is not
+                waiting for a decision (not yet at the gate, already decided, or ended); its
+                ``details`` hold the current status. The validator refuses such calls before they
+                reach history; this check covers two decisions that pass validation together.
+        """
+        self._refuse_unless_waiting()
+        self._decision = decision
+        self._gate_open = False
+        self._progress.approval = decision
+        return DecisionResult(
+            job_id=self._progress.job_id,
+            approved=decision.approved,
+            reviewer=decision.reviewer,
+            status=JobStatus.RUNNING if decision.approved else JobStatus.REJECTED,
+        )
+
+    @decide.validator
+    def _validate_decide(self, decision: ApprovalDecision) -> None:
+        self._refuse_unless_waiting()
+
+    def _refuse_unless_waiting(self) -> None:
+        if self._gate_open and self._decision is None:
+            return
+        status = self._progress.status
+        if self._decision is not None:
+            why = f"job {self._progress.job_id} was already decided by {self._decision.reviewer}"
+        else:
+            why = f"job {self._progress.job_id} is not awaiting approval (status {status.value})"
+        raise ApplicationError(
+            why,
+            status.value,
+            type=ErrorType.JOB_NOT_AWAITING_APPROVAL.value,
+            non_retryable=True,
+        )
 
     @workflow.signal
     def approve(self, decision: ApprovalDecision) -> None:
-        """Record a human decision. The first decision wins; later ones are ignored."""
-        if self._decision is None:
+        """The v1 approval channel, kept for jobs started before the ``decide`` update.
+
+        Only those jobs act on it (the first decision wins); a job started since logs and ignores
+        it, so a signal can never approve a job ahead of its gate. Use ``decide``.
+        """
+        if not self._legacy:
+            workflow.logger.warning(
+                "ignoring an 'approve' signal from %s: use the 'decide' update", decision.reviewer
+            )
+        elif self._decision is None:
             self._decision = decision
         else:
             workflow.logger.info("ignoring a second approval decision from %s", decision.reviewer)
@@ -128,85 +171,103 @@ class AgentWorkflow:
             asyncio.CancelledError: the workflow was cancelled; recorded as CANCELED first.
         """
         self._progress = AgentProgress(job_id=inp.job_id)
+        if not workflow.patched(PATCH_CORE_V2):
+            self._legacy = True
+            return await self._v1_run(inp)
+        self._progress.query = inp.request.query
+        self._progress.started_at = workflow.info().start_time
+        self._project(first=inp)
         try:
-            return await self._run(inp)
+            return await self._pipeline(inp)
         except (ActivityError, ApplicationError) as err:
+            self._stop_draft()
             if is_cancelled_exception(err):
-                await self._finish_canceled()
+                await self._finish(self._result(JobStatus.CANCELED))
                 raise
-            root = _root_cause(err)
+            root = root_cause(err)
             error_type = root.type if isinstance(root, ApplicationError) and root.type else None
             message = getattr(root, "message", None) or str(root)
-            await self._record(
+            await self._finish(
                 self._result(JobStatus.FAILED, error=message, error_type=error_type or "Failed")
             )
             raise ApplicationError(
                 message, type=error_type or "AgentJobFailed", non_retryable=True
             ) from err
         except asyncio.CancelledError:
-            await self._finish_canceled()
+            self._stop_draft()
+            await self._finish(self._result(JobStatus.CANCELED))
             raise
 
-    async def _run(self, inp: AgentWorkflowInput) -> AgentResult:
+    async def _pipeline(self, inp: AgentWorkflowInput) -> AgentResult:
         req = inp.request
+        hit = await self._check_response_cache(inp)
+        if hit is not None:
+            return await self._finish(hit)
+        planned = await self._plan(inp)
+        selection = await self._select(inp, planned)
+        if self._draft_helps(inp, selection):
+            self._draft_task = asyncio.create_task(self._draft(inp, selection))
+
+        if req.require_approval or any(p.requires_approval for p in planned):
+            outcome = await self._await_decision(inp.approval_timeout)
+            if outcome is not JobStatus.RUNNING:
+                self._stop_draft()
+                return await self._finish(self._result(outcome))
+
+        self._enter(Stage.TOOLS)
+        await self._run_tools(inp, planned)
+        items, summary = await self._compress(inp)
+        final, escalated_to = await self._generate_final(inp, selection, items)
+        self._progress.usage.append(final.usage)
+        self._stop_draft()
+        result = self._result(JobStatus.COMPLETED).model_copy(
+            update={
+                "answer": final.text,
+                "simulated": final.usage.simulated,
+                "escalated_to": escalated_to,
+                "compression": summary,
+            }
+        )
+        return await self._finish(result)
+
+    # ------------------------------------------------------------------ stages
+
+    async def _check_response_cache(self, inp: AgentWorkflowInput) -> AgentResult | None:
+        """Look the request up; a completed result on a hit, else ``None``."""
         self._enter(Stage.RESPONSE_CACHE)
-        cache_check = await workflow.execute_activity_method(
-            AgentActivities.check_response_cache,
+        req = inp.request
+        check = await workflow.execute_local_activity_method(
+            StageActivities.check_response_cache,
             ResponseCacheKeyInput(
                 query=req.query,
                 context=req.context,
                 tool_calls=req.tool_calls,
                 model_tier=req.model_tier,
             ),
-            start_to_close_timeout=policies.QUICK_TIMEOUT,
-            retry_policy=policies.QUICK_RETRY,
+            start_to_close_timeout=policies.LOCAL_QUICK_TIMEOUT,
+            retry_policy=policies.LOCAL_QUICK_RETRY,
         )
-        self._cache_key = cache_check.key
-        if cache_check.hit is not None:
-            result = self._result(JobStatus.COMPLETED).model_copy(
-                update={
-                    "answer": cache_check.hit.answer,
-                    "simulated": cache_check.hit.simulated,
-                    "response_cache_hit": True,
-                }
-            )
-            return await self._complete(result)
+        self._cache_key = check.key
+        if check.hit is None:
+            return None
+        return self._result(JobStatus.COMPLETED).model_copy(
+            update={
+                "answer": check.hit.answer,
+                "simulated": check.hit.simulated,
+                "response_cache_hit": True,
+            }
+        )
 
-        self._enter(Stage.MODEL_SELECTION)
-        draft_task = asyncio.create_task(self._draft(inp)) if inp.draft_enabled else None
-        selecting = workflow.start_activity_method(
-            AgentActivities.select_model,
-            SelectModelInput(
-                query=req.query,
-                tool_call_names=[c.name for c in req.tool_calls],
-                context_items=len(req.context),
-                pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
-            ),
-            start_to_close_timeout=policies.QUICK_TIMEOUT,
-            retry_policy=policies.QUICK_RETRY,
-        )
-        plan_tools = partial(
-            workflow.start_activity_method,
-            AgentActivities.plan_tools,
-            PlanToolsInput(query=req.query, tool_calls=req.tool_calls),
-            start_to_close_timeout=policies.QUICK_TIMEOUT,
-            retry_policy=policies.QUICK_RETRY,
-        )
-        # Selection and planning depend on the request alone: scheduling them together takes one
-        # activity round trip off the job's critical path (~18 ms per activity on the dev server,
-        # `python -m benchmarks overhead`). Histories recorded before this patch scheduled them
-        # one after the other.
-        planning = plan_tools() if workflow.patched(PATCH_SELECT_WITH_PLAN) else None
-        try:
-            selection = await selecting
-        except BaseException:
-            if planning is not None:
-                planning.cancel()
-            raise
-        self._progress.selection = selection
-
+    async def _plan(self, inp: AgentWorkflowInput) -> list[PlannedToolCall]:
+        """The validated calls to run; proposals that did not validate become failures."""
         self._enter(Stage.TOOL_PLAN)
-        plan = await (planning if planning is not None else plan_tools())
+        req = inp.request
+        plan = await workflow.execute_local_activity_method(
+            StageActivities.plan_tools,
+            PlanToolsInput(query=req.query, tool_calls=req.tool_calls),
+            start_to_close_timeout=policies.PLAN_TIMEOUT,
+            retry_policy=policies.LOCAL_QUICK_RETRY,
+        )
         self._progress.tool_plan = plan.planned
         if plan.usage is not None:
             self._progress.usage.append(plan.usage)
@@ -214,71 +275,36 @@ class AgentWorkflow:
             ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
             for reason in plan.rejected
         ]
+        return plan.planned
 
-        if req.require_approval or any(p.requires_approval for p in plan.planned):
-            decided = await self._await_approval(inp.approval_timeout)
-            if not decided or (self._decision is not None and not self._decision.approved):
-                if draft_task is not None:
-                    await draft_task
-                status = JobStatus.REJECTED if decided else JobStatus.EXPIRED
-                return await self._complete(self._result(status))
-
-        self._enter(Stage.TOOLS)
-        await self._run_tools(inp.job_id, plan.planned)
-
-        self._enter(Stage.COMPRESSION)
-        compressed = await workflow.execute_activity_method(
-            AgentActivities.compress_context,
-            CompressContextInput(
+    async def _select(
+        self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]
+    ) -> SelectModelResult:
+        self._enter(Stage.MODEL_SELECTION)
+        req = inp.request
+        selection = await workflow.execute_local_activity_method(
+            StageActivities.select_model,
+            SelectModelInput(
                 query=req.query,
-                items=req.context,
-                tool_results=self._progress.tool_results,
-                max_tokens=req.max_context_tokens,
+                tool_call_names=[p.call.name for p in planned],
+                context_items=len(req.context),
+                pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
             ),
-            start_to_close_timeout=policies.COMPRESSION_TIMEOUT,
-            retry_policy=policies.COMPRESSION_RETRY,
+            start_to_close_timeout=policies.LOCAL_QUICK_TIMEOUT,
+            retry_policy=policies.LOCAL_QUICK_RETRY,
         )
+        self._progress.selection = selection
+        return selection
 
-        if draft_task is not None:
-            await draft_task
-        self._enter(Stage.GENERATION)
-        gen_input = GenerateInput(
-            job_id=inp.job_id,
-            purpose="final",
-            tier=selection.tier,
-            query=req.query,
-            context=compressed.items,
-        )
-        escalated_to: Tier | None = None
-        try:
-            final = await self._generate(gen_input, inp.model_timeout)
-        except ActivityError as err:
-            if selection.escalation_tier is None or is_cancelled_exception(err):
-                raise
-            escalated_to = selection.escalation_tier
-            workflow.logger.warning(
-                "tier %s failed (%s); escalating to %s",
-                selection.tier,
-                _root_cause(err),
-                escalated_to,
-            )
-            final = await self._generate(
-                gen_input.model_copy(update={"tier": escalated_to}), inp.model_timeout
-            )
-        self._progress.usage.append(final.usage)
-        result = self._result(JobStatus.COMPLETED).model_copy(
-            update={
-                "answer": final.text,
-                "simulated": final.usage.simulated,
-                "escalated_to": escalated_to,
-                "compression": compressed.summary,
-            }
-        )
-        return await self._complete(result)
+    @staticmethod
+    def _draft_helps(inp: AgentWorkflowInput, selection: SelectModelResult) -> bool:
+        """A small-tier draft is worth its cost only when the final answer comes from above small.
 
-    # ------------------------------------------------------------------ stages
+        That also covers a pinned small tier (the final answer is itself a small-tier answer).
+        """
+        return inp.draft_enabled and selection.tier is not Tier.SMALL
 
-    async def _draft(self, inp: AgentWorkflowInput) -> None:
+    async def _draft(self, inp: AgentWorkflowInput, selection: SelectModelResult) -> None:
         """Quick small-tier answer; a failure is logged and the job goes on without it."""
         try:
             draft = await self._generate(
@@ -289,75 +315,182 @@ class AgentWorkflow:
                     query=inp.request.query,
                     max_tokens=inp.draft_max_tokens,
                 ),
-                inp.model_timeout,
+                inp,
+                selection,
                 retry=policies.DRAFT_RETRY,
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
-                raise
-            workflow.logger.warning("draft failed, continuing without it: %s", _root_cause(err))
+                return
+            workflow.logger.warning("draft failed, continuing without it: %s", root_cause(err))
             return
         self._progress.draft = draft.text
         self._progress.usage.append(draft.usage)
 
-    async def _generate(
-        self,
-        gen: GenerateInput,
-        start_to_close: timedelta,
-        retry: RetryPolicy = policies.MODEL_RETRY,
-    ) -> GenerateResult:
-        return await workflow.execute_activity_method(
-            AgentActivities.generate_answer,
-            gen,
-            start_to_close_timeout=start_to_close,
-            retry_policy=retry,
-            summary=f"{gen.purpose} on {gen.tier} tier",
-        )
+    def _stop_draft(self) -> None:
+        """Cancel the draft if it is still running: nobody will read it now."""
+        if self._draft_task is not None and not self._draft_task.done():
+            self._draft_task.cancel()
 
-    async def _await_approval(self, wait_for: timedelta) -> bool:
-        """Wait for the ``approve`` signal; False when the timeout passed first."""
+    async def _await_decision(self, wait_for: timedelta) -> JobStatus:
+        """Wait at the gate for ``decide``; RUNNING (approved), REJECTED or EXPIRED."""
         self._enter(Stage.AWAITING_APPROVAL)
         self._progress.status = JobStatus.AWAITING_APPROVAL
-        await self._record(self._result(JobStatus.AWAITING_APPROVAL))
+        self._gate_open = True
+        self._project()
         try:
             await workflow.wait_condition(lambda: self._decision is not None, timeout=wait_for)
         except TimeoutError:
-            return False
-        finally:
-            self._progress.status = JobStatus.RUNNING
-        self._progress.approval = self._decision
-        return True
+            if self._decision is None:  # a decision accepted as the timer fired still counts
+                self._gate_open = False
+                return JobStatus.EXPIRED
+        self._progress.status = JobStatus.RUNNING
+        assert self._decision is not None
+        if not self._decision.approved:
+            return JobStatus.REJECTED
+        self._project()
+        return JobStatus.RUNNING
 
-    async def _run_tools(self, job_id: str, planned: list[PlannedToolCall]) -> None:
-        """Parallel-safe calls concurrently, then the others in order; results in plan order."""
+    async def _run_tools(self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]) -> None:
+        """Run the plan's calls; results kept in plan order after the planner's rejections.
+
+        Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent batches, the others one
+        by one after them.
+        """
         results: dict[str, ToolResult] = {}
-
-        async def one(p: PlannedToolCall) -> None:
-            try:
-                outcome: ToolResult = await workflow.execute_activity_method(
-                    AgentActivities.run_tool,
-                    RunToolInput(job_id=job_id, call=p.call),
-                    start_to_close_timeout=timedelta(seconds=p.timeout_s),
-                    retry_policy=policies.TOOL_RETRY,
-                    summary=f"{p.call.name} ({p.call.id})",
-                )
-            except ActivityError as err:
-                if is_cancelled_exception(err):
-                    raise
-                outcome = failure_of(p.call, err)
-            results[p.call.id] = outcome
-            self._progress.tool_results.append(outcome)
-
-        await asyncio.gather(*(one(p) for p in planned if p.parallel_safe))
+        parallel = [p for p in planned if p.parallel_safe]
+        width = min(len(parallel), policies.TOOL_FANOUT_WIDTH)
+        batches = [parallel[i::width] for i in range(width)]
+        await asyncio.gather(*(self._tool_batch(inp, batch, results) for batch in batches))
         for p in planned:
             if not p.parallel_safe:
-                await one(p)
+                await self._tool_batch(inp, [p], results)
         rejected = [r for r in self._progress.tool_results if r.call_id == "plan"]
         self._progress.tool_results = rejected + [
             results[p.call.id] for p in planned if p.call.id in results
         ]
 
-    # ------------------------------------------------------------------ bookkeeping
+    async def _tool_batch(
+        self,
+        inp: AgentWorkflowInput,
+        batch: list[PlannedToolCall],
+        results: dict[str, ToolResult],
+    ) -> None:
+        slowest = timedelta(seconds=max(p.timeout_s for p in batch))
+        names = ", ".join(f"{p.call.name} ({p.call.id})" for p in batch)
+        try:
+            outcome = await workflow.execute_activity_method(
+                ToolActivities.run_tools,
+                RunToolsInput(job_id=inp.job_id, calls=[p.call for p in batch]),
+                start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
+                heartbeat_timeout=inp.heartbeat_timeout,
+                retry_policy=policies.TOOL_BATCH_RETRY,
+                summary=names[:200],
+            )
+            done: list[ToolResult] = outcome.results
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            done = [failure_of(p.call, err) for p in batch]
+        by_id = {p.call.id: p for p in batch}
+        retries = [r for r in done if isinstance(r, ToolFailure) and r.retryable]
+        for r in done:
+            if not (isinstance(r, ToolFailure) and r.retryable):
+                self._add_tool_result(r, results)
+        await asyncio.gather(*(self._tool_alone(inp, by_id[r.call_id], results) for r in retries))
+
+    async def _tool_alone(
+        self, inp: AgentWorkflowInput, p: PlannedToolCall, results: dict[str, ToolResult]
+    ) -> None:
+        """Retry one call that failed transiently inside a batch, as its own activity."""
+        try:
+            outcome = await workflow.execute_activity_method(
+                ToolActivities.run_tools,
+                RunToolsInput(job_id=inp.job_id, calls=[p.call], raise_transient=True),
+                start_to_close_timeout=timedelta(seconds=p.timeout_s)
+                + policies.TOOL_TIMEOUT_MARGIN,
+                heartbeat_timeout=inp.heartbeat_timeout,
+                retry_policy=policies.TOOL_RETRY_ALONE,
+                summary=f"retry {p.call.name} ({p.call.id})",
+            )
+            result: ToolResult = outcome.results[0]
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            result = failure_of(p.call, err)
+        self._add_tool_result(result, results)
+
+    def _add_tool_result(self, result: ToolResult, results: dict[str, ToolResult]) -> None:
+        results[result.call_id] = result
+        self._progress.tool_results.append(result)
+
+    async def _compress(
+        self, inp: AgentWorkflowInput
+    ) -> tuple[list[ContextItem], CompressionSummary]:
+        self._enter(Stage.COMPRESSION)
+        req = inp.request
+        compressed = await workflow.execute_local_activity_method(
+            StageActivities.compress_context,
+            CompressContextInput(
+                query=req.query,
+                items=req.context,
+                tool_results=self._progress.tool_results,
+                max_tokens=req.max_context_tokens,
+                allow_blob_refs=False,
+            ),
+            start_to_close_timeout=policies.LOCAL_COMPRESSION_TIMEOUT,
+            retry_policy=policies.LOCAL_COMPRESSION_RETRY,
+        )
+        return compressed.items, compressed.summary
+
+    async def _generate_final(
+        self, inp: AgentWorkflowInput, selection: SelectModelResult, items: list[ContextItem]
+    ) -> tuple[GenerateResult, Tier | None]:
+        """The selected tier's answer, or the escalation tier's when it fails (the cascade)."""
+        self._enter(Stage.GENERATION)
+        gen = GenerateInput(
+            job_id=inp.job_id,
+            purpose="final",
+            tier=selection.tier,
+            query=inp.request.query,
+            context=items,
+        )
+        try:
+            return await self._generate(gen, inp, selection), None
+        except ActivityError as err:
+            if selection.escalation_tier is None or is_cancelled_exception(err):
+                raise
+            escalated_to = selection.escalation_tier
+            workflow.logger.warning(
+                "tier %s failed (%s); escalating to %s",
+                selection.tier,
+                root_cause(err),
+                escalated_to,
+            )
+            escalated = gen.model_copy(update={"tier": escalated_to})
+            return await self._generate(escalated, inp, selection), escalated_to
+
+    async def _generate(
+        self,
+        gen: GenerateInput,
+        inp: AgentWorkflowInput,
+        selection: SelectModelResult,
+        retry: RetryPolicy = policies.MODEL_RETRY,
+    ) -> GenerateResult:
+        attempt_s = selection.attempt_timeouts_s.get(gen.tier)
+        attempt = timedelta(seconds=attempt_s) if attempt_s else inp.model_timeout
+        start_to_close = attempt + policies.MODEL_ATTEMPT_MARGIN
+        return await workflow.execute_activity_method(
+            ModelActivities.generate_answer,
+            gen,
+            start_to_close_timeout=start_to_close,
+            schedule_to_close_timeout=policies.model_schedule_to_close(start_to_close, retry),
+            heartbeat_timeout=inp.heartbeat_timeout,
+            retry_policy=retry,
+            summary=f"{gen.purpose} on {gen.tier} tier",
+        )
+
+    # ------------------------------------------------------------------ state and projection
 
     def _enter(self, stage: Stage) -> None:
         now = workflow.now()
@@ -378,30 +511,84 @@ class AgentWorkflow:
             status=status,
             selection=p.selection,
             draft=p.draft,
-            tool_results=p.tool_results,
+            tool_results=list(p.tool_results),
             approval=p.approval,
-            usage=p.usage,
-            timings=p.timings,
+            usage=list(p.usage),
+            timings=list(p.timings),
             error=error,
             error_type=error_type,
         )
 
-    async def _complete(self, result: AgentResult) -> AgentResult:
-        self._enter(Stage.RECORD)
-        self._progress.status = result.status
-        result = result.model_copy(update={"timings": list(self._progress.timings)})
-        await self._record(result)
-        self._enter(Stage.DONE)
-        return result.model_copy(update={"timings": self._progress.timings})
+    def _project(
+        self, *, first: AgentWorkflowInput | None = None, result: AgentResult | None = None
+    ) -> asyncio.Task[None]:
+        """Write the job's current state to the database after the previous write finishes.
 
-    async def _record(self, result: AgentResult) -> None:
-        await workflow.execute_activity_method(
-            AgentActivities.record_job,
-            RecordJobInput(result=result, response_cache_key=self._cache_key),
-            start_to_close_timeout=policies.RECORD_TIMEOUT,
-            retry_policy=policies.RECORD_RETRY,
+        Writes run one at a time in order, beside the stages; only the final one is awaited.
+        """
+        self._revision += 1
+        record = RecordJobInput(
+            result=result or self._result(self._progress.status),
+            response_cache_key=self._cache_key if result is not None else None,
+            revision=self._revision,
         )
+        if first is not None:
+            record.request = first.request
+            record.created_at = self._progress.started_at
+            record.idempotency_key = first.idempotency_key
+            record.request_hash = first.request_hash
+        self._projection = asyncio.create_task(self._write_after(self._projection, record))
+        return self._projection
 
-    async def _finish_canceled(self) -> None:
-        self._progress.status = JobStatus.CANCELED
-        await self._record(self._result(JobStatus.CANCELED))
+    async def _write_after(
+        self, previous: asyncio.Task[None] | None, record: RecordJobInput
+    ) -> None:
+        if previous is not None:
+            await workflow.wait([previous])  # in order; its own failure is its own to report
+        try:
+            await workflow.execute_local_activity_method(
+                StageActivities.record_job,
+                record,
+                start_to_close_timeout=policies.LOCAL_RECORD_TIMEOUT,
+                schedule_to_close_timeout=policies.LOCAL_RECORD_BUDGET,
+                retry_policy=policies.LOCAL_RECORD_RETRY,
+            )
+            return
+        except ActivityError as err:
+            if self._write_refused(err):
+                return
+            workflow.logger.warning(
+                "recording revision %d locally failed (%s); retrying as an activity until the "
+                "database is back",
+                record.revision,
+                root_cause(err),
+            )
+        try:
+            await workflow.execute_activity_method(
+                StageActivities.record_job,
+                record,
+                start_to_close_timeout=policies.RECORD_TIMEOUT,
+                retry_policy=policies.RECORD_RETRY,
+                summary=f"record {record.result.status.value} (database was unavailable)",
+            )
+        except ActivityError as err:
+            if not self._write_refused(err):
+                raise
+
+    @staticmethod
+    def _write_refused(err: ActivityError) -> bool:
+        """Whether the database refused the write for good (logged; the job goes on)."""
+        cause = root_cause(err)
+        if isinstance(cause, ApplicationError) and cause.type == ErrorType.STORE_REJECTED.value:
+            workflow.logger.error("the job database refused the job record: %s", cause.message)
+            return True
+        return False
+
+    async def _finish(self, result: AgentResult) -> AgentResult:
+        """Record the terminal ``result`` (the last projection) and return it."""
+        self._enter(Stage.RECORD)
+        result = result.model_copy(update={"timings": list(self._progress.timings)})
+        await self._project(result=result)
+        self._progress.status = result.status
+        self._enter(Stage.DONE)
+        return result.model_copy(update={"timings": list(self._progress.timings)})

@@ -1,107 +1,55 @@
-"""``/v1/jobs``: submit agent requests, read them, approve them, cancel them."""
+"""``/v1/jobs``: submit agent requests, read them, decide on them, cancel them.
+
+A job is its workflow, ``agent-<job_id>``: submitting starts it (nothing is written first),
+reading asks it (:func:`api.job_views.read_job`), deciding sends it the ``decide`` update.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
-from datetime import timedelta
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.store import IdempotencyConflictError, JobRecord, request_hash
 from api.deps import StateDep, TemporalDep
-from api.errors import JobNotFoundError, JobStateConflictError, TemporalUnavailableError
+from api.errors import (
+    JobNotFoundError,
+    JobStateConflictError,
+    PayloadTooLargeError,
+    TemporalUnavailableError,
+)
+from api.job_views import from_record, links, read_job
 from api.schemas import (
-    ApprovalAccepted,
     ApprovalCreate,
+    ApprovalPublic,
     CancelAccepted,
     JobCreate,
-    JobLinks,
     JobPublic,
     JobsPublic,
-    JobUsage,
 )
 from api.state import AppState
-from core.models import (
-    AgentProgress,
-    AgentRequest,
-    AgentWorkflowInput,
-    ContextItem,
-    JobStatus,
-)
-from core.temporal import workflow_id_for
+from core.errors import ErrorType
+from core.ids import job_id_for, request_hash, workflow_id_for
+from core.models import AgentRequest, AgentWorkflowInput, JobStatus
 from core.tools import ToolCallInvalidError
 from workflows.agent import AgentWorkflow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-_QUERY_TIMEOUT_S = 5.0
+MEMO_REQUEST_HASH = "request_hash"
+"""Memo field: the submitted request's hash, compared when an Idempotency-Key comes again."""
 
-# A workflow that closed without recording its outcome (terminated from the Web UI, timed out)
-# still has a true status in Temporal; these map it onto the job's.
-_CLOSED_STATUS = {
-    WorkflowExecutionStatus.COMPLETED: JobStatus.COMPLETED,
-    WorkflowExecutionStatus.FAILED: JobStatus.FAILED,
-    WorkflowExecutionStatus.CANCELED: JobStatus.CANCELED,
-    WorkflowExecutionStatus.TERMINATED: JobStatus.FAILED,
-    WorkflowExecutionStatus.TIMED_OUT: JobStatus.FAILED,
-}
-
-
-def _links(state: AppState, job_id: str) -> JobLinks:
-    s = state.settings
-    wf = workflow_id_for(job_id)
-    return JobLinks(
-        self=f"/v1/jobs/{job_id}",
-        temporal_ui=f"{s.temporal_ui_url.rstrip('/')}/namespaces/{s.temporal_namespace}/workflows/{wf}",
-    )
-
-
-def to_public(state: AppState, record: JobRecord) -> JobPublic:
-    """The API view of a job record (without live progress)."""
-    result = record.to_result()
-    usage = JobUsage(
-        prompt_tokens=record.prompt_tokens,
-        completion_tokens=record.completion_tokens,
-        cost_usd=record.cost_usd,
-        calls=len(result.usage) if result else 0,
-    )
-    return JobPublic(
-        job_id=record.job_id,
-        workflow_id=record.workflow_id,
-        status=JobStatus(record.status),
-        query=record.query,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        completed_at=record.completed_at,
-        duration_ms=record.duration_ms,
-        tier=record.tier,
-        response_cache_hit=record.response_cache_hit,
-        result=result if result and JobStatus(record.status).is_terminal else None,
-        usage=usage,
-        error=record.error,
-        links=_links(state, record.job_id),
-    )
-
-
-async def _offload_large_context(state: AppState, request: AgentRequest) -> AgentRequest:
-    """Move context items over the payload threshold to the blob store (pass by reference)."""
-    limit = state.settings.large_payload_threshold_bytes
-    if all(len(item.content.encode()) <= limit for item in request.context):
-        return request
-    items: list[ContextItem] = []
-    for item in request.context:
-        if len(item.content.encode()) > limit:
-            ref = await asyncio.to_thread(state.store.put_blob, item.content)
-            item = item.model_copy(update={"content": "", "blob": ref})
-        items.append(item)
-    return request.model_copy(update={"context": items})
+MEMO_SUBMISSION = "submission"
+"""Memo field: a random id of the submission that started the workflow."""
 
 
 def _validate_tools(state: AppState, request: AgentRequest) -> None:
@@ -114,74 +62,116 @@ def _validate_tools(state: AppState, request: AgentRequest) -> None:
     ids = [c.id for c in request.tool_calls]
     if len(ids) != len(set(ids)):
         dup = next(i for i in ids if ids.count(i) > 1)
-        err = ToolCallInvalidError(dup, "id", f"duplicate tool call id {dup!r}")
-        raise err
+        raise ToolCallInvalidError(dup, "id", f"duplicate tool call id {dup!r}")
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+def _check_size(state: AppState, request: AgentRequest) -> None:
+    limit = state.settings.max_job_input_bytes
+    size = len(request.model_dump_json().encode())
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"the job's input is {size} bytes; the limit is {limit} bytes "
+            "(AGENTFLOW_MAX_JOB_INPUT_BYTES)"
+        )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"description": "Idempotency-Key reused with another body"}, 413: {}, 503: {}},
+)
 async def create_job(
     body: JobCreate,
     state: StateDep,
     temporal: TemporalDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobPublic:
     """Submit an agent request; it runs as workflow ``agent-<job_id>``.
 
-    A repeated ``Idempotency-Key`` with the same body returns the first job and starts nothing
-    (header ``Idempotent-Replayed: true``); with a different body it is a 409. Unknown tools or
-    bad tool parameters are a 422 naming ``tool_calls[i]``. When Temporal cannot start the
-    workflow the answer is 503 and no job is left behind.
+    With an ``Idempotency-Key`` the job id derives from the key, and Temporal's id-conflict
+    policy (``USE_EXISTING``) returns the job already started under it: a repeat with the same
+    body answers that job (header ``Idempotent-Replayed: true``) and starts nothing; with another
+    body it is a 409. Unknown tools or bad tool parameters are a 422 naming ``tool_calls[i]``; a
+    job input over ``AGENTFLOW_MAX_JOB_INPUT_BYTES`` is a 413. When Temporal cannot start the
+    workflow the answer is 503, and nothing was written.
     """
-    _validate_tools(state, body)
-    store = state.store
+    request = body.to_request()
+    _validate_tools(state, request)
+    _check_size(state, request)
+    digest = request_hash(request)
     if idempotency_key:
-        existing = await asyncio.to_thread(store.find_by_idempotency_key, idempotency_key)
-        if existing is not None:
-            return _replayed(state, existing, body, response)
-    job_id = uuid.uuid4().hex
-    workflow_id = workflow_id_for(job_id)
-    request = await _offload_large_context(state, body)
-    try:
-        record = await asyncio.to_thread(
-            store.create_job, job_id, workflow_id, body, idempotency_key
-        )
-    except IdempotencyConflictError as exc:
-        existing = await asyncio.to_thread(store.get_job, exc.existing_job_id)
-        if existing is None:
-            raise
-        return _replayed(state, existing, body, response)
+        legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, idempotency_key)
+        if legacy is not None:  # a job submitted under this key before workflow-owned ids
+            _same_request(legacy.job_id, legacy.request_hash, digest)
+            response.headers["Idempotent-Replayed"] = "true"
+            return await read_job(state, legacy.job_id)
+    job_id = job_id_for(idempotency_key)
+    submission = uuid.uuid4().hex
     settings = state.settings
     try:
-        await temporal.start_workflow(
+        handle = await temporal.start_workflow(
             AgentWorkflow.run,
             AgentWorkflowInput(
                 job_id=job_id,
                 request=request,
                 approval_timeout=timedelta(seconds=settings.approval_timeout_s),
-                model_timeout=timedelta(seconds=settings.model_timeout_s + 5),
+                heartbeat_timeout=timedelta(seconds=settings.activity_heartbeat_timeout_s),
+                idempotency_key=idempotency_key,
+                request_hash=digest,
             ),
-            id=workflow_id,
+            id=workflow_id_for(job_id),
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            memo={
+                MEMO_REQUEST_HASH: digest,
+                MEMO_SUBMISSION: submission,
+                "query": body.query[:200],
+            },
             static_summary=body.query[:200],
         )
+    except WorkflowAlreadyStartedError:
+        # The key's workflow already closed; REJECT_DUPLICATE keeps it from running twice.
+        handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
     except RPCError as exc:
-        await asyncio.to_thread(store.delete_job, job_id)
-        raise TemporalUnavailableError(f"could not start the workflow: {exc.message}") from exc
-    log.info("job %s started as %s", job_id, workflow_id)
-    return to_public(state, record)
+        raise TemporalUnavailableError("could not start the job's workflow; try again") from exc
+    if idempotency_key and await _started_earlier(handle, job_id, digest, submission):
+        response.headers["Idempotent-Replayed"] = "true"
+        return await read_job(state, job_id)
+    log.info("job %s started as %s", job_id, handle.id)
+    now = datetime.now(UTC)
+    return JobPublic(
+        job_id=job_id,
+        workflow_id=handle.id,
+        status=JobStatus.RUNNING,
+        query=request.query,
+        created_at=now,
+        updated_at=now,
+        links=links(state, job_id),
+    )
 
 
-def _replayed(
-    state: AppState, existing: JobRecord, body: AgentRequest, response: Response
-) -> JobPublic:
-    if existing.request_hash != request_hash(body):
+async def _started_earlier(
+    handle: WorkflowHandle[Any, Any], job_id: str, digest: str, submission: str
+) -> bool:
+    """Whether the keyed workflow was started by an earlier submission (then same body or 409)."""
+    try:
+        memo = await (await handle.describe()).memo()
+    except RPCError as exc:
+        raise TemporalUnavailableError("could not read the job's workflow; try again") from exc
+    if memo.get(MEMO_SUBMISSION) == submission:
+        return False
+    stored = memo.get(MEMO_REQUEST_HASH)
+    _same_request(job_id, stored if isinstance(stored, str) else None, digest)
+    return True
+
+
+def _same_request(job_id: str, stored_hash: str | None, digest: str) -> None:
+    if stored_hash != digest:
         raise JobStateConflictError(
-            f"Idempotency-Key was already used for job {existing.job_id} with a different request"
+            f"Idempotency-Key was already used for job {job_id} with a different request"
         )
-    response.headers["Idempotent-Replayed"] = "true"
-    return to_public(state, existing)
 
 
 @router.get("")
@@ -189,98 +179,84 @@ async def list_jobs(
     state: StateDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobsPublic:
-    """Recent jobs, newest first, optionally only those with ``status``."""
+    """Recent jobs, newest first, from their records (each job records itself as it starts)."""
     records = await asyncio.to_thread(state.store.list_jobs, status_filter, limit, offset)
-    data = [to_public(state, r) for r in records]
+    data = [from_record(state, r) for r in records]
     return JobsPublic(data=data, count=len(data))
 
 
-async def _get_record(state: AppState, job_id: str) -> JobRecord:
-    record = await asyncio.to_thread(state.store.get_job, job_id)
-    if record is None:
-        raise JobNotFoundError(f"job {job_id} not found")
-    return record
+@router.get("/{job_id}", responses={404: {}, 503: {}})
+async def get_job(job_id: str, state: StateDep) -> JobPublic:
+    """A job: live progress from its workflow while it runs, its record once it ended.
+
+    When Temporal or the workers cannot answer, the record is returned with a ``warning``.
+    """
+    return await read_job(state, job_id)
 
 
-async def _progress(handle: WorkflowHandle[AgentWorkflow, object]) -> AgentProgress:
-    return await asyncio.wait_for(
-        handle.query(AgentWorkflow.get_progress), timeout=_QUERY_TIMEOUT_S
+@router.post("/{job_id}/approval", responses={404: {}, 409: {}, 503: {}})
+async def decide_job(
+    job_id: str, body: ApprovalCreate, state: StateDep, temporal: TemporalDep
+) -> ApprovalPublic:
+    """Approve or reject a job waiting at its approval gate (the workflow's ``decide`` update).
+
+    The workflow's validator refuses a decision unless the job is waiting for one: 409 names the
+    job's status (not yet at the gate, already decided, ended). Sending the same body again
+    returns the same outcome. While no worker can take the decision (workers restarting) the
+    call waits up to ``AGENTFLOW_DECISION_WAIT_S``, then answers 503; the decision still applies
+    when a worker picks it up.
+    """
+    handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
+    update_id = "decide-" + hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:32]
+    try:
+        outcome = await asyncio.wait_for(
+            handle.execute_update(AgentWorkflow.decide, body, id=update_id),
+            timeout=state.settings.decision_wait_s,
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and (
+            cause.type == ErrorType.JOB_NOT_AWAITING_APPROVAL.value
+        ):
+            raise JobStateConflictError(cause.message) from exc
+        raise
+    except TimeoutError as exc:
+        raise TemporalUnavailableError(
+            f"no worker took the decision within {state.settings.decision_wait_s:g} s; it will "
+            "apply when one does (sending the same body again returns its outcome)",
+            headers={"Retry-After": "5"},
+        ) from exc
+    except RPCError as exc:
+        raise await _not_running(state, job_id, exc) from exc
+    return ApprovalPublic(
+        job_id=outcome.job_id,
+        approved=outcome.approved,
+        reviewer=outcome.reviewer,
+        status=outcome.status,
     )
 
 
-@router.get("/{job_id}")
-async def get_job(job_id: str, state: StateDep) -> JobPublic:
-    """A job with its live progress while it runs, and its result once it ended.
-
-    When Temporal is unreachable the stored record is returned with a ``warning``.
-    """
-    record = await _get_record(state, job_id)
-    public = to_public(state, record)
-    if public.status.is_terminal:
-        return public
-    try:
-        client = await state.temporal.client()
-        handle = client.get_workflow_handle_for(AgentWorkflow.run, record.workflow_id)
-        public.progress = await _progress(handle)
-        # A terminal status shows only once the record (and its result) is written.
-        if not public.progress.status.is_terminal:
-            public.status = public.progress.status
-    except TemporalUnavailableError as exc:
-        public.warning = exc.message
-    except (RPCError, TimeoutError) as exc:
-        public.warning = await _closed_status(client, record, public, exc)
-    return public
+async def _not_running(state: AppState, job_id: str, exc: RPCError) -> Exception:
+    """The API error for an update or cancel that Temporal refused."""
+    if exc.status != RPCStatusCode.NOT_FOUND:
+        return TemporalUnavailableError("Temporal did not accept the request; try again")
+    job = await read_job(state, job_id)  # raises 404 for an unknown job
+    return JobStateConflictError(f"job {job_id} already ended as {job.status.value}")
 
 
-async def _closed_status(
-    client: Client, record: JobRecord, public: JobPublic, error: Exception
-) -> str:
-    """Explain a failed progress query; adopt Temporal's status when the workflow closed."""
-    try:
-        desc = await client.get_workflow_handle(record.workflow_id).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return "workflow not found in Temporal (it may have been deleted)"
-        return f"could not read progress: {exc.message}"
-    if desc.status is not None and desc.status in _CLOSED_STATUS:
-        public.status = _CLOSED_STATUS[desc.status]
-        return f"workflow closed as {desc.status.name} without recording its outcome"
-    return f"could not read progress: {error}"
-
-
-@router.post("/{job_id}/approval", status_code=status.HTTP_202_ACCEPTED)
-async def approve_job(
-    job_id: str, body: ApprovalCreate, state: StateDep, temporal: TemporalDep
-) -> ApprovalAccepted:
-    """Approve or reject a job that is waiting for approval; 409 when it is not waiting."""
-    record = await _get_record(state, job_id)
-    handle = temporal.get_workflow_handle_for(AgentWorkflow.run, record.workflow_id)
-    try:
-        progress = await _progress(handle)
-    except (RPCError, TimeoutError) as exc:
-        raise JobStateConflictError(
-            f"job {job_id} is not awaiting approval (status {record.status})"
-        ) from exc
-    if progress.status is not JobStatus.AWAITING_APPROVAL or progress.approval is not None:
-        raise JobStateConflictError(
-            f"job {job_id} is not awaiting approval (status {progress.status.value})"
-        )
-    await handle.signal(AgentWorkflow.approve, body)
-    return ApprovalAccepted(job_id=job_id, approved=body.approved, reviewer=body.reviewer)
-
-
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, responses={404: {}, 409: {}})
 async def cancel_job(job_id: str, state: StateDep, temporal: TemporalDep) -> CancelAccepted:
     """Request cancellation; the job ends as CANCELED. 409 when it already ended."""
-    record = await _get_record(state, job_id)
-    if JobStatus(record.status).is_terminal:
-        raise JobStateConflictError(f"job {job_id} already ended as {record.status}")
+    job = await read_job(state, job_id)
+    if job.status.is_terminal:
+        raise JobStateConflictError(f"job {job_id} already ended as {job.status.value}")
     try:
-        await temporal.get_workflow_handle(record.workflow_id).cancel()
+        await temporal.get_workflow_handle(workflow_id_for(job_id)).cancel()
     except RPCError as exc:
-        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            raise JobStateConflictError(f"job {job_id} has no running workflow") from exc
-        raise TemporalUnavailableError(f"could not cancel: {exc.message}") from exc
+        raise await _not_running(state, job_id, exc) from exc
     return CancelAccepted(job_id=job_id)
+
+
+__all__ = ["JobNotFoundError", "router"]

@@ -2,10 +2,10 @@
 
 | tool                 | module                          | approval | cache TTL |
 |----------------------|---------------------------------|----------|-----------|
-| ``calculator``       | :mod:`activities.tools.calculator`  | no       | 1 day     |
-| ``python_docs_search`` | :mod:`activities.tools.python_docs` | no     | 1 day     |
-| ``http_get``         | :mod:`activities.tools.http_get`    | yes      | 5 min     |
-| ``sql_query``        | :mod:`activities.tools.sql_query`   | no       | 10 min    |
+| ``calculator``       | :mod:`infra.tools.calculator`  | no       | 1 day     |
+| ``python_docs_search`` | :mod:`infra.tools.python_docs` | no     | 1 day     |
+| ``http_get``         | :mod:`infra.tools.http_get`    | yes      | 5 min     |
+| ``sql_query``        | :mod:`infra.tools.sql_query`   | no       | 10 min    |
 
 Building the registry does no I/O: the docs index is built on the first search, the database is
 opened per query and HTTP clients are created per request.
@@ -13,12 +13,12 @@ opened per query and HTTP clients are created per request.
 
 from __future__ import annotations
 
-from activities.tools.calculator import make_calculator_tool
-from activities.tools.http_get import make_http_get_tool
-from activities.tools.python_docs import make_python_docs_tool
-from activities.tools.sql_query import ensure_example_database, make_sql_query_tool
 from core.settings import Settings
 from core.tools import ToolRegistry
+from infra.tools.calculator import make_calculator_tool
+from infra.tools.http_get import make_http_get_tool
+from infra.tools.python_docs import make_python_docs_tool
+from infra.tools.sql_query import ensure_example_database, make_sql_query_tool
 
 __all__ = ["builtin_registry", "ensure_example_database"]
 

@@ -1,0 +1,282 @@
+"""The short stages of a job, run as local activities inside the workflow task.
+
+Each method is a thin wrapper: it turns a contract into a call on a cache, the job store or one of
+the stage modules (:mod:`activities.planner`, :mod:`activities.selection`,
+:mod:`activities.compression`), and domain errors into ``ApplicationError`` at the boundary.
+
+CPU stays off the worker's event loop, where one slow call would stall every other job on the
+worker: ``select_model`` and ``compress_context`` are synchronous activities that the worker runs
+in its thread pool; ``plan_tools`` is async for the model planner's HTTP call and runs the rules
+planner in a thread; ``record_job`` writes the database from a thread. Inputs are bounded by the
+request limits (query 20,000 characters, 200 context items, 64 tool calls, tool results capped by
+each tool).
+
+The activity names are deployed names: jobs of the v1 shape still call them as regular
+activities, with the same input and output contracts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+
+from temporalio import activity
+
+from activities.compression import compress_context
+from activities.errors import to_application_error
+from activities.model_planner import plan_with_model
+from activities.planner import plan_tools_by_rules
+from activities.selection import select_model
+from core.catalog import ModelCatalog
+from core.errors import AgentflowError, BlobNotFoundError
+from core.models import (
+    CachedResponse,
+    CheckResponseCacheResult,
+    CompressContextInput,
+    CompressContextResult,
+    ContextItem,
+    Importance,
+    JobStatus,
+    ModelUsage,
+    PlannedToolCall,
+    PlanToolsInput,
+    PlanToolsResult,
+    RecordJobInput,
+    ResponseCacheKeyInput,
+    SelectModelInput,
+    SelectModelResult,
+    Tier,
+    ToolCall,
+    ToolFailure,
+    ToolResult,
+)
+from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
+from infra.cache import RedisCache, response_cache_key
+from infra.jobs import JobStore
+from infra.payloads import read_legacy_blob
+from infra.providers import ProviderRegistry
+from infra.usage import usage_of
+
+log = logging.getLogger(__name__)
+
+
+class StageActivities:
+    """Cache lookup, tool planning, model selection, compression and the job record.
+
+    Args:
+        catalog: tier -> model spec.
+        providers: model providers (for the model planner).
+        tools: the tool registry.
+        cache: Redis cache (a down Redis is a miss).
+        store: job records.
+        response_cache_ttl_s: TTL of cached final answers, in seconds.
+        planner_timeout_s: how long the model planner may take before the rules plan instead,
+            in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: ModelCatalog,
+        providers: ProviderRegistry,
+        tools: ToolRegistry,
+        cache: RedisCache,
+        store: JobStore,
+        response_cache_ttl_s: int = 3600,
+        planner_timeout_s: float = 8.0,
+    ) -> None:
+        self.catalog = catalog
+        self.providers = providers
+        self.tools = tools
+        self.cache = cache
+        self.store = store
+        self.response_cache_ttl_s = response_cache_ttl_s
+        self.planner_timeout_s = planner_timeout_s
+
+    # ------------------------------------------------------------------ response cache
+
+    @activity.defn(name="check_response_cache")
+    async def check_response_cache(self, inp: ResponseCacheKeyInput) -> CheckResponseCacheResult:
+        """Look the request up in the response cache.
+
+        Returns:
+            The cache key (used later to store the answer) and the cached answer on a hit. An
+            unreachable Redis is reported in ``error`` and treated as a miss, never as a failure.
+        """
+        key = response_cache_key(inp)
+        raw = await self.cache.get_json(key)
+        hit = CachedResponse.model_validate(raw) if isinstance(raw, dict) else None
+        error = None if raw is not None or self.cache.last_error is None else self.cache.last_error
+        return CheckResponseCacheResult(key=key, hit=hit, error=error)
+
+    # ------------------------------------------------------------------ planning
+
+    @activity.defn(name="plan_tools")
+    async def plan_tools(self, inp: PlanToolsInput) -> PlanToolsResult:
+        """Validate the request's tool calls and add the planner's proposals.
+
+        The model planner (used when the small tier is a real model) gets
+        ``planner_timeout_s``; on any failure or timeout the rules plan instead, and ``planner``
+        says so. Explicit calls that do not validate are reported in ``rejected`` (the API refuses
+        them earlier; this guards workflows started directly). Planner proposals that duplicate
+        an explicit call (same tool, same canonical parameters) are skipped.
+        """
+        planned: list[PlannedToolCall] = []
+        rejected: list[str] = []
+        seen: set[tuple[str, str]] = set()
+
+        def add(call: ToolCall, origin: str) -> None:
+            try:
+                tool, params = self.tools.validate(call)
+            except ToolCallInvalidError as exc:
+                rejected.append(f"{origin} call {call.id}: {exc.message}")
+                return
+            identity = (tool.name, canonical_parameters(params))
+            if identity in seen:
+                return
+            seen.add(identity)
+            meta = tool.metadata
+            planned.append(
+                PlannedToolCall(
+                    call=call,
+                    parallel_safe=meta.parallel_safe,
+                    requires_approval=meta.requires_approval,
+                    timeout_s=meta.timeout_s,
+                    origin="request" if origin == "request" else "planner",
+                )
+            )
+
+        for call in inp.tool_calls:
+            add(call, "request")
+        proposals, planner, usage = await self._propose(inp.query)
+        for call in proposals:
+            add(call, "planner")
+        return PlanToolsResult(planned=planned, rejected=rejected, planner=planner, usage=usage)
+
+    async def _propose(self, query: str) -> tuple[list[ToolCall], str, ModelUsage | None]:
+        """The model's proposals when the small tier is a real model, else the rules'."""
+        spec = self.catalog.for_tier(Tier.SMALL)
+        if spec.provider != "simulated":
+            provider = self.providers.for_spec(spec)
+            started = time.perf_counter()
+            try:
+                calls, completion = await asyncio.wait_for(
+                    plan_with_model(provider, spec, query, self.tools), self.planner_timeout_s
+                )
+            except TimeoutError:
+                why = f"no answer within {self.planner_timeout_s:g} s"
+            except Exception as exc:  # any failure of the model planner falls back to the rules
+                why = type(exc).__name__ if not isinstance(exc, AgentflowError) else exc.message
+            else:
+                return calls, "model", usage_of("plan", spec, provider.name, completion, started)
+            log.warning("model planner failed, using the rules: %s", why)
+            rules = await asyncio.to_thread(plan_tools_by_rules, query, self.tools)
+            return rules, f"rules (model failed: {why})", None
+        return await asyncio.to_thread(plan_tools_by_rules, query, self.tools), "rules", None
+
+    # ------------------------------------------------------------------ selection
+
+    @activity.defn(name="select_model")
+    def select_model(self, inp: SelectModelInput) -> SelectModelResult:
+        """Classify the task, score it and pick a tier (see :mod:`activities.selection`).
+
+        Also returns each tier's attempt timeout from this worker's catalog (seconds), so the
+        workflow can give generation a start-to-close that fits the tier.
+        """
+        selection = select_model(inp)
+        timeouts = {spec.tier: spec.attempt_timeout_s for spec in self.catalog.models}
+        return selection.model_copy(update={"attempt_timeouts_s": timeouts})
+
+    # ------------------------------------------------------------------ compression
+
+    @activity.defn(name="compress_context")
+    def compress_context(self, inp: CompressContextInput) -> CompressContextResult:
+        """Fit the context items and tool results into ``max_tokens`` by importance.
+
+        Successful tool results join as ``high`` items, failed ones as ``low`` notes. Jobs of the
+        v1 shape may pass context items and tool results by blob reference; they are read back
+        first (``allow_blob_refs``), and refused otherwise.
+
+        Raises:
+            ApplicationError: ``ContextBudgetExceeded`` (non-retryable) when critical items alone
+                exceed the budget; ``BlobNotFound`` (non-retryable) for a dangling or refused
+                reference; ``StoreUnavailable`` (retryable) when a blob cannot be read.
+        """
+        try:
+            items = [self._resolve(item, inp.allow_blob_refs) for item in inp.items]
+            items += [self._tool_result_item(r, inp.allow_blob_refs) for r in inp.tool_results]
+            return compress_context(inp.query, items, inp.max_tokens)
+        except AgentflowError as exc:
+            raise to_application_error(exc) from exc
+
+    def _resolve(self, item: ContextItem, allow_refs: bool) -> ContextItem:
+        if item.blob is None:
+            return item
+        if not allow_refs:
+            raise BlobNotFoundError("context items cannot reference stored blobs")
+        content = read_legacy_blob(self.store.engine, item.blob.blob_id)
+        return item.model_copy(update={"content": content, "blob": None})
+
+    def _tool_result_item(self, result: ToolResult, allow_refs: bool) -> ContextItem:
+        source = f"tool:{result.name}#{result.call_id}"
+        if isinstance(result, ToolFailure):
+            return ContextItem(
+                content=f"The {result.name} tool failed: {result.error}",
+                importance=Importance.LOW,
+                source=source,
+            )
+        if result.value_ref is not None:
+            if not allow_refs:
+                raise BlobNotFoundError("tool results cannot reference stored blobs")
+            text = read_legacy_blob(self.store.engine, result.value_ref.blob_id)
+        else:
+            text = json.dumps(result.value, ensure_ascii=False)
+        return ContextItem(content=text, importance=Importance.HIGH, source=source)
+
+    # ------------------------------------------------------------------ record
+
+    @activity.defn(name="record_job")
+    async def record_job(self, inp: RecordJobInput) -> None:
+        """Write the job's projection; when it completed with a fresh answer, cache the answer.
+
+        Raises:
+            ApplicationError: ``StoreUnavailable`` (retryable) while the database is down or
+                locked; ``StoreRejected`` (non-retryable) when it refuses the write. A Redis
+                failure only skips the cache write.
+        """
+        result = inp.result
+        try:
+            await asyncio.to_thread(
+                functools.partial(
+                    self.store.record,
+                    result,
+                    revision=inp.revision,
+                    request=inp.request,
+                    created_at=inp.created_at,
+                    idempotency_key=inp.idempotency_key,
+                    request_hash=inp.request_hash,
+                )
+            )
+        except AgentflowError as exc:
+            raise to_application_error(exc) from exc
+        if (
+            result.status is JobStatus.COMPLETED
+            and inp.response_cache_key
+            and result.answer is not None
+            and not result.response_cache_hit
+            and result.selection is not None
+        ):
+            final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
+            cached = CachedResponse(
+                answer=result.answer,
+                tier=final.tier if final else result.selection.tier,
+                model=final.model if final else "",
+                simulated=result.simulated,
+                job_id=result.job_id,
+            )
+            await self.cache.set_json(
+                inp.response_cache_key, cached.model_dump(mode="json"), self.response_cache_ttl_s
+            )

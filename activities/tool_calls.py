@@ -1,0 +1,124 @@
+"""Tool-call activities: each call behind the Redis tool-result cache, failures as data.
+
+``run_tools`` runs a batch of calls concurrently inside one activity, each with its own timeout,
+its own cache entry and its own result; the workflow groups a job's parallel-safe calls into at
+most ``TOOL_FANOUT_WIDTH`` batches (see :mod:`workflows.policies` for the measurement behind it).
+``run_tool`` is the v1 single-call activity, still registered for jobs of that shape.
+
+Result size: each tool caps its own output (``http_get`` by bytes, ``sql_query`` by rows, the
+others by construction); results are returned inline and the data converter's external storage
+keeps large ones out of history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from temporalio import activity
+
+from activities.errors import to_application_error
+from activities.heartbeat import heartbeating
+from core.errors import ToolError, ToolTransientError
+from core.models import (
+    RunToolInput,
+    RunToolsInput,
+    RunToolsResult,
+    ToolCall,
+    ToolFailure,
+    ToolResult,
+    ToolSuccess,
+)
+from core.tools import ToolCallInvalidError, ToolRegistry, tool_cache_key
+from infra.cache import RedisCache
+
+log = logging.getLogger(__name__)
+
+
+class ToolActivities:
+    """Tool calls for one worker process.
+
+    Args:
+        tools: the tool registry.
+        cache: Redis tool-result cache (a down Redis is a miss).
+    """
+
+    def __init__(self, *, tools: ToolRegistry, cache: RedisCache) -> None:
+        self.tools = tools
+        self.cache = cache
+
+    @activity.defn(name="run_tools")
+    async def run_tools(self, inp: RunToolsInput) -> RunToolsResult:
+        """Run ``inp.calls`` concurrently; one result per call, in order.
+
+        Returns:
+            :class:`ToolSuccess` or :class:`ToolFailure` per call. A transient failure (network,
+            5xx, the call's own timeout) is a ``ToolFailure`` with ``retryable=True`` unless
+            ``raise_transient`` is set.
+
+        Raises:
+            ApplicationError: ``ToolTransient`` (retryable) when ``raise_transient`` is set and
+                the (single) call failed transiently.
+        """
+        async with heartbeating(f"{len(inp.calls)} tool call(s)"):
+            results = await asyncio.gather(
+                *(self._run_one(call, inp.raise_transient) for call in inp.calls)
+            )
+        return RunToolsResult(results=list(results))
+
+    @activity.defn(name="run_tool")
+    async def run_tool(self, inp: RunToolInput) -> ToolResult:
+        """One call (the v1 activity): like ``run_tools`` with ``raise_transient`` set."""
+        return await self._run_one(inp.call, raise_transient=True)
+
+    async def _run_one(self, call: ToolCall, raise_transient: bool) -> ToolResult:
+        started = time.perf_counter()
+
+        def elapsed_ms() -> float:
+            return round((time.perf_counter() - started) * 1000, 3)
+
+        def failure(error_type: str, message: str, retryable: bool = False) -> ToolFailure:
+            return ToolFailure(
+                call_id=call.id,
+                name=call.name,
+                error_type=error_type,
+                error=message,
+                latency_ms=elapsed_ms(),
+                retryable=retryable,
+            )
+
+        try:
+            tool, params = self.tools.validate(call)
+        except ToolCallInvalidError as exc:
+            return failure("ToolCallInvalid", exc.message)
+        key = tool_cache_key(tool.name, params) if tool.metadata.cacheable else None
+        if key is not None:
+            cached = await self.cache.get_json(key)
+            if isinstance(cached, dict):
+                hit = ToolSuccess.model_validate(cached)
+                return hit.model_copy(
+                    update={"call_id": call.id, "cache_hit": True, "latency_ms": elapsed_ms()}
+                )
+        try:
+            value = await asyncio.wait_for(tool.fn(params), tool.metadata.timeout_s)
+        except TimeoutError:
+            timeout = ToolTransientError(
+                f"{tool.name} gave no result within {tool.metadata.timeout_s:g} s"
+            )
+            if raise_transient:
+                raise to_application_error(timeout) from None
+            return failure(str(timeout.type), timeout.message, retryable=True)
+        except ToolError as exc:
+            if exc.retryable and raise_transient:
+                raise to_application_error(exc) from exc
+            return failure(str(exc.type), exc.message, retryable=exc.retryable)
+        except Exception as exc:  # a tool bug is reported on the job, never fatal to it
+            log.exception("tool %s raised unexpectedly", tool.name)
+            return failure(type(exc).__name__, str(exc) or type(exc).__name__)
+        result = ToolSuccess(call_id=call.id, name=call.name, value=value)
+        if key is not None:
+            await self.cache.set_json(
+                key, result.model_dump(mode="json"), ttl_s=tool.metadata.cache_ttl_s
+            )
+        return result.model_copy(update={"latency_ms": elapsed_ms()})

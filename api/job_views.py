@@ -1,0 +1,184 @@
+"""How the API shows a job: live from its workflow while it runs, from its record once it ended.
+
+The workflow owns a job's state; the database record is its projection. :func:`read_job` is the
+one place that decides which to read: a terminal record is final; otherwise the workflow's
+``get_progress`` query answers; when no worker answers, Temporal's description says whether the
+workflow is still running and the record (if any) fills in, with a ``warning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.errors import JobNotFoundError, TemporalUnavailableError
+from api.schemas import JobLinks, JobPublic, JobUsage
+from api.state import AppState
+from core.errors import StoreUnavailableError
+from core.ids import workflow_id_for
+from core.models import AgentProgress, JobStatus
+from infra.jobs import JobRecord
+from workflows.agent import AgentWorkflow
+
+log = logging.getLogger(__name__)
+
+QUERY_TIMEOUT_S = 5.0
+"""How long a progress query may wait for a worker before the API falls back, in seconds."""
+
+CLOSED_STATUS = {
+    WorkflowExecutionStatus.COMPLETED: JobStatus.COMPLETED,
+    WorkflowExecutionStatus.FAILED: JobStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED: JobStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED: JobStatus.FAILED,
+    WorkflowExecutionStatus.TIMED_OUT: JobStatus.FAILED,
+}
+"""A workflow that closed without recording its outcome (terminated from the Web UI, timed out)
+still has a true status in Temporal; this maps it onto the job's."""
+
+
+def links(state: AppState, job_id: str) -> JobLinks:
+    """The job's API URL and its workflow's page in the Temporal Web UI."""
+    s = state.settings
+    wf = workflow_id_for(job_id)
+    return JobLinks(
+        self=f"/v1/jobs/{job_id}",
+        temporal_ui=f"{s.temporal_ui_url.rstrip('/')}/namespaces/{s.temporal_namespace}/workflows/{wf}",
+    )
+
+
+def from_record(state: AppState, record: JobRecord) -> JobPublic:
+    """The API view of a job record (its result once terminal, no live progress)."""
+    result = record.to_result()
+    usage = JobUsage(
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        cost_usd=record.cost_usd,
+        calls=len(result.usage) if result else 0,
+    )
+    terminal = JobStatus(record.status).is_terminal
+    return JobPublic(
+        job_id=record.job_id,
+        workflow_id=record.workflow_id,
+        status=JobStatus(record.status),
+        query=record.query,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        completed_at=record.completed_at,
+        duration_ms=record.duration_ms,
+        tier=record.tier,
+        response_cache_hit=record.response_cache_hit,
+        result=result if result and terminal else None,
+        usage=usage,
+        error=record.error,
+        links=links(state, record.job_id),
+    )
+
+
+def from_progress(
+    state: AppState, job_id: str, progress: AgentProgress, record: JobRecord | None
+) -> JobPublic:
+    """The API view of a running job, from its workflow's ``get_progress`` answer."""
+    now = datetime.now(UTC)
+    selection = progress.selection
+    return JobPublic(
+        job_id=job_id,
+        workflow_id=workflow_id_for(job_id),
+        status=progress.status,
+        query=progress.query or (record.query if record else ""),
+        created_at=progress.started_at or (record.created_at if record else now),
+        updated_at=now,
+        tier=selection.tier.value if selection else None,
+        progress=progress,
+        usage=JobUsage(
+            prompt_tokens=sum(u.prompt_tokens for u in progress.usage),
+            completion_tokens=sum(u.completion_tokens for u in progress.usage),
+            cost_usd=sum(u.cost_usd for u in progress.usage),
+            calls=len(progress.usage),
+        ),
+        links=links(state, job_id),
+    )
+
+
+async def get_record(state: AppState, job_id: str) -> JobRecord | None:
+    """The job's record, or ``None`` when there is none (yet)."""
+    return await asyncio.to_thread(state.store.get_job, job_id)
+
+
+async def read_job(state: AppState, job_id: str) -> JobPublic:
+    """The job ``job_id`` as the API shows it (see the module docstring).
+
+    Raises:
+        JobNotFoundError: neither a record nor a workflow exists for ``job_id`` (404).
+        TemporalUnavailableError: the job has no record and Temporal cannot be reached (503).
+        StoreUnavailableError: the database is down and Temporal cannot say either (503).
+    """
+    record_error: StoreUnavailableError | None = None
+    try:
+        record = await get_record(state, job_id)
+    except StoreUnavailableError as exc:
+        record, record_error = None, exc
+    if record is not None and JobStatus(record.status).is_terminal:
+        return from_record(state, record)
+    try:
+        client = await state.temporal.client()
+    except TemporalUnavailableError as exc:
+        if record is None:
+            raise (record_error or exc) from None
+        public = from_record(state, record)
+        public.warning = f"live progress unavailable: {exc.message}"
+        return public
+    handle = client.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
+    try:
+        progress = await asyncio.wait_for(
+            handle.query(AgentWorkflow.get_progress), timeout=QUERY_TIMEOUT_S
+        )
+    except (RPCError, TimeoutError) as exc:
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND and record is None:
+            if record_error is not None:
+                raise record_error from exc
+            raise JobNotFoundError(f"job {job_id} not found") from exc
+        return await _without_progress(state, job_id, record, handle)
+    return from_progress(state, job_id, progress, record)
+
+
+async def _without_progress(
+    state: AppState,
+    job_id: str,
+    record: JobRecord | None,
+    handle: WorkflowHandle[Any, Any],
+) -> JobPublic:
+    """The view when the progress query failed: Temporal's description plus the record."""
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            if record is None:
+                raise JobNotFoundError(f"job {job_id} not found") from exc
+            public = from_record(state, record)
+            public.warning = "workflow not found in Temporal (its history may have expired)"
+            return public
+        raise TemporalUnavailableError("could not read the job's workflow") from exc
+    if record is not None:
+        public = from_record(state, record)
+    else:
+        now = datetime.now(UTC)
+        public = JobPublic(
+            job_id=job_id,
+            workflow_id=workflow_id_for(job_id),
+            status=JobStatus.RUNNING,
+            query=str((await desc.memo()).get("query", "")),
+            created_at=desc.start_time or now,
+            updated_at=now,
+            links=links(state, job_id),
+        )
+    if desc.status is not None and desc.status in CLOSED_STATUS:
+        public.status = CLOSED_STATUS[desc.status]
+        public.warning = f"workflow closed as {desc.status.name} without recording its outcome"
+    else:
+        public.warning = "live progress unavailable: no worker answered the progress query"
+    return public

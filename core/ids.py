@@ -1,0 +1,49 @@
+"""Job identity: job ids, workflow ids and request fingerprints, shared by API, CLI and workflow.
+
+A job *is* its workflow: ``agent-<job_id>``. With an ``Idempotency-Key`` the job id is derived
+from the key, so a repeated submission maps onto the same workflow id and Temporal's id-conflict
+policy returns the existing run instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from core.models import AgentRequest
+
+WORKFLOW_ID_PREFIX = "agent-"
+"""Every job's workflow id starts with this."""
+
+
+def workflow_id_for(job_id: str) -> str:
+    """The workflow id of a job: ``agent-<job_id>``."""
+    return f"{WORKFLOW_ID_PREFIX}{job_id}"
+
+
+def job_id_for(idempotency_key: str | None) -> str:
+    """The job id for a submission.
+
+    Args:
+        idempotency_key: the client's ``Idempotency-Key``, or ``None``.
+
+    Returns:
+        ``k`` plus the first 31 hex digits of the key's SHA-256 when a key is given (the same key
+        always names the same job), else a random UUID's 32 hex digits.
+    """
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:31]
+
+
+def request_hash(request: AgentRequest) -> str:
+    """SHA-256 hex digest of the request's canonical JSON (keys sorted, no whitespace).
+
+    Two requests that compare equal hash the same, so a retried submit with the same idempotency
+    key can be told apart from a different request reusing the key.
+    """
+    canonical = json.dumps(
+        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

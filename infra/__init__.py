@@ -1,0 +1,1 @@
+"""Infrastructure: the job store, payload storage, caches, model providers, tools, Temporal."""

@@ -1,0 +1,238 @@
+"""Job records: the database projection of each job's workflow.
+
+The workflow owns a job's state. At each status change it writes a projection here (through the
+``record_job`` activity) so jobs can be listed and their outcome read after Temporal's retention
+has removed the workflow. Each write carries the workflow's ``revision`` counter and a write older
+than the stored one changes nothing, so a retried write can never move a job backwards.
+
+Every method is synchronous and thread-safe, and raises
+:class:`core.errors.StoreUnavailableError` (retryable) when the database is down or locked and
+:class:`core.errors.StoreRejectedError` (non-retryable) when it refuses the statement.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine, Text, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from core.ids import workflow_id_for
+from core.models import AgentRequest, AgentResult, JobStatus
+from infra.db import UTCDateTime, translate_errors, utc_now
+
+
+class JobRecord(SQLModel, table=True):
+    """One job as the workflow last recorded it.
+
+    Attributes:
+        job_id: the job's id (the workflow id is ``agent-<job_id>``).
+        workflow_id: the Temporal workflow id.
+        status: a :class:`core.models.JobStatus` value.
+        revision: the workflow's projection counter; higher revisions win.
+        query: the request's query.
+        request_json: JSON of the :class:`AgentRequest`, ``None`` when unknown.
+        result_json: JSON of the latest :class:`AgentResult`, ``None`` until one is recorded.
+        tier: the tier that answered (the escalation tier when the job escalated).
+        cost_usd: total model cost in USD; prompt_tokens / completion_tokens: totals over calls.
+        idempotency_key: the client's key (UNIQUE; several NULLs allowed).
+        request_hash: SHA-256 hex of the canonical request JSON (:func:`core.ids.request_hash`).
+        created_at: when the workflow started; updated_at / completed_at: aware UTC datetimes.
+        duration_ms: ``completed_at - created_at`` in milliseconds, once terminal.
+    """
+
+    __tablename__ = "jobs"
+
+    job_id: str = Field(primary_key=True, max_length=128)
+    workflow_id: str = Field(max_length=256)
+    status: str = Field(index=True, max_length=32)
+    revision: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
+    query: str = Field(default="", sa_type=Text)
+    request_json: str | None = Field(default=None, sa_type=Text)
+    result_json: str | None = Field(default=None, sa_type=Text)
+    tier: str | None = Field(default=None, max_length=32)
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    response_cache_hit: bool = False
+    error: str | None = Field(default=None, sa_type=Text)
+    idempotency_key: str | None = Field(default=None, unique=True, max_length=256)
+    request_hash: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    duration_ms: float | None = None
+
+    def to_result(self) -> AgentResult | None:
+        """The recorded :class:`AgentResult`, or ``None`` when none was recorded yet."""
+        if self.result_json is None:
+            return None
+        return AgentResult.model_validate_json(self.result_json)
+
+    def to_request(self) -> AgentRequest | None:
+        """The original :class:`AgentRequest`; ``None`` when it was not recorded."""
+        if self.request_json is None:
+            return None
+        return AgentRequest.model_validate_json(self.request_json)
+
+
+class JobStore:
+    """Reads and writes job records (see the module docstring for errors)."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Use ``engine`` (see :func:`infra.db.make_engine`); tables must exist."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this store talks to."""
+        return self._engine
+
+    def _session(self) -> Session:
+        return Session(self._engine, expire_on_commit=False)
+
+    def ping(self) -> None:
+        """Check that the database answers and accepts writes.
+
+        Runs ``SELECT 1`` and an empty write transaction (``BEGIN IMMEDIATE`` on SQLite), so a
+        database whose writes are locked is reported as unavailable.
+
+        Raises:
+            StoreUnavailableError: the database did not answer or is locked (retryable).
+        """
+        with translate_errors(), self._engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            if self._engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("ROLLBACK")
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job ``job_id``, or ``None``."""
+        with translate_errors(), self._session() as session:
+            return session.get(JobRecord, job_id)
+
+    def find_by_idempotency_key(self, key: str) -> JobRecord | None:
+        """The job recorded with idempotency key ``key``, or ``None``."""
+        statement = select(JobRecord).where(col(JobRecord.idempotency_key) == key)
+        with translate_errors(), self._session() as session:
+            return session.exec(statement).first()
+
+    def list_jobs(
+        self, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        """Jobs newest first, optionally only those with ``status``.
+
+        Args:
+            status: keep only jobs in this status; ``None`` for all.
+            limit: most records returned (>= 0).
+            offset: records skipped first (>= 0), for paging.
+        """
+        statement = select(JobRecord)
+        if status is not None:
+            statement = statement.where(col(JobRecord.status) == status.value)
+        statement = (
+            statement.order_by(col(JobRecord.created_at).desc(), col(JobRecord.job_id).desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        with translate_errors(), self._session() as session:
+            return list(session.exec(statement).all())
+
+    def record(
+        self,
+        result: AgentResult,
+        *,
+        revision: int = 0,
+        request: AgentRequest | None = None,
+        created_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> JobRecord:
+        """Store the projection ``result`` of job ``result.job_id`` (insert or update).
+
+        Sets status, ``result_json``, tier (``escalated_to`` when set, else the selected tier),
+        cost and token totals over ``result.usage``, ``response_cache_hit``, ``error`` and
+        ``updated_at``; once the status is terminal also ``completed_at`` (first time only) and
+        ``duration_ms``. ``request``, ``created_at``, ``idempotency_key`` and ``request_hash``
+        are written when given (the workflow sends them with its first projection).
+
+        A projection whose ``revision`` is lower than the stored one changes nothing, and so does
+        one equal to what is stored: a retried or late write never moves a job backwards.
+
+        Args:
+            result: the job's state; its ``status`` decides whether the job is terminal.
+            revision: the workflow's projection counter (0 for writers that keep none).
+            request: the job's request.
+            created_at: when the job started (the workflow's start time), aware.
+            idempotency_key: the client's key, if any.
+            request_hash: :func:`core.ids.request_hash` of ``request``.
+
+        Returns:
+            The stored record.
+        """
+        with translate_errors():
+            try:
+                return self._record_once(
+                    result, revision, request, created_at, idempotency_key, request_hash
+                )
+            except IntegrityError:
+                # Two writers raced to insert the same job; the row exists now.
+                return self._record_once(
+                    result, revision, request, created_at, idempotency_key, request_hash
+                )
+
+    def _record_once(
+        self,
+        result: AgentResult,
+        revision: int,
+        request: AgentRequest | None,
+        created_at: datetime | None,
+        idempotency_key: str | None,
+        request_hash: str | None,
+    ) -> JobRecord:
+        result_json = result.model_dump_json()
+        status = result.status
+        with self._session() as session:
+            record = session.get(JobRecord, result.job_id)
+            now = utc_now()
+            if record is None:
+                record = JobRecord(
+                    job_id=result.job_id,
+                    workflow_id=workflow_id_for(result.job_id),
+                    status=status.value,
+                    created_at=created_at or now,
+                    updated_at=now,
+                )
+            elif revision < record.revision or (
+                revision == record.revision
+                and record.result_json == result_json
+                and record.status == status.value
+            ):
+                return record
+            if request is not None:
+                record.query = request.query
+                record.request_json = request.model_dump_json()
+            if idempotency_key is not None:
+                record.idempotency_key = idempotency_key
+            if request_hash is not None:
+                record.request_hash = request_hash
+            tier = result.escalated_to or (result.selection.tier if result.selection else None)
+            record.revision = revision
+            record.status = status.value
+            record.result_json = result_json
+            record.tier = tier.value if tier is not None else None
+            record.cost_usd = result.total_cost_usd
+            record.prompt_tokens = sum(u.prompt_tokens for u in result.usage)
+            record.completion_tokens = sum(u.completion_tokens for u in result.usage)
+            record.response_cache_hit = result.response_cache_hit
+            record.error = result.error
+            record.updated_at = now
+            if status.is_terminal:
+                if record.completed_at is None:
+                    record.completed_at = now
+                elapsed = record.completed_at - record.created_at
+                record.duration_ms = elapsed.total_seconds() * 1000.0
+            session.add(record)
+            session.commit()
+            return record

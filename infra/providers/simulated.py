@@ -1,0 +1,150 @@
+"""The offline simulated provider: labelled, deterministic, and honest about what it is.
+
+It never pretends to know anything: its answers are labelled ``[simulated <tier> model
+<model_id>]`` and only restate the question and the facts present in the context it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from core.catalog import ModelSpec
+from core.tokens import count_tokens, truncate_to_tokens
+from infra.providers.base import ChatMessage, Completion, prompt_tokens
+from infra.providers.prompts import CONTEXT_HEADER
+
+_ITEM_START = re.compile(r"^(?:\[(?P<source>[^\]]*)\] )?\((?:critical|high|medium|low)\) ")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?%?")
+_MAX_FACT_CHARS = 200
+_MAX_QUESTION_CHARS = 300
+_MAX_NUMBERS = 5
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _context_entries(message: ChatMessage) -> list[tuple[str | None, str]]:
+    """``(source, content)`` pairs from a rendered context block, or the whole message as one."""
+    if not message.content.startswith(CONTEXT_HEADER):
+        return [(None, message.content)]
+    entries: list[tuple[str | None, list[str]]] = []
+    for line in message.content[len(CONTEXT_HEADER) :].splitlines():
+        match = _ITEM_START.match(line)
+        if match:
+            entries.append((match.group("source"), [line[match.end() :]]))
+        elif entries:
+            entries[-1][1].append(line)
+        else:
+            entries.append((None, [line]))
+    return [(source, "\n".join(lines)) for source, lines in entries]
+
+
+def _key_fact(content: str) -> str:
+    """The first sentence of ``content``, plus numbers that appear only later in it."""
+    flat = " ".join(content.split())
+    first = _SENTENCE_END.split(flat, maxsplit=1)[0]
+    fact = _shorten(first, _MAX_FACT_CHARS)
+    later = [n for n in _NUMBER.findall(flat[len(first) :]) if n not in fact]
+    if later:
+        fact += f" (figures: {', '.join(dict.fromkeys(later[:_MAX_NUMBERS]))})"
+    return fact
+
+
+def simulated_answer(spec: ModelSpec, messages: list[ChatMessage]) -> str:
+    """The simulated provider's full (untruncated) answer to ``messages``.
+
+    Deterministic: the same spec and messages give the same text. The text starts with the label
+    ``[simulated <tier> model <model_id>] ``, states that no real model is behind it, restates the
+    question (the last user message) and lists the first sentence of each context item (and the
+    numbers found later in it) from the other non-system messages.
+    """
+    label = f"[simulated {spec.tier.value} model {spec.model_id}] "
+    conversation = [m for m in messages if m.role != "system"]
+    question_index = max((i for i, m in enumerate(conversation) if m.role == "user"), default=None)
+    question = (
+        _shorten(conversation[question_index].content, _MAX_QUESTION_CHARS)
+        if question_index is not None
+        else "(no question given)"
+    )
+    facts: list[str] = []
+    for i, message in enumerate(conversation):
+        if i == question_index:
+            continue
+        for source, content in _context_entries(message):
+            if content.strip():
+                prefix = f"[{source}] " if source else ""
+                facts.append(f"- {prefix}{_key_fact(content)}")
+    lines = [
+        f"{label}This is a simulated answer: no real model is behind it, so it only restates "
+        "the question and the context it was given.",
+        f"Question: {question}",
+    ]
+    if facts:
+        lines.append("Key facts in the provided context:")
+        lines.extend(facts)
+    else:
+        lines.append("No context was provided, so there are no facts to report.")
+    return "\n".join(lines)
+
+
+class SimulatedProvider:
+    """Offline stand-in for a model; every answer is labelled as simulated.
+
+    The answer (see :func:`simulated_answer`) is capped at ``max_tokens`` completion tokens, except
+    that the ``[simulated ...]`` label is always kept whole, even when it alone exceeds a very
+    small ``max_tokens``. Latency follows the tier: the call sleeps
+    ``latency_scale * (0.05 + completion_tokens / spec.tokens_per_second)`` seconds.
+    """
+
+    name: str = "simulated"
+
+    def __init__(self, latency_scale: float = 1.0) -> None:
+        """Create the provider.
+
+        Args:
+            latency_scale: multiplier on the simulated latency; 0 answers at once.
+
+        Raises:
+            ValueError: ``latency_scale`` is negative.
+        """
+        if latency_scale < 0:
+            raise ValueError(f"latency_scale must be >= 0, got {latency_scale}")
+        self.latency_scale = latency_scale
+
+    def latency_s(self, spec: ModelSpec, completion_tokens: int) -> float:
+        """Seconds a call producing ``completion_tokens`` tokens sleeps for ``spec``'s tier."""
+        return self.latency_scale * (0.05 + completion_tokens / spec.tokens_per_second)
+
+    async def complete(
+        self, spec: ModelSpec, messages: list[ChatMessage], max_tokens: int
+    ) -> Completion:
+        """Answer with a labelled, deterministic synthesis of ``messages``.
+
+        Args:
+            spec: the catalog entry; its tier and model id label the answer, its
+                ``tokens_per_second`` sets the latency.
+            messages: the conversation, as :func:`build_messages` builds it.
+            max_tokens: the most completion tokens (cl100k_base) to produce.
+
+        Returns:
+            The completion with ``simulated=True`` and cl100k_base token counts.
+        """
+        label = f"[simulated {spec.tier.value} model {spec.model_id}] "
+        full = simulated_answer(spec, messages)
+        body_budget = max(max_tokens - count_tokens(label), 0)
+        text = label + truncate_to_tokens(full[len(label) :], body_budget)
+        completion_tokens = count_tokens(text)
+        delay = self.latency_s(spec, completion_tokens)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return Completion(
+            text=text,
+            prompt_tokens=prompt_tokens(messages),
+            completion_tokens=completion_tokens,
+            model=spec.model_id,
+            simulated=True,
+        )

@@ -1,0 +1,218 @@
+"""One Temporal plugin for every client, worker and replayer, and one way to connect.
+
+:class:`AgentflowPlugin` bundles what must be the same everywhere a payload is written or read:
+the pydantic data converter with external storage of large payloads (on the job database), the
+OpenTelemetry plugin, the workflow sandbox's passthrough modules, the workflows and, on a worker,
+the activities. The API's client, the worker, the Replayer in the tests and the benchmarks all use
+it, so a history written by one can be read by the others.
+
+Connection settings come from :mod:`temporalio.envconfig` (``TEMPORAL_ADDRESS``,
+``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE`` and the
+TOML config file it names), with agentflow's settings taking precedence for address and namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from temporalio.client import Client, ClientConfig, WorkflowHistory
+from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, ExternalStorage, StorageDriver
+from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import (
+    Replayer,
+    ReplayerConfig,
+    UnsandboxedWorkflowRunner,
+    Worker,
+    WorkerConfig,
+    WorkflowReplayResult,
+    WorkflowRunner,
+)
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+from core.settings import Settings
+
+DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+"""Used when neither the settings nor an envconfig profile name a server."""
+
+PASSTHROUGH_MODULES = ("redis", "infra", "activities", "core")
+"""Packages the workflow sandbox shares with the host instead of re-importing per run.
+
+``AgentWorkflow`` imports ``activities.*`` (for activity references) and ``core.models`` (its
+contracts); those pull in ``infra`` and redis-py, whose submodules import lazily and would
+otherwise land inside the sandbox on first use. None of them is called by workflow code or keeps
+per-workflow state, so sharing them is safe and saves re-importing them for every workflow run.
+``opentelemetry`` is passed through by the OpenTelemetry plugin itself.
+"""
+
+ACTIVITY_THREADS = 16
+"""Threads for synchronous activities (selection, compression) when the worker brings none."""
+
+
+def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
+    """The sandboxed runner with :data:`PASSTHROUGH_MODULES` passed through (or no sandbox).
+
+    Args:
+        sandboxed: False runs workflow code without the sandbox: faster, but a non-deterministic
+            call in workflow code is no longer caught at run time (the replay tests still catch
+            changes to the code). Operators opt in with ``AGENTFLOW_WORKFLOW_SANDBOX=false``.
+    """
+    if not sandboxed:
+        return UnsandboxedWorkflowRunner()
+    runner = SandboxedWorkflowRunner()
+    return dataclasses.replace(
+        runner,
+        restrictions=runner.restrictions.with_passthrough_modules(*PASSTHROUGH_MODULES),
+    )
+
+
+def data_converter(
+    payload_driver: StorageDriver | None = None, *, payload_threshold_bytes: int = 32 * 1024
+) -> DataConverter:
+    """The pydantic data converter, storing payloads over the threshold through the driver.
+
+    Args:
+        payload_driver: where large payloads go; ``None`` keeps every payload inline.
+        payload_threshold_bytes: payloads of at least this many bytes are stored externally.
+    """
+    if payload_driver is None:
+        return pydantic_data_converter
+    storage = ExternalStorage(
+        drivers=[payload_driver], payload_size_threshold=payload_threshold_bytes
+    )
+    return dataclasses.replace(pydantic_data_converter, external_storage=storage)
+
+
+class AgentflowPlugin(SimplePlugin):
+    """The agentflow plugin for ``Client.connect``, ``Worker`` and ``Replayer``.
+
+    On a client it sets the data converter and OpenTelemetry's client interceptor; workers built
+    from that client inherit it and get the workflows, the activities (when given), the sandbox
+    passthrough and a thread pool for synchronous activities; a ``Replayer`` gets the converter,
+    the workflows and the sandbox.
+
+    Args:
+        payload_driver: external storage for large payloads (``None``: all inline).
+        payload_threshold_bytes: size from which payloads are stored externally.
+        activities: activity callables to register on workers (``AgentActivities.all()``).
+        sandboxed: run workflows in the sandbox (default) or not (see :func:`workflow_runner`).
+    """
+
+    def __init__(
+        self,
+        *,
+        payload_driver: StorageDriver | None = None,
+        payload_threshold_bytes: int = 32 * 1024,
+        activities: Sequence[Callable[..., Any]] | None = None,
+        sandboxed: bool = True,
+    ) -> None:
+        from workflows.agent import AgentWorkflow  # the workflow imports activities and core
+
+        self._otel = OpenTelemetryPlugin(add_temporal_spans=True)
+        runner = workflow_runner(sandboxed=sandboxed)
+        super().__init__(
+            "agentflow.AgentflowPlugin",
+            data_converter=data_converter(
+                payload_driver, payload_threshold_bytes=payload_threshold_bytes
+            ),
+            activities=list(activities) if activities else None,
+            workflows=[AgentWorkflow],
+            workflow_runner=lambda _existing: runner,
+        )
+
+    def configure_client(self, config: ClientConfig) -> ClientConfig:
+        """Apply OpenTelemetry's client settings, then agentflow's."""
+        return super().configure_client(self._otel.configure_client(config))
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        """Apply agentflow's worker settings, then OpenTelemetry's (interceptor, passthrough)."""
+        config = self._otel.configure_worker(super().configure_worker(config))
+        if config.get("activity_executor") is None:
+            config["activity_executor"] = ThreadPoolExecutor(
+                max_workers=ACTIVITY_THREADS, thread_name_prefix="agentflow-activity"
+            )
+        return config
+
+    def configure_replayer(self, config: ReplayerConfig) -> ReplayerConfig:
+        """Apply agentflow's replayer settings, then OpenTelemetry's."""
+        return self._otel.configure_replayer(super().configure_replayer(config))
+
+    async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        """Run the worker inside OpenTelemetry's run context."""
+
+        async def inner(w: Worker) -> None:
+            await super(AgentflowPlugin, self).run_worker(w, next)
+
+        await self._otel.run_worker(worker, inner)
+
+    @asynccontextmanager
+    async def run_replayer(
+        self,
+        replayer: Replayer,
+        histories: AsyncIterator[WorkflowHistory],
+        next: Callable[[Replayer, AsyncIterator[WorkflowHistory]], Any],
+    ) -> AsyncIterator[AsyncIterator[WorkflowReplayResult]]:
+        """Run the replayer inside OpenTelemetry's run context."""
+        async with self._otel.run_replayer(replayer, histories, next) as results:
+            yield results
+
+
+def plugin_from_settings(
+    settings: Settings,
+    engine: Any,
+    *,
+    activities: Sequence[Callable[..., Any]] | None = None,
+) -> AgentflowPlugin:
+    """The plugin the settings describe, storing large payloads through ``engine``.
+
+    Args:
+        settings: ``large_payload_threshold_bytes`` and ``workflow_sandbox``.
+        engine: the job database's SQLAlchemy engine (payloads live beside job records).
+        activities: activity callables, for a worker.
+    """
+    from infra.payloads import DatabasePayloadDriver
+
+    return AgentflowPlugin(
+        payload_driver=DatabasePayloadDriver(engine),
+        payload_threshold_bytes=settings.large_payload_threshold_bytes,
+        activities=activities,
+        sandboxed=settings.workflow_sandbox,
+    )
+
+
+def connect_config(settings: Settings) -> ClientConnectConfig:
+    """``Client.connect`` keyword arguments from envconfig, overridden by ``settings``.
+
+    The envconfig profile (``TEMPORAL_PROFILE``, default ``default``, from the TOML file that
+    ``TEMPORAL_CONFIG_FILE`` names or the user's config folder, then ``TEMPORAL_*`` variables)
+    supplies the API key, TLS and gRPC metadata; ``settings.temporal_address`` and
+    ``settings.temporal_namespace`` win when set.
+    """
+    config = ClientConfigProfile.load().to_client_connect_config()
+    if settings.temporal_address:
+        config["target_host"] = settings.temporal_address
+    config.setdefault("target_host", DEFAULT_TEMPORAL_ADDRESS)
+    if settings.temporal_namespace:
+        config["namespace"] = settings.temporal_namespace
+    return config
+
+
+def temporal_target(settings: Settings) -> str:
+    """The ``host:port`` agentflow connects to (for messages and links)."""
+    return connect_config(settings)["target_host"]
+
+
+async def connect(settings: Settings, plugin: AgentflowPlugin) -> Client:
+    """Connect to the Temporal frontend with ``plugin``.
+
+    Raises:
+        RuntimeError: from the SDK when the server cannot be reached (the message names the
+            address).
+    """
+    return await Client.connect(**connect_config(settings), plugins=[plugin])
