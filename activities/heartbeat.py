@@ -33,10 +33,12 @@ def heartbeat_interval_s() -> float | None:
 async def heartbeating(detail: str) -> AsyncIterator[None]:
     """Heartbeat with ``detail`` every :func:`heartbeat_interval_s` while the block runs.
 
-    Does nothing for an activity scheduled without a heartbeat timeout (and for local
-    activities, which Temporal does not heartbeat).
+    Does nothing for an activity scheduled without a heartbeat timeout, for local activities
+    (Temporal does not heartbeat them) and outside an activity (a plain call, as the benchmark
+    pipeline makes).
     """
-    interval = None if activity.info().is_local else heartbeat_interval_s()
+    in_activity = activity.in_activity()
+    interval = None if not in_activity or activity.info().is_local else heartbeat_interval_s()
     if interval is None:
         yield
         return

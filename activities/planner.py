@@ -39,6 +39,7 @@ import sqlite3
 from pydantic import JsonValue
 
 from core.models import ToolCall
+from core.pyast import parse_expression
 from core.tools import ToolRegistry
 from infra.tools.calculator import ALLOWED_NODES, CONSTANTS, FUNCTIONS
 
@@ -190,7 +191,7 @@ def _trim_to_expression(text: str) -> str | None:
         if not candidate:
             return None
         try:
-            ast.parse(candidate, mode="eval")
+            parse_expression(candidate)
         except SyntaxError:
             pass
         else:
@@ -235,7 +236,7 @@ def find_expressions(query: str) -> list[str]:
             continue
         if _UNSPACED_SUBTRACTION.fullmatch(expression) and not wants_calculation:
             continue  # a date (2025-01-15) or a range (10-20), not a subtraction
-        tree = ast.parse(expression, mode="eval")
+        tree = parse_expression(expression)
         if not _is_arithmetic(tree) or expression in found:
             continue
         found.append(expression)

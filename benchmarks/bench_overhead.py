@@ -2,22 +2,26 @@
 
 One agent job (a question, one context item, one calculator call) with the simulated provider at
 zero latency, so only orchestration is left: agentflow (client -> Temporal dev server -> worker
-process, 8 activities, history written) against the same stages as a plain asyncio pipeline in
-one process (:mod:`benchmarks.pipeline`), same Redis and database. Every job has a unique query
-and expression, so neither the response cache nor the tool cache hits. The two variants alternate
+process; the short stages as local activities inside workflow tasks, tools and model calls as
+regular activities; history written) against the same stages as a plain asyncio pipeline in one
+process (:mod:`benchmarks.pipeline`), same Redis and database. Every job has a unique query and
+expression, so neither the response cache nor the tool cache hits. The two variants alternate
 job by job, so drift on the machine hits both alike.
+
+Besides the latencies, each agentflow row reports what one job leaves in Temporal (the last
+measured job's history): regular activities, local activities, workflow tasks, history events
+and the size of the history as JSON, so the shape can be compared across versions of the core.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 
 from benchmarks.context import BenchContext
 from benchmarks.pipeline import pipeline_activities, run_pipeline
 from benchmarks.report import BenchResult
-from benchmarks.stack import activity_events, workflow_task_count
+from benchmarks.stack import activity_events, history_shape
 from core.models import AgentRequest, ContextItem, Importance, JobStatus, ToolCall
 
 
@@ -64,17 +68,36 @@ async def run(ctx: BenchContext) -> BenchResult:
                 ours.append(ms)
                 plain.append(base_ms)
         history = await stack.history(res.job_id)
+    shape = history_shape(history)
     spans = activity_events(history)
-    activities = len(spans)
-    kinds = ", ".join(f"{name} x{n}" for name, n in Counter(s["type"] for s in spans).items())
-    wf_tasks = workflow_task_count(history)
+    activities = shape.all_activities
+    kinds = ", ".join(f"{name} x{n}" for name, n in shape.kinds.items())
+    wf_tasks = shape.workflow_tasks
     in_activity = [(s["closed"] - s["started"]) * 1000 for s in spans]
     sched_to_start = [(s["started"] - s["scheduled"]) * 1000 for s in spans]
     case = "one job (calculator + context)"
-    result.add(case, "asyncio pipeline", plain, baseline=True, activities=0, workflow_tasks=0)
-    result.add(case, "agentflow", ours, activities=activities, workflow_tasks=wf_tasks)
-    await acts.cache.aclose()
-    await acts.providers.aclose()
+    result.add(
+        case,
+        "asyncio pipeline",
+        plain,
+        baseline=True,
+        activities=0,
+        local_activities=0,
+        workflow_tasks=0,
+        history_events=0,
+        history_bytes=0,
+    )
+    result.add(
+        case,
+        "agentflow",
+        ours,
+        activities=shape.activities,
+        local_activities=shape.local_activities,
+        workflow_tasks=wf_tasks,
+        history_events=shape.events,
+        history_bytes=shape.history_bytes,
+    )
+    await acts.aclose()
     per_activity = (
         result.median(case, "agentflow") - result.median(case, "asyncio pipeline")
     ) / activities
@@ -84,14 +107,30 @@ async def run(ctx: BenchContext) -> BenchResult:
     )
     result.headline("overhead per activity", per_activity, "ms")
     result.headline("agentflow job latency (median)", result.median(case, "agentflow"), "ms")
+    result.headline("history events per agentflow job", shape.events, "")
+    result.headline("history size per agentflow job (JSON)", shape.history_bytes, "bytes")
+    tool_calls = len(res.tool_results)
+    draft_ran = res.draft is not None
     result.notes += [
-        f"One agentflow job = {activities} activities ({kinds}) and {wf_tasks} workflow tasks. "
-        "The rules planner adds its own calculator call for the question's arithmetic "
-        "('17 * 23' is not the explicit call's '17*23'), so two tool activities run.",
-        "Overhead per activity = (agentflow median - pipeline median) / activities per job; it "
-        "includes the workflow tasks between them, payload encoding and history writes.",
-        f"In the last job, time inside activities summed to {sum(in_activity):.1f} ms; "
-        f"schedule-to-start summed to {sum(sched_to_start):.1f} ms.",
+        f"One agentflow job = {shape.activities} regular activities and "
+        f"{shape.local_activities} local activities ({kinds}) in {wf_tasks} workflow tasks; its "
+        f"history has {shape.events} events, {shape.history_bytes:,} bytes as JSON "
+        "(history_events, history_bytes: the last measured job; payloads over the external "
+        "storage threshold would be stored in the job database, not counted).",
+        f"The job ran {tool_calls} tool call(s), grouped into run_tools batches (at most "
+        "8 per job); the rules planner adds its own calculator call for the question's "
+        "arithmetic ('17 * 23' is not the explicit call's '17*23'). "
+        + (
+            "The draft ran (selected tier above small)."
+            if draft_ran
+            else "No draft ran: the workflow drafts only when the selected tier is above small."
+        ),
+        "Overhead per activity = (agentflow median - pipeline median) / (regular + local "
+        "activities per job); it includes the workflow tasks between them, payload encoding and "
+        "history writes. Local activities run inside workflow tasks and record a marker instead "
+        "of their own schedule/start/complete events.",
+        f"In the last job, time inside regular activities summed to {sum(in_activity):.1f} ms; "
+        f"their schedule-to-start summed to {sum(sched_to_start):.1f} ms.",
         "Dev server in memory with history.transferProcessorMaxPollRPS=1000 (as agentflow dev "
         "starts it); worker in its own process, driver in this one.",
     ]

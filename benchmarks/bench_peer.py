@@ -13,7 +13,9 @@ on each, but not of equal work: the peer schedules an activity per model request
 and nothing else, while agentflow's pipeline also checks the response cache, selects a model tier,
 drafts (unless disabled), plans the tools, compresses the context and records the job (SQLite and
 Redis). The activity and workflow-task counts per job are reported next to the times, so the cost
-per activity can be compared as well as the cost per job.
+per activity can be compared as well as the cost per job; agentflow runs its short stages as local
+activities (counted apart: they leave a marker in history, not activity events), and each row
+also gives the history's size per job (events, and bytes of ``history.to_json()``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from temporalio.client import Client, WorkflowHistory
 from benchmarks.context import BenchContext
 from benchmarks.peer_agent import PeerAgentWorkflow, prompt_for
 from benchmarks.report import BenchResult
-from benchmarks.stack import BenchStack, activity_events, workflow_task_count
+from benchmarks.stack import BenchStack, activity_events, history_shape
 from core.models import AgentRequest, JobStatus, ToolCall, ToolSuccess
 
 PEER = "pydantic-ai TemporalDurability"
@@ -62,6 +64,8 @@ class Job:
     variant: str
     wall_ms: float
     workflow_id: str
+    drafted: bool = False
+    """An agentflow job whose result carries a draft (the draft activity ran and finished)."""
 
 
 @dataclass
@@ -69,7 +73,14 @@ class Shape:
     """What one variant's jobs do on Temporal, from their histories."""
 
     activities_per_job: float
+    """Regular activities (scheduled on the task queue)."""
+    local_activities_per_job: float
+    """Local activities (run inside workflow tasks, recorded as markers)."""
     workflow_tasks_per_job: float
+    events_per_job: float
+    """History events per job."""
+    history_bytes_per_job: float
+    """Bytes of ``history.to_json()`` per job (payloads stored outside history not counted)."""
     activity_run_ms: float
     """Median time from an activity's start to its close."""
     schedule_to_start_ms: float
@@ -144,7 +155,7 @@ class Runner:
             raise RuntimeError(f"{variant} job's tool results are not one fresh success: {tools}")
         if not isinstance(tools[0].value, dict) or tools[0].value.get("value") != value:
             raise RuntimeError(f"{variant} calculator gave {tools[0].value} (expected {value})")
-        return Job(variant, wall_ms, f"agent-{job_id}")
+        return Job(variant, wall_ms, f"agent-{job_id}", drafted=result.draft is not None)
 
     async def history(self, job: Job) -> WorkflowHistory:
         """The event history of a finished job."""
@@ -156,6 +167,9 @@ class Runner:
 async def _shape(runner: Runner, jobs: Sequence[Job]) -> Shape:
     """Activities and workflow tasks per job and activity timings, from the jobs' histories."""
     activities: list[int] = []
+    local: list[int] = []
+    events: list[int] = []
+    sizes: list[int] = []
     tasks: list[int] = []
     run_ms: list[float] = []
     queue_ms: list[float] = []
@@ -164,8 +178,12 @@ async def _shape(runner: Runner, jobs: Sequence[Job]) -> Shape:
         history = await runner.history(job)
         task_ms.append(_workflow_task_ms(history))
         spans = activity_events(history)
-        activities.append(len(spans))
-        tasks.append(workflow_task_count(history))
+        shape = history_shape(history)
+        activities.append(shape.activities)
+        local.append(shape.local_activities)
+        events.append(shape.events)
+        sizes.append(shape.history_bytes)
+        tasks.append(shape.workflow_tasks)
         for span in spans:
             if span["started"] is not None and span["closed"] is not None:
                 run_ms.append((span["closed"] - span["started"]) * 1000)
@@ -173,7 +191,10 @@ async def _shape(runner: Runner, jobs: Sequence[Job]) -> Shape:
                 queue_ms.append((span["started"] - span["scheduled"]) * 1000)
     return Shape(
         activities_per_job=statistics.fmean(activities),
+        local_activities_per_job=statistics.fmean(local),
         workflow_tasks_per_job=statistics.fmean(tasks),
+        events_per_job=statistics.fmean(events),
+        history_bytes_per_job=statistics.fmean(sizes),
         activity_run_ms=statistics.median(run_ms) if run_ms else 0.0,
         schedule_to_start_ms=statistics.median(queue_ms) if queue_ms else 0.0,
         workflow_task_ms=statistics.median(task_ms),
@@ -196,10 +217,14 @@ def _workflow_task_ms(history: WorkflowHistory) -> float:
 
 
 def _shape_extra(shape: Shape, median_ms: float) -> dict[str, Any]:
+    every = shape.activities_per_job + shape.local_activities_per_job
     return {
         "activities_per_job": round(shape.activities_per_job, 2),
-        "ms_per_activity": round(median_ms / shape.activities_per_job, 2),
+        "local_activities_per_job": round(shape.local_activities_per_job, 2),
+        "ms_per_activity": round(median_ms / every, 2),
         "workflow_tasks_per_job": round(shape.workflow_tasks_per_job, 2),
+        "history_events_per_job": round(shape.events_per_job, 1),
+        "history_bytes_per_job": round(shape.history_bytes_per_job),
         "workflow_task_ms": round(shape.workflow_task_ms, 2),
         "activity_run_ms": round(shape.activity_run_ms, 2),
         "schedule_to_start_ms": round(shape.schedule_to_start_ms, 2),
@@ -285,7 +310,8 @@ async def run(ctx: BenchContext) -> BenchResult:
             )
             ctx.progress(
                 f"{variant}: median {latency_median[variant]:.1f} ms, "
-                f"{shapes[variant].activities_per_job:g} activities/job"
+                f"{shapes[variant].activities_per_job:g} activities + "
+                f"{shapes[variant].local_activities_per_job:g} local activities/job"
             )
 
         # Throughput: one block per variant, each with `concurrency` jobs in flight.
@@ -328,6 +354,14 @@ async def run(ctx: BenchContext) -> BenchResult:
     )
     for variant in VARIANTS:
         result.headline(f"activities per job, {variant}", shapes[variant].activities_per_job, "")
+        if variant != PEER:
+            result.headline(
+                f"local activities per job, {variant}",
+                shapes[variant].local_activities_per_job,
+                "",
+            )
+    for variant in VARIANTS:
+        result.headline(f"history events per job, {variant}", shapes[variant].events_per_job, "")
     result.notes += [
         "Every job asks a fresh expression (`17*23+<nonce>`) with a nonce in the query, so "
         "neither agentflow's response cache nor its tool-result cache can hit; each agentflow "
@@ -339,13 +373,23 @@ async def run(ctx: BenchContext) -> BenchResult:
         "Not equal work: the peer runs one activity per model request and per tool call; "
         "agentflow also checks the response cache, selects a tier, drafts (unless disabled), "
         "plans the tools, compresses the context and records the job in SQLite and Redis. "
-        "`activities_per_job` and `workflow_tasks_per_job` come from the jobs' histories; "
-        "`ms_per_activity` is the median job time divided by the activities per job.",
-        "`activity_run_ms` is the median start-to-close time of the jobs' activities, "
+        "`activities_per_job` (regular activities), `local_activities_per_job` (agentflow's "
+        "short stages run as local activities inside workflow tasks: recorded as "
+        "MARKER_RECORDED events, not ACTIVITY_TASK_* events) and `workflow_tasks_per_job` come "
+        "from the jobs' histories; `ms_per_activity` is the median job time divided by the "
+        "regular plus local activities per job.",
+        "`history_events_per_job` and `history_bytes_per_job` (bytes of the history as JSON; "
+        "agentflow's payloads over its external-storage threshold would live in its job "
+        "database instead) say how much each job writes to Temporal.",
+        "agentflow drafts only when the selected tier is above small: "
+        f"{sum(j.drafted for j in measured[AGENTFLOW_FULL])} of the "
+        f"{len(measured[AGENTFLOW_FULL])} measured 'full pipeline' jobs drafted (when none "
+        "does, 'full pipeline' and 'no draft' run the same activities).",
+        "`activity_run_ms` is the median start-to-close time of the jobs' regular activities, "
         "`schedule_to_start_ms` the median time they waited for a worker slot, and "
         "`workflow_task_ms` the median per job of the time its workflow tasks took (workflow "
         "code in the sandbox plus the round trip), all from server event times.",
-        "Both workers: one process, 200 concurrent activities, default workflow sandbox. "
+        "Both workers: one process, the SDK's default slots, default workflow sandbox. "
         "agentflow's worker runs as deployed (`python worker.py`, with its OpenTelemetry tracing "
         "interceptor); the peer follows pydantic-ai's documented pattern, where the workflow "
         "sandbox re-imports the workflow module, and so rebuilds the agent, on every run.",

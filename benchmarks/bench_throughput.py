@@ -1,12 +1,13 @@
 """Benchmark 4: sustained jobs per second, and what a worker process costs in memory.
 
-Full agent jobs (one calculator call and a context item, the 8-activity pipeline with the draft)
-with the simulated provider at zero latency, so orchestration is the whole cost. For concurrency
-1, 8 and 64 (jobs in flight from the driver) with one and with two ``python worker.py``
-processes on one task queue, after a warm-up batch, we time a batch of jobs: jobs/s is batch
-size / wall time; the row values are the per-job latencies. Worker RSS is sampled every 100 ms
-(idle before the batch, peak during it), and the CPU seconds the Temporal server and the workers
-used during the batch show where the time goes. The baseline of each concurrency is one worker.
+Full agent jobs (one calculator call and a context item, the whole pipeline with the draft
+enabled: the job of the overhead benchmark) with the simulated provider at zero latency, so
+orchestration is the whole cost. For concurrency 1, 8 and 64 (jobs in flight from the driver)
+with one and with two ``python worker.py`` processes on one task queue, after a warm-up batch, we
+time a batch of jobs: jobs/s is batch size / wall time; the row values are the per-job latencies.
+Worker RSS is sampled every 100 ms (idle before the batch, peak during it), and the CPU seconds
+the Temporal server and the workers used during the batch show where the time goes. The baseline
+of each concurrency is one worker.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import psutil
 from benchmarks.bench_overhead import job_request
 from benchmarks.context import BenchContext
 from benchmarks.report import BenchResult, plot
-from benchmarks.stack import BenchStack
+from benchmarks.stack import BenchStack, HistoryShape, history_shape
 from core.models import JobStatus
 
 MIB = 2**20
@@ -49,10 +50,15 @@ def _rss(procs: list[psutil.Process]) -> list[float]:
 
 async def _batch(
     stack: BenchStack, queue: str, jobs: int, concurrency: int, offset: int
-) -> tuple[list[float], float]:
-    """Run ``jobs`` jobs with at most ``concurrency`` in flight; per-job ms and wall s."""
+) -> tuple[list[float], float, str]:
+    """Run ``jobs`` jobs with at most ``concurrency`` in flight.
+
+    Returns:
+        Per-job ms, the batch's wall time in s, and the id of one of its jobs.
+    """
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
+    job_ids: list[str] = []
 
     async def one(i: int) -> None:
         async with gate:
@@ -60,10 +66,11 @@ async def _batch(
         if res.status != JobStatus.COMPLETED:
             raise RuntimeError(f"job {res.job_id} ended {res.status}: {res.error}")
         latencies.append(ms)
+        job_ids.append(res.job_id)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(jobs)))
-    return latencies, time.perf_counter() - t0
+    return latencies, time.perf_counter() - t0, job_ids[-1]
 
 
 async def _sample(procs: list[psutil.Process], peak: list[float], stop: asyncio.Event) -> None:
@@ -97,12 +104,17 @@ async def run(ctx: BenchContext) -> BenchResult:
     server = psutil.Process(stack._servers[0].proc.pid)
     curves: dict[str, tuple[list[float], list[float]]] = {}
     offset = 0
+    shape: HistoryShape | None = None
     for count in worker_counts:
         label = f"{count} worker" + ("s" if count > 1 else "")
         curves[label] = ([], [])
         async with stack.workers(count) as pool:
             procs = [psutil.Process(pid) for pid in pool.pids]
-            await _batch(stack, pool.task_queue, 4 if ctx.smoke else 20, 4, offset)  # warm-up
+            *_, warm_job = await _batch(
+                stack, pool.task_queue, 4 if ctx.smoke else 20, 4, offset
+            )  # warm-up
+            if shape is None:
+                shape = history_shape(await stack.history(warm_job))
             offset += 100
             await asyncio.sleep(0.5)
             idle = _rss(procs)
@@ -112,7 +124,7 @@ async def run(ctx: BenchContext) -> BenchResult:
                 stop = asyncio.Event()
                 sampler = asyncio.create_task(_sample(procs, peak, stop))
                 cpu_server, cpu_workers = _cpu_seconds([server]), _cpu_seconds(procs)
-                latencies, wall_s = await _batch(stack, pool.task_queue, jobs_for(c), c, offset)
+                latencies, wall_s, _ = await _batch(stack, pool.task_queue, jobs_for(c), c, offset)
                 cpu_server = _cpu_seconds([server]) - cpu_server
                 cpu_workers = _cpu_seconds(procs) - cpu_workers
                 stop.set()
@@ -168,13 +180,16 @@ async def run(ctx: BenchContext) -> BenchResult:
         )
     )
     cores = psutil.cpu_count() or 0
+    assert shape is not None
     result.notes += [
         f"Everything shares this machine's {cores} logical cores: the Temporal dev server "
         "(in-memory SQLite), the workers, Redis and this driver. server_cpu_s_per_job and "
         "worker_cpu_s_per_job say which of them a job's CPU goes to.",
-        "Each job: 8 activities and about 6 workflow tasks; a job that waits on a real model "
-        "would hold a slot far longer, so with real latencies throughput is bounded by the "
-        "models, not by this.",
+        f"Each job: {shape.activities} regular activities and {shape.local_activities} local "
+        f"activities in {shape.workflow_tasks} workflow tasks, {shape.events} history events "
+        f"({shape.history_bytes:,} bytes as JSON), from one warm-up job's history; a job that "
+        "waits on a real model would hold a slot far longer, so with real latencies throughput "
+        "is bounded by the models, not by this.",
         "RSS columns are per worker process (the largest of the pool).",
     ]
     return result

@@ -16,7 +16,8 @@ worker's catalog prices them; the row values are the per-job costs, each variant
 
 Caveats: the provider is the offline simulated one, whose answers are about as long on every
 tier, so the cost differences are the catalog's price differences and say nothing about answer
-quality. The draft always runs on the small tier, in every variant. A repeat that starts while
+quality. The draft runs on the small tier, and only when the selected tier is above small (the
+workflow skips it otherwise), so "always small" jobs have none. A repeat that starts while
 its first occurrence is still running misses the cache, so the hit count can vary slightly
 between runs. The file's ``http_get`` lines call the agentflow API, which the bench stack does
 not run: those tool calls fail after their retries, in every variant alike.
@@ -344,7 +345,8 @@ async def run(ctx: BenchContext) -> BenchResult:
         )
     result.notes.append(
         "Cost is what the worker's catalog charges for every model call of a job (the "
-        "small-tier draft, a model plan if any, the final answer), from the calls' token "
+        "small-tier draft when the selected tier is above small, a model plan if any, the "
+        "final answer), from the calls' token "
         "counts; values are per-job costs, so median/p95 describe one job while the ratio "
         "column compares median per-job cost. The headlines compare total cost."
     )

@@ -3,8 +3,8 @@
 It connects with ``PydanticAIPlugin`` on the client (the worker inherits the client's plugins,
 which register the peer agent's activities and configure the payload converter and sandbox) and
 runs :class:`~benchmarks.peer_agent.PeerAgentWorkflow` until SIGINT or SIGTERM, then shuts down
-gracefully. Worker limits match agentflow's ``worker.py`` (200 concurrent activities, 10 s
-graceful shutdown), so neither side gets a bigger pool.
+gracefully. Worker limits match agentflow's ``worker.py`` (the SDK's default slots, 10 s graceful
+shutdown), so neither side gets a bigger pool.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ async def serve(address: str, task_queue: str, stop: asyncio.Event) -> None:
         client,
         task_queue=task_queue,
         workflows=[PeerAgentWorkflow],
-        max_concurrent_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
     log.info("peer worker polling task queue %r on %s", task_queue, address)

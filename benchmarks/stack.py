@@ -7,12 +7,15 @@ start empty and nothing a developer runs on 7233 or 6379 is touched or measured.
 needs (:meth:`BenchStack.workers`), each pool on its own task queue.
 
 The benchmark driver (this process) talks to Temporal directly with a client; the REST API is
-not in the measured path.
+not in the measured path. That client carries :class:`infra.temporal.AgentflowPlugin` with the
+stack's SQLite job database as payload storage, exactly as the workers are configured, so it can
+read results and inputs that the data converter stored outside history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -27,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from core.temporal import workflow_id_for
 from rich.console import Console
+from sqlalchemy import Engine
 from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
 from cli.devstack import (
     ChildProcess,
@@ -43,12 +46,23 @@ from cli.devstack import (
     redis_answers,
     temporal_answers,
 )
-from core.models import AgentRequest, AgentResult, AgentWorkflowInput, ApprovalDecision
+from core.ids import workflow_id_for
+from core.models import AgentRequest, AgentResult, AgentWorkflowInput, ApprovalDecision, JobStatus
 from core.settings import PROJECT_ROOT, Settings
+from core.telemetry import configure_tracing
+from infra.db import create_tables, make_engine
+from infra.temporal import plugin_from_settings
 from infra.tools import builtin_registry, ensure_example_database
+from workflows.agent import AgentWorkflow
 
 START_TIMEOUT_S = 60.0
 """How long a server or worker may take to come up, in seconds."""
+
+APPROVAL_POLL_S = 0.01
+"""How often the driver asks a job that needs approval whether it waits at its gate, in seconds."""
+
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+"""Marker name under which a local activity's result is recorded in history."""
 
 
 class BenchStackError(RuntimeError):
@@ -81,6 +95,8 @@ class BenchStack:
     redis_url: str = ""
     database_url: str = ""
     client: Client | None = None
+    engine: Engine | None = None
+    """The job database (SQLite in ``workdir``); the driver's client stores payloads through it."""
     _servers: list[ChildProcess] = field(default_factory=list)
     _approval_tools: frozenset[str] = field(
         default_factory=lambda: frozenset(
@@ -133,9 +149,15 @@ class BenchStack:
         )
         self.database_url = f"sqlite:///{self.workdir / 'agentflow.db'}"
         ensure_example_database(self.workdir / "shop.sqlite")
-        self.client = await Client.connect(
-            self.temporal_address, data_converter=pydantic_data_converter
-        )
+        # The plugin puts OpenTelemetry's interceptor on this client: install agentflow's
+        # replay-safe global tracer provider first, as every agentflow process does.
+        configure_tracing("agentflow-bench")
+        self.engine = make_engine(self.database_url)
+        create_tables(self.engine)
+        # Same converter and payload storage as the workers (same DATABASE_URL, same threshold
+        # from the environment), so results stored outside history can be read back.
+        plugin = plugin_from_settings(Settings(database_url=self.database_url), self.engine)
+        self.client = await Client.connect(self.temporal_address, plugins=[plugin])
         self.console.print(
             f"[dim]stack: Temporal {self.temporal_address}, Redis {self.redis_url}, "
             f"up in {time.perf_counter() - started:.1f} s[/]"
@@ -150,6 +172,9 @@ class BenchStack:
         for child in reversed(self._servers):
             child.stop(timeout_s=10)
         self._servers.clear()
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
         if keep_files:
             self.console.print(f"[dim]stack files kept in {self.workdir}[/]")
         else:
@@ -258,34 +283,37 @@ class BenchStack:
     ) -> tuple[AgentResult, float]:
         """Run one agent job to its end through Temporal.
 
-        Jobs that need approval get an ``approve`` decision with their start (signal-with-start),
-        so the approval gate passes at once; ``approve=False`` sends a rejection.
+        A job that needs approval (``require_approval``, or an explicit call of a tool whose
+        metadata requires it) gets its decision through the workflow's ``decide`` update as soon
+        as it waits at its gate (polled with the ``get_progress`` query every
+        :data:`APPROVAL_POLL_S`): an approval, or a rejection with ``approve=False``. The gate
+        refuses decisions before the job reaches it, so the decision cannot travel with the start.
+        (Only explicit calls are checked: the rules planner, which plans with the simulated
+        catalog, never proposes a tool that requires approval.)
 
         Returns:
-            The result and the wall time from start request to result, in ms.
+            The result and the wall time from start request to result, in ms (approval round
+            trips included).
         """
         assert self.client is not None
         job_id = job_id or uuid.uuid4().hex
         inp = AgentWorkflowInput(job_id=job_id, request=request, draft_enabled=draft)
-        needs_signal = request.require_approval or any(
+        needs_approval = request.require_approval or any(
             c.name in self._approval_tools for c in request.tool_calls
         )
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {}
-        if needs_signal:
-            kwargs = {
-                "start_signal": "approve",
-                "start_signal_args": [ApprovalDecision(approved=approve, reviewer="bench")],
-            }
         handle = await self.client.start_workflow(
-            "AgentWorkflow",
-            inp,
-            id=workflow_id_for(job_id),
-            task_queue=task_queue,
-            result_type=AgentResult,
-            **kwargs,
+            AgentWorkflow.run, inp, id=workflow_id_for(job_id), task_queue=task_queue
         )
-        result = await handle.result()
+        outcome = asyncio.ensure_future(handle.result())
+        try:
+            if needs_approval:
+                decision = ApprovalDecision(approved=approve, reviewer="bench")
+                await _decide_at_gate(handle, decision, outcome)
+            result = await outcome
+        finally:
+            if not outcome.done():
+                outcome.cancel()
         return result, (time.perf_counter() - started) * 1000
 
     async def history(self, job_id: str) -> WorkflowHistory:
@@ -326,6 +354,29 @@ class BenchStack:
 
 async def _true_async(value: bool) -> bool:
     return value
+
+
+async def _decide_at_gate(
+    handle: WorkflowHandle[Any, AgentResult],
+    decision: ApprovalDecision,
+    outcome: asyncio.Future[AgentResult],
+) -> None:
+    """Send ``decision`` through ``decide`` once the job waits at its gate.
+
+    Returns without deciding when the job ends first (it never reached a gate).
+    """
+    while not outcome.done():
+        try:
+            progress = await handle.query(AgentWorkflow.get_progress)
+        except Exception:  # first workflow task not completed yet: ask again
+            progress = None
+        if progress is not None:
+            if progress.status is JobStatus.AWAITING_APPROVAL:
+                await handle.execute_update(AgentWorkflow.decide, decision)
+                return
+            if progress.status.is_terminal:
+                return
+        await asyncio.wait([outcome], timeout=APPROVAL_POLL_S)
 
 
 def activity_events(
@@ -374,4 +425,89 @@ def workflow_task_count(history: WorkflowHistory) -> int:
     """Number of workflow tasks completed in ``history``."""
     return sum(
         1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+
+
+def _local_activity_data(event: HistoryEvent) -> dict[str, Any] | None:
+    """The marker data of a local activity's ``MARKER_RECORDED`` event, else ``None``."""
+    if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+        return None
+    attrs = event.marker_recorded_event_attributes
+    if attrs.marker_name != LOCAL_ACTIVITY_MARKER:
+        return None
+    data = attrs.details.get("data")
+    if data is None or not data.payloads:
+        return None
+    parsed = json.loads(data.payloads[0].data)
+    return parsed if isinstance(parsed, dict) else None
+
+
+def local_activity_events(
+    history: WorkflowHistory, activity_type: str | None = None
+) -> list[dict[str, Any]]:
+    """The local activities of ``history``: one per ``MARKER_RECORDED`` local-activity marker.
+
+    Local activities run inside a workflow task and leave no ``ACTIVITY_TASK_*`` events; their
+    result is recorded as a marker when the workflow task completes.
+
+    Returns:
+        One dict per local activity: ``type``, ``attempt`` and ``recorded`` (the marker's event
+        time as UNIX seconds).
+    """
+    out: list[dict[str, Any]] = []
+    for event in history.events:
+        data = _local_activity_data(event)
+        if data is None:
+            continue
+        name = str(data.get("activity_type", ""))
+        if activity_type is None or name == activity_type:
+            out.append(
+                {
+                    "type": name,
+                    "attempt": data.get("attempt"),
+                    "recorded": event.event_time.ToDatetime().timestamp(),
+                }
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class HistoryShape:
+    """What one job left in Temporal: activities by kind, workflow tasks, history size."""
+
+    activities: int
+    """Regular activities (``ACTIVITY_TASK_SCHEDULED`` events)."""
+    local_activities: int
+    """Local activities (local-activity ``MARKER_RECORDED`` events)."""
+    workflow_tasks: int
+    events: int
+    """Events in the history."""
+    history_bytes: int
+    """Length of ``history.to_json()`` in bytes (payloads stored outside history not counted)."""
+    kinds: dict[str, int]
+    """Activity type -> count, regular and local together (local ones suffixed `` (local)``)."""
+
+    @property
+    def all_activities(self) -> int:
+        """Regular plus local activities."""
+        return self.activities + self.local_activities
+
+
+def history_shape(history: WorkflowHistory) -> HistoryShape:
+    """Count ``history``'s regular and local activities, workflow tasks, events and bytes."""
+    regular = activity_events(history)
+    local = local_activity_events(history)
+    kinds: dict[str, int] = {}
+    for span in regular:
+        kinds[span["type"]] = kinds.get(span["type"], 0) + 1
+    for marker in local:
+        name = f"{marker['type']} (local)"
+        kinds[name] = kinds.get(name, 0) + 1
+    return HistoryShape(
+        activities=len(regular),
+        local_activities=len(local),
+        workflow_tasks=workflow_task_count(history),
+        events=len(history.events),
+        history_bytes=len(history.to_json().encode()),
+        kinds=kinds,
     )

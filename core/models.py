@@ -77,7 +77,12 @@ class JobStatus(StrEnum):
 
 
 class Stage(StrEnum):
-    """Workflow stages in execution order, as reported by the ``get_progress`` query."""
+    """Workflow stages, as reported by the ``get_progress`` query.
+
+    Since the v2 core the order is response cache, tool plan, model selection, (awaiting
+    approval), tools, compression, generation, record, done; the draft runs beside the stages
+    after selection and has no stage of its own. ``DRAFT`` is kept for recorded histories.
+    """
 
     STARTED = "started"
     RESPONSE_CACHE = "response_cache"
@@ -354,7 +359,11 @@ class RunToolInput(BaseModel):
 
 
 class ToolSuccess(BaseModel):
-    """A tool call that produced a value; large values go to the blob store (``value_ref``)."""
+    """A tool call that produced a value.
+
+    ``value`` is always inline since the v2 core (the data converter's external storage keeps
+    large payloads out of history); ``value_ref`` only appears in jobs recorded before it.
+    """
 
     status: Literal["success"] = "success"
     call_id: str

@@ -1,8 +1,7 @@
 """The job database: engine set-up, a UTC datetime column type, error translation, tables.
 
 Everything here is synchronous SQLAlchemy (through sqlmodel). Async callers (the API, the payload
-storage driver) wrap calls in ``asyncio.to_thread``; activities that use the database are
-synchronous and run in the worker's thread pool.
+storage driver, the ``record_job`` activity) run each call in a thread (``asyncio.to_thread``).
 
 Hazards this module handles:
 

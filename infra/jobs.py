@@ -194,7 +194,12 @@ class JobStore:
         result_json = result.model_dump_json()
         status = result.status
         with self._session() as session:
-            record = session.get(JobRecord, result.job_id)
+            # Read and write under one lock, so a concurrent writer cannot commit between the
+            # revision check and the update (a lost update would move the job backwards):
+            # SQLite takes the write lock up front, PostgreSQL locks the row (FOR UPDATE).
+            if self._engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            record = session.get(JobRecord, result.job_id, with_for_update=True)
             now = utc_now()
             if record is None:
                 record = JobRecord(

@@ -98,6 +98,24 @@ async def env(
 
 
 @pytest.fixture(scope="session")
+async def dev_env(plugin: AgentflowPlugin) -> AsyncIterator[WorkflowEnvironment]:
+    """A real ``temporal server start-dev`` on free ports, for tests the time-skipping server
+    cannot host (updates across worker restarts, killed worker processes)."""
+    environment = await WorkflowEnvironment.start_local(
+        plugins=[plugin],
+        dev_server_existing_path=find_binary("temporal"),
+        port=free_port(),
+        ui=False,
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "history.transferProcessorMaxPollRPS=1000",
+        ],
+    )
+    async with environment:
+        yield environment
+
+
+@pytest.fixture(scope="session")
 def client(env: WorkflowEnvironment) -> Client:
     """A client on the test environment, with the agentflow plugin."""
     return env.client
@@ -107,6 +125,24 @@ def client(env: WorkflowEnvironment) -> Client:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db = ensure_example_database(tmp_path_factory.mktemp("sql") / "shop.sqlite")
     return Settings(sql_database_path=db, http_allowed_hosts=["127.0.0.1"])
+
+
+@pytest.fixture
+async def dev_harness(
+    dev_env: WorkflowEnvironment, redis_url: str, settings: Settings, tmp_path: Path
+) -> AsyncIterator[Harness]:
+    """A worker on the dev server, for jobs whose local activities do real work.
+
+    The time-skipping server does not see local activities: while a long one runs it may skip
+    ahead to the workflow task's timeout and time the workflow out after ten simulated years.
+    """
+    async with agent_worker(
+        dev_env.client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+    ) as h:
+        yield h
 
 
 @pytest.fixture

@@ -150,7 +150,11 @@ async def openai_provider(local_server: LocalServer) -> AsyncIterator[OpenAIComp
 
 
 def spec_for(
-    model_id: str, *, tier: Tier = Tier.SMALL, tokens_per_second: float = 150
+    model_id: str,
+    *,
+    tier: Tier = Tier.SMALL,
+    tokens_per_second: float = 150,
+    request_timeout_s: float | None = None,
 ) -> ModelSpec:
     return ModelSpec(
         tier=tier,
@@ -160,6 +164,7 @@ def spec_for(
         tokens_per_second=tokens_per_second,
         max_tokens=512,
         temperature=0.2,
+        request_timeout_s=request_timeout_s,
     )
 
 
@@ -237,8 +242,10 @@ async def test_openai_failures_map_to_domain_errors_with_one_request(
 ) -> None:
     before = local_server.state.counts[model]
     started = time.monotonic()
+    # Each call times out at its model's attempt timeout (here set on the catalog entry).
+    spec = spec_for(model, request_timeout_s=CLIENT_TIMEOUT_S)
     with pytest.raises(ModelError) as caught:
-        await openai_provider.complete(spec_for(model), MESSAGES, max_tokens=16)
+        await openai_provider.complete(spec, MESSAGES, max_tokens=16)
     elapsed = time.monotonic() - started
     assert type(caught.value) is error
     assert caught.value.retryable is error.retryable
@@ -500,3 +507,14 @@ async def test_registry_from_settings(local_server: LocalServer) -> None:
     offline = ProviderRegistry.from_settings(Settings(_env_file=None, openai_base_url=None))
     with pytest.raises(ValueError, match="OPENAI_BASE_URL"):
         offline.for_spec(spec_for("ok"))
+
+
+def test_attempt_timeout_fits_the_tier() -> None:
+    """A tier's attempt timeout covers producing max_tokens at its speed, with a margin."""
+    for spec in ModelCatalog.default().models:
+        needed_s = spec.max_tokens / spec.tokens_per_second
+        assert spec.attempt_timeout_s > needed_s * 1.2
+    large = ModelCatalog.default().for_tier(Tier.LARGE)
+    assert large.attempt_timeout_s > 4096 / 30  # the old single 60 s timeout could not fit it
+    pinned = large.model_copy(update={"request_timeout_s": 42.0})
+    assert pinned.attempt_timeout_s == 42.0

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from core.models import AgentRequest
+from core.models import AgentRequest, ToolCall
 from infra.temporal import AgentflowPlugin
 from tests.workflow_support import Harness
+from workflows.agent import AgentWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -47,10 +49,24 @@ async def test_run_then_replay(harness: Harness, plugin: AgentflowPlugin) -> Non
 async def test_worker_client_and_replayer_share_the_plugin(
     harness: Harness, plugin: AgentflowPlugin
 ) -> None:
-    """The worker inherits the client's plugin; the Replayer decodes with the same converter."""
-    client_plugins = harness.client.config()["plugins"]
-    assert plugin in client_plugins
-    replayer = Replayer(workflows=[], plugins=[plugin])
-    config = replayer.config()
-    assert config["data_converter"] is harness.client.data_converter
-    assert [w.__name__ for w in config["workflows"]] == ["AgentWorkflow"]
+    """A history whose payloads live in external storage replays only through the plugin.
+
+    The worker wrote the 256 KiB tool result through the client's plugin (its converter stores
+    it in the job database and leaves a reference in history); a Replayer with the same plugin
+    reads it back, a Replayer with the plain pydantic converter cannot.
+    """
+    assert plugin in harness.client.config()["plugins"]
+    handle = await harness.start(
+        AgentRequest(
+            query="summarise the report (replay)",
+            tool_calls=[ToolCall(id="r", name="big_report", parameters={"size_kib": 256})],
+        )
+    )
+    await handle.result()
+    history = await handle.fetch_history()
+    assert "externalPayloads" in history.to_json(), "the large result went to external storage"
+
+    await Replayer(workflows=[], plugins=[plugin]).replay_workflow(history)
+    plain = Replayer(workflows=[AgentWorkflow], data_converter=pydantic_data_converter)
+    with pytest.raises(Exception, match="external storage is not configured"):
+        await plain.replay_workflow(history)

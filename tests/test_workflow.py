@@ -15,7 +15,6 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from infra.providers import ProviderRegistry, SimulatedProvider
 from core.catalog import ModelCatalog
 from core.models import (
     AgentRequest,
@@ -30,6 +29,7 @@ from core.models import (
     ToolSuccess,
 )
 from core.settings import Settings
+from infra.providers import ProviderRegistry, SimulatedProvider
 from tests.helpers import serve_asgi
 from tests.test_providers import ServerState, make_app
 from tests.workflow_support import Harness, activity_spans, agent_worker, save_history
@@ -78,7 +78,7 @@ async def test_happy_path_runs_every_stage(harness: Harness) -> None:
     assert stored is not None
     assert Stage.GENERATION in {t.stage for t in stored.timings}, "record has every stage's timing"
     if SAVE:
-        await save_history(handle, "happy_path")
+        await save_history(handle, "v2_happy_path")
 
 
 async def test_parallel_safe_tools_overlap(harness: Harness) -> None:
@@ -96,7 +96,7 @@ async def test_parallel_safe_tools_overlap(harness: Harness) -> None:
     # Every call started before any finished: they ran at the same time, not one after another.
     assert latest_start < earliest_end, spans
     if SAVE:
-        await save_history(handle, "parallel_tools")
+        await save_history(handle, "v2_parallel_tools")
 
 
 async def test_short_stages_run_inside_the_first_workflow_task(harness: Harness) -> None:
@@ -201,7 +201,7 @@ async def test_approval_approved_continues(harness: Harness) -> None:
     assert result.status is JobStatus.COMPLETED and result.answer
     assert result.approval is not None and result.approval.reviewer == "ana"
     if SAVE:
-        await save_history(handle, "approved")
+        await save_history(handle, "v2_approved")
 
 
 async def test_approval_rejected_ends_rejected(harness: Harness) -> None:
@@ -228,7 +228,7 @@ async def test_approval_times_out_after_24h_skipped(harness: Harness) -> None:
     record = await asyncio.to_thread(harness.store.get_job, handle.id.removeprefix("agent-"))
     assert record is not None and record.status == JobStatus.EXPIRED
     if SAVE:
-        await save_history(handle, "expired")
+        await save_history(handle, "v2_expired")
 
 
 async def test_tool_requiring_approval_gates_the_job(harness: Harness) -> None:
@@ -292,7 +292,7 @@ async def test_critical_context_over_budget_fails_clearly(harness: Harness) -> N
     assert record.error and "100" in record.error
 
 
-async def test_large_tool_result_passes_by_reference(harness: Harness) -> None:
+async def test_large_tool_result_is_stored_outside_history(harness: Harness) -> None:
     handle = await harness.start(
         AgentRequest(
             query=unique("summarise the report"),
@@ -301,9 +301,11 @@ async def test_large_tool_result_passes_by_reference(harness: Harness) -> None:
     )
     result = await handle.result()
     report = result.tool_results[0]
-    assert isinstance(report, ToolSuccess) and report.value is None and report.value_ref
-    assert report.value_ref.size_bytes > 256 * 1000
+    assert isinstance(report, ToolSuccess) and report.value_ref is None
+    assert isinstance(report.value, dict) and len(str(report.value["report"])) > 256 * 1000
     history = await handle.fetch_history()
+    # ExternalStorage kept the 256 KiB result (and every payload that carries it) in the job
+    # database; history holds references.
     assert len(history.to_json()) < 128 * 1024, "the 256 KiB result stayed out of history"
     assert result.compression is not None and result.compression.tokens_after <= 4000
 
@@ -347,7 +349,7 @@ async def test_escalates_to_fallback_tier_when_primary_fails(
     assert len(final) == 1 and final[0].tier is Tier.LARGE
     assert state.counts["server-error"] == 3, "three attempts, one HTTP request each"
     if SAVE:
-        await save_history(handle, "escalated")
+        await save_history(handle, "v2_escalated")
 
 
 def test_environment_is_time_skipping(env: WorkflowEnvironment) -> None:

@@ -60,11 +60,12 @@ class BigParams(BaseModel):
     """Parameters of the test-only ``big_report`` tool."""
 
     size_kib: int = Field(default=64, ge=1, le=1024)
+    tag: str = ""
 
 
 async def big_report(params: BigParams) -> dict[str, str]:
-    """A result larger than the payload threshold, to exercise pass-by-reference."""
-    line = "Quarterly revenue grew in every region. "
+    """A result of about ``size_kib`` KiB, to exercise external payload storage."""
+    line = f"Quarterly revenue grew in every region{params.tag}. "
     return {"report": line * (params.size_kib * 1024 // len(line))}
 
 

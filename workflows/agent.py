@@ -88,6 +88,7 @@ class AgentWorkflow(LegacyAgentRun):
         self._revision = 0
         self._projection: asyncio.Task[None] | None = None
         self._draft_task: asyncio.Task[None] | None = None
+        self._input: AgentWorkflowInput | None = None
 
     # ------------------------------------------------------------------ handlers
 
@@ -174,9 +175,9 @@ class AgentWorkflow(LegacyAgentRun):
         if not workflow.patched(PATCH_CORE_V2):
             self._legacy = True
             return await self._v1_run(inp)
+        self._input = inp
         self._progress.query = inp.request.query
         self._progress.started_at = workflow.info().start_time
-        self._project(first=inp)
         try:
             return await self._pipeline(inp)
         except (ActivityError, ApplicationError) as err:
@@ -203,6 +204,7 @@ class AgentWorkflow(LegacyAgentRun):
         hit = await self._check_response_cache(inp)
         if hit is not None:
             return await self._finish(hit)
+        self._project()  # RUNNING, with the request; written beside the next stages
         planned = await self._plan(inp)
         selection = await self._select(inp, planned)
         if self._draft_helps(inp, selection):
@@ -519,12 +521,11 @@ class AgentWorkflow(LegacyAgentRun):
             error_type=error_type,
         )
 
-    def _project(
-        self, *, first: AgentWorkflowInput | None = None, result: AgentResult | None = None
-    ) -> asyncio.Task[None]:
+    def _project(self, *, result: AgentResult | None = None) -> asyncio.Task[None]:
         """Write the job's current state to the database after the previous write finishes.
 
         Writes run one at a time in order, beside the stages; only the final one is awaited.
+        The first carries the request (a response-cache hit ends the job with one write).
         """
         self._revision += 1
         record = RecordJobInput(
@@ -532,6 +533,7 @@ class AgentWorkflow(LegacyAgentRun):
             response_cache_key=self._cache_key if result is not None else None,
             revision=self._revision,
         )
+        first = self._input if self._revision == 1 else None
         if first is not None:
             record.request = first.request
             record.created_at = self._progress.started_at

@@ -14,7 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -38,7 +42,7 @@ from api.schemas import (
 from api.state import AppState
 from core.errors import ErrorType
 from core.ids import job_id_for, request_hash, workflow_id_for
-from core.models import AgentRequest, AgentWorkflowInput, JobStatus
+from core.models import AgentRequest, AgentWorkflowInput, DecisionResult, JobStatus
 from core.tools import ToolCallInvalidError
 from workflows.agent import AgentWorkflow
 
@@ -210,11 +214,18 @@ async def decide_job(
     """
     handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
     update_id = "decide-" + hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:32]
+
+    async def decide() -> DecisionResult:
+        # The server stops waiting for a worker to accept the update after a while; the same
+        # update id attaches to the update it already admitted, so asking again is safe.
+        while True:
+            try:
+                return await handle.execute_update(AgentWorkflow.decide, body, id=update_id)
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
+                await asyncio.sleep(0.2)
+
     try:
-        outcome = await asyncio.wait_for(
-            handle.execute_update(AgentWorkflow.decide, body, id=update_id),
-            timeout=state.settings.decision_wait_s,
-        )
+        outcome = await asyncio.wait_for(decide(), timeout=state.settings.decision_wait_s)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         if isinstance(cause, ApplicationError) and (
@@ -222,7 +233,7 @@ async def decide_job(
         ):
             raise JobStateConflictError(cause.message) from exc
         raise
-    except TimeoutError as exc:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         raise TemporalUnavailableError(
             f"no worker took the decision within {state.settings.decision_wait_s:g} s; it will "
             "apply when one does (sending the same body again returns its outcome)",

@@ -21,6 +21,7 @@ import simpleeval
 from pydantic import BaseModel, Field, JsonValue
 
 from core.errors import ToolError
+from core.pyast import parse_expression
 from core.tools import Tool, ToolMetadata
 
 MAX_RESULT_DIGITS = 1000
@@ -137,7 +138,7 @@ ALLOWED_NODES: tuple[type[ast.AST], ...] = (
 def _validate(expression: str) -> ast.Expression:
     """Parse ``expression`` and refuse anything but whitelisted arithmetic."""
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = parse_expression(expression.strip())
     except SyntaxError as exc:
         raise ToolError(f"not a valid arithmetic expression: {exc.msg}") from exc
     for node in ast.walk(tree):
