@@ -143,6 +143,12 @@ async def read_job(state: AppState, job_id: str) -> JobPublic:
                 raise record_error from exc
             raise JobNotFoundError(f"job {job_id} not found") from exc
         return await _without_progress(state, job_id, record, handle)
+    if progress.status.is_terminal:
+        # The workflow reports its terminal status only after writing that record: read it,
+        # with the result, instead of a live view without one.
+        ended = await get_record(state, job_id)
+        if ended is not None and JobStatus(ended.status).is_terminal:
+            return from_record(state, ended)
     return from_progress(state, job_id, progress, record)
 
 

@@ -44,7 +44,6 @@ _POLL_MAX_S = 0.5
 _POLL_BACKOFF = 1.3
 _MAX_CONSECUTIVE_POLL_ERRORS = 5
 _HTTP_TIMEOUT_S = 30.0
-_RECORD_GRACE_S = 10.0
 _TERMINAL_STATUSES = frozenset(s.value for s in JobStatus if s.is_terminal)
 
 
@@ -176,17 +175,6 @@ def expected_statuses(request: RunRequest, approve: bool) -> set[str]:
     return {JobStatus.COMPLETED.value}
 
 
-def _settled(job: dict[str, Any]) -> bool:
-    """Whether ``job`` (as the API returned it) ended and its outcome is recorded.
-
-    A terminal status that comes with live ``progress`` was read from the workflow before it
-    recorded its result (the result is still ``null`` then), so it is not final yet.
-    """
-    status = job.get("status")
-    terminal = status in _TERMINAL_STATUSES
-    return terminal and job.get("progress") is None
-
-
 def _error_detail(response: httpx.Response) -> str:
     """A short explanation from an API error response (its ``detail`` when JSON)."""
     try:
@@ -259,26 +247,9 @@ class _Runner:
         interval = _POLL_FIRST_S
         approval_sent = False
         errors = 0
-        unrecorded_since: float | None = None
         while True:
             status = str(job.get("status"))
-            if status in _TERMINAL_STATUSES and not _settled(job):
-                # Ended in Temporal, record not written yet: normally a few milliseconds.
-                unrecorded_since = unrecorded_since or time.perf_counter()
-                if time.perf_counter() - unrecorded_since > _RECORD_GRACE_S:
-                    return RequestOutcome(
-                        line=request.line,
-                        job_id=job_id,
-                        status=status,
-                        expected=False,
-                        error=(
-                            f"the workflow ended {status} but the API's job record was not "
-                            f"updated within {_RECORD_GRACE_S:g} s (was it run by a worker "
-                            "writing to another database?)"
-                        ),
-                        job=job,
-                    )
-            if _settled(job):
+            if status in _TERMINAL_STATUSES:
                 latency_ms = (time.perf_counter() - started) * 1000
                 return RequestOutcome(
                     line=request.line,

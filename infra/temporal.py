@@ -41,13 +41,23 @@ from core.settings import Settings
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 """Used when neither the settings nor an envconfig profile name a server."""
 
-PASSTHROUGH_MODULES = ("redis", "infra", "activities", "core")
-"""Packages the workflow sandbox shares with the host instead of re-importing per run.
+PASSTHROUGH_MODULES = (
+    "redis",
+    "infra",
+    "activities",
+    "core",
+    "workflows.policies",
+    "workflows.failures",
+)
+"""Modules the workflow sandbox shares with the host instead of re-importing per run.
 
 ``AgentWorkflow`` imports ``activities.*`` (for activity references) and ``core.models`` (its
 contracts); those pull in ``infra`` and redis-py, whose submodules import lazily and would
-otherwise land inside the sandbox on first use. None of them is called by workflow code or keeps
-per-workflow state, so sharing them is safe and saves re-importing them for every workflow run.
+otherwise land inside the sandbox on first use. ``workflows.policies`` holds constants and
+``workflows.failures`` pure functions. None of them is called by workflow code in a way that
+touches the world or keeps per-workflow state, so sharing them is safe and saves re-importing
+them for every workflow run. The workflow modules themselves (``workflows.agent`` and its v1
+path) stay sandboxed, so the sandbox still catches a non-deterministic call in them.
 ``opentelemetry`` is passed through by the OpenTelemetry plugin itself.
 """
 

@@ -1,0 +1,138 @@
+"""A worker killed mid-generation: the call is retried elsewhere within its heartbeat timeout.
+
+Real processes on a real dev server: ``python worker.py`` twice, the first one SIGKILLed while
+the job's final answer is being generated. v1 gave generation a 65 s start-to-close and no
+heartbeat, so the job waited out those 65 s before a second worker could retry the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from core.models import AgentRequest, AgentWorkflowInput, JobStatus, Stage
+from core.settings import Settings
+from infra.db import create_tables, make_engine
+from infra.temporal import plugin_from_settings
+from workflows.agent import AgentWorkflow
+
+pytestmark = pytest.mark.devserver
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT_TIMEOUT = timedelta(seconds=2)
+
+
+@contextmanager
+def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python worker.py`` with ``env``; killed at the end if still running."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+async def wait_for_stage(handle: object, stage: Stage, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            progress = await handle.query(AgentWorkflow.get_progress)  # type: ignore[attr-defined]
+        except Exception:  # the worker is still starting; the query waits for none
+            progress = None
+        if progress is not None and progress.stage is stage:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the job never reached {stage}")
+
+
+async def test_generation_moves_to_a_new_worker_within_the_heartbeat_timeout(
+    dev_env: WorkflowEnvironment, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    queue = f"crash-{uuid.uuid4()}"
+    target = dev_env.client.service_client.config.target_host
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": target,
+        "AGENTFLOW_TASK_QUEUE": queue,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "AGENTFLOW_SQL_DATABASE_PATH": str(settings.sql_database_path),
+        # The simulated medium tier then takes a few seconds per answer.
+        "AGENTFLOW_SIMULATED_LATENCY_SCALE": "4",
+        "PYTHONUNBUFFERED": "1",
+    }
+    worker_settings = Settings(database_url=database_url)
+    engine = make_engine(database_url)
+    create_tables(engine)
+    client = await Client.connect(target, plugins=[plugin_from_settings(worker_settings, engine)])
+    job_id = uuid.uuid4().hex
+    request = AgentRequest(
+        query=f"Write two sentences about rivers [{job_id[:6]}]", model_tier="medium"
+    )
+    log = tmp_path / "workers.log"
+
+    with worker_process(env, log) as first:
+        handle = await client.start_workflow(
+            AgentWorkflow.run,
+            AgentWorkflowInput(job_id=job_id, request=request, heartbeat_timeout=HEARTBEAT_TIMEOUT),
+            id=f"agent-{job_id}",
+            task_queue=queue,
+        )
+        await wait_for_stage(handle, Stage.GENERATION, timeout_s=60)
+        await asyncio.sleep(0.5)  # the final answer is being generated now
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = time.monotonic()
+
+    with worker_process(env, log):
+        result = await asyncio.wait_for(handle.result(), timeout=90)
+    recovered_s = time.monotonic() - killed_at
+    engine.dispose()
+
+    assert result.status is JobStatus.COMPLETED and result.answer
+    history = await handle.fetch_history()
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    final_starts = [
+        e.activity_task_started_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and scheduled[
+            e.activity_task_started_event_attributes.scheduled_event_id
+        ].activity_type.name
+        == "generate_answer"
+        and e.activity_task_started_event_attributes.attempt > 1
+    ]
+    assert final_starts, "the killed call was retried"
+    last_failure = final_starts[-1].last_failure
+    assert last_failure.timeout_failure_info.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
+    # Heartbeat timeout (2 s) + retry + a few seconds of generation + the workflow task's
+    # sticky-queue timeout on the dead worker (10 s): far below v1's 65 s start-to-close.
+    assert recovered_s < 45, f"recovery took {recovered_s:.1f}s"
