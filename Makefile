@@ -50,7 +50,7 @@ bench: $(BENCH_STAMP) ## The benchmark suite (about 7 min on 2 cores); writes be
 bench-smoke: $(BENCH_STAMP) ## Every benchmark with tiny counts, results in a temp folder (CI)
 	$(BIN)/python -m benchmarks --smoke
 
-histories: $(STAMP) ## Re-record the replay histories under tests/histories
+histories: $(STAMP) ## Re-record the v2 replay histories under tests/histories (v1_* stay as recorded)
 	AGENTFLOW_SAVE_HISTORIES=1 $(BIN)/pytest -q tests/test_workflow.py
 
 clean:

@@ -71,6 +71,7 @@ class AgentActivities:
         """The bound activity methods, for ``Worker(activities=...)``."""
         s = self.stages
         return [
+            s.prepare_job,
             s.check_response_cache,
             s.plan_tools,
             s.select_model,

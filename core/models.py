@@ -455,6 +455,28 @@ class CompressContextResult(BaseModel):
     summary: CompressionSummary
 
 
+# --------------------------------------------------------------------------- prepare
+
+
+class PrepareJobInput(BaseModel):
+    """Input of the ``prepare_job`` local activity: the request as the workflow carries it."""
+
+    request: AgentRequest
+
+
+class PrepareJobResult(BaseModel):
+    """The front of a job in one local activity: cache lookup, then (on a miss) plan and tier.
+
+    ``plan`` and ``selection`` are ``None`` on a cache hit. ``duration_ms`` holds each part's
+    wall time (``response_cache``, ``tool_plan``, ``model_selection``) for the stage timings.
+    """
+
+    cache: CheckResponseCacheResult
+    plan: PlanToolsResult | None = None
+    selection: SelectModelResult | None = None
+    duration_ms: dict[str, float] = Field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------- approval & progress
 
 

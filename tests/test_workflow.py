@@ -111,8 +111,8 @@ async def test_short_stages_run_inside_the_first_workflow_task(harness: Harness)
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     }
-    # Cache lookup, planning, selection, compression and the record are local activities: only
-    # the tools and the model calls are scheduled on the task queue.
+    # Cache lookup, planning and selection (prepare_job), compression and the record are local
+    # activities: only the tools and the model calls are scheduled on the task queue.
     assert scheduled == {"run_tools", "generate_answer"}
     # The first workflow task looked up the cache, planned and selected, then scheduled the
     # tools and the draft: one round trip for the whole front of the job.
@@ -129,7 +129,7 @@ async def test_short_stages_run_inside_the_first_workflow_task(harness: Harness)
                 first_task.append(json.loads(data.payloads[0].data)["activity_type"])
         elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             first_task.append(e.activity_task_scheduled_event_attributes.activity_type.name)
-    assert {"check_response_cache", "plan_tools", "select_model"} <= set(first_task)
+    assert {"prepare_job", "record_job"} <= set(first_task)
     assert {"run_tools", "generate_answer"} <= set(first_task)
     if SAVE:
         await save_history(handle, "v2_local_stages")

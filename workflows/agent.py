@@ -6,9 +6,9 @@ The workflow owns the job's state: the ``get_progress`` query answers from it at
 
 Stages (timeouts and retry policies in :mod:`workflows.policies`):
 
-1. response cache (local activity) — a hit completes the job at once;
-2. tool plan (local) — explicit calls plus the planner's, validated against the registry;
-3. model selection (local) — sees the planned tools; picks a tier and an escalation tier;
+1-3. ``prepare_job`` (one local activity): the response cache (a hit completes the job at once),
+   the tool plan (explicit calls plus the planner's, validated against the registry) and model
+   selection (which sees the planned tools; a tier and an escalation tier);
 4. draft — a quick small-tier answer, only when the final tier is above small; it runs beside
    the next stages and is cancelled when the job ends early or the final answer is ready first;
 5. approval gate — when asked to, or when a planned tool requires it: waits for the ``decide``
@@ -20,8 +20,9 @@ Stages (timeouts and retry policies in :mod:`workflows.policies`):
    answers (cascade);
 9. record (local, falling back to a regular activity during a database outage).
 
-Stages 1-3 run in the first workflow task. The workflow is deterministic: no clock but
-``workflow.now()``, no I/O, settings arrive in the input or from activity results.
+Stages 1-3 run in the first workflow task, beside the job's first projection (RUNNING). The
+workflow is deterministic: no clock but ``workflow.now()``, no I/O, settings arrive in the input
+or from activity results.
 
 Versioning: histories recorded before this shape (no ``agentflow-core-v2`` marker) take the v1
 path in :mod:`workflows.agent_v1`, unchanged.
@@ -54,11 +55,9 @@ with workflow.unsafe.imports_passed_through():
         GenerateResult,
         JobStatus,
         PlannedToolCall,
-        PlanToolsInput,
+        PrepareJobInput,
         RecordJobInput,
-        ResponseCacheKeyInput,
         RunToolsInput,
-        SelectModelInput,
         SelectModelResult,
         Stage,
         StageTiming,
@@ -201,12 +200,11 @@ class AgentWorkflow(LegacyAgentRun):
 
     async def _pipeline(self, inp: AgentWorkflowInput) -> AgentResult:
         req = inp.request
-        hit = await self._check_response_cache(inp)
-        if hit is not None:
-            return await self._finish(hit)
-        self._project()  # RUNNING, with the request; written beside the next stages
-        planned = await self._plan(inp)
-        selection = await self._select(inp, planned)
+        self._project()  # RUNNING, with the request; written beside the first stages
+        prepared = await self._prepare(inp)
+        if isinstance(prepared, AgentResult):
+            return await self._finish(prepared)
+        planned, selection = prepared
         if self._draft_helps(inp, selection):
             self._draft_task = asyncio.create_task(self._draft(inp, selection))
 
@@ -234,42 +232,44 @@ class AgentWorkflow(LegacyAgentRun):
 
     # ------------------------------------------------------------------ stages
 
-    async def _check_response_cache(self, inp: AgentWorkflowInput) -> AgentResult | None:
-        """Look the request up; a completed result on a hit, else ``None``."""
-        self._enter(Stage.RESPONSE_CACHE)
-        req = inp.request
-        check = await workflow.execute_local_activity_method(
-            StageActivities.check_response_cache,
-            ResponseCacheKeyInput(
-                query=req.query,
-                context=req.context,
-                tool_calls=req.tool_calls,
-                model_tier=req.model_tier,
-            ),
-            start_to_close_timeout=policies.LOCAL_QUICK_TIMEOUT,
-            retry_policy=policies.LOCAL_QUICK_RETRY,
-        )
-        self._cache_key = check.key
-        if check.hit is None:
-            return None
-        return self._result(JobStatus.COMPLETED).model_copy(
-            update={
-                "answer": check.hit.answer,
-                "simulated": check.hit.simulated,
-                "response_cache_hit": True,
-            }
-        )
+    async def _prepare(
+        self, inp: AgentWorkflowInput
+    ) -> AgentResult | tuple[list[PlannedToolCall], SelectModelResult]:
+        """Cache lookup, tool plan and model selection in one local activity.
 
-    async def _plan(self, inp: AgentWorkflowInput) -> list[PlannedToolCall]:
-        """The validated calls to run; proposals that did not validate become failures."""
-        self._enter(Stage.TOOL_PLAN)
-        req = inp.request
-        plan = await workflow.execute_local_activity_method(
-            StageActivities.plan_tools,
-            PlanToolsInput(query=req.query, tool_calls=req.tool_calls),
+        Returns:
+            The completed result on a response-cache hit; else the validated calls to run
+            (proposals that did not validate become failures) and the selection.
+        """
+        self._enter(Stage.RESPONSE_CACHE)
+        prepared = await workflow.execute_local_activity_method(
+            StageActivities.prepare_job,
+            PrepareJobInput(request=inp.request),
             start_to_close_timeout=policies.PLAN_TIMEOUT,
             retry_policy=policies.LOCAL_QUICK_RETRY,
         )
+        # One local activity ran three stages: their timings come from the activity.
+        self._progress.timings.extend(
+            StageTiming(stage=Stage(name), duration_ms=ms)
+            for name, ms in prepared.duration_ms.items()
+        )
+        self._stage_started = None
+        check = prepared.cache
+        self._cache_key = check.key
+        if check.hit is not None:
+            return self._result(JobStatus.COMPLETED).model_copy(
+                update={
+                    "answer": check.hit.answer,
+                    "simulated": check.hit.simulated,
+                    "response_cache_hit": True,
+                }
+            )
+        plan, selection = prepared.plan, prepared.selection
+        if plan is None or selection is None:
+            raise ApplicationError(
+                "prepare_job returned no plan on a cache miss", non_retryable=True
+            )
+        self._progress.stage = Stage.MODEL_SELECTION
         self._progress.tool_plan = plan.planned
         if plan.usage is not None:
             self._progress.usage.append(plan.usage)
@@ -277,26 +277,8 @@ class AgentWorkflow(LegacyAgentRun):
             ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
             for reason in plan.rejected
         ]
-        return plan.planned
-
-    async def _select(
-        self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]
-    ) -> SelectModelResult:
-        self._enter(Stage.MODEL_SELECTION)
-        req = inp.request
-        selection = await workflow.execute_local_activity_method(
-            StageActivities.select_model,
-            SelectModelInput(
-                query=req.query,
-                tool_call_names=[p.call.name for p in planned],
-                context_items=len(req.context),
-                pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
-            ),
-            start_to_close_timeout=policies.LOCAL_QUICK_TIMEOUT,
-            retry_policy=policies.LOCAL_QUICK_RETRY,
-        )
         self._progress.selection = selection
-        return selection
+        return plan.planned, selection
 
     @staticmethod
     def _draft_helps(inp: AgentWorkflowInput, selection: SelectModelResult) -> bool:
