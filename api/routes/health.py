@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from api.deps import StateDep
 from api.errors import TemporalUnavailableError
 from api.schemas import ReadyStatus
+from core.errors import StoreUnavailableError
 
 router = APIRouter(tags=["health"])
 
@@ -41,8 +42,13 @@ async def readyz(state: StateDep, response: Response) -> ReadyStatus:
     checks: dict[str, str] = {}
     for name, outcome in zip(names, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            detail = outcome.message if isinstance(outcome, TemporalUnavailableError) else outcome
-            checks[name] = f"down: {detail or type(outcome).__name__}"
+            # Only agentflow's own words: a dependency's error text can name hosts and ports.
+            detail = (
+                outcome.message
+                if isinstance(outcome, TemporalUnavailableError | StoreUnavailableError)
+                else type(outcome).__name__
+            )
+            checks[name] = f"down: {detail}"
         else:
             checks[name] = "ok"
     down = [n for n in names if checks[n] != "ok"]

@@ -215,17 +215,26 @@ async def decide_job(
     handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
     update_id = "decide-" + hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:32]
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.decision_wait_s
+
     async def decide() -> DecisionResult:
         # The server stops waiting for a worker to accept the update after a while; the same
-        # update id attaches to the update it already admitted, so asking again is safe.
+        # update id attaches to the update it already admitted, so asking again is safe. The
+        # SDK reports both that and our own deadline as WorkflowUpdateRPCTimeoutOrCancelledError.
         while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
             try:
-                return await handle.execute_update(AgentWorkflow.decide, body, id=update_id)
+                return await asyncio.wait_for(
+                    handle.execute_update(AgentWorkflow.decide, body, id=update_id), remaining
+                )
             except WorkflowUpdateRPCTimeoutOrCancelledError:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(min(0.2, max(deadline - loop.time(), 0)))
 
     try:
-        outcome = await asyncio.wait_for(decide(), timeout=state.settings.decision_wait_s)
+        outcome = await decide()
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         if isinstance(cause, ApplicationError) and (
