@@ -413,10 +413,16 @@ async def test_no_draft_when_the_final_tier_is_small(harness: Harness) -> None:
     assert [u.purpose for u in pinned.usage] == ["final"] and pinned.draft is None
 
 
+@pytest.mark.devserver
 async def test_draft_is_cancelled_when_the_job_is_rejected(
-    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+    dev_env: WorkflowEnvironment, redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
-    """v1 awaited a running draft after a rejection; v2 cancels it and ends at once."""
+    """v1 awaited a running draft after a rejection; v2 cancels it and ends at once.
+
+    On the dev server: the time-skipping server keeps the cancelled draft's activity open after
+    the job ends, which stops it skipping time for the tests after this one.
+    """
+    client = dev_env.client
 
     async def slow_small(spec: ModelSpec, messages: list[ChatMessage], max_tokens: int) -> str:
         await asyncio.sleep(30)

@@ -76,7 +76,9 @@ class JobProjection:
                 retry_policy=policies.LOCAL_RECORD_RETRY,
             )
             return
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's own failure reaches workflow code as the bare ApplicationError
+            # (a timeout as ActivityError); either way the write moves to a regular activity.
             if self._write_refused(err):
                 return
             workflow.logger.warning(
@@ -98,7 +100,7 @@ class JobProjection:
                 raise
 
     @staticmethod
-    def _write_refused(err: ActivityError) -> bool:
+    def _write_refused(err: BaseException) -> bool:
         """Whether the database refused the write for good (logged; the job goes on)."""
         cause = root_cause(err)
         if isinstance(cause, ApplicationError) and cause.type == ErrorType.STORE_REJECTED.value:
