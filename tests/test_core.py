@@ -20,15 +20,18 @@ from fastapi import FastAPI, Request
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from core.catalog import ModelCatalog, ModelSpec
 from core.models import (
     AgentRequest,
+    AgentWorkflowInput,
     ApprovalDecision,
     ContextItem,
     DecisionResult,
@@ -179,6 +182,43 @@ async def test_decisions_for_jobs_that_are_not_waiting_are_refused(harness: Harn
     assert not events_of(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED), (
         "a refused decision is not written to history"
     )
+
+
+@pytest.mark.devserver
+async def test_a_decision_that_arrives_with_the_start_is_refused(dev_harness: Harness) -> None:
+    """Update-with-start delivers the decision in the job's first workflow task, before its gate.
+
+    v1 took such an early ``approve`` signal as the decision; the validator refuses it with the
+    job's status, and the job then waits at its gate for a real decision.
+    """
+    job_id = uuid.uuid4().hex
+    start = WithStartWorkflowOperation(
+        AgentWorkflow.run,
+        AgentWorkflowInput(
+            job_id=job_id, request=AgentRequest(query=unique("Ship it"), require_approval=True)
+        ),
+        id=f"agent-{job_id}",
+        task_queue=dev_harness.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await dev_harness.client.execute_update_with_start_workflow(
+            AgentWorkflow.decide,
+            ApprovalDecision(approved=True, reviewer="too-early"),
+            start_workflow_operation=start,
+        )
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "JobNotAwaitingApproval"
+    assert cause.details == ("RUNNING",)
+    handle = await start.workflow_handle()
+    await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    decided = await handle.execute_update(
+        AgentWorkflow.decide, ApprovalDecision(approved=False, reviewer="on-time")
+    )
+    assert decided.status is JobStatus.REJECTED
+    result = await handle.result()
+    assert result.status is JobStatus.REJECTED
+    assert result.approval is not None and result.approval.reviewer == "on-time"
 
 
 @pytest.mark.devserver
