@@ -45,22 +45,12 @@ from core.models import (
 from core.settings import Settings
 from infra.providers import ChatMessage, ProviderRegistry, ScriptedProvider, SimulatedProvider
 from tests.helpers import serve_asgi
-from tests.workflow_support import Harness, agent_worker
+from tests.workflow_support import Harness, agent_worker, wait_for_stage
 from workflows.agent import AgentWorkflow
 
 
 def unique(text: str) -> str:
     return f"{text} [{uuid.uuid4().hex[:8]}]"
-
-
-async def wait_for_stage(handle: Any, stage: Stage, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        progress = await handle.query(AgentWorkflow.get_progress)
-        if progress.stage is stage:
-            return progress
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"workflow never reached {stage}")
 
 
 def events_of(history: Any, event_type: int) -> list[Any]:

@@ -32,7 +32,13 @@ from core.settings import Settings
 from infra.providers import ProviderRegistry, SimulatedProvider
 from tests.helpers import serve_asgi
 from tests.test_providers import ServerState, make_app
-from tests.workflow_support import Harness, activity_spans, agent_worker, save_history
+from tests.workflow_support import (
+    Harness,
+    activity_spans,
+    agent_worker,
+    save_history,
+    wait_for_stage,
+)
 from workflows.agent import AgentWorkflow
 
 SAVE = bool(os.environ.get("AGENTFLOW_SAVE_HISTORIES"))
@@ -173,21 +179,11 @@ async def test_repeated_request_hits_response_and_tool_caches(harness: Harness) 
     ) == first.tool_results[0].model_dump(exclude={"cache_hit", "latency_ms"})
 
 
-async def _wait_for_stage(handle, stage: Stage, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        progress = await handle.query(AgentWorkflow.get_progress)
-        if progress.stage is stage:
-            return progress
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"workflow never reached {stage}")
-
-
 async def test_approval_approved_continues(harness: Harness) -> None:
     handle = await harness.start(
         AgentRequest(query=unique("Summarise the release notes"), require_approval=True)
     )
-    progress = await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     assert progress.status is JobStatus.AWAITING_APPROVAL
     assert progress.selection is not None
     record = await asyncio.to_thread(harness.store.get_job, handle.id.removeprefix("agent-"))
@@ -208,7 +204,7 @@ async def test_approval_rejected_ends_rejected(harness: Harness) -> None:
     handle = await harness.start(
         AgentRequest(query=unique("Delete the logs"), require_approval=True)
     )
-    await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     decided = await handle.execute_update(
         AgentWorkflow.decide, ApprovalDecision(approved=False, reviewer="bo", comment="no")
     )
@@ -240,7 +236,7 @@ async def test_tool_requiring_approval_gates_the_job(harness: Harness) -> None:
             ],
         )
     )
-    progress = await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     assert [p.call.name for p in progress.tool_plan] == ["http_get"]
     await handle.execute_update(
         AgentWorkflow.decide, ApprovalDecision(approved=False, reviewer="sec")
@@ -252,7 +248,7 @@ async def test_progress_query_mid_run_shows_draft(harness: Harness) -> None:
     handle = await harness.start(
         AgentRequest(query=unique("Explain generators"), require_approval=True)
     )
-    progress = await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     deadline = time.monotonic() + 5
     while progress.draft is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -267,7 +263,7 @@ async def test_progress_query_mid_run_shows_draft(harness: Harness) -> None:
 
 async def test_cancel_ends_canceled(harness: Harness) -> None:
     handle = await harness.start(AgentRequest(query=unique("Long job"), require_approval=True))
-    await _wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     await handle.cancel()
     with pytest.raises(WorkflowFailureError) as info:
         await handle.result()

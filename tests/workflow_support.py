@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from temporalio.worker import Worker
 from activities import AgentActivities
 from core.catalog import ModelCatalog
 from core.errors import ToolTransientError
-from core.models import AgentRequest, AgentResult, AgentWorkflowInput
+from core.models import AgentProgress, AgentRequest, AgentResult, AgentWorkflowInput, Stage
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
 from infra.cache import RedisCache
@@ -161,6 +162,19 @@ async def agent_worker(
         await cache.aclose()
         await providers.aclose()
         engine.dispose()
+
+
+async def wait_for_stage(
+    handle: WorkflowHandle[AgentWorkflow, AgentResult], stage: Stage, timeout_s: float = 10.0
+) -> AgentProgress:
+    """Poll the ``get_progress`` query until the job reaches ``stage``; its progress then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        progress = await handle.query(AgentWorkflow.get_progress)
+        if progress.stage is stage:
+            return progress
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workflow never reached {stage}")
 
 
 async def activity_spans(
