@@ -104,7 +104,8 @@ def main() -> None:
     sys.dont_write_bytecode = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
-    configure_tracing("agentflow-worker")
+    if settings.tracing_enabled:
+        configure_tracing("agentflow-worker")
 
     async def _main() -> None:
         stop = asyncio.Event()

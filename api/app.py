@@ -92,7 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     connected Temporal client, so the API starts and reports 503s while Temporal is down.
     """
     settings = settings or get_settings()
-    configure_tracing("agentflow-api")
+    if settings.tracing_enabled:
+        configure_tracing("agentflow-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

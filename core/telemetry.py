@@ -1,11 +1,11 @@
 """OpenTelemetry tracing set-up for the worker, the API and the tests.
 
-Spans come from Temporal's ``OpenTelemetryPlugin`` (inside :class:`infra.temporal.AgentflowPlugin`,
-on every client): one trace runs from ``StartWorkflow`` through the workflow and each activity.
-That plugin needs the global tracer provider to be replay-safe (so a replayed workflow does not
-emit its spans twice), which is what :func:`configure_tracing` installs. By default spans are
-created but not exported; ``AGENTFLOW_OTEL_CONSOLE=1`` prints them, and any exporter can be added
-to the provider this returns.
+With ``AGENTFLOW_TRACING=true`` spans come from Temporal's ``OpenTelemetryPlugin`` (inside
+:class:`infra.temporal.AgentflowPlugin`, on every client): one trace runs from ``StartWorkflow``
+through the workflow and each activity. That plugin needs the global tracer provider to be
+replay-safe (so a replayed workflow does not emit its spans twice), which is what
+:func:`configure_tracing` installs. ``AGENTFLOW_OTEL_CONSOLE=1`` prints spans (and turns tracing
+on); any other exporter can be added to the provider this returns.
 """
 
 from __future__ import annotations

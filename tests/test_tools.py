@@ -14,7 +14,7 @@ import pytest
 from core.errors import ToolError, ToolTransientError
 from core.models import ToolCall
 from core.settings import Settings
-from core.tools import ToolCallInvalidError, ToolRegistry
+from core.tools import ToolCallInvalidError, ToolRegistry, tool_cache_key
 from infra.tools import builtin_registry, ensure_example_database
 from infra.tools.calculator import evaluate_expression
 from infra.tools.python_docs import search_python_docs, tokenize
@@ -504,3 +504,20 @@ def test_sql_params_bounds() -> None:
             registry.validate(ToolCall(id="s", name="sql_query", parameters={"sql": bad}))
     with pytest.raises(ToolCallInvalidError, match="sql"):
         registry.validate(ToolCall(id="s", name="sql_query", parameters={"nope": 1}))
+
+
+def test_calculator_calls_that_mean_the_same_are_one_call(settings: Settings) -> None:
+    """Spacing does not make a different call: one cache entry, and the planner's proposal
+    for the same arithmetic is recognised as a duplicate of the explicit call."""
+    registry = builtin_registry(settings)
+    keys = set()
+    for text in ("17*23", " 17 * 23 ", "17  *23"):
+        tool, params = registry.validate(
+            ToolCall(id="c", name="calculator", parameters={"expression": text})
+        )
+        keys.add(tool_cache_key(tool.name, params))
+    assert len(keys) == 1
+    _, other = registry.validate(
+        ToolCall(id="c", name="calculator", parameters={"expression": "17*24"})
+    )
+    assert tool_cache_key("calculator", other) not in keys

@@ -64,7 +64,10 @@ async def test_happy_path_runs_every_stage(harness: Harness) -> None:
     assert result.selection is not None and result.selection.reason
     by_id = {r.call_id: r for r in result.tool_results}
     calc = by_id["calc"]
-    assert isinstance(calc, ToolSuccess) and calc.value == {"expression": "12*(3+4)", "value": 84}
+    assert isinstance(calc, ToolSuccess) and calc.value == {
+        "expression": "12 * (3 + 4)",
+        "value": 84,
+    }
     assert any(r.name == "python_docs_search" for r in result.tool_results), "planner added docs"
     assert result.draft and result.draft.startswith("[simulated small")
     assert [u.purpose for u in result.usage] == ["draft", "final"]

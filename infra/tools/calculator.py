@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import simpleeval
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue, field_validator
 
 from core.errors import ToolError
 from core.pyast import parse_expression
@@ -33,13 +33,28 @@ _MAX_RESULT_BITS = int(MAX_RESULT_DIGITS * math.log2(10)) + 1
 
 
 class CalculatorParams(BaseModel):
-    """Parameters of the ``calculator`` tool."""
+    """Parameters of the ``calculator`` tool.
+
+    The expression is normalised to Python's own spelling of it (``17*23`` and ``17 * 23`` are
+    one call), so equal calls share a tool-cache entry and the planner's proposal is recognised
+    as a duplicate of the request's explicit call. Text that does not parse is kept as written
+    (stripped) for the tool to refuse with its own message.
+    """
 
     expression: str = Field(
         min_length=1,
         max_length=500,
         description="Arithmetic expression, e.g. '17 * (3 + 4)' or 'sqrt(2) * pi'.",
     )
+
+    @field_validator("expression")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        text = value.strip()
+        try:
+            return ast.unparse(parse_expression(text))
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return text
 
 
 def _check_number(value: Any) -> Any:
