@@ -77,7 +77,6 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         self._stage_started: datetime | None = None
         self._cache_key: str | None = None
         self._gate_open = False
-        self._legacy = False
         self._revision = 0
         self._projection: asyncio.Task[None] | None = None
         self._draft_task: asyncio.Task[None] | None = None
@@ -139,9 +138,11 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         """The v1 approval channel, kept for jobs started before the ``decide`` update.
 
         Only those jobs act on it (the first decision wins); a job started since logs and ignores
-        it, so a signal can never approve a job ahead of its gate. Use ``decide``.
+        it, so a signal can never approve a job ahead of its gate. Use ``decide``. The shape is
+        asked of ``workflow.patched`` here too, because a signal can be handled before ``run``
+        has started (the answer is the same wherever it is asked first).
         """
-        if not self._legacy:
+        if workflow.patched(PATCH_CORE_V2):
             workflow.logger.warning(
                 "ignoring an 'approve' signal from %s: use the 'decide' update", decision.reviewer
             )
@@ -166,7 +167,6 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         """
         self._progress = AgentProgress(job_id=inp.job_id)
         if not workflow.patched(PATCH_CORE_V2):
-            self._legacy = True
             return await self._v1_run(inp)
         self._input = inp
         self._progress.query = inp.request.query
