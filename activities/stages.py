@@ -211,6 +211,7 @@ class StageActivities:
     async def _propose(self, query: str) -> tuple[list[ToolCall], str, ModelUsage | None]:
         """The model's proposals when the small tier is a real model, else the rules'."""
         spec = self.catalog.for_tier(Tier.SMALL)
+        planner = "rules"
         if spec.provider != "simulated":
             provider = self.providers.for_spec(spec)
             started = time.perf_counter()
@@ -225,9 +226,8 @@ class StageActivities:
             else:
                 return calls, "model", usage_of("plan", spec, provider.name, completion, started)
             log.warning("model planner failed, using the rules: %s", why)
-            rules = await asyncio.to_thread(plan_tools_by_rules, query, self.tools)
-            return rules, f"rules (model failed: {why})", None
-        return await asyncio.to_thread(plan_tools_by_rules, query, self.tools), "rules", None
+            planner = f"rules (model failed: {why})"
+        return await asyncio.to_thread(plan_tools_by_rules, query, self.tools), planner, None
 
     # ------------------------------------------------------------------ selection
 

@@ -45,7 +45,7 @@ class JobProjection:
         """Write the job's current state to the database after the previous write finishes.
 
         Writes run one at a time in order, beside the stages; only the final one is awaited.
-        The first carries the request (a response-cache hit ends the job with one write).
+        The first (RUNNING, written beside ``prepare_job``) carries the request.
         """
         self._revision += 1
         record = RecordJobInput(

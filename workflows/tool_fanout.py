@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
@@ -52,22 +53,11 @@ class ToolFanout:
         batch: list[PlannedToolCall],
         results: dict[str, ToolResult],
     ) -> None:
-        slowest = timedelta(seconds=max(p.timeout_s for p in batch))
+        """One ``run_tools`` activity for ``batch``; transient failures run again alone."""
         names = ", ".join(f"{p.call.name} ({p.call.id})" for p in batch)
-        try:
-            outcome = await workflow.execute_activity_method(
-                ToolActivities.run_tools,
-                RunToolsInput(job_id=inp.job_id, calls=[p.call for p in batch]),
-                start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
-                heartbeat_timeout=inp.heartbeat_timeout,
-                retry_policy=policies.TOOL_BATCH_RETRY,
-                summary=names[:200],
-            )
-            done: list[ToolResult] = outcome.results
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            done = [failure_of(p.call, err) for p in batch]
+        done = await self._run_tools_activity(
+            inp, batch, raise_transient=False, retry=policies.TOOL_BATCH_RETRY, summary=names
+        )
         by_id = {p.call.id: p for p in batch}
         retries = [r for r in done if isinstance(r, ToolFailure) and r.retryable]
         for r in done:
@@ -79,22 +69,49 @@ class ToolFanout:
         self, inp: AgentWorkflowInput, p: PlannedToolCall, results: dict[str, ToolResult]
     ) -> None:
         """Retry one call that failed transiently inside a batch, as its own activity."""
+        [result] = await self._run_tools_activity(
+            inp,
+            [p],
+            raise_transient=True,
+            retry=policies.TOOL_RETRY_ALONE,
+            summary=f"retry {p.call.name} ({p.call.id})",
+        )
+        self._add_tool_result(result, results)
+
+    async def _run_tools_activity(
+        self,
+        inp: AgentWorkflowInput,
+        calls: list[PlannedToolCall],
+        *,
+        raise_transient: bool,
+        retry: RetryPolicy,
+        summary: str,
+    ) -> list[ToolResult]:
+        """Results of one ``run_tools`` activity, in the order of ``calls``.
+
+        An activity that failed for good reports each of its calls as a failure; cancellation
+        propagates.
+        """
+        slowest = timedelta(seconds=max(p.timeout_s for p in calls))
         try:
             outcome = await workflow.execute_activity_method(
                 ToolActivities.run_tools,
-                RunToolsInput(job_id=inp.job_id, calls=[p.call], raise_transient=True),
-                start_to_close_timeout=timedelta(seconds=p.timeout_s)
-                + policies.TOOL_TIMEOUT_MARGIN,
+                RunToolsInput(
+                    job_id=inp.job_id,
+                    calls=[p.call for p in calls],
+                    raise_transient=raise_transient,
+                ),
+                start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
                 heartbeat_timeout=inp.heartbeat_timeout,
-                retry_policy=policies.TOOL_RETRY_ALONE,
-                summary=f"retry {p.call.name} ({p.call.id})",
+                retry_policy=retry,
+                summary=summary[:200],
             )
-            result: ToolResult = outcome.results[0]
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            result = failure_of(p.call, err)
-        self._add_tool_result(result, results)
+            return [failure_of(p.call, err) for p in calls]
+        results: list[ToolResult] = outcome.results
+        return results
 
     def _add_tool_result(self, result: ToolResult, results: dict[str, ToolResult]) -> None:
         results[result.call_id] = result

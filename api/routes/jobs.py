@@ -106,7 +106,9 @@ async def create_job(
     digest = request_hash(request)
     if idempotency_key:
         legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, idempotency_key)
-        if legacy is not None:  # a job submitted under this key before workflow-owned ids
+        # The key's record answers even after Temporal's retention removed the workflow, and
+        # for jobs submitted before job ids were derived from keys.
+        if legacy is not None:
             _same_request(legacy.job_id, legacy.request_hash, digest)
             response.headers["Idempotent-Replayed"] = "true"
             return await read_job(state, legacy.job_id)
