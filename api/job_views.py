@@ -51,6 +51,30 @@ def links(state: AppState, job_id: str) -> JobLinks:
     )
 
 
+MEMO_REQUEST_HASH = "request_hash"
+"""Workflow memo field: the submitted request's hash, compared when an Idempotency-Key comes
+again."""
+
+MEMO_SUBMISSION = "submission"
+"""Workflow memo field: a random id of the submission that started the workflow."""
+
+MEMO_QUERY = "query"
+"""Workflow memo field: the query's first 200 characters, for jobs no worker can describe."""
+
+
+def running(state: AppState, job_id: str, query: str, created_at: datetime) -> JobPublic:
+    """The view of a job known only to have started (no progress or record to read)."""
+    return JobPublic(
+        job_id=job_id,
+        workflow_id=workflow_id_for(job_id),
+        status=JobStatus.RUNNING,
+        query=query,
+        created_at=created_at,
+        updated_at=datetime.now(UTC),
+        links=links(state, job_id),
+    )
+
+
 def from_record(state: AppState, record: JobRecord) -> JobPublic:
     """The API view of a job record (its result once terminal, no live progress)."""
     result = record.to_result()
@@ -172,16 +196,8 @@ async def _without_progress(
     if record is not None:
         public = from_record(state, record)
     else:
-        now = datetime.now(UTC)
-        public = JobPublic(
-            job_id=job_id,
-            workflow_id=workflow_id_for(job_id),
-            status=JobStatus.RUNNING,
-            query=str((await desc.memo()).get("query", "")),
-            created_at=desc.start_time or now,
-            updated_at=now,
-            links=links(state, job_id),
-        )
+        query = str((await desc.memo()).get(MEMO_QUERY, ""))
+        public = running(state, job_id, query, desc.start_time or datetime.now(UTC))
     if desc.status is not None and desc.status in CLOSED_STATUS:
         public.status = CLOSED_STATUS[desc.status]
         public.warning = f"workflow closed as {desc.status.name} without recording its outcome"

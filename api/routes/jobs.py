@@ -30,7 +30,14 @@ from api.errors import (
     PayloadTooLargeError,
     TemporalUnavailableError,
 )
-from api.job_views import from_record, links, read_job
+from api.job_views import (
+    MEMO_QUERY,
+    MEMO_REQUEST_HASH,
+    MEMO_SUBMISSION,
+    from_record,
+    read_job,
+    running,
+)
 from api.schemas import (
     ApprovalCreate,
     ApprovalPublic,
@@ -48,12 +55,6 @@ from workflows.agent import AgentWorkflow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-MEMO_REQUEST_HASH = "request_hash"
-"""Memo field: the submitted request's hash, compared when an Idempotency-Key comes again."""
-
-MEMO_SUBMISSION = "submission"
-"""Memo field: a random id of the submission that started the workflow."""
 
 
 def _validate_tools(state: AppState, request: AgentRequest) -> None:
@@ -133,7 +134,7 @@ async def create_job(
             memo={
                 MEMO_REQUEST_HASH: digest,
                 MEMO_SUBMISSION: submission,
-                "query": body.query[:200],
+                MEMO_QUERY: body.query[:200],
             },
             static_summary=body.query[:200],
         )
@@ -146,16 +147,7 @@ async def create_job(
         response.headers["Idempotent-Replayed"] = "true"
         return await read_job(state, job_id)
     log.info("job %s started as %s", job_id, handle.id)
-    now = datetime.now(UTC)
-    return JobPublic(
-        job_id=job_id,
-        workflow_id=handle.id,
-        status=JobStatus.RUNNING,
-        query=request.query,
-        created_at=now,
-        updated_at=now,
-        links=links(state, job_id),
-    )
+    return running(state, job_id, request.query, datetime.now(UTC))
 
 
 async def _started_earlier(
