@@ -45,12 +45,10 @@ from core.models import (
     GenerateResult,
     JobStatus,
     PlannedToolCall,
-    PlanToolsInput,
+    PrepareJobInput,
     RecordJobInput,
-    ResponseCacheKeyInput,
     RunToolsInput,
     RunToolsResult,
-    SelectModelInput,
     Tier,
     ToolFailure,
     ToolResult,
@@ -161,14 +159,8 @@ async def run_pipeline(
         result=AgentResult(job_id=job_id, status=JobStatus.RUNNING), revision=1, request=req
     )
     projection = asyncio.create_task(stages.record_job(first))  # beside the stages, as in the wf
-    check = await stages.check_response_cache(
-        ResponseCacheKeyInput(
-            query=req.query,
-            context=req.context,
-            tool_calls=req.tool_calls,
-            model_tier=req.model_tier,
-        )
-    )
+    prepared = await stages.prepare_job(PrepareJobInput(request=req))
+    check = prepared.cache
 
     async def finish(result: AgentResult) -> AgentResult:
         await projection
@@ -187,16 +179,8 @@ async def run_pipeline(
                 response_cache_hit=True,
             )
         )
-    plan = await stages.plan_tools(PlanToolsInput(query=req.query, tool_calls=req.tool_calls))
-    selection = await asyncio.to_thread(
-        stages.select_model,
-        SelectModelInput(
-            query=req.query,
-            tool_call_names=[p.call.name for p in plan.planned],
-            context_items=len(req.context),
-            pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
-        ),
-    )
+    plan, selection = prepared.plan, prepared.selection
+    assert plan is not None and selection is not None, "prepare_job plans on a cache miss"
     draft_task: asyncio.Task[GenerateResult] | None = None
     if draft and selection.tier is not Tier.SMALL:
         draft_task = asyncio.create_task(
