@@ -43,6 +43,12 @@ class TemporalUnavailableError(ApiError):
     status_code = 503
 
 
+class UnprocessableRequestError(ApiError):
+    """The request is well formed but cannot be run as it is (422)."""
+
+    status_code = 422
+
+
 class PayloadTooLargeError(ApiError):
     """The request is over a configured size limit (413)."""
 

@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import JobNotFoundError, TemporalUnavailableError
@@ -161,7 +161,9 @@ async def read_job(state: AppState, job_id: str) -> JobPublic:
         progress = await asyncio.wait_for(
             handle.query(AgentWorkflow.get_progress), timeout=QUERY_TIMEOUT_S
         )
-    except (RPCError, TimeoutError) as exc:
+    except (RPCError, TimeoutError, WorkflowQueryFailedError, StoreUnavailableError) as exc:
+        # A query fails when no worker answers, and also when its (large) answer cannot be
+        # stored or read because the job database is down: describe and the record answer then.
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND and record is None:
             if record_error is not None:
                 raise record_error from exc
@@ -192,7 +194,11 @@ async def _without_progress(
             public = from_record(state, record)
             public.warning = "workflow not found in Temporal (its history may have expired)"
             return public
-        raise TemporalUnavailableError("could not read the job's workflow") from exc
+        if record is None:
+            raise TemporalUnavailableError("could not read the job's workflow") from exc
+        public = from_record(state, record)
+        public.warning = "live progress unavailable: Temporal did not answer"
+        return public
     if record is not None:
         public = from_record(state, record)
     else:

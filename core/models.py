@@ -134,6 +134,32 @@ class ContextItem(ContextItemCreate):
     blob: BlobRef | None = None
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of free-form JSON in a request (``metadata``, tool ``parameters``).
+
+The worker decodes a job's input with pydantic's JSON parser, which refuses more than 200 levels
+in all; a request nested deeper than the API's parser minded would fail its first workflow task
+forever. 64 leaves room for the contract's own levels around these fields."""
+
+
+def check_json_depth(value: JsonValue, limit: int = MAX_JSON_DEPTH) -> JsonValue:
+    """Return ``value`` unchanged when it nests at most ``limit`` levels of lists and objects.
+
+    Raises:
+        ValueError: it nests deeper (a pydantic validator turns this into a 422 naming the
+            field).
+    """
+    stack: list[tuple[JsonValue, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                raise ValueError(f"nested deeper than {limit} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
 class ToolCall(BaseModel):
     """A request to run one registered tool with JSON ``parameters``."""
 
@@ -142,6 +168,12 @@ class ToolCall(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     name: str = Field(min_length=1, max_length=128)
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded_depth(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        check_json_depth(value)
+        return value
 
 
 TierChoice = Literal["auto", "small", "medium", "large"]
@@ -158,6 +190,12 @@ class RequestBase(BaseModel):
     max_context_tokens: int = Field(default=4000, gt=0, le=200_000)
     require_approval: bool = False
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_depth(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        check_json_depth(value)
+        return value
 
     @field_validator("query")
     @classmethod

@@ -575,6 +575,34 @@ async def test_bad_input_is_422_naming_the_field(
     assert await job_count(http) == before, "a refused request creates no job"
 
 
+@pytest.mark.parametrize("where", ["metadata", "parameters"])
+async def test_input_the_worker_could_not_decode_is_422(
+    http: httpx.AsyncClient, temporal: Client, where: str
+) -> None:
+    """Nesting the API's parser accepts but the worker's JSON parser refuses (over 200 levels).
+
+    Accepted, such a job failed its first workflow task forever: stuck RUNNING, not even
+    cancellable. The contract bounds free-form JSON at MAX_JSON_DEPTH levels: a 422 naming the
+    field.
+    """
+    nested: Any = "leaf"
+    for _ in range(210):
+        nested = {"k": nested}
+    body: dict[str, Any] = {"query": q("deep")}
+    if where == "metadata":
+        body["metadata"] = {"deep": nested}
+    else:
+        body["tool_calls"] = [
+            {"id": "c", "name": "sql_query", "parameters": {"sql": "SELECT 1", "x": nested}}
+        ]
+    before = await job_count(http)
+    r = await http.post("/v1/jobs", json=body)
+    assert r.status_code == 422, r.text
+    errors = r.json()["detail"]
+    assert any(where in err["loc"] and "deeper than" in err["msg"] for err in errors), errors
+    assert await job_count(http) == before, "a refused request creates no job"
+
+
 async def test_context_blob_from_a_client_is_422(http: httpx.AsyncClient) -> None:
     """Clients cannot name server-side storage: ``context[].blob`` is not a field of theirs."""
     before = await job_count(http)

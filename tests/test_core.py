@@ -9,6 +9,7 @@ that ran when it could not help and was awaited after the job ended.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -504,3 +505,54 @@ async def test_a_write_the_database_refuses_is_not_retried_forever(
     # The first projection carried the request and was refused; the outcome was recorded.
     assert record is not None and record.status == JobStatus.COMPLETED
     assert record.request_json is None
+
+
+@pytest.mark.devserver
+async def test_a_cancel_while_the_final_record_waits_keeps_the_outcome(
+    dev_env: WorkflowEnvironment, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """The job has its answer, but the database is locked: the final record moved to a regular
+    activity that retries. A cancel arriving now must not turn the finished job into CANCELED (a
+    second, contradicting record); the outcome was decided before it came."""
+    db = tmp_path / "jobs.db"
+    called, release = asyncio.Event(), asyncio.Event()
+
+    async def held(spec: ModelSpec, messages: list[ChatMessage], max_tokens: int) -> str:
+        called.set()
+        await release.wait()
+        return "the final answer"
+
+    providers = ProviderRegistry(
+        {"simulated": SimulatedProvider(latency_scale=0), "openai": ScriptedProvider(held)}
+    )
+    async with agent_worker(
+        dev_env.client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{db}",
+        settings=settings,
+        catalog=slow_catalog(Tier.MEDIUM),
+        providers=providers,
+    ) as h:
+        handle = await h.start(AgentRequest(query=unique("Say it once"), model_tier="medium"))
+        await asyncio.wait_for(called.wait(), 30)
+        lock = sqlite3.connect(db, timeout=1)
+        lock.execute("BEGIN EXCLUSIVE")  # the final record now waits for the database
+        try:
+            release.set()
+            deadline = time.monotonic() + 40
+            while not [
+                a
+                for a in scheduled_activities(await handle.fetch_history())
+                if a.activity_type.name == "record_job"
+            ]:
+                assert time.monotonic() < deadline, "the record never moved to an activity"
+                await asyncio.sleep(0.2)
+            await handle.cancel()
+            await asyncio.sleep(0.5)
+        finally:
+            lock.rollback()
+            lock.close()
+        result = await asyncio.wait_for(handle.result(), 60)
+        record = await asyncio.to_thread(h.store.get_job, handle.id.removeprefix("agent-"))
+    assert result.status is JobStatus.COMPLETED and result.answer == "the final answer"
+    assert record is not None and record.status == JobStatus.COMPLETED

@@ -342,10 +342,21 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         )
 
     async def _finish(self, result: AgentResult) -> AgentResult:
-        """Record the terminal ``result`` (the last projection) and return it."""
+        """Record the terminal ``result`` (the last projection) and return it.
+
+        Once the outcome is decided a cancel request no longer changes it: while the final
+        record waits (for example on a regular activity during a database outage) a cancel
+        would otherwise end the job CANCELED after its COMPLETED (or REJECTED) record was
+        decided, and write a second, contradicting record.
+        """
         self._enter(Stage.RECORD)
         result = result.model_copy(update={"timings": list(self._progress.timings)})
-        await self._project(result=result)
+        write = self._project(result=result)
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            workflow.logger.info("cancel requested after the job ended %s; kept", result.status)
+            await write
         self._progress.status = result.status
         self._enter(Stage.DONE)
         return result.model_copy(update={"timings": list(self._progress.timings)})

@@ -45,7 +45,8 @@ class JobProjection:
         """Write the job's current state to the database after the previous write finishes.
 
         Writes run one at a time in order, beside the stages; only the final one is awaited.
-        The first (RUNNING, written beside ``prepare_job``) carries the request.
+        The first (RUNNING, written beside ``prepare_job``) carries the request; every write
+        carries the start time, the idempotency key and the request hash.
         """
         self._revision += 1
         record = RecordJobInput(
@@ -53,12 +54,15 @@ class JobProjection:
             response_cache_key=self._cache_key if result is not None else None,
             revision=self._revision,
         )
-        first = self._input if self._revision == 1 else None
-        if first is not None:
-            record.request = first.request
+        inp = self._input
+        if inp is not None:
+            # Small identity fields go with every write, so a first write the database refused
+            # (or lost) is made whole by a later one; the request itself only with the first.
             record.created_at = self._progress.started_at
-            record.idempotency_key = first.idempotency_key
-            record.request_hash = first.request_hash
+            record.idempotency_key = inp.idempotency_key
+            record.request_hash = inp.request_hash
+            if self._revision == 1:
+                record.request = inp.request
         self._projection = asyncio.create_task(self._write_after(self._projection, record))
         return self._projection
 

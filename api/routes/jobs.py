@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -29,6 +31,7 @@ from api.errors import (
     JobStateConflictError,
     PayloadTooLargeError,
     TemporalUnavailableError,
+    UnprocessableRequestError,
 )
 from api.job_views import (
     MEMO_QUERY,
@@ -47,7 +50,7 @@ from api.schemas import (
     JobsPublic,
 )
 from api.state import AppState
-from core.errors import ErrorType
+from core.errors import ErrorType, StoreUnavailableError
 from core.ids import job_id_for, request_hash, workflow_id_for
 from core.models import AgentRequest, AgentWorkflowInput, DecisionResult, JobStatus
 from core.tools import ToolCallInvalidError
@@ -70,12 +73,31 @@ def _validate_tools(state: AppState, request: AgentRequest) -> None:
         raise ToolCallInvalidError(dup, "id", f"duplicate tool call id {dup!r}")
 
 
-def _check_size(state: AppState, request: AgentRequest) -> None:
+def _check_encoded(state: AppState, request: AgentRequest) -> None:
+    """Refuse a request the worker could not decode, or one over the job input limit.
+
+    The worker reads the request from JSON with pydantic's parser; a request that passed here
+    but not there would fail its first workflow task forever. Nesting depth is bounded by the
+    contract itself (:data:`core.models.MAX_JSON_DEPTH`); encoding and decoding the request once
+    here, as the worker will, catches anything else (text that is not valid Unicode) as a 422,
+    and measures its size for the 413.
+
+    Raises:
+        UnprocessableRequestError: it cannot be encoded or decoded as JSON (422).
+        PayloadTooLargeError: it is over ``AGENTFLOW_MAX_JOB_INPUT_BYTES`` (413).
+    """
+    try:
+        encoded = request.model_dump_json().encode()
+        AgentRequest.model_validate_json(encoded)
+    except (PydanticSerializationError, ValidationError):
+        raise UnprocessableRequestError(
+            "the request cannot be carried as JSON (text that is not valid Unicode, or nesting "
+            "the worker's JSON parser refuses)"
+        ) from None
     limit = state.settings.max_job_input_bytes
-    size = len(request.model_dump_json().encode())
-    if size > limit:
+    if len(encoded) > limit:
         raise PayloadTooLargeError(
-            f"the job's input is {size} bytes; the limit is {limit} bytes "
+            f"the job's input is {len(encoded)} bytes; the limit is {limit} bytes "
             "(AGENTFLOW_MAX_JOB_INPUT_BYTES)"
         )
 
@@ -103,10 +125,15 @@ async def create_job(
     """
     request = body.to_request()
     _validate_tools(state, request)
-    _check_size(state, request)
+    _check_encoded(state, request)
     digest = request_hash(request)
     if idempotency_key:
-        legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, idempotency_key)
+        try:
+            legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, idempotency_key)
+        except StoreUnavailableError:
+            # Temporal's id-conflict policy still returns a job started under the key.
+            log.warning("job database down: Idempotency-Key checked by Temporal alone")
+            legacy = None
         # The key's record answers even after Temporal's retention removed the workflow, and
         # for jobs submitted before job ids were derived from keys.
         if legacy is not None:
@@ -216,6 +243,7 @@ async def decide_job(
         # The server stops waiting for a worker to accept the update after a while; the same
         # update id attaches to the update it already admitted, so asking again is safe. The
         # SDK reports both that and our own deadline as WorkflowUpdateRPCTimeoutOrCancelledError.
+        # Asking again is bounded by the deadline (then 503).
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -225,7 +253,14 @@ async def decide_job(
                     handle.execute_update(AgentWorkflow.decide, body, id=update_id), remaining
                 )
             except WorkflowUpdateRPCTimeoutOrCancelledError:
-                await asyncio.sleep(min(0.2, max(deadline - loop.time(), 0)))
+                pass
+            except RPCError as exc:
+                # The workflow task that took the update failed (for example a cancel arrived
+                # in the same task); the workflow runs it again and the same update id then
+                # gets the real answer: applied, or refused because the job ended.
+                if exc.status != RPCStatusCode.FAILED_PRECONDITION:
+                    raise
+            await asyncio.sleep(min(0.2, max(deadline - loop.time(), 0)))
 
     try:
         outcome = await decide()
