@@ -28,6 +28,18 @@ Details of rule (a): ``^`` and the multiplication and division signs are rewritt
 
 Calls come in this order: calculator calls (in order of appearance), then the docs search; ids
 are ``plan-1``, ``plan-2``, ...
+
+Bounded work. Queries come from users, so every step is linear in the query or bounded by a
+constant: the query is scanned for arithmetic only in its first :data:`MAX_QUERY_CHARS`
+characters; math-token runs are found with one forward scan (an earlier version restarted a
+regular expression at every whitespace character, which took 29 s of CPU on 20,000 spaces); a
+run longer than :data:`MAX_RUN_CHARS` is skipped; trimming parses a run at most
+:data:`MAX_TRIMS` + 1 times; an expression nested deeper than the calculator accepts is skipped;
+parser failures of every kind (recursion and memory included) mean "not an expression". On top
+of that the arithmetic search checks a deadline (``time_limit_s`` of :func:`plan_tools_by_rules`,
+:data:`TIME_LIMIT_S` by default) between runs and between trims, and stops with what it found so
+far: a cooperative check, which stops the work because each step between two checks is bounded.
+The ``prepare_job`` activity runs the planner in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -35,13 +47,20 @@ from __future__ import annotations
 import ast
 import re
 import sqlite3
+import time
 
 from pydantic import JsonValue
 
 from core.models import ToolCall
 from core.pyast import parse_expression
 from core.tools import ToolRegistry
-from infra.tools.calculator import ALLOWED_NODES, CONSTANTS, FUNCTIONS
+from infra.tools.calculator import (
+    ALLOWED_NODES,
+    CONSTANTS,
+    FUNCTIONS,
+    MAX_EXPRESSION_DEPTH,
+    expression_depth,
+)
 
 MAX_EXPRESSIONS = 3
 """Most calculator calls proposed for one query."""
@@ -54,6 +73,10 @@ query took 9-14 s); no run this long trims down to an expression under the limit
 
 MAX_TRIMS = 32
 """Most edge characters trimmed off one run (each trim is one more parse)."""
+MAX_QUERY_CHARS = 20_000
+"""Characters of the query searched for arithmetic (the API's own limit on a query)."""
+TIME_LIMIT_S = 0.5
+"""How long the arithmetic search may run before it stops with what it found, in seconds."""
 
 MAX_DOCS_QUERY_CHARS = 500
 """Longest docs query proposed; longer queries are cut at a word boundary."""
@@ -109,14 +132,18 @@ _CALC_INTENT = re.compile(
 _SQL_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 _SYNTAX_ERROR_MARKERS = ("syntax error", "incomplete input", "unrecognized token")
 _NAMES = "|".join(sorted((re.escape(n) for n in (*FUNCTIONS, *CONSTANTS)), key=len, reverse=True))
-_MATH_TOKEN = re.compile(
-    r"\s*(?:"
+_TOKEN = (
+    r"(?:"
     r"(?P<number>(?<![\w.])(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
     "|(?P<op>\\*\\*|//|[-+*/%^\N{MULTIPLICATION SIGN}\N{DIVISION SIGN}])"
     r"|(?P<paren>[(),])"
     rf"|(?P<name>\b(?:{_NAMES})\b)"
     r")"
 )
+_FIRST_TOKEN = re.compile(_TOKEN)
+"""A math token (searched for; never starts with whitespace, so a search is one linear scan)."""
+_MATH_TOKEN = re.compile(r"\s*" + _TOKEN)
+"""The next math token of a run, after optional whitespace (matched where the last one ended)."""
 _PURE_NUMBER = re.compile(r"[\d.\s]+")
 _UNSPACED_SUBTRACTION = re.compile(r"[\d.]+(?:-[\d.]+)+")
 
@@ -135,21 +162,18 @@ def _python_term_pattern() -> re.Pattern[str]:
 _PYTHON_TERMS = _python_term_pattern()
 
 
-def _candidate_runs(query: str) -> list[str]:
-    """Maximal runs of consecutive math tokens in ``query``, as written."""
+def _candidate_runs(query: str, deadline: float) -> list[str]:
+    """Maximal runs of consecutive math tokens in ``query``, as written (until ``deadline``)."""
     runs: list[str] = []
     pos = 0
-    while pos < len(query):
-        match = _MATH_TOKEN.match(query, pos)
-        if match is None:
-            pos += 1
-            continue
-        start = match.start() + (len(match.group()) - len(match.group().lstrip()))
-        end = match.end()
+    while (first := _FIRST_TOKEN.search(query, pos)) is not None:
+        end = first.end()
         while (nxt := _MATH_TOKEN.match(query, end)) is not None:
             end = nxt.end()
-        runs.extend(_split_top_level_commas(query[start:end]))
+        runs.extend(_split_top_level_commas(query[first.start() : end]))
         pos = end
+        if time.monotonic() > deadline:
+            break
     return runs
 
 
@@ -177,7 +201,15 @@ def _normalize(run: str) -> str:
     )
 
 
-def _trim_to_expression(text: str) -> str | None:
+def _parses(candidate: str) -> ast.Expression | None:
+    """``candidate`` parsed as a Python expression, or ``None`` when the parser fails at all."""
+    try:
+        return parse_expression(candidate)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _trim_to_expression(text: str, deadline: float) -> str | None:
     """The longest prefix-and-suffix trim of ``text`` that parses as an arithmetic expression.
 
     Strips dangling operators, commas and unbalanced parentheses at the edges ("(see 2 + 3",
@@ -188,13 +220,9 @@ def _trim_to_expression(text: str) -> str | None:
     if candidate.startswith("+") or candidate.startswith(("- ", "-\t")):
         candidate = candidate[1:].lstrip()
     for _ in range(MAX_TRIMS + 1):
-        if not candidate:
+        if not candidate or time.monotonic() > deadline:
             return None
-        try:
-            parse_expression(candidate)
-        except SyntaxError:
-            pass
-        else:
+        if _parses(candidate) is not None:
             return candidate
         if candidate[-1] in "+-*/%^,(" or candidate.count("(") < candidate.count(")"):
             candidate = candidate[:-1].rstrip()
@@ -206,38 +234,49 @@ def _trim_to_expression(text: str) -> str | None:
 
 
 def _is_arithmetic(tree: ast.Expression) -> bool:
-    """Whether the parsed run is arithmetic only and does some (a binary operation or a call)."""
+    """Whether the parsed run is arithmetic, does some (an operation or a call), nests little.
+
+    "Nests little": no deeper than the calculator accepts (:data:`MAX_EXPRESSION_DEPTH`).
+    """
     nodes = list(ast.walk(tree))
-    return all(isinstance(node, ALLOWED_NODES) for node in nodes) and any(
-        isinstance(node, ast.BinOp | ast.Call) for node in nodes
+    return (
+        all(isinstance(node, ALLOWED_NODES) for node in nodes)
+        and any(isinstance(node, ast.BinOp | ast.Call) for node in nodes)
+        and expression_depth(tree) <= MAX_EXPRESSION_DEPTH
     )
 
 
-def find_expressions(query: str) -> list[str]:
+def find_expressions(query: str, *, time_limit_s: float = TIME_LIMIT_S) -> list[str]:
     """The arithmetic expressions in ``query``, in order of appearance, without repeats.
 
     Args:
-        query: free text, e.g. ``"what is 17 * (3 + 4)?"``.
+        query: free text, e.g. ``"what is 17 * (3 + 4)?"``; only its first
+            :data:`MAX_QUERY_CHARS` characters are searched.
+        time_limit_s: the search stops after this many seconds, returning what it found so far.
 
     Returns:
         Expressions the calculator accepts syntactically (``["17 * (3 + 4)"]``), at most
         :data:`MAX_EXPRESSIONS`; ``^`` and the multiplication and division signs are rewritten
         to Python operators.
     """
+    deadline = time.monotonic() + time_limit_s
+    query = query[:MAX_QUERY_CHARS]
     wants_calculation = _CALC_INTENT.search(query) is not None
     found: list[str] = []
-    for run in _candidate_runs(query):
+    for run in _candidate_runs(query, deadline):
+        if time.monotonic() > deadline:
+            break
         if len(run) > MAX_RUN_CHARS:
             continue  # trimming parses once per character: bound the CPU before trying
-        expression = _trim_to_expression(_normalize(run))
+        expression = _trim_to_expression(_normalize(run), deadline)
         if expression is None or len(expression) > MAX_EXPRESSION_CHARS:
             continue
         if _PURE_NUMBER.fullmatch(expression):
             continue
         if _UNSPACED_SUBTRACTION.fullmatch(expression) and not wants_calculation:
             continue  # a date (2025-01-15) or a range (10-20), not a subtraction
-        tree = parse_expression(expression)
-        if not _is_arithmetic(tree) or expression in found:
+        tree = _parses(expression)
+        if tree is None or not _is_arithmetic(tree) or expression in found:
             continue
         found.append(expression)
         if len(found) == MAX_EXPRESSIONS:
@@ -279,16 +318,21 @@ def _docs_query(query: str) -> str:
     return cut[:space] if space > 0 else cut
 
 
-def plan_tools_by_rules(query: str, registry: ToolRegistry) -> list[ToolCall]:
+def plan_tools_by_rules(
+    query: str, registry: ToolRegistry, *, time_limit_s: float = TIME_LIMIT_S
+) -> list[ToolCall]:
     """Propose tool calls for ``query`` by the rules in this module's docstring.
 
     Args:
         query: the user's query.
         registry: the available tools; rules for tools it lacks propose nothing.
+        time_limit_s: how long the arithmetic search may run, in seconds (see the module
+            docstring); the SQL and docs rules are linear and not timed.
 
     Returns:
-        The proposed calls with ids ``plan-1``, ``plan-2``, ... (possibly none). Deterministic:
-        the same query and registry always give the same calls.
+        The proposed calls with ids ``plan-1``, ``plan-2``, ... (possibly none). Deterministic
+        whenever the arithmetic search finishes within ``time_limit_s`` (every query of a
+        sensible size): the same query and registry then always give the same calls.
     """
     proposals: list[tuple[str, dict[str, JsonValue]]] = []
     if is_sql(query):
@@ -297,7 +341,10 @@ def plan_tools_by_rules(query: str, registry: ToolRegistry) -> list[ToolCall]:
             proposals.append(("sql_query", {"sql": sql}))
     else:
         if "calculator" in registry:
-            proposals.extend(("calculator", {"expression": e}) for e in find_expressions(query))
+            proposals.extend(
+                ("calculator", {"expression": e})
+                for e in find_expressions(query, time_limit_s=time_limit_s)
+            )
         if "python_docs_search" in registry and mentions_python(query):
             proposals.append(("python_docs_search", {"query": _docs_query(query)}))
     return [

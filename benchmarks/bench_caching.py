@@ -44,8 +44,10 @@ async def run(ctx: BenchContext) -> BenchResult:
             "response_cache_latency_scale": 1.0,
         },
     )
-    acts = pipeline_activities(stack.redis_url, stack.database_url, stack.workdir)
     with DelayServer() as server:
+        acts = pipeline_activities(
+            stack.redis_url, stack.database_url, stack.workdir, overrides=dict(server.allowlist)
+        )
         tools = {
             f"http_get (server answers in {SLOW_TOOL_MS:g} ms)": "http_get",
             "python_docs_search": "python_docs_search",
@@ -85,7 +87,7 @@ async def run(ctx: BenchContext) -> BenchResult:
             result.add(case, "hit", hit)
 
         # -- level 1 again, inside jobs: the run_tools activity's time in the history
-        async with stack.workers(1) as pool:
+        async with stack.workers(1, env=server.allowlist_env) as pool:
             ctx.progress("tool cache inside jobs (http_get)")
             miss, hit = [], []
             for i in range(1 + job_repeats):

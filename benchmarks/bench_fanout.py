@@ -62,14 +62,16 @@ async def run(ctx: BenchContext) -> BenchResult:
             "tool_fanout_width": TOOL_FANOUT_WIDTH,
         },
     )
-    acts = pipeline_activities(stack.redis_url, stack.database_url, stack.workdir)
     curves: dict[str, tuple[list[float], list[float]]] = {
         "sequential": ([], []),
         "asyncio.gather": ([], []),
         "agentflow": ([], []),
     }
     with DelayServer() as server:
-        async with stack.workers(1) as pool:
+        acts = pipeline_activities(
+            stack.redis_url, stack.database_url, stack.workdir, overrides=dict(server.allowlist)
+        )
+        async with stack.workers(1, env=server.allowlist_env) as pool:
             for n in sizes:
                 ctx.progress(f"N = {n}")
                 samples: dict[str, list[float]] = {k: [] for k in curves}

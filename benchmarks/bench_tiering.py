@@ -19,8 +19,8 @@ tier, so the cost differences are the catalog's price differences and say nothin
 quality. The draft runs on the small tier, and only when the selected tier is above small (the
 workflow skips it otherwise), so "always small" jobs have none. A repeat that starts while
 its first occurrence is still running misses the cache, so the hit count can vary slightly
-between runs. The file's ``http_get`` lines call the agentflow API, which the bench stack does
-not run: those tool calls fail after their retries, in every variant alike.
+between runs. The file's ``http_get`` lines fetch the example site that ``agentflow dev`` serves;
+the bench stack does not allowlist it, so those tool calls are refused, in every variant alike.
 """
 
 from __future__ import annotations
@@ -369,10 +369,10 @@ async def run(ctx: BenchContext) -> BenchResult:
     ]
     if http_lines:
         result.notes.append(
-            f"Lines {', '.join(map(str, http_lines))} fetch the agentflow API with http_get; the "
-            "bench stack runs no API, so those calls fail after their retries (counted in "
-            "tool_failures) and the answers are built without them. With something listening "
-            "on that address the tool results, prompt tokens and timing would differ."
+            f"Lines {', '.join(map(str, http_lines))} fetch the dev stack's example site with "
+            "http_get; the bench stack does not serve or allowlist it, so those calls are "
+            "refused (counted in tool_failures) and the answers are built without them. With "
+            "the site allowlisted the tool results, prompt tokens and timing would differ."
         )
     if skipped:
         result.notes.append(

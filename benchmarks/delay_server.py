@@ -44,6 +44,19 @@ class DelayServer:
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    @property
+    def allowlist(self) -> dict[str, list[str]]:
+        """Settings that let ``http_get`` fetch this server (and nothing else on loopback)."""
+        return {
+            "http_allowed_hosts": [f"127.0.0.1:{self.port}"],
+            "http_allowed_networks": ["127.0.0.1/32"],
+        }
+
+    @property
+    def allowlist_env(self) -> dict[str, str]:
+        """:attr:`allowlist` as a worker's environment variables."""
+        return {f"AGENTFLOW_{k.upper()}": json.dumps(v) for k, v in self.allowlist.items()}
+
     def url(self, delay_ms: float, nonce: str) -> str:
         """The URL that answers after ``delay_ms`` milliseconds."""
         return f"http://127.0.0.1:{self.port}/delay?ms={delay_ms:g}&n={nonce}"

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from temporalio.testing import ActivityEnvironment
@@ -103,15 +103,24 @@ class PipelineActivities:
 
 
 def pipeline_activities(
-    redis_url: str, database_url: str, workdir: Path, latency_scale: float = 0.0
+    redis_url: str,
+    database_url: str,
+    workdir: Path,
+    *,
+    latency_scale: float = 0.0,
+    overrides: dict[str, Any] | None = None,
 ) -> PipelineActivities:
-    """The activities wired as a worker would wire them, for in-process calls."""
+    """The activities wired as a worker would wire them, for in-process calls.
+
+    ``overrides`` are further settings (e.g. a ``DelayServer``'s ``allowlist``).
+    """
     settings = Settings(
         redis_url=redis_url,
         database_url=database_url,
         sql_database_path=workdir / "shop.sqlite",
         data_dir=workdir,
         simulated_latency_scale=latency_scale,
+        **(overrides or {}),
     )
     engine = make_engine(database_url)
     create_tables(engine)

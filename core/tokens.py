@@ -50,9 +50,34 @@ def encoding() -> tiktoken.Encoding:
     )
 
 
+FALLBACK_CHUNK_CHARS = 50_000
+"""Chunk size for text the tokenizer's regex cannot take whole (see :func:`encode`)."""
+
+
+def encode(text: str) -> list[int]:
+    """cl100k_base tokens of ``text`` (special-token text encoded as plain text).
+
+    tiktoken's split regex backtracks over long whitespace runs, and on about a million
+    whitespace characters followed by anything else it gives up with "Max stack size exceeded
+    for backtracking" (a client can send that in one context item). Such text is encoded in
+    chunks of :data:`FALLBACK_CHUNK_CHARS` characters: the tokens still decode to the text, and
+    the count may differ from the whole-text count by a token per chunk boundary.
+    """
+    enc = encoding()
+    try:
+        return enc.encode(text, disallowed_special=())
+    except ValueError:
+        tokens: list[int] = []
+        for start in range(0, len(text), FALLBACK_CHUNK_CHARS):
+            tokens.extend(
+                enc.encode(text[start : start + FALLBACK_CHUNK_CHARS], disallowed_special=())
+            )
+        return tokens
+
+
 def count_tokens(text: str) -> int:
     """Number of cl100k_base tokens in ``text`` (special-token text counted as plain text)."""
-    return len(encoding().encode(text, disallowed_special=()))
+    return len(encode(text))
 
 
 def truncate_to_tokens(text: str, max_tokens: int) -> str:
@@ -64,7 +89,7 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
     if max_tokens <= 0:
         return ""
     enc = encoding()
-    tokens = enc.encode(text, disallowed_special=())
+    tokens = encode(text)
     if len(tokens) <= max_tokens:
         return text
     keep = max_tokens

@@ -124,7 +124,11 @@ def client(env: WorkflowEnvironment) -> Client:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db = ensure_example_database(tmp_path_factory.mktemp("sql") / "shop.sqlite")
-    return Settings(sql_database_path=db, http_allowed_hosts=["127.0.0.1"])
+    return Settings(
+        sql_database_path=db,
+        http_allowed_hosts=["127.0.0.1:9"],  # the discard port the workflow tests name
+        http_allowed_networks=["127.0.0.1/32"],
+    )
 
 
 @pytest.fixture

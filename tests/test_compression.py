@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,7 @@ from activities.compression import (
 )
 from core.errors import ContextBudgetExceededError, ErrorType
 from core.models import BlobRef, CompressContextResult, ContextItem, Importance
-from core.tokens import count_tokens
+from core.tokens import count_tokens, truncate_to_tokens
 
 # fmt: off
 WORDS = (
@@ -317,3 +318,72 @@ def test_fifty_kilobytes_compress_quickly() -> None:
     elapsed = time.perf_counter() - started
     check_contract(items, result, 2000)
     assert elapsed < 5.0
+
+
+# --------------------------------------------------------------------------- hostile sizes
+
+DOCUMENTED_SPLIT = re.compile(r"(?<=[.!?])[ \t]+|[ \t]*\n\s*")
+"""The sentence rule as the module docstring states it (and as an earlier version, quadratic on
+long space runs, implemented it)."""
+
+
+def split_as_documented(text: str) -> str:
+    """Every sentence kept, joined as ``extract_sentences`` joins them: by the documented rule."""
+    parts: list[str] = []
+    position = 0
+    pieces: list[tuple[str, bool]] = []
+    for match in DOCUMENTED_SPLIT.finditer(text):
+        piece = text[position : match.start()].strip()
+        if piece:
+            pieces.append((piece, "\n" in match.group()))
+        position = match.end()
+    if text[position:].strip():
+        pieces.append((text[position:].strip(), False))
+    for i, (piece, _) in enumerate(pieces):
+        if i:
+            parts.append("\n" if pieces[i - 1][1] else " ")
+        parts.append(piece)
+    return "".join(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab.!? \t\n\r\u00a0", max_size=60))
+def test_sentences_split_by_the_documented_rule(text: str) -> None:
+    assert extract_sentences(text, "", 10**6) == split_as_documented(text)
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", " \t", "\u00a0"])
+def test_long_blank_runs_split_in_linear_time(blank: str) -> None:
+    """200,000 blanks without a line break took 40-80 s of CPU when splitting was quadratic."""
+    import time
+
+    text = "First sentence. " + blank * (200_000 // len(blank)) + "last words. Tail"
+    started = time.process_time()
+    out = extract_sentences(text, "last", 10**6)
+    assert time.process_time() - started < 5.0
+    assert out.startswith("First sentence.") and out.endswith("last words. Tail")
+
+
+def test_a_megabyte_of_short_sentences_compresses_in_bounded_time() -> None:
+    """The API admits about 1 MiB of job input: the worst shape (a sentence every 2 bytes) is
+    linear too."""
+    import time
+
+    items = [
+        ContextItem(content=". " * 500_000, importance=Importance.LOW),
+        ContextItem(content="keep me.", importance=Importance.CRITICAL),
+    ]
+    started = time.process_time()
+    result = compress_context("anything", items, 50)
+    assert time.process_time() - started < 30.0
+    check_contract(items, result, 50)
+
+
+def test_token_counting_survives_a_million_whitespace_characters() -> None:
+    """tiktoken's regex gives up ("Max stack size exceeded for backtracking") on about a million
+    whitespace characters followed by anything; a client can send that in one context item."""
+    text = " " * 1_000_000 + "x"
+    count = count_tokens(text)
+    assert 0 < count < len(text)
+    head = truncate_to_tokens(text, 10)
+    assert text.startswith(head) and count_tokens(head) <= 10

@@ -83,10 +83,20 @@ def shop_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_example_database(tmp_path_factory.mktemp("shop") / "shop.sqlite")
 
 
+def loopback_settings(port: int, **overrides: Any) -> Settings:
+    """Settings that allow ``http_get`` to reach 127.0.0.1:``port`` (and nothing else)."""
+    return Settings(
+        http_allowed_hosts=[f"127.0.0.1:{port}"],
+        http_allowed_networks=["127.0.0.1/32"],
+        **overrides,
+    )
+
+
 @pytest.fixture
-def registry(shop_db: Path) -> ToolRegistry:
+def registry(shop_db: Path, http_server: str) -> ToolRegistry:
     settings = Settings(
-        http_allowed_hosts=["127.0.0.1"],
+        http_allowed_hosts=[http_server.removeprefix("http://")],
+        http_allowed_networks=["127.0.0.1/32"],
         http_max_bytes=1024,
         http_timeout_s=5.0,
         sql_database_path=shop_db,
@@ -325,9 +335,10 @@ async def test_http_get_5xx_is_transient(
     assert "HTTP 5" in info.value.message
 
 
-async def test_http_get_connection_refused_is_transient(registry: ToolRegistry) -> None:
+async def test_http_get_connection_refused_is_transient() -> None:
     port = free_port()  # nothing listens there
-    with pytest.raises(ToolTransientError, match="ConnectError"):
+    registry = builtin_registry(loopback_settings(port))
+    with pytest.raises(ToolTransientError, match="could not connect"):
         await call(registry, "http_get", url=f"http://127.0.0.1:{port}/")
 
 
@@ -339,7 +350,7 @@ async def test_http_get_timeout_is_transient() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        registry = builtin_registry(Settings(http_allowed_hosts=["127.0.0.1"], http_timeout_s=0.3))
+        registry = builtin_registry(loopback_settings(port, http_timeout_s=0.3))
         with pytest.raises(ToolTransientError, match="timed out"):
             await call(registry, "http_get", url=f"http://127.0.0.1:{port}/")
 
@@ -347,13 +358,20 @@ async def test_http_get_timeout_is_transient() -> None:
 async def test_http_get_refuses_hosts_off_the_allowlist(
     registry: ToolRegistry, http_server: str
 ) -> None:
-    port = http_server.rsplit(":", 1)[1]
-    for url in (f"http://localhost:{port}/hello", "https://example.com/"):
+    port = int(http_server.rsplit(":", 1)[1])
+    other_port = port + 1 if port < 65535 else port - 1
+    for url in (
+        f"http://localhost:{port}/hello",  # the same server under another name
+        f"http://127.0.0.1:{other_port}/hello",  # the allowlisted host on another port
+        "http://127.0.0.1/hello",  # port 80: the entry names the server's port only
+        "https://example.com/",
+    ):
         with pytest.raises(ToolError) as info:
             await call(registry, "http_get", url=url)
         assert not isinstance(info.value, ToolTransientError)
         assert "is not allowed" in info.value.message
-        assert "127.0.0.1" in info.value.message  # names the allowlist
+        assert "AGENTFLOW_HTTP_ALLOWED_HOSTS" in info.value.message  # names the setting ...
+        assert f"127.0.0.1:{port}" not in info.value.message  # ... not the operator's list
 
 
 def test_http_get_params_refuse_other_schemes() -> None:

@@ -1,19 +1,33 @@
 """The ``calculator`` tool: safe evaluation of arithmetic expressions.
 
 The hazard: evaluating user text is code execution unless every construct is whitelisted, and even
-pure arithmetic can hang a worker (``9**9**9`` has about 370 million digits). So the expression is
-parsed with :mod:`ast` first and refused unless it contains only numbers, the arithmetic operators
-``+ - * / // % **``, parentheses, unary signs and calls of whitelisted :mod:`math` functions by
-name; only then is it evaluated by ``simpleeval`` with the same whitelist. Powers are estimated
-before they are computed, integer results are capped at :data:`MAX_RESULT_DIGITS` digits, and
-``factorial`` accepts arguments up to :data:`MAX_FACTORIAL_ARG` only.
+pure arithmetic can hang a worker (``9**9**9`` has about 370 million digits) or crash it
+(``"-" * 499 + "1"`` nests 500 levels deep, and both Python's parser and the recursive evaluator
+then raise ``RecursionError``). So, in this order:
+
+1. the expression is refused when longer than :data:`MAX_EXPRESSION_CHARS`;
+2. it is parsed with :mod:`ast` (parser failures of any kind, recursion and memory included,
+   become a :class:`~core.errors.ToolError`) and refused when its syntax tree is deeper than
+   :data:`MAX_EXPRESSION_DEPTH` (measured without recursion), so the recursive evaluator stays
+   far below Python's recursion limit;
+3. it is refused unless it contains only numbers, the arithmetic operators ``+ - * / // % **``,
+   parentheses, unary signs and calls of whitelisted :mod:`math` functions by name;
+4. only then is it evaluated by ``simpleeval`` with the same whitelist. Powers are estimated
+   before they are computed, every intermediate integer is capped at :data:`MAX_RESULT_DIGITS`
+   digits, ``factorial`` accepts arguments up to :data:`MAX_FACTORIAL_ARG` only, and the
+   evaluator checks a deadline (:data:`TIME_LIMIT_S`) before each node: a cooperative check,
+   which stops the work because every single step is bounded by the limits above.
+
+The tool runs the evaluation in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import math
 import operator
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +42,15 @@ MAX_RESULT_DIGITS = 1000
 """Largest integer result (and intermediate power) accepted, in decimal digits."""
 MAX_FACTORIAL_ARG = 500
 """Largest argument of ``factorial``."""
+MAX_EXPRESSION_CHARS = 500
+"""Longest expression accepted, in characters."""
+MAX_EXPRESSION_DEPTH = 100
+"""Deepest syntax tree accepted (the root ``Expression`` node counts as level 1). A left-to-right
+chain like ``1 + 2 + ... + n`` is ``n + 1`` levels deep. The evaluator recurses about two Python
+frames per level and ``ast.unparse`` about four, so this keeps both far below Python's recursion
+limit of 1000 frames."""
+TIME_LIMIT_S = 1.0
+"""Evaluation stops with a :class:`ToolError` once it has run this long, in seconds."""
 
 _MAX_RESULT_BITS = int(MAX_RESULT_DIGITS * math.log2(10)) + 1
 
@@ -43,7 +66,7 @@ class CalculatorParams(BaseModel):
 
     expression: str = Field(
         min_length=1,
-        max_length=500,
+        max_length=MAX_EXPRESSION_CHARS,
         description="Arithmetic expression, e.g. '17 * (3 + 4)' or 'sqrt(2) * pi'.",
     )
 
@@ -52,9 +75,31 @@ class CalculatorParams(BaseModel):
     def _normalise(cls, value: str) -> str:
         text = value.strip()
         try:
-            return ast.unparse(parse_expression(text))
+            tree = parse_expression(text)
+            if expression_depth(tree) > MAX_EXPRESSION_DEPTH:
+                return text  # the tool refuses it; unparse would recurse that deep
+            return ast.unparse(tree)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return text
+
+
+def expression_depth(tree: ast.AST) -> int:
+    """Depth of the syntax tree ``tree`` (a lone node is 1), computed without recursion.
+
+    Args:
+        tree: any parsed node, typically an ``ast.Expression``.
+
+    Returns:
+        The number of nodes on the longest root-to-leaf path, operator and context nodes
+        (``ast.Add``, ``ast.Load``) included.
+    """
+    deepest = 0
+    stack: list[tuple[ast.AST, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check_number(value: Any) -> Any:
@@ -150,12 +195,35 @@ ALLOWED_NODES: tuple[type[ast.AST], ...] = (
 """The syntax nodes an arithmetic expression may contain (the planner uses the same list)."""
 
 
-def _validate(expression: str) -> ast.Expression:
-    """Parse ``expression`` and refuse anything but whitelisted arithmetic."""
+def _parse(expression: str) -> ast.Expression:
+    """Parse ``expression`` within the length and depth limits.
+
+    Raises:
+        ToolError: too long, not an expression, too complex to parse, or nested too deeply.
+    """
+    text = expression.strip()
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ToolError(
+            f"expression is too long ({len(text)} characters; at most {MAX_EXPRESSION_CHARS})"
+        )
     try:
-        tree = parse_expression(expression.strip())
+        tree = parse_expression(text)
     except SyntaxError as exc:
         raise ToolError(f"not a valid arithmetic expression: {exc.msg}") from exc
+    except ValueError as exc:  # a NUL byte
+        raise ToolError("not a valid arithmetic expression: it contains a NUL byte") from exc
+    except (RecursionError, MemoryError) as exc:
+        raise ToolError(
+            f"expression is nested too deeply (at most {MAX_EXPRESSION_DEPTH} levels)"
+        ) from exc
+    if expression_depth(tree) > MAX_EXPRESSION_DEPTH:
+        raise ToolError(f"expression is nested too deeply (at most {MAX_EXPRESSION_DEPTH} levels)")
+    return tree
+
+
+def _validate(expression: str) -> ast.Expression:
+    """Parse ``expression`` and refuse anything but whitelisted arithmetic."""
+    tree = _parse(expression)
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             if node.id not in FUNCTIONS and node.id not in CONSTANTS:
@@ -183,29 +251,50 @@ def _validate(expression: str) -> ast.Expression:
     return tree
 
 
-def evaluate_expression(expression: str) -> int | float:
-    """Evaluate an arithmetic expression safely.
+class _DeadlineEval(simpleeval.SimpleEval):  # type: ignore[misc]
+    """``simpleeval`` that checks a deadline before evaluating each node."""
+
+    def __init__(self, time_limit_s: float) -> None:
+        super().__init__(
+            operators=dict(_OPERATORS), functions=dict(FUNCTIONS), names=dict(CONSTANTS)
+        )
+        self._time_limit_s = time_limit_s
+        self._deadline = time.monotonic() + time_limit_s
+
+    def _eval(self, node: ast.AST) -> Any:
+        if time.monotonic() > self._deadline:
+            raise ToolError(f"evaluation took longer than {self._time_limit_s:g} s and was stopped")
+        return super()._eval(node)
+
+
+def evaluate_expression(expression: str, *, time_limit_s: float = TIME_LIMIT_S) -> int | float:
+    """Evaluate an arithmetic expression safely (CPU-bound: call it from a worker thread).
 
     Args:
         expression: numbers, ``+ - * / // % **``, parentheses, unary signs, the constants
             ``pi``, ``e``, ``tau`` and calls of :data:`FUNCTIONS` (``sqrt``, ``log``, ``sin``,
-            ``abs``, ``round``, ``min``, ``max``, ...).
+            ``abs``, ``round``, ``min``, ``max``, ...); at most :data:`MAX_EXPRESSION_CHARS`
+            characters and :data:`MAX_EXPRESSION_DEPTH` levels of nesting.
+        time_limit_s: evaluation stops after this many seconds.
 
     Returns:
         The value: an ``int`` for exact integer arithmetic, else a finite ``float``.
 
     Raises:
-        ToolError: syntax error, unknown name, disallowed construct, division by zero, math
-            domain error, or a result that is too large (non-retryable).
+        ToolError: too long or too deeply nested, syntax error, unknown name, disallowed
+            construct, division by zero, math domain error, a result that is too large, or out
+            of time (non-retryable).
     """
     tree = _validate(expression)
-    evaluator = simpleeval.SimpleEval(
-        operators=dict(_OPERATORS), functions=dict(FUNCTIONS), names=dict(CONSTANTS)
-    )
+    evaluator = _DeadlineEval(time_limit_s)
     try:
         value = evaluator.eval(expression.strip(), previously_parsed=tree.body)
     except ToolError:
         raise
+    except (RecursionError, MemoryError) as exc:
+        raise ToolError(
+            f"expression is nested too deeply (at most {MAX_EXPRESSION_DEPTH} levels)"
+        ) from exc
     except ZeroDivisionError as exc:
         raise ToolError("division by zero") from exc
     except OverflowError as exc:
@@ -230,7 +319,8 @@ async def calculator(params: CalculatorParams) -> dict[str, JsonValue]:
     Raises:
         ToolError: the expression was refused or cannot be evaluated (non-retryable).
     """
-    return {"expression": params.expression, "value": evaluate_expression(params.expression)}
+    value = await asyncio.to_thread(evaluate_expression, params.expression)
+    return {"expression": params.expression, "value": value}
 
 
 def make_calculator_tool() -> Tool:
