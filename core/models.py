@@ -7,11 +7,23 @@ field has a clock or uuid default factory (a workflow would silently read the wa
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 
 class Importance(StrEnum):
@@ -97,6 +109,112 @@ class Stage(StrEnum):
     DONE = "done"
 
 
+# --------------------------------------------------------------------------- client input
+#
+# Text and JSON from clients are checked more strictly than the durable contracts decode them:
+# a NUL character cannot be stored in PostgreSQL text (the worker's record write would fail), an
+# unpaired UTF-16 surrogate (``"\ud800"`` sent as a JSON escape) cannot be encoded as UTF-8
+# at all, and NaN or an infinity is not JSON. The checks run on the client-facing classes only
+# (``client_input = True``); the durable subclasses turn them off, so a history recorded before
+# them still decodes.
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of free-form JSON in a request (``metadata``, tool ``parameters``).
+
+The worker decodes a job's input with pydantic's JSON parser, which refuses more than 200 levels
+in all; a request nested deeper than the API's parser minded would fail its first workflow task
+forever. 64 leaves room for the contract's own levels around these fields."""
+
+
+_UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be accepted from a client, or ``None`` when it can.
+
+    Returns:
+        A short message (never quoting ``value``) when it holds a NUL character or an unpaired
+        UTF-16 surrogate; ``None`` otherwise.
+    """
+    if "\x00" in value:
+        return "must not contain NUL characters (U+0000)"
+    if _UNPAIRED_SURROGATE.search(value) is not None:
+        return "must not contain unpaired UTF-16 surrogates (U+D800 to U+DFFF)"
+    return None
+
+
+def check_client_text(value: str) -> str:
+    """Return ``value`` unchanged when a client may send it (see :func:`text_problem`).
+
+    Raises:
+        ValueError: it holds a NUL character or an unpaired surrogate (a pydantic validator
+            turns this into a 422 naming the field).
+    """
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+ClientText = Annotated[str, AfterValidator(check_client_text)]
+"""A string field of a client-facing model: NUL characters and unpaired surrogates refused."""
+
+
+def _refused(loc: tuple[str | int, ...], message: str) -> ValidationError:
+    """A validation error at ``loc`` (relative to the field being validated).
+
+    Raised inside a field validator, pydantic prefixes ``loc`` with the field's own location, so
+    the 422 names the exact place, e.g. ``["body", "metadata", "tags", 2]``.
+    """
+    detail = InitErrorDetails(
+        type=PydanticCustomError("client_input", message), loc=loc, input=None
+    )
+    return ValidationError.from_exception_data("client input", [detail])
+
+
+def check_client_json(
+    value: JsonValue, loc: tuple[str | int, ...] = (), limit: int = MAX_JSON_DEPTH
+) -> JsonValue:
+    """Return free-form client JSON unchanged when every part of it can be carried and stored.
+
+    Refuses strings and object keys holding NUL characters or unpaired surrogates, floats that
+    are NaN or infinite, and nesting deeper than ``limit`` levels of lists and objects.
+
+    Args:
+        value: decoded JSON (``metadata`` or a tool call's ``parameters``).
+        loc: where ``value`` sits, prefixed to the error's location.
+        limit: deepest nesting allowed (:data:`MAX_JSON_DEPTH`).
+
+    Raises:
+        pydantic.ValidationError: with the location of the first offending value (a key's
+            problem is reported at the object holding it); raised inside a field validator it
+            becomes a 422 naming that place.
+    """
+    stack: list[tuple[JsonValue, tuple[str | int, ...], int]] = [(value, loc, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                raise _refused(where, problem)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise _refused(where, "must be a finite number (NaN and infinities are not JSON)")
+        elif isinstance(item, dict):
+            if depth > limit:
+                raise _refused(where, f"nested deeper than {limit} levels")
+            for key, child in item.items():
+                problem = text_problem(key)
+                if problem is not None:
+                    raise _refused(where, f"an object key {problem}")
+                stack.append((child, (*where, key), depth + 1))
+        elif isinstance(item, list):
+            if depth > limit:
+                raise _refused(where, f"nested deeper than {limit} levels")
+            stack.extend((child, (*where, i), depth + 1) for i, child in enumerate(item))
+    return value
+
+
 # --------------------------------------------------------------------------- request
 
 
@@ -114,13 +232,26 @@ class BlobRef(BaseModel):
 
 
 class ContextItemCreate(BaseModel):
-    """One piece of context for the answer, as a client sends it."""
+    """One piece of context for the answer, as a client sends it.
+
+    ``content`` and ``source`` may hold no NUL characters or unpaired surrogates (422).
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    client_input: ClassVar[bool] = True
+    """Check text as client input (see the "client input" section); durable subclasses don't."""
 
     content: str = ""
     importance: Importance = Importance.MEDIUM
     source: str | None = None
+
+    @field_validator("content", "source")
+    @classmethod
+    def _client_text(cls, value: str | None) -> str | None:
+        if cls.client_input and value is not None:
+            check_client_text(value)
+        return value
 
 
 class ContextItem(ContextItemCreate):
@@ -131,15 +262,9 @@ class ContextItem(ContextItemCreate):
     cannot send it (:class:`ContextItemCreate` has no such field) and jobs started since refuse it.
     """
 
+    client_input: ClassVar[bool] = False
+
     blob: BlobRef | None = None
-
-
-MAX_JSON_DEPTH = 64
-"""Deepest nesting of free-form JSON in a request (``metadata``, tool ``parameters``).
-
-The worker decodes a job's input with pydantic's JSON parser, which refuses more than 200 levels
-in all; a request nested deeper than the API's parser minded would fail its first workflow task
-forever. 64 leaves room for the contract's own levels around these fields."""
 
 
 def check_json_depth(value: JsonValue, limit: int = MAX_JSON_DEPTH) -> JsonValue:
@@ -180,21 +305,34 @@ TierChoice = Literal["auto", "small", "medium", "large"]
 
 
 class RequestBase(BaseModel):
-    """The fields a request has whichever front fills it (REST today, batches later)."""
+    """The fields a request has whichever front fills it (REST today, batches later).
+
+    As client input (``client_input``, true here and in ``JobCreate``) every string, including
+    those nested in ``metadata`` and in tool calls, may hold no NUL characters or unpaired
+    surrogates, and nested JSON no NaN or infinities; ``require_approval`` takes only ``true`` or
+    ``false`` and ``max_context_tokens`` only a JSON integer. Each refusal is a 422 naming the
+    field.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    client_input: ClassVar[bool] = True
+    """Check text and JSON as client input; :class:`AgentRequest` (durable) turns it off."""
 
     query: str = Field(min_length=1, max_length=20_000)
     tool_calls: list[ToolCall] = Field(default_factory=list, max_length=64)
     model_tier: TierChoice = "auto"
-    max_context_tokens: int = Field(default=4000, gt=0, le=200_000)
-    require_approval: bool = False
+    max_context_tokens: int = Field(default=4000, gt=0, le=200_000, strict=True)
+    require_approval: StrictBool = False
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
     @field_validator("metadata")
     @classmethod
     def _bounded_depth(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        check_json_depth(value)
+        if cls.client_input:
+            check_client_json(value)
+        else:
+            check_json_depth(value)
         return value
 
     @field_validator("query")
@@ -202,11 +340,27 @@ class RequestBase(BaseModel):
     def _query_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("query must not be empty or whitespace")
+        if cls.client_input:
+            check_client_text(value)
+        return value
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _client_tool_calls(cls, value: list[ToolCall]) -> list[ToolCall]:
+        if cls.client_input:
+            for index, call in enumerate(value):
+                for name in ("id", "name"):
+                    problem = text_problem(getattr(call, name))
+                    if problem is not None:
+                        raise _refused((index, name), problem)
+                check_client_json(call.parameters, (index, "parameters"))
         return value
 
 
 class AgentRequest(RequestBase):
     """The request carried by ``AgentWorkflow`` (a durable contract)."""
+
+    client_input: ClassVar[bool] = False
 
     context: list[ContextItem] = Field(default_factory=list, max_length=200)
 
@@ -231,6 +385,28 @@ class AgentWorkflowInput(BaseModel):
     """The client's key; recorded with the job's first projection."""
     request_hash: str | None = None
     """:func:`core.ids.request_hash` of ``request``; recorded with the first projection."""
+    owner: str | None = None
+    """Key id of the API key that submitted the job (:mod:`core.auth`); ``None`` for jobs
+    submitted before keys existed. Recorded with every projection; only that key (or an admin
+    key) sees the job."""
+    budget: BudgetReservation | None = None
+    """The budget reserved for the job at submission, settled with its real cost when it ends."""
+
+
+class BudgetReservation(BaseModel):
+    """Part of a key's daily budget set aside for one job (:mod:`infra.quotas`).
+
+    Attributes:
+        key_id: the API key whose budget it is.
+        day: the UTC day it counts against, ``YYYY-MM-DD``.
+        estimate_usd: what was reserved, in USD (an upper bound of the job's cost).
+        job_id: the job, so settling happens once per job.
+    """
+
+    key_id: str
+    day: str
+    estimate_usd: float
+    job_id: str
 
 
 # --------------------------------------------------------------------------- usage & selection
@@ -555,6 +731,8 @@ class AgentProgress(BaseModel):
     query: str = ""
     started_at: datetime | None = None
     """When the workflow started (aware UTC)."""
+    owner: str | None = None
+    """Key id of the API key that submitted the job (``None``: submitted without one)."""
     selection: SelectModelResult | None = None
     draft: str | None = None
     tool_plan: list[PlannedToolCall] = Field(default_factory=list)
@@ -604,3 +782,7 @@ class RecordJobInput(BaseModel):
     created_at: datetime | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    owner: str | None = None
+    """Key id of the submitting API key, written with every projection."""
+    budget: BudgetReservation | None = None
+    """Settled with the job's real cost when ``result`` is terminal."""

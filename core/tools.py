@@ -126,6 +126,10 @@ class ToolRegistry:
     def validate(self, call: ToolCall) -> tuple[Tool, BaseModel]:
         """Resolve ``call`` to its tool and validated parameters.
 
+        Parameters are validated as the JSON they are, strictly and closed: a parameter the
+        tool's model does not declare is refused, and so is a value of the wrong JSON type (a
+        string for a number, ``0`` or ``"yes"`` for a boolean), whatever the model's own config.
+
         Raises:
             ToolCallInvalidError: unknown tool (``field="name"``) or invalid parameters
                 (``field="parameters"``, message lists each error with its location).
@@ -137,7 +141,10 @@ class ToolRegistry:
                 call.id, "name", f"unknown tool {call.name!r} (registered: {known})"
             )
         try:
-            params = tool.params_model.model_validate(call.parameters)
+            # JSON mode, so strictness means JSON types (a string still fills an enum field).
+            params = tool.params_model.model_validate_json(
+                json.dumps(call.parameters), strict=True, extra="forbid"
+            )
         except ValidationError as exc:
             details = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"

@@ -62,6 +62,49 @@ def translate_errors() -> Iterator[None]:
         ) from exc
 
 
+WRITE_PROBE_TIMEOUT_S = 1.0
+"""How long :func:`check_writable` waits for another writer's lock, in seconds."""
+
+
+def check_writable(engine: Engine, timeout_s: float = WRITE_PROBE_TIMEOUT_S) -> None:
+    """Check that the database answers and would accept a write now, and write nothing.
+
+    SQLite: ``BEGIN IMMEDIATE`` (takes the write lock) then ``ROLLBACK``, with the connection's
+    busy timeout lowered to ``timeout_s`` for the probe. PostgreSQL: in a transaction rolled
+    back, ``UPDATE jobs ... WHERE false`` under a ``lock_timeout`` of ``timeout_s``: it takes the
+    lock every write takes, and fails on a read-only server or transaction. Both cost one round
+    trip or two on a pooled connection.
+
+    Args:
+        engine: the job database's engine (tables created).
+        timeout_s: most seconds to wait for a lock held by another writer.
+
+    Raises:
+        StoreUnavailableError: the database did not answer, or does not accept writes (locked,
+            read-only); retryable. The message names the error class only.
+    """
+    timeout_ms = max(int(timeout_s * 1000), 1)
+    with translate_errors(), engine.connect() as conn:
+        try:
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={timeout_ms}")
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    conn.exec_driver_sql("ROLLBACK")
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            else:
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms * 2}")
+                conn.execute(text("UPDATE jobs SET job_id = job_id WHERE false"))
+                conn.rollback()
+        except (DBAPIError, StatementError) as exc:
+            original = getattr(exc, "orig", None) or exc
+            raise StoreUnavailableError(
+                f"job database does not accept writes ({type(original).__name__})"
+            ) from exc
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend.
 
@@ -148,8 +191,8 @@ def make_engine(database_url: str, *, connect_args: dict[str, Any] | None = None
     )
 
 
-TABLES = ("jobs", "payloads", "blobs")
-"""The tables agentflow owns: job records, externally stored payloads, legacy blobs."""
+TABLES = ("jobs", "payloads", "blobs", "api_keys")
+"""The tables agentflow owns: job records, externally stored payloads, legacy blobs, API keys."""
 
 
 def create_tables(engine: Engine) -> None:
@@ -160,6 +203,7 @@ def create_tables(engine: Engine) -> None:
     """
     # Importing the table modules registers their tables on SQLModel.metadata.
     import infra.jobs
+    import infra.keys
     import infra.payloads  # noqa: F401
 
     tables = [SQLModel.metadata.tables[name] for name in TABLES]

@@ -10,10 +10,16 @@ from api.deps import StateDep
 from api.errors import TemporalUnavailableError
 from api.schemas import ReadyStatus
 from core.errors import StoreUnavailableError
+from infra.db import check_writable
 
 router = APIRouter(tags=["health"])
 
 _CHECK_TIMEOUT_S = 3.0
+"""Most seconds one dependency's check may take before it counts as down."""
+
+_WRITE_LOCK_WAIT_S = 1.0
+"""How long the database check waits for another writer's lock: a database whose writes stay
+locked longer than this is reported down."""
 
 
 @router.get("/healthz")
@@ -22,9 +28,19 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": ReadyStatus}})
+@router.get(
+    "/readyz",
+    responses={
+        503: {"model": ReadyStatus, "description": "A dependency is down; ``down`` names it."}
+    },
+)
 async def readyz(state: StateDep, response: Response) -> ReadyStatus:
-    """Readiness of Temporal, Redis and the database; 503 naming what is down."""
+    """Readiness of Temporal, Redis and the database; 503 naming what is down.
+
+    The database counts as up only when it would accept a write now (a write lock is taken and
+    released within ``1 s``; nothing is written), so a database whose writes are locked, or a
+    read-only one, shows as down.
+    """
 
     async def temporal() -> None:
         client = await state.temporal.client()
@@ -35,7 +51,10 @@ async def readyz(state: StateDep, response: Response) -> ReadyStatus:
             raise ConnectionError(state.cache.last_error or "no answer")
 
     async def database() -> None:
-        await asyncio.wait_for(asyncio.to_thread(state.store.ping), _CHECK_TIMEOUT_S)
+        await asyncio.wait_for(
+            asyncio.to_thread(check_writable, state.store.engine, _WRITE_LOCK_WAIT_S),
+            _CHECK_TIMEOUT_S,
+        )
 
     names = ["temporal", "redis", "database"]
     outcomes = await asyncio.gather(temporal(), redis(), database(), return_exceptions=True)

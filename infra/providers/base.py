@@ -3,10 +3,17 @@
 Every provider implements :class:`ModelProvider`: ``complete(spec, messages, max_tokens)`` returns
 a :class:`Completion` or raises a :class:`core.errors.ModelError` subclass, which the generation
 activity turns into an ``ApplicationError`` (see :mod:`activities.errors`).
+
+A provider's error text goes into that error's message, and from there into Temporal history,
+the job record and the API. An endpoint may echo what it was sent (a misconfigured proxy that
+repeats the ``Authorization`` header, a 401 page quoting the key), so every message built from a
+provider's words passes through :func:`redact_secrets` first.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
@@ -71,6 +78,79 @@ class ModelProvider(Protocol):
             ModelOutputInvalidError: the answer was empty or malformed (non-retryable).
         """
         ...
+
+
+MAX_PROVIDER_MESSAGE_CHARS = 300
+"""Longest provider error text kept in a domain error's message (longer text is cut)."""
+
+REDACTED = "[redacted]"
+"""What a secret is replaced with."""
+
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # "Bearer <token>" and "Basic <credentials>", wherever they appear.
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"'`,;]+"), rf"\1 {REDACTED}"),
+    # key=value and "key": "value" pairs whose name says they hold a secret.
+    (
+        re.compile(
+            r"(?i)((?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|token|secret|password"
+            r"|passwd|authorization|x-api-key|client[_-]?secret)[\"']?\s*[:=]\s*[\"']?)"
+            r"[^\s\"'`,;&}]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    # OpenAI-style keys (sk-..., sk-proj-...), and other vendors' prefixed keys.
+    (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{6,}"), REDACTED),
+    (re.compile(r"\b(?:xox[abprs]|ghp|gho|ghs|github_pat|glpat|hf)_[A-Za-z0-9_\-]{8,}"), REDACTED),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
+    # JSON web tokens.
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
+    # Long hex strings, and long base64 or base64url runs mixing letters and digits.
+    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), REDACTED),
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9+/_\-])(?=[A-Za-z0-9+/_\-]*[0-9])(?=[A-Za-z0-9+/_\-]*[A-Za-z])"
+            r"[A-Za-z0-9+/_\-]{32,}={0,2}"
+        ),
+        REDACTED,
+    ),
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\s]+")
+_MIN_SECRET_CHARS = 4
+"""Shorter configured secrets are not searched for (they would match ordinary words)."""
+
+
+def redact_secrets(
+    text: str,
+    secrets: Iterable[str | None] = (),
+    *,
+    max_chars: int = MAX_PROVIDER_MESSAGE_CHARS,
+) -> str:
+    """``text`` made safe to store and show: secrets replaced, control characters gone, cut.
+
+    Replaces each of ``secrets`` verbatim (the configured API key, the request's
+    ``Authorization`` value), then anything that looks like a credential: ``Bearer``/``Basic``
+    values, ``api_key=``/``"token": ...`` values, ``sk-...`` and other vendors' prefixed keys,
+    JSON web tokens, hex strings of 32+ characters and base64 runs of 32+ characters, each with
+    ``[redacted]``. Runs of whitespace and control characters (NUL included) become one space.
+    The result is cut to ``max_chars`` characters (ending ``...``) after redaction, so a cut
+    never leaves half a secret behind.
+
+    Args:
+        text: a provider's error text (any length).
+        secrets: exact strings to remove; ``None`` and strings under 4 characters are skipped.
+        max_chars: longest result in characters (at least 3).
+
+    Returns:
+        The redacted, single-line text of at most ``max_chars`` characters.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS}, key=len)[::-1]:
+        text = text.replace(secret, REDACTED)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    text = _CONTROL.sub(" ", text).strip()
+    if len(text) > max_chars:
+        text = text[: max(max_chars - 3, 0)].rstrip() + "..."
+    return text
 
 
 def prompt_tokens(messages: list[ChatMessage]) -> int:

@@ -89,7 +89,7 @@ class OpenAICompatibleProvider:
                 timeout=spec.attempt_timeout_s,
             )
         except openai.OpenAIError as exc:
-            raise map_openai_error(exc) from exc
+            raise map_openai_error(exc) from None  # the SDK error's text is not redacted
         # The SDK builds responses without strict validation, so a non-conforming server can
         # leave fields unset or of the wrong type: check what we use.
         choices = getattr(response, "choices", None)

@@ -26,6 +26,12 @@ Mapping of ``openai`` exceptions (``openai`` 3.x, whose HTTP layer is ``httpx2``
 409 is retryable because OpenAI uses it for transient lock conflicts and the SDK itself retries
 408, 409 and 429; Temporal's retry policy takes that role here. Retry-After (``retry-after-ms`` in
 milliseconds, ``retry-after`` in seconds or as an HTTP date) is honoured on 429 and 5xx answers.
+
+Secrets: the SDK's message quotes the endpoint's error body, which may echo the API key. The
+domain error's message is redacted and cut (:func:`infra.providers.base.redact_secrets`, with
+the request's own credential headers as known secrets). The SDK exception is redacted in place
+too, because callers chain it (``raise ... from exc``) and Temporal serializes the whole cause
+chain, messages included, into history.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from core.errors import (
     ModelRequestRejectedError,
     ModelUnavailableError,
 )
+from infra.providers.base import redact_secrets
 
 _RETRYABLE_4XX = frozenset({408, 409})
 """4xx statuses that mean "try again": request timeout and (transient) conflict."""
@@ -89,10 +96,55 @@ def parse_retry_after(
     return max(float(when) - current, 0.0)
 
 
+_CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "openai-organization")
+"""Request headers whose values count as secrets when redacting an error."""
+
+
+def _request_secrets(exc: openai.OpenAIError) -> list[str]:
+    """The credentials the failed request carried (header values, and a Bearer's token)."""
+    request = getattr(exc, "request", None)
+    headers = getattr(request, "headers", None)
+    found: list[str] = []
+    if headers is None:
+        return found
+    for name in _CREDENTIAL_HEADERS:
+        try:
+            value = headers.get(name)
+        except Exception:  # a malformed header object must not stop the translation
+            continue
+        if isinstance(value, str) and value:
+            found.append(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() in ("bearer", "basic"):
+                found.append(token.strip())
+    return found
+
+
+def redact_sdk_error(exc: openai.OpenAIError, secrets: list[str] | None = None) -> str:
+    """Redact ``exc`` in place and return its safe text.
+
+    Args:
+        exc: an exception raised by the ``openai`` SDK.
+        secrets: known secrets to remove besides the request's credential headers.
+
+    Returns:
+        The exception's text with secrets replaced and cut to
+        :data:`infra.providers.base.MAX_PROVIDER_MESSAGE_CHARS`; ``exc.args`` (and
+        ``exc.message``, ``exc.body`` where present) now carry only that text.
+    """
+    safe = redact_secrets(str(exc), [*_request_secrets(exc), *(secrets or [])])
+    exc.args = (safe,)
+    if hasattr(exc, "message"):
+        exc.message = safe
+    if hasattr(exc, "body"):
+        exc.body = None
+    return safe
+
+
 def _describe(exc: openai.OpenAIError) -> str:
     status = getattr(exc, "status_code", None)
     prefix = f"model endpoint answered {status}" if isinstance(status, int) else "model call failed"
-    return f"{prefix}: {type(exc).__name__}: {exc}"
+    return f"{prefix}: {type(exc).__name__}: {redact_sdk_error(exc)}"
 
 
 def map_openai_error(exc: openai.OpenAIError) -> ModelError:
@@ -106,7 +158,8 @@ def map_openai_error(exc: openai.OpenAIError) -> ModelError:
     Returns:
         A :class:`core.errors.ModelError` subclass whose ``retryable`` flag says whether the same
         call may succeed later; ``retry_after_s`` (seconds) is set when a 429 or 5xx answer carried
-        a Retry-After header.
+        a Retry-After header. Its message holds the SDK's text redacted (no key, no credential
+        header value) and cut to 300 characters; ``exc`` itself is redacted the same way.
     """
     message = _describe(exc)
     # Order matters: APIResponseValidationError carries a status code but the request succeeded;
