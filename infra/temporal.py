@@ -4,7 +4,21 @@
 the pydantic data converter with external storage of large payloads (on the job database), the
 OpenTelemetry plugin, the workflow sandbox's passthrough modules, the workflows and, on a worker,
 the activities. The API's client, the worker, the Replayer in the tests and the benchmarks all use
-it, so a history written by one can be read by the others.
+it, so a history written by one can be read by the others. With payload encryption on it also
+carries the codec.
+
+**Encryption and external storage.** With ``AGENTFLOW_PAYLOAD_ENCRYPTION_KEYS`` set, the converter
+also carries :class:`infra.codec.EncryptionCodec`. The SDK (``DataConverter.encode`` and
+``_transform_outbound_payload(s)`` in temporalio 1.35) applies, on the way out: payload converter
+-> **codec** -> ``ExternalStorage`` (payloads over the threshold go to the job database and leave
+a reference) -> codec on references (off in this SDK release); on the way in the reverse:
+references resolved -> ``ExternalStorage`` retrieves -> **codec** decodes -> payload converter. So
+the ``payloads`` table stores ciphertext, like history; only the small reference (driver name and
+SHA-256 of the ciphertext) stays in the clear. The size threshold applies to the encrypted
+payload (about 85 bytes larger). With the codec, failures use Temporal's
+``DefaultFailureConverterWithEncodedAttributes``: messages and stack traces move into an
+encoded (so encrypted) payload and history shows "Encoded failure"; error types stay in the
+clear, and clients, workers and the Replayer with the plugin restore the messages.
 
 Connection settings come from :mod:`temporalio.envconfig` (``TEMPORAL_ADDRESS``,
 ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE`` and the
@@ -25,9 +39,11 @@ from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
     CompositePayloadConverter,
     DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
     DefaultPayloadConverter,
     ExternalStorage,
     JSONPlainPayloadConverter,
+    PayloadCodec,
     StorageDriver,
 )
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
@@ -113,15 +129,28 @@ class SharedPydanticPayloadConverter(CompositePayloadConverter):
 
 
 def data_converter(
-    payload_driver: StorageDriver | None = None, *, payload_threshold_bytes: int = 32 * 1024
+    payload_driver: StorageDriver | None = None,
+    *,
+    payload_threshold_bytes: int = 32 * 1024,
+    payload_codec: PayloadCodec | None = None,
 ) -> DataConverter:
     """The pydantic data converter, storing payloads over the threshold through the driver.
 
     Args:
         payload_driver: where large payloads go; ``None`` keeps every payload inline.
-        payload_threshold_bytes: payloads of at least this many bytes are stored externally.
+        payload_threshold_bytes: payloads of at least this many bytes (after the codec) are
+            stored externally.
+        payload_codec: applied to every payload before external storage (and undone after
+            retrieval), e.g. :class:`infra.codec.EncryptionCodec`; with a codec, failure messages
+            and stack traces are encoded too. ``None``: payloads as the converter makes them.
     """
     converter = DataConverter(payload_converter_class=SharedPydanticPayloadConverter)
+    if payload_codec is not None:
+        converter = dataclasses.replace(
+            converter,
+            payload_codec=payload_codec,
+            failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        )
     if payload_driver is None:
         return converter
     storage = ExternalStorage(
@@ -141,6 +170,9 @@ class AgentflowPlugin(SimplePlugin):
     Args:
         payload_driver: external storage for large payloads (``None``: all inline).
         payload_threshold_bytes: size from which payloads are stored externally.
+        payload_codec: codec for every payload, before external storage (``None``: none); see
+            :func:`data_converter`. Every client, worker and replayer of a namespace needs the
+            same keys.
         activities: activity callables to register on workers (``AgentActivities.all()``).
         sandboxed: run workflows in the sandbox (default) or not (see :func:`workflow_runner`).
         tracing: add Temporal's ``OpenTelemetryPlugin`` (spans for every workflow, activity and
@@ -154,6 +186,7 @@ class AgentflowPlugin(SimplePlugin):
         *,
         payload_driver: StorageDriver | None = None,
         payload_threshold_bytes: int = 32 * 1024,
+        payload_codec: PayloadCodec | None = None,
         activities: Sequence[Callable[..., Any]] | None = None,
         sandboxed: bool = True,
         tracing: bool = True,
@@ -165,7 +198,9 @@ class AgentflowPlugin(SimplePlugin):
         super().__init__(
             "agentflow.AgentflowPlugin",
             data_converter=data_converter(
-                payload_driver, payload_threshold_bytes=payload_threshold_bytes
+                payload_driver,
+                payload_threshold_bytes=payload_threshold_bytes,
+                payload_codec=payload_codec,
             ),
             activities=list(activities) if activities else None,
             workflows=[AgentWorkflow],
@@ -230,15 +265,23 @@ def plugin_from_settings(
     """The plugin the settings describe, storing large payloads through ``engine``.
 
     Args:
-        settings: ``large_payload_threshold_bytes`` and ``workflow_sandbox``.
+        settings: ``large_payload_threshold_bytes``, ``workflow_sandbox``, ``tracing_enabled``
+            and the payload encryption keys (``payload_encryption_keys``,
+            ``payload_encryption_key_id``).
         engine: the job database's SQLAlchemy engine (payloads live beside job records).
         activities: activity callables, for a worker.
+
+    Raises:
+        ValueError: the encryption settings are invalid (the message names the setting; see
+            :func:`infra.codec.codec_from_settings`).
     """
+    from infra.codec import codec_from_settings
     from infra.payloads import DatabasePayloadDriver
 
     return AgentflowPlugin(
         payload_driver=DatabasePayloadDriver(engine),
         payload_threshold_bytes=settings.large_payload_threshold_bytes,
+        payload_codec=codec_from_settings(settings),
         activities=activities,
         sandboxed=settings.workflow_sandbox,
         tracing=settings.tracing_enabled,
