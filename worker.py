@@ -26,6 +26,7 @@ from infra.cache import RedisCache
 from infra.db import create_tables, make_engine
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry
+from infra.quotas import Quotas
 from infra.temporal import connect, plugin_from_settings, temporal_target
 from infra.tools import builtin_registry
 
@@ -33,9 +34,14 @@ log = logging.getLogger("agentflow.worker")
 
 
 def build_activities(
-    settings: Settings, store: JobStore
+    settings: Settings, store: JobStore, quotas: Quotas | None = None
 ) -> tuple[AgentActivities, RedisCache, ProviderRegistry]:
     """Wire the activities with their clients (no network I/O yet).
+
+    Args:
+        settings: configuration.
+        store: job records.
+        quotas: where budgets are settled as jobs end (the caller closes it).
 
     Returns:
         The activities plus the cache and provider registry, which the caller must close.
@@ -55,6 +61,7 @@ def build_activities(
         store=store,
         response_cache_ttl_s=settings.response_cache_ttl_s,
         planner_timeout_s=settings.planner_timeout_s,
+        quotas=quotas,
     )
     return activities, cache, providers
 
@@ -79,7 +86,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         engine = make_engine(settings.database_url)
         stack.callback(engine.dispose)
         create_tables(engine)
-        activities, cache, providers = build_activities(settings, JobStore(engine))
+        quotas = Quotas.from_settings(settings)
+        stack.push_async_callback(quotas.aclose)
+        activities, cache, providers = build_activities(settings, JobStore(engine), quotas)
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(providers.aclose)
         plugin = plugin_from_settings(settings, engine, activities=activities.all())

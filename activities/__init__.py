@@ -20,6 +20,7 @@ from core.tools import ToolRegistry
 from infra.cache import RedisCache
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry
+from infra.quotas import Quotas
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class AgentActivities:
         store: JobStore,
         response_cache_ttl_s: int = 3600,
         planner_timeout_s: float = 8.0,
+        quotas: Quotas | None = None,
     ) -> AgentActivities:
         """Wire the three groups to the given clients (no I/O).
 
@@ -52,6 +54,7 @@ class AgentActivities:
             store: job records.
             response_cache_ttl_s: TTL of cached final answers, in seconds.
             planner_timeout_s: budget of the model planner before the rules plan, in seconds.
+            quotas: where job budgets are settled when jobs end (``None``: not settled).
         """
         return cls(
             stages=StageActivities(
@@ -62,6 +65,7 @@ class AgentActivities:
                 store=store,
                 response_cache_ttl_s=response_cache_ttl_s,
                 planner_timeout_s=planner_timeout_s,
+                quotas=quotas,
             ),
             model=ModelActivities(catalog=catalog, providers=providers),
             tools=ToolActivities(tools=tools, cache=cache),

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 
+from redis.exceptions import RedisError
 from temporalio import activity
 
 from activities.compression import compress_context
@@ -33,6 +34,7 @@ from activities.selection import select_model
 from core.catalog import ModelCatalog
 from core.errors import AgentflowError, BlobNotFoundError
 from core.models import (
+    BudgetReservation,
     CachedResponse,
     CheckResponseCacheResult,
     CompressContextInput,
@@ -61,6 +63,7 @@ from infra.cache import RedisCache, response_cache_key
 from infra.jobs import JobStore
 from infra.payloads import read_legacy_blob
 from infra.providers import ProviderRegistry
+from infra.quotas import Quotas
 from infra.usage import usage_of
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,9 @@ class StageActivities:
         store: JobStore,
         response_cache_ttl_s: int = 3600,
         planner_timeout_s: float = 8.0,
+        quotas: Quotas | None = None,
     ) -> None:
+        self.quotas = quotas
         self.catalog = catalog
         self.providers = providers
         self.tools = tools
@@ -290,6 +295,24 @@ class StageActivities:
 
     # ------------------------------------------------------------------ record
 
+    async def _settle(self, reservation: BudgetReservation, actual_usd: float) -> None:
+        """Replace the job's budget reservation with its real cost (once per job).
+
+        Redis down: the estimate stays charged (an over-count, never an under-count); logged.
+        """
+        if self.quotas is None:
+            return
+        try:
+            await self.quotas.settle(reservation, actual_usd)
+        except (RedisError, OSError) as exc:
+            activity.logger.warning(
+                "budget of job %s not settled (Redis unreachable: %s); its estimate of %.4f USD "
+                "stays charged",
+                reservation.job_id,
+                type(exc).__name__,
+                reservation.estimate_usd,
+            )
+
     @activity.defn(name="record_job")
     async def record_job(self, inp: RecordJobInput) -> None:
         """Write the job's projection; when it completed with a fresh answer, cache the answer.
@@ -310,10 +333,13 @@ class StageActivities:
                     created_at=inp.created_at,
                     idempotency_key=inp.idempotency_key,
                     request_hash=inp.request_hash,
+                    owner=inp.owner,
                 )
             )
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
+        if inp.budget is not None and result.status.is_terminal:
+            await self._settle(inp.budget, result.total_cost_usd)
         if (
             result.status is JobStatus.COMPLETED
             and inp.response_cache_key

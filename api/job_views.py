@@ -61,11 +61,17 @@ MEMO_SUBMISSION = "submission"
 MEMO_QUERY = "query"
 """Workflow memo field: the query's first 200 characters, for jobs no worker can describe."""
 
+MEMO_OWNER = "owner"
+"""Workflow memo field: key id of the API key that submitted the job."""
 
-def running(state: AppState, job_id: str, query: str, created_at: datetime) -> JobPublic:
+
+def running(
+    state: AppState, job_id: str, query: str, created_at: datetime, owner: str | None
+) -> JobPublic:
     """The view of a job known only to have started (no progress or record to read)."""
     return JobPublic(
         job_id=job_id,
+        owner=owner,
         workflow_id=workflow_id_for(job_id),
         status=JobStatus.RUNNING,
         query=query,
@@ -87,6 +93,7 @@ def from_record(state: AppState, record: JobRecord) -> JobPublic:
     terminal = JobStatus(record.status).is_terminal
     return JobPublic(
         job_id=record.job_id,
+        owner=record.owner,
         workflow_id=record.workflow_id,
         status=JobStatus(record.status),
         query=record.query,
@@ -111,6 +118,7 @@ def from_progress(
     selection = progress.selection
     return JobPublic(
         job_id=job_id,
+        owner=progress.owner or (record.owner if record else None),
         workflow_id=workflow_id_for(job_id),
         status=progress.status,
         query=progress.query or (record.query if record else ""),
@@ -202,8 +210,15 @@ async def _without_progress(
     if record is not None:
         public = from_record(state, record)
     else:
-        query = str((await desc.memo()).get(MEMO_QUERY, ""))
-        public = running(state, job_id, query, desc.start_time or datetime.now(UTC))
+        memo = await desc.memo()
+        owner = memo.get(MEMO_OWNER)
+        public = running(
+            state,
+            job_id,
+            str(memo.get(MEMO_QUERY, "")),
+            desc.start_time or datetime.now(UTC),
+            owner if isinstance(owner, str) else None,
+        )
     if desc.status is not None and desc.status in CLOSED_STATUS:
         public.status = CLOSED_STATUS[desc.status]
         public.warning = f"workflow closed as {desc.status.name} without recording its outcome"

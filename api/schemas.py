@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from core.models import (
     AgentProgress,
     AgentRequest,
     AgentResult,
     ApprovalDecision,
+    ClientText,
     ContextItem,
     ContextItemCreate,
     JobStatus,
@@ -35,8 +36,21 @@ class JobCreate(RequestBase):
         return AgentRequest(**data, context=context)
 
 
-ApprovalCreate = ApprovalDecision
-"""Body of ``POST /v1/jobs/{job_id}/approval``."""
+class ApprovalCreate(BaseModel):
+    """Body of ``POST /v1/jobs/{job_id}/approval``.
+
+    The reviewer is the calling API key (:attr:`core.auth.Principal.identity`), never a body
+    field: a body naming ``reviewer`` is refused (422).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    approved: StrictBool
+    comment: ClientText | None = Field(default=None, max_length=2000)
+
+    def decision(self, reviewer: str) -> ApprovalDecision:
+        """The durable decision the workflow's ``decide`` update takes."""
+        return ApprovalDecision(approved=self.approved, reviewer=reviewer, comment=self.comment)
 
 
 class JobLinks(BaseModel):
@@ -63,6 +77,8 @@ class JobPublic(BaseModel):
     """
 
     job_id: str
+    owner: str | None = None
+    """Key id of the API key that submitted the job."""
     workflow_id: str
     status: JobStatus
     query: str

@@ -14,6 +14,8 @@ from core.settings import Settings
 from core.tools import ToolRegistry
 from infra.cache import RedisCache
 from infra.jobs import JobStore
+from infra.keys import KeyStore
+from infra.quotas import Quotas
 from infra.temporal import AgentflowPlugin, connect, temporal_target
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,10 @@ class TemporalGateway:
 
 @dataclass
 class AppState:
-    """Everything the routes share: settings, store, cache, registry, catalog and Temporal."""
+    """Everything the routes share.
+
+    Settings, store, cache, tool registry, catalog, Temporal, API keys and the per-key quotas.
+    """
 
     settings: Settings
     store: JobStore
@@ -64,3 +69,5 @@ class AppState:
     tools: ToolRegistry
     catalog: ModelCatalog
     temporal: TemporalGateway
+    keys: KeyStore
+    quotas: Quotas

@@ -1,7 +1,14 @@
 """``agentflow dev``: the whole stack as child processes, for a newcomer's first run.
 
-Started in order: a Temporal dev server, Redis, the example SQLite database, the worker and the
-API. Each child runs in its own session (``start_new_session=True``), so a Ctrl-C in the terminal
+Started in order: a Temporal dev server, Redis, the example SQLite database, the example site
+(``examples/site/``, served with Python's ``http.server`` on 127.0.0.1:8088, the address the
+``http_get`` lines of ``examples/requests.jsonl`` fetch), the worker and the API. The worker and
+the API get that one ``host:port`` allowlisted for ``http_get`` (``AGENTFLOW_HTTP_ALLOWED_HOSTS``)
+and 127.0.0.1/32 opened (``AGENTFLOW_HTTP_ALLOWED_NETWORKS``), added to what the environment
+already allows: the API's own port stays unreachable for ``http_get``. A port that is taken
+(the API's, the example site's) stops the start with a message naming it.
+
+Each child runs in its own session (``start_new_session=True``), so a Ctrl-C in the terminal
 reaches only this process, which then stops the children itself in reverse order (terminate,
 wait, kill after a timeout). Their output goes to log files under ``<data_dir>/logs/``; when one
 dies early, the tail of its log is shown.
@@ -14,6 +21,7 @@ Servers that already run are reused rather than duplicated: the Temporal server 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -37,9 +45,16 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from core.auth import Scope
 from core.settings import PROJECT_ROOT, Settings
+from infra.db import make_engine
+from infra.keys import KeyStore
 from infra.tools import ensure_example_database
 
+EXAMPLE_SITE_DIR = PROJECT_ROOT / "examples" / "site"
+"""The static example site the ``http_get`` example requests fetch."""
+EXAMPLE_SITE_PORT = 8088
+"""Port the example site is served on (127.0.0.1); ``examples/requests.jsonl`` names it."""
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 """The conventional local Redis, reused when it answers."""
 TEMPORAL_START_TIMEOUT_S = 60.0
@@ -51,6 +66,10 @@ WORKER_POLL_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 """How long a child gets to exit after SIGTERM before it is killed, in seconds."""
 LOG_TAIL_LINES = 30
+
+DEV_KEY_NAME = "agentflow dev"
+"""Name of the API key each ``agentflow dev`` makes for its session (the previous one is
+revoked)."""
 """Lines of a dead child's log shown in the error."""
 
 
@@ -241,6 +260,8 @@ class DevStack:
         temporal_port: gRPC port for a Temporal dev server started here.
         ui_port: Web UI port for a Temporal dev server started here.
         api_port: port the API listens on (127.0.0.1).
+        site_port: port the example site is served on (127.0.0.1); the example requests fetch
+            :data:`EXAMPLE_SITE_PORT`.
         console: where progress is printed.
     """
 
@@ -248,6 +269,7 @@ class DevStack:
     temporal_port: int = 7233
     ui_port: int = 8233
     api_port: int = 8000
+    site_port: int = EXAMPLE_SITE_PORT
     console: Console = field(default_factory=Console)
     children: list[ChildProcess] = field(default_factory=list)
     temporal_address: str = ""
@@ -255,6 +277,8 @@ class DevStack:
     redis_url: str = ""
     database_url: str = ""
     sql_database_path: Path = field(default_factory=Path)
+    api_key: str | None = field(default=None, repr=False)
+    """The key made for this run (``None`` with authentication off)."""
 
     @property
     def data_dir(self) -> Path:
@@ -270,6 +294,11 @@ class DevStack:
     def api_url(self) -> str:
         """Base URL of the API."""
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def site_url(self) -> str:
+        """Base URL of the example site."""
+        return f"http://127.0.0.1:{self.site_port}"
 
     def __enter__(self) -> DevStack:
         return self
@@ -294,10 +323,18 @@ class DevStack:
                 f"port {self.api_port} is already in use (another `agentflow dev`?); "
                 "stop it or choose another port with --api-port"
             )
+        if port_in_use(self.site_port):
+            raise DevStackError(
+                f"port {self.site_port} (the example site that the http_get lines of "
+                "examples/requests.jsonl fetch) is already in use (another `agentflow dev`?); "
+                "stop what listens there or choose another with --site-port"
+            )
         self._start_temporal()
         self._start_redis()
         self._build_database()
+        self._start_example_site()
         self._start_worker_and_api()
+        self._example_key()
 
     def _step(self, message: str) -> float:
         self.console.print(f"[bold]•[/] {message}")
@@ -339,10 +376,16 @@ class DevStack:
             )
         binary = find_temporal()
         started = self._step(f"Starting the Temporal dev server on {address} (UI {ui_url})")
+        # With payloads encrypted, the Web UI decodes them through the API's codec endpoint.
+        codec = (
+            ["--ui-codec-endpoint", f"{self.api_url}/codec"]
+            if self.settings.payload_encryption_keys
+            else []
+        )
         child = self._spawn(
             "temporal",
             [
-                binary, "server", "start-dev",
+                binary, "server", "start-dev", *codec,
                 "--ip", "127.0.0.1",
                 "--port", str(self.temporal_port),
                 "--ui-port", str(self.ui_port),
@@ -410,14 +453,66 @@ class DevStack:
         self.sql_database_path = path
         self._done(f"example shop database for sql_query at {path}")
 
+    def _start_example_site(self) -> None:
+        """Serve ``examples/site/`` on 127.0.0.1:``site_port`` with Python's ``http.server``."""
+        started = self._step(f"Serving the example site on {self.site_url}")
+        child = self._spawn(
+            "site",
+            [
+                sys.executable, "-m", "http.server", str(self.site_port),
+                "--bind", "127.0.0.1",
+                "--directory", str(EXAMPLE_SITE_DIR),
+            ],
+        )  # fmt: skip
+        self._wait(
+            lambda: port_in_use(self.site_port),
+            [child],
+            SERVICE_START_TIMEOUT_S,
+            f"the example site did not answer on {self.site_url}",
+        )
+        self._done(f"example site for http_get at {self.site_url}", started)
+
+    def _example_key(self) -> None:
+        """Make the API key the example run uses, or say loudly that there is none to make.
+
+        A new key replaces the one an earlier ``agentflow dev`` made (secrets are shown once,
+        so an old one cannot be reused); other keys are left alone.
+        """
+        if self.settings.auth_disabled:
+            self.console.print(
+                "[bold white on red] AUTHENTICATION IS OFF [/] [red]AGENTFLOW_AUTH_DISABLED is "
+                "set: anyone who can reach the API is an admin. For local development only.[/]"
+            )
+            return
+        engine = make_engine(self.database_url)
+        try:
+            pepper = self.settings.api_key_pepper
+            keys = KeyStore(engine, pepper=pepper.get_secret_value() if pepper else None)
+            for old in keys.list_keys():
+                if old.name == DEV_KEY_NAME:
+                    keys.revoke(old.key_id)
+            created = keys.create(DEV_KEY_NAME, [Scope.SUBMIT, Scope.READ, Scope.APPROVE])
+        finally:
+            engine.dispose()
+        self.api_key = created.secret
+        self._done(
+            f"API key for this session ({created.key_id}: submit, read, approve); use it as "
+            f"'Authorization: Bearer <key>' or AGENTFLOW_API_KEY:\n    {created.secret}"
+        )
+
     def _child_env(self) -> dict[str, str]:
         if "database_url" in self.settings.model_fields_set:
             self.database_url = self.settings.database_url
         else:
             self.database_url = f"sqlite:///{self.data_dir / 'agentflow.db'}"
+        # http_get may fetch the example site, and only it, on top of what the environment allows.
+        hosts = [*self.settings.http_allowed_hosts, f"127.0.0.1:{self.site_port}"]
+        networks = [*self.settings.http_allowed_networks, "127.0.0.1/32"]
         env = dict(os.environ)
         env.update(
             {
+                "AGENTFLOW_HTTP_ALLOWED_HOSTS": json.dumps(list(dict.fromkeys(hosts))),
+                "AGENTFLOW_HTTP_ALLOWED_NETWORKS": json.dumps(list(dict.fromkeys(networks))),
                 "TEMPORAL_ADDRESS": self.temporal_address,
                 "REDIS_URL": self.redis_url,
                 "DATABASE_URL": self.database_url,

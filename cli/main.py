@@ -6,7 +6,8 @@ Commands:
   running a requests file against them (see :mod:`cli.devstack`);
 * ``agentflow run FILE``: submit a JSONL file of requests to a running API and summarize
   (see :mod:`cli.runner`);
-* ``agentflow worker`` and ``agentflow api``: one piece each, configured from the environment.
+* ``agentflow worker`` and ``agentflow api``: one piece each, configured from the environment;
+* ``agentflow keys create|list|revoke``: API keys (see :mod:`cli.keys`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.devstack import DevStack, DevStackError
+from cli.keys import keys_app
 from cli.runner import RunOptions, run_file
 from core.settings import get_settings
 
@@ -33,6 +35,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals would print settings, API keys included
 )
 console = Console()
+app.add_typer(keys_app)
 
 ApproveOpt = Annotated[
     bool,
@@ -45,7 +48,16 @@ ApproveOpt = Annotated[
 ConcurrencyOpt = Annotated[
     int, typer.Option("--concurrency", min=1, max=1000, help="Most requests in flight at once.")
 ]
-ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Reviewer name sent with approvals.")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="AGENTFLOW_API_KEY",
+        show_envvar=True,
+        help="API key for the agentflow API (needs submit, read and approve); it is the "
+        "reviewer of the approvals sent.",
+    ),
+]
 TimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=1, help="Seconds each request may take to reach an end."),
@@ -94,6 +106,14 @@ def dev(
     ] = 7233,
     ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the Temporal Web UI.")] = 8233,
     api_port: Annotated[int, typer.Option("--api-port", help="Port of the REST API.")] = 8000,
+    site_port: Annotated[
+        int,
+        typer.Option(
+            "--site-port",
+            help="Port of the example site that the http_get example requests fetch "
+            "(examples/requests.jsonl names 8088).",
+        ),
+    ] = 8088,
 ) -> None:
     """Start Temporal, Redis, the worker and the API locally; Ctrl-C stops them all.
 
@@ -108,6 +128,7 @@ def dev(
         temporal_port=temporal_port,
         ui_port=ui_port,
         api_port=api_port,
+        site_port=site_port,
         console=console,
     )
     code = 0
@@ -117,7 +138,10 @@ def dev(
             _print_urls(stack)
             if run is not None:
                 options = RunOptions(
-                    api_url=stack.api_url, concurrency=concurrency, approve=approve
+                    api_url=stack.api_url,
+                    concurrency=concurrency,
+                    approve=approve,
+                    api_key=stack.api_key,
                 )
                 code = run_file(run, options, out, console)
                 stack.check()
@@ -166,7 +190,7 @@ def run_command(
     ] = Path("results.jsonl"),
     concurrency: ConcurrencyOpt = 8,
     approve: ApproveOpt = True,
-    reviewer: ReviewerOpt = "agentflow-cli",
+    api_key: ApiKeyOpt = None,
     timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Submit every line of FILE to the API, wait for each job, write results, summarize.
@@ -178,7 +202,7 @@ def run_command(
         api_url=api.rstrip("/"),
         concurrency=concurrency,
         approve=approve,
-        reviewer=reviewer,
+        api_key=api_key,
         timeout_s=timeout,
     )
     raise typer.Exit(run_file(file, options, out, console))

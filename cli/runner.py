@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,14 +99,16 @@ class RunOptions:
         concurrency: most requests in flight at once (submitted and not yet ended).
         approve: answer approvals (per each line's ``expect_approval``); when False, jobs
             waiting for approval are left waiting and reported as AWAITING_APPROVAL.
-        reviewer: reviewer name sent with approvals.
+        api_key: the API key sent as ``Authorization: Bearer`` (it needs the ``submit``,
+            ``read`` and, to answer approvals, ``approve`` scopes; it is the reviewer of the
+            approvals it sends); ``None`` for an API with authentication off.
         timeout_s: per-request limit in seconds from submission to terminal status.
     """
 
     api_url: str = "http://127.0.0.1:8000"
     concurrency: int = 8
     approve: bool = True
-    reviewer: str = "agentflow-cli"
+    api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 600.0
 
 
@@ -311,8 +313,7 @@ class _Runner:
         """
         decision = {
             "approved": request.expect_approval != "reject",
-            "reviewer": self.options.reviewer,
-            "comment": "agentflow run",
+            "comment": f"agentflow run, line {request.line}",
         }
         try:
             response = await self.client.post(f"/v1/jobs/{job_id}/approval", json=decision)
@@ -354,7 +355,10 @@ async def run_batch(
     limits = httpx.Limits(max_connections=max(10, options.concurrency * 2))
     async with (
         httpx.AsyncClient(
-            base_url=options.api_url, timeout=_HTTP_TIMEOUT_S, limits=limits
+            base_url=options.api_url,
+            timeout=_HTTP_TIMEOUT_S,
+            limits=limits,
+            headers={"Authorization": f"Bearer {options.api_key}"} if options.api_key else {},
         ) as client,
     ):
         with progress:

@@ -22,19 +22,31 @@ def workflow_id_for(job_id: str) -> str:
     return f"{WORKFLOW_ID_PREFIX}{job_id}"
 
 
-def job_id_for(idempotency_key: str | None) -> str:
+def scoped_idempotency_key(idempotency_key: str, owner: str | None) -> str:
+    """The idempotency key as stored: ``<owner>/<key>``, so two API keys never share a job.
+
+    ``owner`` ``None`` (submissions before API keys existed) keeps the client's key as it is.
+    """
+    return idempotency_key if owner is None else f"{owner}/{idempotency_key}"
+
+
+def job_id_for(idempotency_key: str | None, owner: str | None = None) -> str:
     """The job id for a submission.
 
     Args:
         idempotency_key: the client's ``Idempotency-Key``, or ``None``.
+        owner: key id of the submitting API key; the same ``Idempotency-Key`` sent by two keys
+            names two jobs.
 
     Returns:
-        ``k`` plus the first 31 hex digits of the key's SHA-256 when a key is given (the same key
-        always names the same job), else a random UUID's 32 hex digits.
+        ``k`` plus the first 31 hex digits of the SHA-256 of the scoped key
+        (:func:`scoped_idempotency_key`) when a key is given (the same key always names the same
+        job), else a random UUID's 32 hex digits.
     """
     if idempotency_key is None:
         return uuid.uuid4().hex
-    return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:31]
+    scoped = scoped_idempotency_key(idempotency_key, owner)
+    return "k" + hashlib.sha256(scoped.encode()).hexdigest()[:31]
 
 
 def request_hash(request: AgentRequest) -> str:

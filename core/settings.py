@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -109,8 +109,15 @@ class Settings(BaseSettings):
     default_max_context_tokens: int = Field(default=4000, gt=0)
     """Token budget for context when a request names none."""
 
-    http_allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
-    """Hosts the ``http_get`` tool may fetch from (exact host names; JSON list in the env)."""
+    http_allowed_hosts: list[str] = Field(default_factory=list)
+    """``host:port`` entries the ``http_get`` tool may fetch from (JSON list in the env, e.g.
+    ``["docs.python.org:443"]``); a bare host means ports 80 and 443. Empty: ``http_get`` refuses
+    every URL."""
+    http_allowed_networks: list[str] = Field(default_factory=list)
+    """CIDRs of non-public addresses ``http_get`` may still connect to when the host is
+    allowlisted (e.g. ``["127.0.0.1/32"]`` for a local docs server). Loopback, private,
+    link-local, multicast and cloud-metadata addresses are refused unless listed here; metadata
+    addresses are refused always."""
     http_max_bytes: int = Field(default=256 * 1024, gt=0)
     """Largest body ``http_get`` reads; longer bodies are cut and marked truncated."""
     http_timeout_s: float = Field(default=10.0, gt=0)
@@ -119,6 +126,37 @@ class Settings(BaseSettings):
     """SQLite database the ``sql_query`` tool reads (opened read-only)."""
     sql_max_rows: int = Field(default=200, gt=0)
     """Most rows ``sql_query`` returns."""
+    sql_max_result_bytes: int = Field(default=256 * 1024, gt=0)
+    """Most bytes of cell data one ``sql_query`` result may hold; the result is cut (and marked
+    truncated) at this size."""
+    sql_max_cell_bytes: int = Field(default=16 * 1024, gt=0)
+    """Largest string or blob SQLite may build while running a ``sql_query`` statement (its
+    ``SQLITE_LIMIT_LENGTH``); a statement that builds a bigger value fails with a clear error."""
+
+    auth_disabled: bool = False
+    """Switch API-key authentication off. For local development only: every caller then acts
+    as an ``admin`` key named ``anonymous``, and ``agentflow dev`` says so on every start."""
+    api_key_pepper: SecretStr | None = None
+    """Server secret mixed into the HMAC-SHA256 of every stored API key. Set it in production
+    (keys created under one pepper stop working under another); unset, keys are hashed with
+    SHA-256 alone."""
+    rate_limit_per_minute: int = Field(default=120, ge=1)
+    """Requests per minute one API key may make to submitting routes (keys may carry their own
+    limit); the next one gets 429 with ``Retry-After``."""
+    daily_budget_usd: float = Field(default=5.0, ge=0)
+    """What one API key's jobs may cost per UTC day, in USD (keys may carry their own budget).
+    A submission whose estimated cost does not fit what is left gets 402."""
+
+    payload_encryption_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """AES-256-GCM keys for Temporal payloads, by key id (JSON object in the env:
+    ``{"k1": "<base64 of 32 bytes>"}``). Empty: payloads are stored unencrypted."""
+    payload_encryption_key_id: str | None = None
+    """Which of ``payload_encryption_keys`` encrypts new payloads (the others still decrypt old
+    ones, for rotation); unset with one key configured: that key."""
+    codec_cors_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"]
+    )
+    """Origins allowed to call the codec server endpoints (the Temporal Web UI's address)."""
 
     api_host: str = "127.0.0.1"
     """Address the API binds to."""

@@ -38,6 +38,8 @@ class JobRecord(SQLModel, table=True):
         cost_usd: total model cost in USD; prompt_tokens / completion_tokens: totals over calls.
         idempotency_key: the client's key (UNIQUE; several NULLs allowed).
         request_hash: SHA-256 hex of the canonical request JSON (:func:`core.ids.request_hash`).
+        owner: key id of the API key that submitted the job (:mod:`core.auth`); ``None`` for
+            jobs submitted without one (visible to admin keys only).
         created_at: when the workflow started; updated_at / completed_at: aware UTC datetimes.
         duration_ms: ``completed_at - created_at`` in milliseconds, once terminal.
     """
@@ -59,6 +61,7 @@ class JobRecord(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     idempotency_key: str | None = Field(default=None, unique=True, max_length=256)
     request_hash: str | None = Field(default=None, max_length=64)
+    owner: str | None = Field(default=None, index=True, max_length=32)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -119,16 +122,24 @@ class JobStore:
             return session.exec(statement).first()
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        owner: str | None = None,
     ) -> list[JobRecord]:
-        """Jobs newest first, optionally only those with ``status``.
+        """Jobs newest first, optionally only those with ``status`` or of one owner.
 
         Args:
             status: keep only jobs in this status; ``None`` for all.
             limit: most records returned (>= 0).
             offset: records skipped first (>= 0), for paging.
+            owner: keep only jobs submitted by this key id; ``None`` for every job.
         """
         statement = select(JobRecord)
+        if owner is not None:
+            statement = statement.where(col(JobRecord.owner) == owner)
         if status is not None:
             statement = statement.where(col(JobRecord.status) == status.value)
         statement = (
@@ -148,14 +159,15 @@ class JobStore:
         created_at: datetime | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        owner: str | None = None,
     ) -> JobRecord:
         """Store the projection ``result`` of job ``result.job_id`` (insert or update).
 
         Sets status, ``result_json``, tier (``escalated_to`` when set, else the selected tier),
         cost and token totals over ``result.usage``, ``response_cache_hit``, ``error`` and
         ``updated_at``; once the status is terminal also ``completed_at`` (first time only) and
-        ``duration_ms``. ``request``, ``created_at``, ``idempotency_key`` and ``request_hash``
-        are written when given (the workflow sends them with its first projection).
+        ``duration_ms``. ``request``, ``created_at``, ``idempotency_key``, ``request_hash`` and
+        ``owner`` are written when given (the workflow sends them with its first projection).
 
         A projection whose ``revision`` is lower than the stored one changes nothing, and so does
         one equal to what is stored: a retried or late write never moves a job backwards.
@@ -167,6 +179,7 @@ class JobStore:
             created_at: when the job started (the workflow's start time), aware.
             idempotency_key: the client's key, if any.
             request_hash: :func:`core.ids.request_hash` of ``request``.
+            owner: key id of the submitting API key.
 
         Returns:
             The stored record.
@@ -174,12 +187,12 @@ class JobStore:
         with translate_errors():
             try:
                 return self._record_once(
-                    result, revision, request, created_at, idempotency_key, request_hash
+                    result, revision, request, created_at, idempotency_key, request_hash, owner
                 )
             except IntegrityError:
                 # Two writers raced to insert the same job; the row exists now.
                 return self._record_once(
-                    result, revision, request, created_at, idempotency_key, request_hash
+                    result, revision, request, created_at, idempotency_key, request_hash, owner
                 )
 
     def _record_once(
@@ -190,6 +203,7 @@ class JobStore:
         created_at: datetime | None,
         idempotency_key: str | None,
         request_hash: str | None,
+        owner: str | None,
     ) -> JobRecord:
         result_json = result.model_dump_json()
         status = result.status
@@ -222,6 +236,8 @@ class JobStore:
                 record.idempotency_key = idempotency_key
             if request_hash is not None:
                 record.request_hash = request_hash
+            if owner is not None:
+                record.owner = owner
             tier = result.escalated_to or (result.selection.tier if result.selection else None)
             record.revision = revision
             record.status = status.value

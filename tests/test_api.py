@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from core.auth import ANONYMOUS_KEY_ID
 from core.catalog import ModelSpec
 from core.ids import job_id_for
 from core.settings import Settings
@@ -54,6 +55,8 @@ def api_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Se
         max_request_bytes=256_000,
         max_job_input_bytes=200_000,
         large_payload_threshold_bytes=8 * 1024,
+        # Job behaviour is tested as the anonymous admin; tests/test_auth.py covers API keys.
+        auth_disabled=True,
     )
 
 
@@ -217,8 +220,12 @@ def q(text: str) -> str:
     return f"{text} ({uuid.uuid4().hex[:6]})"
 
 
-def approve(reviewer: str, approved: bool = True) -> dict[str, Any]:
-    return {"approved": approved, "reviewer": reviewer}
+ANONYMOUS = "anonymous (anonymous)"
+"""The reviewer of every decision while authentication is off (the key's identity)."""
+
+
+def approve(comment: str, approved: bool = True) -> dict[str, Any]:
+    return {"approved": approved, "comment": comment}
 
 
 # ---------------------------------------------------------------------------------- jobs
@@ -319,7 +326,7 @@ async def test_idempotency_key_returns_the_same_job(
     second = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == second.status_code == 202, (first.text, second.text)
     job_id = first.json()["job_id"]
-    assert job_id == second.json()["job_id"] == job_id_for(key)
+    assert job_id == second.json()["job_id"] == job_id_for(key, ANONYMOUS_KEY_ID)
     assert "Idempotent-Replayed" not in first.headers
     assert second.headers.get("Idempotent-Replayed") == "true"
 
@@ -355,11 +362,11 @@ async def test_concurrent_submissions_with_one_key_start_one_workflow(
         *(http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key}) for _ in range(4))
     )
     assert [r.status_code for r in answers] == [202] * 4, [r.text for r in answers]
-    assert {r.json()["job_id"] for r in answers} == {job_id_for(key)}
+    assert {r.json()["job_id"] for r in answers} == {job_id_for(key, ANONYMOUS_KEY_ID)}
     replayed = [r.headers.get("Idempotent-Replayed") for r in answers]
     assert replayed.count("true") == 3 and replayed.count(None) == 1, replayed
 
-    job_id = job_id_for(key)
+    job_id = job_id_for(key, ANONYMOUS_KEY_ID)
     assert (await wait_terminal(http, job_id))["status"] == "COMPLETED"
     assert len(await closed_runs(temporal, f"agent-{job_id}")) == 1
 
@@ -389,10 +396,15 @@ async def test_approval_flow_and_409(http: httpx.AsyncClient) -> None:
 
     ok = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("ana"))
     assert ok.status_code == 200, ok.text
-    assert ok.json() == {"job_id": job_id, "approved": True, "reviewer": "ana", "status": "RUNNING"}
+    assert ok.json() == {
+        "job_id": job_id,
+        "approved": True,
+        "reviewer": ANONYMOUS,
+        "status": "RUNNING",
+    }
     done = await wait_terminal(http, job_id)
     assert done["status"] == "COMPLETED"
-    assert done["result"]["approval"]["reviewer"] == "ana"
+    assert done["result"]["approval"]["comment"] == "ana"
 
     # The same body again is the same update (same id): its outcome, even after the job ended.
     same = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("ana"))
@@ -408,9 +420,14 @@ async def test_reject_via_api(http: httpx.AsyncClient) -> None:
     await wait_status(http, job_id, "AWAITING_APPROVAL")
     r = await http.post(f"/v1/jobs/{job_id}/approval", json=approve("bo", approved=False))
     assert r.status_code == 200, r.text
-    assert r.json() == {"job_id": job_id, "approved": False, "reviewer": "bo", "status": "REJECTED"}
+    assert r.json() == {
+        "job_id": job_id,
+        "approved": False,
+        "reviewer": ANONYMOUS,
+        "status": "REJECTED",
+    }
     done = await wait_terminal(http, job_id)
-    assert done["status"] == "REJECTED" and done["result"]["approval"]["reviewer"] == "bo"
+    assert done["status"] == "REJECTED" and done["result"]["approval"]["comment"] == "bo"
 
 
 async def test_concurrent_decisions_exactly_one_wins(http: httpx.AsyncClient) -> None:
@@ -427,14 +444,14 @@ async def test_concurrent_decisions_exactly_one_wins(http: httpx.AsyncClient) ->
     assert codes == [200] + [409] * 5, [a.text for a in answers]
     winner = next(r for r, a in zip(reviewers, answers, strict=True) if a.status_code == 200)
     won = next(a for a in answers if a.status_code == 200).json()
-    assert won == {"job_id": job_id, "approved": True, "reviewer": winner, "status": "RUNNING"}
+    assert won == {"job_id": job_id, "approved": True, "reviewer": ANONYMOUS, "status": "RUNNING"}
     for a in answers:
         if a.status_code == 409:
             assert job_id in a.json()["detail"], a.text
 
     done = await wait_terminal(http, job_id)
     assert done["status"] == "COMPLETED"
-    assert done["result"]["approval"]["reviewer"] == winner
+    assert done["result"]["approval"]["comment"] == winner
 
 
 async def test_decision_for_a_job_not_at_its_gate_is_409(
@@ -486,12 +503,12 @@ async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
             assert answer.json() == {
                 "job_id": job_id,
                 "approved": True,
-                "reviewer": "night-shift",
+                "reviewer": ANONYMOUS,
                 "status": "RUNNING",
             }
             done = await wait_terminal(c, job_id)
             assert done["status"] == "COMPLETED"
-            assert done["result"]["approval"]["reviewer"] == "night-shift"
+            assert done["result"]["approval"]["comment"] == "night-shift"
 
 
 async def test_decision_past_its_wait_is_503_then_applies_and_repeats_its_outcome(
@@ -521,14 +538,14 @@ async def test_decision_past_its_wait_is_503_then_applies_and_repeats_its_outcom
             assert repeat.json() == {
                 "job_id": job_id,
                 "approved": True,
-                "reviewer": "ops",
+                "reviewer": ANONYMOUS,
                 "status": "RUNNING",
             }
             other = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("someone-else"))
-            assert other.status_code == 409 and "ops" in other.json()["detail"], other.text
+            assert other.status_code == 409 and ANONYMOUS in other.json()["detail"], other.text
             held.release.set()
             done = await wait_terminal(c, job_id)
-            assert done["status"] == "COMPLETED" and done["result"]["approval"]["reviewer"] == "ops"
+            assert done["status"] == "COMPLETED" and done["result"]["approval"]["comment"] == "ops"
 
 
 async def wait_for_pending_workflow_task(
@@ -699,7 +716,9 @@ async def test_temporal_down_is_503_and_changes_nothing(
             )
             assert keyed.status_code == 503, keyed.text
             assert (await c.get("/v1/jobs")).json()["count"] == 0
-            assert (await c.get(f"/v1/jobs/{job_id_for('k-down')}")).status_code == 503
+            assert (
+                await c.get(f"/v1/jobs/{job_id_for('k-down', ANONYMOUS_KEY_ID)}")
+            ).status_code == 503
             ready = await c.get("/readyz")
             assert ready.status_code == 503
             assert set(ready.json()["down"]) == {"temporal", "redis"}

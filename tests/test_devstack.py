@@ -15,8 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from core.settings import PROJECT_ROOT
+from cli.devstack import DevStack
+from core.auth import Scope
+from core.settings import PROJECT_ROOT, Settings
+from infra.db import create_tables, make_engine
+from infra.keys import KeyStore
 from tests.helpers import free_port
 
 EXAMPLES = PROJECT_ROOT / "examples" / "requests.jsonl"
@@ -31,6 +36,7 @@ def pick(lines: list[dict[str, object]], predicate: str) -> dict[str, object]:
 @pytest.mark.timeout(300)
 def test_dev_runs_examples_end_to_end(tmp_path: Path) -> None:
     temporal_port, ui_port, api_port = free_port(), free_port(), free_port()
+    site_port = free_port()
     examples = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
     python_q = pick(examples, "yield keyword")
     arithmetic = pick(examples, "17 * (3 + 4)")
@@ -41,7 +47,7 @@ def test_dev_runs_examples_end_to_end(tmp_path: Path) -> None:
     chosen = [python_q, arithmetic, sql, approval, rejected]
     requests = []
     for line in chosen:
-        line = json.loads(json.dumps(line).replace("127.0.0.1:8000", f"127.0.0.1:{api_port}"))
+        line = json.loads(json.dumps(line).replace("127.0.0.1:8088", f"127.0.0.1:{site_port}"))
         line["query"] = f"{line['query']} (run {nonce})"
         requests.append(line)
     repeat = dict(requests[0])
@@ -72,6 +78,7 @@ def test_dev_runs_examples_end_to_end(tmp_path: Path) -> None:
             "--temporal-port", str(temporal_port),
             "--ui-port", str(ui_port),
             "--api-port", str(api_port),
+            "--site-port", str(site_port),
         ],
         cwd=tmp_path,
         env=env,
@@ -96,5 +103,37 @@ def test_dev_runs_examples_end_to_end(tmp_path: Path) -> None:
     assert "response-cache hit rate" in output
     assert "20% (1/5 completed)" in output
     assert "Stack is up" not in output
+    # The run used the key the stack made for it (printed once), and no other.
+    key_line = next(li for li in output.splitlines() if li.strip().startswith("af_"))
+    assert key_line.strip().count(".") == 1
+    assert "AUTHENTICATION IS OFF" not in output
     assert (tmp_path / "logs" / "worker.log").is_file()
     assert (tmp_path / "logs" / "api.log").is_file()
+
+
+def test_dev_says_loudly_when_authentication_is_off(tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    stack = DevStack(settings=Settings(auth_disabled=True, data_dir=tmp_path), console=console)
+    stack._example_key()
+    assert "AUTHENTICATION IS OFF" in console.export_text()
+    assert stack.api_key is None
+
+
+def test_each_dev_session_gets_a_fresh_key_and_revokes_the_last(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    engine = make_engine(url)
+    create_tables(engine)
+    keys = KeyStore(engine)
+    other = keys.create("someone else", [Scope.READ])
+    sessions = []
+    for _ in range(2):
+        stack = DevStack(settings=Settings(data_dir=tmp_path), console=Console(quiet=True))
+        stack.database_url = url
+        stack._example_key()
+        assert stack.api_key is not None
+        sessions.append(stack.api_key)
+    assert keys.authenticate(sessions[0]) is None
+    fresh = keys.authenticate(sessions[1])
+    assert fresh is not None and fresh.scopes == {Scope.SUBMIT, Scope.READ, Scope.APPROVE}
+    assert keys.authenticate(other.secret) is not None
+    engine.dispose()

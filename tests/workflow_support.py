@@ -27,6 +27,7 @@ from infra.cache import RedisCache
 from infra.db import create_tables, make_engine
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry, SimulatedProvider
+from infra.quotas import Quotas
 from infra.tools import builtin_registry
 from workflows.agent import AgentWorkflow
 
@@ -130,6 +131,7 @@ async def agent_worker(
     registry: ToolRegistry | None = None,
     task_queue: str | None = None,
     planner_timeout_s: float = 8.0,
+    quotas: Quotas | None = None,
 ) -> AsyncIterator[Harness]:
     """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers).
 
@@ -147,6 +149,7 @@ async def agent_worker(
         cache=cache,
         store=store,
         planner_timeout_s=planner_timeout_s,
+        quotas=quotas,
     )
     task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(

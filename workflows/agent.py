@@ -171,6 +171,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         self._input = inp
         self._progress.query = inp.request.query
         self._progress.started_at = workflow.info().start_time
+        self._progress.owner = inp.owner
         try:
             return await self._pipeline(inp)
         except (ActivityError, ApplicationError) as err:

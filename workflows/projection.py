@@ -46,7 +46,8 @@ class JobProjection:
 
         Writes run one at a time in order, beside the stages; only the final one is awaited.
         The first (RUNNING, written beside ``prepare_job``) carries the request; every write
-        carries the start time, the idempotency key and the request hash.
+        carries the start time, the idempotency key, the request hash and the owner; the terminal
+        one also the budget reservation to settle.
         """
         self._revision += 1
         record = RecordJobInput(
@@ -61,6 +62,9 @@ class JobProjection:
             record.created_at = self._progress.started_at
             record.idempotency_key = inp.idempotency_key
             record.request_hash = inp.request_hash
+            record.owner = inp.owner
+            if result is not None and result.status.is_terminal:
+                record.budget = inp.budget  # settled once the outcome is recorded
             if self._revision == 1:
                 record.request = inp.request
         self._projection = asyncio.create_task(self._write_after(self._projection, record))

@@ -7,13 +7,14 @@ reading asks it (:func:`api.job_views.read_job`), deciding sends it the ``decide
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 from temporalio.client import (
@@ -25,15 +26,18 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import StateDep, TemporalDep
+from api.deps import ApproveKey, ReadKey, StateDep, SubmitKey, TemporalDep
 from api.errors import (
     JobNotFoundError,
     JobStateConflictError,
     PayloadTooLargeError,
+    PaymentRequiredError,
     TemporalUnavailableError,
+    TooManyRequestsError,
     UnprocessableRequestError,
 )
 from api.job_views import (
+    MEMO_OWNER,
     MEMO_QUERY,
     MEMO_REQUEST_HASH,
     MEMO_SUBMISSION,
@@ -41,6 +45,7 @@ from api.job_views import (
     read_job,
     running,
 )
+from api.openapi import error_responses
 from api.schemas import (
     ApprovalCreate,
     ApprovalPublic,
@@ -50,14 +55,27 @@ from api.schemas import (
     JobsPublic,
 )
 from api.state import AppState
+from core.auth import Principal
 from core.errors import ErrorType, StoreUnavailableError
-from core.ids import job_id_for, request_hash, workflow_id_for
-from core.models import AgentRequest, AgentWorkflowInput, DecisionResult, JobStatus
+from core.ids import job_id_for, request_hash, scoped_idempotency_key, workflow_id_for
+from core.models import (
+    AgentRequest,
+    AgentWorkflowInput,
+    BudgetReservation,
+    DecisionResult,
+    JobStatus,
+)
 from core.tools import ToolCallInvalidError
+from infra.quotas import BudgetExceededError, RateLimitedError, estimate_cost_usd
 from workflows.agent import AgentWorkflow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobIdPath = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="A job id.")
+]
+"""Job ids are hex (``k`` plus hex for keyed jobs); anything else is a 422, never a lookup."""
 
 
 def _validate_tools(state: AppState, request: AgentRequest) -> None:
@@ -105,31 +123,43 @@ def _check_encoded(state: AppState, request: AgentRequest) -> None:
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={409: {"description": "Idempotency-Key reused with another body"}, 413: {}, 503: {}},
+    responses=error_responses(400, 401, 402, 403, 409, 413, 422, 429, 503),
 )
 async def create_job(
     body: JobCreate,
+    principal: SubmitKey,
     state: StateDep,
     temporal: TemporalDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobPublic:
-    """Submit an agent request; it runs as workflow ``agent-<job_id>``.
+    """Submit an agent request; it runs as workflow ``agent-<job_id>``, owned by the calling key.
 
-    With an ``Idempotency-Key`` the job id derives from the key, and Temporal's id-conflict
-    policy (``USE_EXISTING``) returns the job already started under it: a repeat with the same
-    body answers that job (header ``Idempotent-Replayed: true``) and starts nothing; with another
-    body it is a 409. Unknown tools or bad tool parameters are a 422 naming ``tool_calls[i]``; a
-    job input over ``AGENTFLOW_MAX_JOB_INPUT_BYTES`` is a 413. When Temporal cannot start the
-    workflow the answer is 503, and nothing was written.
+    Quotas come first: over the key's requests per minute the answer is 429 with
+    ``Retry-After``; when the job's estimated cost does not fit the key's budget left today it is
+    402 (:mod:`infra.quotas`). With an ``Idempotency-Key`` the job id derives from the key (and
+    the calling key: two API keys never share a job), and Temporal's id-conflict policy
+    (``USE_EXISTING``) returns the job already started under it: a repeat with the same body
+    answers that job (header ``Idempotent-Replayed: true``) and starts nothing; with another body
+    it is a 409. Unknown tools or bad tool parameters are a 422 naming ``tool_calls[i]``; a job
+    input over ``AGENTFLOW_MAX_JOB_INPUT_BYTES`` is a 413. When Temporal cannot start the
+    workflow the answer is 503, nothing was written and the budget reservation is given back.
     """
+    try:
+        await state.quotas.hit_rate_limit(principal)
+    except RateLimitedError as exc:
+        raise TooManyRequestsError(
+            str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
     request = body.to_request()
     _validate_tools(state, request)
     _check_encoded(state, request)
     digest = request_hash(request)
-    if idempotency_key:
+    owner = principal.key_id
+    stored_key = scoped_idempotency_key(idempotency_key, owner) if idempotency_key else None
+    if stored_key:
         try:
-            legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, idempotency_key)
+            legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, stored_key)
         except StoreUnavailableError:
             # Temporal's id-conflict policy still returns a job started under the key.
             log.warning("job database down: Idempotency-Key checked by Temporal alone")
@@ -140,7 +170,8 @@ async def create_job(
             _same_request(legacy.job_id, legacy.request_hash, digest)
             response.headers["Idempotent-Replayed"] = "true"
             return await read_job(state, legacy.job_id)
-    job_id = job_id_for(idempotency_key)
+    job_id = job_id_for(idempotency_key, owner)
+    budget = await _reserve_budget(state, principal, job_id, request)
     submission = uuid.uuid4().hex
     settings = state.settings
     try:
@@ -151,8 +182,10 @@ async def create_job(
                 request=request,
                 approval_timeout=timedelta(seconds=settings.approval_timeout_s),
                 heartbeat_timeout=timedelta(seconds=settings.activity_heartbeat_timeout_s),
-                idempotency_key=idempotency_key,
+                idempotency_key=stored_key,
                 request_hash=digest,
+                owner=owner,
+                budget=budget,
             ),
             id=workflow_id_for(job_id),
             task_queue=settings.task_queue,
@@ -162,6 +195,7 @@ async def create_job(
                 MEMO_REQUEST_HASH: digest,
                 MEMO_SUBMISSION: submission,
                 MEMO_QUERY: body.query[:200],
+                MEMO_OWNER: owner,
             },
             static_summary=body.query[:200],
         )
@@ -169,12 +203,35 @@ async def create_job(
         # The key's workflow already closed; REJECT_DUPLICATE keeps it from running twice.
         handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
     except RPCError as exc:
+        await _release(state, budget)
         raise TemporalUnavailableError("could not start the job's workflow; try again") from exc
     if idempotency_key and await _started_earlier(handle, job_id, digest, submission):
+        await _release(state, budget)  # this submission started nothing
         response.headers["Idempotent-Replayed"] = "true"
         return await read_job(state, job_id)
-    log.info("job %s started as %s", job_id, handle.id)
-    return running(state, job_id, request.query, datetime.now(UTC))
+    log.info("job %s started as %s for key %s", job_id, handle.id, owner)
+    return running(state, job_id, request.query, datetime.now(UTC), owner)
+
+
+async def _reserve_budget(
+    state: AppState, principal: Principal, job_id: str, request: AgentRequest
+) -> BudgetReservation | None:
+    """Reserve the job's estimated cost from the key's daily budget (402 when it does not fit)."""
+    estimate = estimate_cost_usd(request, state.catalog)
+    try:
+        return await state.quotas.reserve(principal, job_id, estimate)
+    except BudgetExceededError as exc:
+        raise PaymentRequiredError(str(exc)) from None
+
+
+async def _release(state: AppState, budget: BudgetReservation | None) -> None:
+    """Give back a reservation whose job was not started by this submission."""
+    if budget is None:
+        return
+    try:
+        await state.quotas.release(budget)
+    except Exception:  # the estimate stays charged (an over-count); never hide the real error
+        log.warning("could not release the budget reserved for job %s", budget.job_id)
 
 
 async def _started_earlier(
@@ -199,42 +256,67 @@ def _same_request(job_id: str, stored_hash: str | None, digest: str) -> None:
         )
 
 
-@router.get("")
+@router.get("", responses=error_responses(401, 403, 422, 503))
 async def list_jobs(
+    principal: ReadKey,
     state: StateDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobsPublic:
-    """Recent jobs, newest first, from their records (each job records itself as it starts)."""
-    records = await asyncio.to_thread(state.store.list_jobs, status_filter, limit, offset)
+    """Recent jobs of the calling key (every job for an ``admin`` key), newest first.
+
+    Read from the job records (each job records itself as it starts).
+    """
+    owner = None if principal.is_admin else principal.key_id
+    records = await asyncio.to_thread(
+        functools.partial(state.store.list_jobs, status_filter, limit, offset, owner=owner)
+    )
     data = [from_record(state, r) for r in records]
     return JobsPublic(data=data, count=len(data))
 
 
-@router.get("/{job_id}", responses={404: {}, 503: {}})
-async def get_job(job_id: str, state: StateDep) -> JobPublic:
+@router.get("/{job_id}", responses=error_responses(401, 403, 404, 422, 503))
+async def get_job(job_id: JobIdPath, principal: ReadKey, state: StateDep) -> JobPublic:
     """A job: live progress from its workflow while it runs, its record once it ended.
 
-    When Temporal or the workers cannot answer, the record is returned with a ``warning``.
+    When Temporal or the workers cannot answer, the record is returned with a ``warning``. A
+    job of another key is a 404, as if it did not exist.
     """
-    return await read_job(state, job_id)
+    return await _read_own_job(state, principal, job_id)
 
 
-@router.post("/{job_id}/approval", responses={404: {}, 409: {}, 503: {}})
+async def _read_own_job(state: AppState, principal: Principal, job_id: str) -> JobPublic:
+    """The job, when the calling key may see it (404 otherwise, revealing nothing)."""
+    job = await read_job(state, job_id)
+    if not principal.owns(job.owner):
+        raise JobNotFoundError(f"job {job_id} not found")
+    return job
+
+
+@router.post(
+    "/{job_id}/approval", responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+)
 async def decide_job(
-    job_id: str, body: ApprovalCreate, state: StateDep, temporal: TemporalDep
+    job_id: JobIdPath,
+    body: ApprovalCreate,
+    principal: ApproveKey,
+    state: StateDep,
+    temporal: TemporalDep,
 ) -> ApprovalPublic:
     """Approve or reject a job waiting at its approval gate (the workflow's ``decide`` update).
 
-    The workflow's validator refuses a decision unless the job is waiting for one: 409 names the
+    The reviewer recorded is the calling key. The workflow's validator refuses a decision unless
+    the job is waiting for one: 409 names the
     job's status (not yet at the gate, already decided, ended). Sending the same body again
     returns the same outcome. While no worker can take the decision (workers restarting) the
     call waits up to ``AGENTFLOW_DECISION_WAIT_S``, then answers 503; the decision still applies
     when a worker picks it up.
     """
+    await _read_own_job(state, principal, job_id)
+    decision = body.decision(reviewer=principal.identity)
     handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
-    update_id = "decide-" + hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:32]
+    update_id = "decide-" + hashlib.sha256(decision.model_dump_json().encode()).hexdigest()[:32]
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.decision_wait_s
@@ -250,7 +332,7 @@ async def decide_job(
                 raise TimeoutError
             try:
                 return await asyncio.wait_for(
-                    handle.execute_update(AgentWorkflow.decide, body, id=update_id), remaining
+                    handle.execute_update(AgentWorkflow.decide, decision, id=update_id), remaining
                 )
             except WorkflowUpdateRPCTimeoutOrCancelledError:
                 pass
@@ -295,10 +377,19 @@ async def _not_running(state: AppState, job_id: str, exc: RPCError) -> Exception
     return JobStateConflictError(f"job {job_id} already ended as {job.status.value}")
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, responses={404: {}, 409: {}})
-async def cancel_job(job_id: str, state: StateDep, temporal: TemporalDep) -> CancelAccepted:
-    """Request cancellation; the job ends as CANCELED. 409 when it already ended."""
-    job = await read_job(state, job_id)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def cancel_job(
+    job_id: JobIdPath, principal: ApproveKey, state: StateDep, temporal: TemporalDep
+) -> CancelAccepted:
+    """Request cancellation; the job ends as CANCELED.
+
+    409 when it already ended; 404 for a job of another key.
+    """
+    job = await _read_own_job(state, principal, job_id)
     if job.status.is_terminal:
         raise JobStateConflictError(f"job {job_id} already ended as {job.status.value}")
     try:

@@ -1,0 +1,277 @@
+"""Per-key rate limits and daily budgets, in Redis, checked before a job's workflow starts.
+
+Two quotas guard each API key:
+
+- **Requests per minute** on the submitting route: a moving window from the ``limits`` library
+  (``MovingWindowRateLimiter`` on Redis). Over the limit the API answers 429 with
+  ``Retry-After`` (seconds until the oldest request in the window leaves it).
+- **A daily budget in USD** (UTC days): each submission *reserves* its estimated cost
+  (:func:`estimate_cost_usd`, an upper bound) and is refused with 402 when the reservation does
+  not fit what is left; when the job ends the worker *settles* it, replacing the estimate with
+  the real cost (:meth:`Quotas.settle`, exactly once per job, even when the record step is
+  retried).
+
+Reserving and settling are single Lua scripts, so concurrent submissions cannot overspend
+between a check and an increment. Keys: ``agentflow:budget:<key_id>:<YYYY-MM-DD>`` (spent USD,
+kept two days) and ``agentflow:budget:settled:<job_id>`` (kept three days).
+
+Degradation, documented: when Redis cannot be reached the quotas are *not* enforced (fail open)
+and the API logs a warning per request and reports Redis down in ``/readyz``; jobs keep running.
+An outage of the cache must not stop the service, and budgets are a spending guard, not
+billing. A job reserved on one day is settled against that day.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from core.auth import Principal
+from core.catalog import ModelCatalog
+from core.models import AgentRequest, BudgetReservation, Tier
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN_LOWER_BOUND = 3
+"""Budget estimates count one token per 3 characters: English averages about 4 with
+cl100k_base, so this over-estimates, cheaply (no tokenizer run on the event loop)."""
+
+_RESERVE = """
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local estimate = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+if spent + estimate > budget then
+  return {0, tostring(spent)}
+end
+local now = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, tostring(now)}
+"""
+
+_SETTLE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  local now = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+  if tonumber(now) < 0 then redis.call('SET', KEYS[1], '0', 'KEEPTTL') end
+  return 1
+end
+return 0
+"""
+
+BUDGET_KEY_TTL_S = 2 * 86_400
+SETTLED_MARKER_TTL_S = 3 * 86_400
+
+
+class RateLimitedError(Exception):
+    """The key made more requests this minute than it may (429).
+
+    Attributes:
+        retry_after_s: whole seconds until the next request fits.
+        limit: the key's requests per minute.
+    """
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"rate limit of {limit} requests per minute reached; retry in {retry_after_s} s"
+        )
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class BudgetExceededError(Exception):
+    """The job's estimated cost does not fit the key's budget left today (402).
+
+    Attributes:
+        budget_usd / spent_usd / estimate_usd: the figures behind the refusal, in USD.
+    """
+
+    def __init__(self, budget_usd: float, spent_usd: float, estimate_usd: float) -> None:
+        super().__init__(
+            f"daily budget of {budget_usd:.4f} USD reached: {spent_usd:.4f} USD spent or reserved "
+            f"today (UTC), this job may cost up to {estimate_usd:.4f} USD"
+        )
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+        self.estimate_usd = estimate_usd
+
+
+def estimate_cost_usd(
+    request: AgentRequest, catalog: ModelCatalog, *, draft_max_tokens: int = 256
+) -> float:
+    """An upper bound of what a request's model calls may cost, in USD.
+
+    The prompt is the query plus its context (at most ``max_context_tokens``), counted at
+    :data:`CHARS_PER_TOKEN_LOWER_BOUND`; the answer is priced at the large tier with its full
+    ``max_tokens``, plus a draft of ``draft_max_tokens`` at the medium tier. The rule comes from
+    the issue's "checked against the estimated cost and settled with the real one": the estimate
+    only has to be safe, the settlement makes it exact.
+    """
+    context_chars = sum(len(item.content) for item in request.context)
+    context_tokens = min(
+        math.ceil(context_chars / CHARS_PER_TOKEN_LOWER_BOUND), request.max_context_tokens
+    )
+    prompt = math.ceil(len(request.query) / CHARS_PER_TOKEN_LOWER_BOUND) + context_tokens + 200
+    large = catalog.for_tier(Tier.LARGE)
+    medium = catalog.for_tier(Tier.MEDIUM)
+    return large.cost_usd(prompt, large.max_tokens) + medium.cost_usd(prompt, draft_max_tokens)
+
+
+@dataclass(frozen=True)
+class QuotaDefaults:
+    """Server defaults for keys that carry no limits of their own."""
+
+    rate_limit_per_minute: int
+    daily_budget_usd: float
+
+
+class Quotas:
+    """Rate limits and daily budgets for API keys, kept in Redis.
+
+    Args:
+        redis_url: the Redis the caches use.
+        defaults: limits for keys without their own.
+        timeout_s: socket timeout of each Redis call, in seconds.
+        clock: seconds since the epoch (``time.time``); tests pass a fake clock (and give the
+            ``limits`` library's moving window the same one).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        defaults: QuotaDefaults,
+        *,
+        timeout_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._defaults = defaults
+        self._clock = clock
+        self._redis: Redis = Redis.from_url(
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._storage = RedisStorage(
+            "async+" + redis_url,
+            implementation="redispy",
+            key_prefix="agentflow:ratelimit",
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        self._limiter = MovingWindowRateLimiter(self._storage)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Quotas:
+        """Quotas on the settings' Redis with the settings' defaults."""
+        return cls(
+            settings.redis_url,
+            QuotaDefaults(
+                rate_limit_per_minute=settings.rate_limit_per_minute,
+                daily_budget_usd=settings.daily_budget_usd,
+            ),
+            timeout_s=settings.redis_timeout_s,
+        )
+
+    def budget_for(self, principal: Principal) -> float:
+        """The key's daily budget in USD."""
+        if principal.daily_budget_usd is not None:
+            return principal.daily_budget_usd
+        return self._defaults.daily_budget_usd
+
+    def day(self) -> str:
+        """Today's budget day, ``YYYY-MM-DD`` in UTC, by the quota clock."""
+        return datetime.fromtimestamp(self._clock(), UTC).strftime("%Y-%m-%d")
+
+    async def hit_rate_limit(self, principal: Principal) -> None:
+        """Count one request against the key's per-minute limit.
+
+        Raises:
+            RateLimitedError: the key is over its limit (429 with ``Retry-After``).
+        """
+        limit = principal.rate_limit_per_minute or self._defaults.rate_limit_per_minute
+        item = RateLimitItemPerMinute(limit)
+        try:
+            if await self._limiter.hit(item, principal.key_id):
+                return
+            stats = await self._limiter.get_window_stats(item, principal.key_id)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit not enforced: Redis unreachable (%s)", type(exc).__name__)
+            return
+        raise RateLimitedError(limit, max(1, math.ceil(stats.reset_time - self._clock())))
+
+    async def reserve(
+        self, principal: Principal, job_id: str, estimate_usd: float
+    ) -> BudgetReservation | None:
+        """Reserve ``estimate_usd`` of the key's budget for today.
+
+        Returns:
+            The reservation to settle when the job ends, or ``None`` when Redis is down (the
+            budget is then not enforced; logged).
+
+        Raises:
+            BudgetExceededError: what is spent or reserved today plus the estimate is over the
+                key's daily budget (402).
+        """
+        budget = self.budget_for(principal)
+        day = self.day()
+        key = _budget_key(principal.key_id, day)
+        try:
+            ok, spent = await self._redis.eval(
+                _RESERVE, 1, key, repr(estimate_usd), repr(budget), BUDGET_KEY_TTL_S
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("budget not enforced: Redis unreachable (%s)", type(exc).__name__)
+            return None
+        if not int(ok):
+            raise BudgetExceededError(budget, float(spent), estimate_usd)
+        return BudgetReservation(
+            key_id=principal.key_id, day=day, estimate_usd=estimate_usd, job_id=job_id
+        )
+
+    async def release(self, reservation: BudgetReservation) -> None:
+        """Give a reservation back in full (the job's workflow was never started)."""
+        await self.settle(reservation, 0.0)
+
+    async def settle(self, reservation: BudgetReservation, actual_usd: float) -> bool:
+        """Replace a reservation's estimate with the job's real cost, once per job.
+
+        Returns:
+            ``True`` when this call settled it, ``False`` when it was settled before.
+
+        Raises:
+            RedisError: Redis is unreachable (the caller retries; settling is idempotent).
+        """
+        settled = await self._redis.eval(
+            _SETTLE,
+            2,
+            _budget_key(reservation.key_id, reservation.day),
+            f"agentflow:budget:settled:{reservation.job_id}",
+            repr(actual_usd - reservation.estimate_usd),
+            SETTLED_MARKER_TTL_S,
+        )
+        return bool(int(settled))
+
+    async def spent_usd(self, key_id: str, day: str | None = None) -> float:
+        """What the key spent or has reserved on ``day`` (default today), in USD."""
+        value = await self._redis.get(_budget_key(key_id, day or self.day()))
+        return float(value) if value is not None else 0.0
+
+    async def aclose(self) -> None:
+        """Close the Redis connections."""
+        await self._redis.aclose()
+
+
+def _budget_key(key_id: str, day: str) -> str:
+    return f"agentflow:budget:{key_id}:{day}"

@@ -1,0 +1,490 @@
+"""API keys, scopes, job ownership, rate limits and budgets, over real HTTP.
+
+A real dev server, a real worker, the real app under uvicorn, real Redis and SQLite. Every route
+is tried without a key, with a bad or revoked key and with a key lacking its scope; jobs of one
+key are invisible to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import limits.aio.storage.redis.redispy as limits_redispy
+import pytest
+from sqlalchemy import text
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from core.auth import Principal, Scope
+from core.catalog import ModelCatalog
+from core.models import AgentRequest, ContextItem, Tier
+from core.settings import Settings
+from infra.db import create_tables, make_engine
+from infra.keys import KeyStore
+from infra.quotas import (
+    BudgetExceededError,
+    QuotaDefaults,
+    Quotas,
+    RateLimitedError,
+    estimate_cost_usd,
+)
+from infra.tools.sql_query import ensure_example_database
+from tests.helpers import free_port, serve_asgi
+from tests.workflow_support import agent_worker
+
+pytestmark = pytest.mark.devserver
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "REJECTED", "EXPIRED"}
+
+
+@dataclass
+class Stack:
+    url: str
+    settings: Settings
+    keys: KeyStore
+    admin: str
+    alice: str  # submit + read + approve
+    bob: str  # submit + read + approve
+    reader: str  # read only
+    submitter: str  # submit only
+    revoked: str
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def auth_settings(
+    dev_env: WorkflowEnvironment, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    tmp = tmp_path_factory.mktemp("auth")
+    return Settings(
+        temporal_address=dev_env.client.service_client.config.target_host,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp / 'jobs.db'}",
+        task_queue=f"auth-{uuid.uuid4()}",
+        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
+        api_key_pepper="test-pepper",
+    )
+
+
+@pytest.fixture(scope="module")
+async def stack(dev_env: WorkflowEnvironment, auth_settings: Settings) -> AsyncIterator[Stack]:
+    engine = make_engine(auth_settings.database_url)
+    create_tables(engine)
+    keys = KeyStore(engine, pepper="test-pepper")
+    everyday = [Scope.SUBMIT, Scope.READ, Scope.APPROVE]
+    revoked = keys.create("gone", [Scope.ADMIN])
+    keys.revoke(revoked.key_id)
+    quotas = Quotas.from_settings(auth_settings)
+    try:
+        async with agent_worker(
+            dev_env.client,
+            redis_url=auth_settings.redis_url,
+            database_url=auth_settings.database_url,
+            settings=auth_settings,
+            task_queue=auth_settings.task_queue,
+            quotas=quotas,
+        ):
+            with serve_asgi(create_app(auth_settings)) as url:
+                yield Stack(
+                    url=url,
+                    settings=auth_settings,
+                    keys=keys,
+                    admin=keys.create("root", [Scope.ADMIN]).secret,
+                    alice=keys.create("alice", everyday).secret,
+                    bob=keys.create("bob", everyday).secret,
+                    reader=keys.create("auditor", [Scope.READ]).secret,
+                    submitter=keys.create("robot", [Scope.SUBMIT]).secret,
+                    revoked=revoked.secret,
+                )
+    finally:
+        await quotas.aclose()
+        engine.dispose()
+
+
+@pytest.fixture
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
+        yield c
+
+
+async def submit(http: httpx.AsyncClient, key: str, **body: Any) -> dict[str, Any]:
+    body.setdefault("query", f"What is a Python list? {uuid.uuid4().hex[:6]}")
+    r = await http.post("/v1/jobs", json=body, headers=bearer(key))
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+async def wait_status(
+    http: httpx.AsyncClient, key: str, job_id: str, statuses: set[str]
+) -> dict[str, Any]:
+    for _ in range(300):
+        r = await http.get(f"/v1/jobs/{job_id}", headers=bearer(key))
+        assert r.status_code == 200, r.text
+        if r.json()["status"] in statuses:
+            return dict(r.json())
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {statuses}")
+
+
+# ------------------------------------------------------------------------- keys at rest
+
+
+def test_keys_are_stored_as_digests_never_in_clear(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'k.db'}")
+    create_tables(engine)
+    store = KeyStore(engine, pepper="pepper-1")
+    created = store.create("ci", [Scope.READ, Scope.SUBMIT])
+    key_id, _, secret = created.secret.partition(".")
+    assert key_id == created.key_id and len(secret) >= 40
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM api_keys")).all()
+    dump = repr(rows)
+    assert secret not in dump and hashlib.sha256(secret.encode()).hexdigest() not in dump
+    principal = store.authenticate(created.secret)
+    assert principal is not None and principal.scopes == {Scope.READ, Scope.SUBMIT}
+    # A wrong secret, a key id alone, another pepper, a revoked key: nothing authenticates.
+    assert store.authenticate(f"{key_id}.{secret[:-1]}x") is None
+    assert store.authenticate(key_id) is None
+    assert KeyStore(engine, pepper="pepper-2").authenticate(created.secret) is None
+    assert KeyStore(engine).authenticate(created.secret) is None
+    assert store.revoke(key_id) and not store.revoke(key_id)
+    assert store.authenticate(created.secret) is None
+    assert [k.key_id for k in store.list_keys(include_revoked=True)] == [key_id]
+    assert store.list_keys() == []
+    engine.dispose()
+
+
+# ------------------------------------------------------------------------- every route
+
+ROUTES: list[tuple[str, str, Scope]] = [
+    ("POST", "/v1/jobs", Scope.SUBMIT),
+    ("GET", "/v1/jobs", Scope.READ),
+    ("GET", "/v1/jobs/{job}", Scope.READ),
+    ("POST", "/v1/jobs/{job}/approval", Scope.APPROVE),
+    ("POST", "/v1/jobs/{job}/cancel", Scope.APPROVE),
+    ("GET", "/v1/tools", Scope.READ),
+    ("GET", "/v1/models", Scope.READ),
+]
+
+
+def route_request(method: str, path: str, job_id: str) -> dict[str, Any]:
+    body: dict[str, Any] | None = None
+    if path == "/v1/jobs" and method == "POST":
+        body = {"query": "hello"}
+    elif path.endswith("/approval"):
+        body = {"approved": True}
+    return {"method": method, "url": path.format(job=job_id), "json": body}
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), ROUTES)
+async def test_every_route_needs_a_valid_key_with_its_scope(
+    http: httpx.AsyncClient, stack: Stack, method: str, path: str, scope: Scope
+) -> None:
+    job_id = (await submit(http, stack.alice))["job_id"]
+    req = route_request(method, path, job_id)
+    missing = await http.request(**req)
+    assert missing.status_code == 401, missing.text
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    for bad in ("not-a-key", stack.revoked, stack.alice.split(".")[0] + ".wrong", "x" * 5000):
+        r = await http.request(**req, headers=bearer(bad))
+        assert r.status_code == 401, (bad[:20], r.text)
+    # X-API-Key is accepted as well as Bearer.
+    header_form = await http.request(**req, headers={"X-API-Key": "af_000000000000.nope"})
+    assert header_form.status_code == 401
+    lacking = stack.submitter if scope is not Scope.SUBMIT else stack.reader
+    forbidden = await http.request(**req, headers=bearer(lacking))
+    assert forbidden.status_code == 403, forbidden.text
+    assert scope.value in forbidden.json()["detail"]
+
+
+async def test_open_routes_need_no_key(http: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/openapi.json"):
+        assert (await http.get(path)).status_code == 200, path
+
+
+# ------------------------------------------------------------------------- isolation
+
+
+async def test_a_key_sees_and_touches_only_its_own_jobs(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    mine = await submit(http, stack.alice, require_approval=True)
+    job_id = mine["job_id"]
+    assert mine["owner"] == stack.alice.split(".")[0]
+    await wait_status(http, stack.alice, job_id, {"AWAITING_APPROVAL"})
+
+    # Bob gets 404 for everything about Alice's job, as if it did not exist.
+    theirs = bearer(stack.bob)
+    assert (await http.get(f"/v1/jobs/{job_id}", headers=theirs)).status_code == 404
+    decided = await http.post(
+        f"/v1/jobs/{job_id}/approval", json={"approved": False}, headers=theirs
+    )
+    assert decided.status_code == 404, decided.text
+    cancelled = await http.post(f"/v1/jobs/{job_id}/cancel", headers=theirs)
+    assert cancelled.status_code == 404, cancelled.text
+    listed = (await http.get("/v1/jobs", params={"limit": 500}, headers=theirs)).json()
+    assert job_id not in {j["job_id"] for j in listed["data"]}
+
+    # Alice lists it; the admin sees it too.
+    own = (await http.get("/v1/jobs", params={"limit": 500}, headers=bearer(stack.alice))).json()
+    assert job_id in {j["job_id"] for j in own["data"]}
+    assert all(j["owner"] == mine["owner"] for j in own["data"])
+    admin = await http.get("/v1/jobs", params={"limit": 500}, headers=bearer(stack.admin))
+    assert job_id in {j["job_id"] for j in admin.json()["data"]}
+
+    # The job is still waiting: Bob's attempts changed nothing.
+    still = await wait_status(http, stack.alice, job_id, {"AWAITING_APPROVAL"})
+    assert still["progress"]["approval"] is None
+
+
+async def test_the_reviewer_is_the_key_not_a_body_field(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    job_id = (await submit(http, stack.alice, require_approval=True))["job_id"]
+    await wait_status(http, stack.alice, job_id, {"AWAITING_APPROVAL"})
+    spoof = await http.post(
+        f"/v1/jobs/{job_id}/approval",
+        json={"approved": True, "reviewer": "the-ceo"},
+        headers=bearer(stack.alice),
+    )
+    assert spoof.status_code == 422 and "reviewer" in spoof.text
+    ok = await http.post(
+        f"/v1/jobs/{job_id}/approval",
+        json={"approved": True, "comment": "fine"},
+        headers=bearer(stack.alice),
+    )
+    assert ok.status_code == 200, ok.text
+    key_id = stack.alice.split(".")[0]
+    assert ok.json()["reviewer"] == f"alice ({key_id})"
+    done = await wait_status(http, stack.alice, job_id, TERMINAL)
+    assert done["result"]["approval"] == {
+        "approved": True,
+        "reviewer": f"alice ({key_id})",
+        "comment": "fine",
+    }
+
+
+async def test_idempotency_keys_are_per_api_key(http: httpx.AsyncClient, stack: Stack) -> None:
+    shared = f"same-{uuid.uuid4().hex}"
+    body = {"query": "What is a tuple?"}
+    a = await http.post(
+        "/v1/jobs", json=body, headers={**bearer(stack.alice), "Idempotency-Key": shared}
+    )
+    b = await http.post(
+        "/v1/jobs", json=body, headers={**bearer(stack.bob), "Idempotency-Key": shared}
+    )
+    assert a.status_code == b.status_code == 202, (a.text, b.text)
+    assert a.json()["job_id"] != b.json()["job_id"]
+    assert "Idempotent-Replayed" not in b.headers
+    again = await http.post(
+        "/v1/jobs", json=body, headers={**bearer(stack.alice), "Idempotency-Key": shared}
+    )
+    assert again.json()["job_id"] == a.json()["job_id"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+
+
+# ------------------------------------------------------------------------- quotas over HTTP
+
+
+async def test_rate_limit_answers_429_with_retry_after(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    limited = stack.keys.create("bursty", [Scope.SUBMIT], rate_limit_per_minute=3).secret
+    codes = []
+    for _ in range(5):
+        r = await http.post("/v1/jobs", json={"query": "hi"}, headers=bearer(limited))
+        codes.append(r.status_code)
+    assert codes == [202, 202, 202, 429, 429]
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert "3 requests per minute" in r.json()["detail"]
+    # Another key is not affected.
+    assert (
+        await http.post("/v1/jobs", json={"query": "hi"}, headers=bearer(stack.bob))
+    ).status_code == 202
+
+
+async def test_budget_is_reserved_refused_when_spent_and_settled_with_the_real_cost(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    estimate = estimate_cost_usd(AgentRequest(query="What is a set?"), ModelCatalog.default())
+    created = stack.keys.create(
+        "frugal", [Scope.SUBMIT, Scope.READ, Scope.APPROVE], daily_budget_usd=estimate * 1.5
+    )
+    key = created.secret
+    quotas = Quotas.from_settings(stack.settings)
+    try:
+        # The first job holds its reservation while it waits for approval.
+        first = await submit(http, key, query="What is a set?", require_approval=True)
+        await wait_status(http, key, first["job_id"], {"AWAITING_APPROVAL"})
+        assert await quotas.spent_usd(created.key_id) == pytest.approx(estimate)
+        second = await http.post("/v1/jobs", json={"query": "What is a set?"}, headers=bearer(key))
+        assert second.status_code == 402, second.text
+        assert "daily budget" in second.json()["detail"]
+
+        approved = await http.post(
+            f"/v1/jobs/{first['job_id']}/approval", json={"approved": True}, headers=bearer(key)
+        )
+        assert approved.status_code == 200, approved.text
+        done = await wait_status(http, key, first["job_id"], TERMINAL)
+        assert done["status"] == "COMPLETED"
+        real = done["usage"]["cost_usd"]
+        assert 0 < real < estimate
+        # Settled by the worker when the job ended: the real cost replaces the estimate.
+        assert await quotas.spent_usd(created.key_id) == pytest.approx(real, abs=1e-9)
+        again = await http.post("/v1/jobs", json={"query": "What is a set?"}, headers=bearer(key))
+        assert again.status_code == 202, again.text
+    finally:
+        await quotas.aclose()
+
+
+# ------------------------------------------------------------------------- quotas, fake clock
+
+
+class FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def fake_clock_quotas(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Quotas, FakeClock]]:
+    clock = FakeClock(1_900_000_000.0)  # 2030-03-17 17:46:40 UTC
+    # The limits library reads time.time() for its moving window; give it the same fake clock.
+    monkeypatch.setattr(limits_redispy, "time", SimpleNamespace(time=clock))
+    quotas = Quotas(
+        redis_url, QuotaDefaults(rate_limit_per_minute=2, daily_budget_usd=1.0), clock=clock
+    )
+    yield quotas, clock
+    await quotas.aclose()
+
+
+def principal(**kw: Any) -> Principal:
+    return Principal(key_id=f"af_{uuid.uuid4().hex[:12]}", name="t", **kw)
+
+
+async def test_rate_limit_window_moves_with_the_clock(
+    fake_clock_quotas: tuple[Quotas, FakeClock],
+) -> None:
+    quotas, clock = fake_clock_quotas
+    p = principal()
+    await quotas.hit_rate_limit(p)
+    clock.now += 20
+    await quotas.hit_rate_limit(p)
+    with pytest.raises(RateLimitedError) as refused:
+        await quotas.hit_rate_limit(p)
+    assert refused.value.retry_after_s == 40  # the first request leaves the window in 40 s
+    clock.now += 40.5
+    await quotas.hit_rate_limit(p)  # one slot free again
+    with pytest.raises(RateLimitedError):
+        await quotas.hit_rate_limit(p)
+    await quotas.hit_rate_limit(principal(rate_limit_per_minute=5))  # another key: its own
+
+
+async def test_budget_counts_per_utc_day_and_settles_once(
+    fake_clock_quotas: tuple[Quotas, FakeClock],
+) -> None:
+    quotas, clock = fake_clock_quotas
+    p = principal(daily_budget_usd=0.10)
+    first = await quotas.reserve(p, "j1", 0.06)
+    assert first is not None
+    with pytest.raises(BudgetExceededError) as refused:
+        await quotas.reserve(p, "j2", 0.06)
+    assert refused.value.spent_usd == pytest.approx(0.06)
+    assert await quotas.settle(first, 0.01)
+    assert not await quotas.settle(first, 0.01)  # a retried settlement changes nothing
+    assert await quotas.spent_usd(p.key_id) == pytest.approx(0.01)
+    second = await quotas.reserve(p, "j2", 0.06)  # fits now that j1 cost only 0.01
+    assert second is not None
+    with pytest.raises(BudgetExceededError):
+        await quotas.reserve(p, "j3", 0.06)
+    clock.now += 86_400  # the next UTC day starts from zero
+    assert await quotas.reserve(p, "j3", 0.06) is not None
+    # Settling yesterday's job counts against yesterday.
+    assert await quotas.settle(second, 0.0)
+    assert await quotas.spent_usd(p.key_id, second.day) == pytest.approx(0.01)
+    assert await quotas.spent_usd(p.key_id) == pytest.approx(0.06)
+
+
+async def test_quotas_fail_open_when_redis_is_down() -> None:
+    quotas = Quotas(
+        f"redis://127.0.0.1:{free_port()}/0",
+        QuotaDefaults(rate_limit_per_minute=1, daily_budget_usd=0.0),
+        timeout_s=0.2,
+    )
+    p = principal()
+    for _ in range(3):
+        await quotas.hit_rate_limit(p)
+        assert await quotas.reserve(p, "j", 10.0) is None
+    await quotas.aclose()
+
+
+def test_estimate_is_an_upper_bound_of_a_large_answer() -> None:
+    catalog = ModelCatalog.default()
+    large = catalog.for_tier(Tier.LARGE)
+    short = AgentRequest(query="hi")
+    assert estimate_cost_usd(short, catalog) >= large.cost_usd(0, large.max_tokens)
+    # Context counts up to the request's token budget, never beyond.
+    huge = AgentRequest(
+        query="hi", context=[ContextItem(content="word " * 50_000)], max_context_tokens=1000
+    )
+    capped = AgentRequest(
+        query="hi", context=[ContextItem(content="word " * 50_000)], max_context_tokens=2000
+    )
+    assert estimate_cost_usd(short, catalog) < estimate_cost_usd(huge, catalog)
+    assert estimate_cost_usd(huge, catalog) < estimate_cost_usd(capped, catalog)
+
+
+# ------------------------------------------------------------------------- the keys command
+
+
+def test_keys_command_creates_lists_and_revokes(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}",
+        "AGENTFLOW_API_KEY_PEPPER": "cli-pepper",
+    }
+    agentflow = str(Path(sys.executable).with_name("agentflow"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [agentflow, "keys", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    created = run("create", "ci-bot", "--scope", "submit", "-s", "read", "--quiet")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    key_id = secret.split(".")[0]
+    engine = make_engine(env["DATABASE_URL"])
+    store = KeyStore(engine, pepper="cli-pepper")
+    found = store.authenticate(secret)
+    assert found is not None and found.name == "ci-bot"
+    assert found.scopes == {Scope.SUBMIT, Scope.READ}
+
+    listed = run("list")
+    assert listed.returncode == 0 and key_id in listed.stdout
+    assert secret.split(".")[1] not in listed.stdout
+    assert run("create", "x", "--scope", "everything").returncode != 0
+    assert run("revoke", key_id).returncode == 0
+    assert store.authenticate(secret) is None
+    again = run("revoke", key_id)
+    assert again.returncode == 1 and "no active key" in again.stdout
+    assert key_id not in run("list").stdout and key_id in run("list", "--all").stdout
+    engine.dispose()
