@@ -323,6 +323,10 @@ class StageActivities:
                 failure only skips the cache write.
         """
         result = inp.result
+        if inp.budget is not None and result.status.is_terminal:
+            # Before the write: a write the database refuses must not leave the estimate
+            # charged, and a retried write settles nothing twice.
+            await self._settle(inp.budget, result.total_cost_usd)
         try:
             await asyncio.to_thread(
                 functools.partial(
@@ -338,8 +342,6 @@ class StageActivities:
             )
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
-        if inp.budget is not None and result.status.is_terminal:
-            await self._settle(inp.budget, result.total_cost_usd)
         if (
             result.status is JobStatus.COMPLETED
             and inp.response_cache_key

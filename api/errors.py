@@ -97,6 +97,18 @@ class PaymentRequiredError(ApiError):
     status_code = 402
 
 
+class CodecNotConfiguredError(ApiError):
+    """Payload encryption is off, so there is nothing to encode or decode (404)."""
+
+    status_code = 404
+
+
+class CodecRequestError(ApiError):
+    """The payloads cannot be read or decrypted (400, as the codec server protocol says)."""
+
+    status_code = 400
+
+
 class TooManyRequestsError(ApiError):
     """The key is over its requests-per-minute limit (429, with ``Retry-After``)."""
 

@@ -66,11 +66,11 @@ WORKER_POLL_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 """How long a child gets to exit after SIGTERM before it is killed, in seconds."""
 LOG_TAIL_LINES = 30
+"""Lines of a dead child's log shown in the error."""
 
 DEV_KEY_NAME = "agentflow dev"
 """Name of the API key each ``agentflow dev`` makes for its session (the previous one is
 revoked)."""
-"""Lines of a dead child's log shown in the error."""
 
 
 class DevStackError(Exception):

@@ -25,7 +25,8 @@ def workflow_id_for(job_id: str) -> str:
 def scoped_idempotency_key(idempotency_key: str, owner: str | None) -> str:
     """The idempotency key as stored: ``<owner>/<key>``, so two API keys never share a job.
 
-    ``owner`` ``None`` (submissions before API keys existed) keeps the client's key as it is.
+    ``owner`` ``None`` (authentication off, as before API keys existed) keeps the client's key as
+    it is.
     """
     return idempotency_key if owner is None else f"{owner}/{idempotency_key}"
 

@@ -400,13 +400,16 @@ class BudgetReservation(BaseModel):
         key_id: the API key whose budget it is.
         day: the UTC day it counts against, ``YYYY-MM-DD``.
         estimate_usd: what was reserved, in USD (an upper bound of the job's cost).
-        job_id: the job, so settling happens once per job.
+        job_id: the job it was made for.
     """
 
     key_id: str
     day: str
     estimate_usd: float
     job_id: str
+    reservation_id: str = ""
+    """Random id of this reservation: settling is once per reservation, so a repeated
+    submission's reservation, given back, never settles the job's own."""
 
 
 # --------------------------------------------------------------------------- usage & selection

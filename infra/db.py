@@ -226,7 +226,7 @@ def _add_missing_columns(engine: Engine) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for model columns an older database lacks.
 
     Only nullable columns or columns with a server default are added, which is how every column
-    added after the first release is declared.
+    added after the first release is declared; indexes declared on them are created too.
     """
     inspector = inspect(engine)
     for name in TABLES:
@@ -239,3 +239,8 @@ def _add_missing_columns(engine: Engine) -> None:
             for column in missing:
                 ddl = CreateColumn(column).compile(dialect=engine.dialect)
                 conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {ddl}"))
+            # Indexes on the added columns (create_all made them only for new tables).
+            added = {c.name for c in missing}
+            for index in table.indexes:
+                if {c.name for c in index.columns} & added:
+                    index.create(conn, checkfirst=True)

@@ -8,12 +8,14 @@ Two quotas guard each API key:
 - **A daily budget in USD** (UTC days): each submission *reserves* its estimated cost
   (:func:`estimate_cost_usd`, an upper bound) and is refused with 402 when the reservation does
   not fit what is left; when the job ends the worker *settles* it, replacing the estimate with
-  the real cost (:meth:`Quotas.settle`, exactly once per job, even when the record step is
-  retried).
+  the real cost (:meth:`Quotas.settle`, exactly once per reservation, even when the record
+  step is retried). A submission that starts nothing (a refused or repeated one) gives its
+  reservation back. A workflow terminated from outside never settles: its estimate stays
+  charged for the day.
 
 Reserving and settling are single Lua scripts, so concurrent submissions cannot overspend
 between a check and an increment. Keys: ``agentflow:budget:<key_id>:<YYYY-MM-DD>`` (spent USD,
-kept two days) and ``agentflow:budget:settled:<job_id>`` (kept three days).
+kept two days) and ``agentflow:budget:settled:<reservation_id>`` (kept three days).
 
 Degradation, documented: when Redis cannot be reached the quotas are *not* enforced (fail open)
 and the API logs a warning per request and reports Redis down in ``/readyz``; jobs keep running.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,9 +48,8 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN_LOWER_BOUND = 3
-"""Budget estimates count one token per 3 characters: English averages about 4 with
-cl100k_base, so this over-estimates, cheaply (no tokenizer run on the event loop)."""
+PROMPT_OVERHEAD_TOKENS = 500
+"""Tokens the prompt templates add around the query and context (system prompt, headings)."""
 
 _RESERVE = """
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -64,7 +66,8 @@ return {1, tostring(now)}
 _SETTLE = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   local now = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-  if tonumber(now) < 0 then redis.call('SET', KEYS[1], '0', 'KEEPTTL') end
+  if tonumber(now) < 0 then redis.call('SET', KEYS[1], '0') end
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
   return 1
 end
 return 0
@@ -112,20 +115,30 @@ def estimate_cost_usd(
 ) -> float:
     """An upper bound of what a request's model calls may cost, in USD.
 
-    The prompt is the query plus its context (at most ``max_context_tokens``), counted at
-    :data:`CHARS_PER_TOKEN_LOWER_BOUND`; the answer is priced at the large tier with its full
-    ``max_tokens``, plus a draft of ``draft_max_tokens`` at the medium tier. The rule comes from
-    the issue's "checked against the estimated cost and settled with the real one": the estimate
-    only has to be safe, the settlement makes it exact.
+    What the calls can hold, whatever the router, planner and tools do:
+
+    - the final answer, priced at the large tier (escalation never goes higher) with its full
+      ``max_tokens``; its prompt is the query, the context after compression (at most
+      ``max_context_tokens``, tool results included) and :data:`PROMPT_OVERHEAD_TOKENS`;
+    - a draft of ``draft_max_tokens`` on the same prompt, priced at the medium tier;
+    - a plan from the small tier (when it is a real model) on the query, with its full
+      ``max_tokens``.
+
+    The query is counted as one token per UTF-8 byte (a cl100k_base token is at least one byte),
+    so no text, CJK or emoji included, is under-counted. The rule comes from the issue's
+    "checked against the estimated cost and settled with the real one": the estimate only has to
+    be safe, the settlement makes the charge exact.
     """
-    context_chars = sum(len(item.content) for item in request.context)
-    context_tokens = min(
-        math.ceil(context_chars / CHARS_PER_TOKEN_LOWER_BOUND), request.max_context_tokens
-    )
-    prompt = math.ceil(len(request.query) / CHARS_PER_TOKEN_LOWER_BOUND) + context_tokens + 200
+    query_tokens = len(request.query.encode("utf-8", "surrogatepass"))
+    prompt = query_tokens + request.max_context_tokens + PROMPT_OVERHEAD_TOKENS
     large = catalog.for_tier(Tier.LARGE)
     medium = catalog.for_tier(Tier.MEDIUM)
-    return large.cost_usd(prompt, large.max_tokens) + medium.cost_usd(prompt, draft_max_tokens)
+    small = catalog.for_tier(Tier.SMALL)
+    return (
+        large.cost_usd(prompt, large.max_tokens)
+        + medium.cost_usd(prompt, draft_max_tokens)
+        + small.cost_usd(query_tokens + PROMPT_OVERHEAD_TOKENS, small.max_tokens)
+    )
 
 
 @dataclass(frozen=True)
@@ -237,7 +250,11 @@ class Quotas:
         if not int(ok):
             raise BudgetExceededError(budget, float(spent), estimate_usd)
         return BudgetReservation(
-            key_id=principal.key_id, day=day, estimate_usd=estimate_usd, job_id=job_id
+            key_id=principal.key_id,
+            day=day,
+            estimate_usd=estimate_usd,
+            job_id=job_id,
+            reservation_id=uuid.uuid4().hex,
         )
 
     async def release(self, reservation: BudgetReservation) -> None:
@@ -245,21 +262,23 @@ class Quotas:
         await self.settle(reservation, 0.0)
 
     async def settle(self, reservation: BudgetReservation, actual_usd: float) -> bool:
-        """Replace a reservation's estimate with the job's real cost, once per job.
+        """Replace a reservation's estimate with the job's real cost, once per reservation.
 
         Returns:
             ``True`` when this call settled it, ``False`` when it was settled before.
 
         Raises:
-            RedisError: Redis is unreachable (the caller retries; settling is idempotent).
+            RedisError: Redis is unreachable. Settling again later is safe (idempotent); the
+                worker does not wait for Redis, so the estimate then stays charged.
         """
         settled = await self._redis.eval(
             _SETTLE,
             2,
             _budget_key(reservation.key_id, reservation.day),
-            f"agentflow:budget:settled:{reservation.job_id}",
+            f"agentflow:budget:settled:{reservation.reservation_id or reservation.job_id}",
             repr(actual_usd - reservation.estimate_usd),
             SETTLED_MARKER_TTL_S,
+            BUDGET_KEY_TTL_S,
         )
         return bool(int(settled))
 

@@ -20,7 +20,6 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from core.auth import ANONYMOUS_KEY_ID
 from core.catalog import ModelSpec
 from core.ids import job_id_for
 from core.settings import Settings
@@ -326,7 +325,7 @@ async def test_idempotency_key_returns_the_same_job(
     second = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == second.status_code == 202, (first.text, second.text)
     job_id = first.json()["job_id"]
-    assert job_id == second.json()["job_id"] == job_id_for(key, ANONYMOUS_KEY_ID)
+    assert job_id == second.json()["job_id"] == job_id_for(key)
     assert "Idempotent-Replayed" not in first.headers
     assert second.headers.get("Idempotent-Replayed") == "true"
 
@@ -362,11 +361,11 @@ async def test_concurrent_submissions_with_one_key_start_one_workflow(
         *(http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key}) for _ in range(4))
     )
     assert [r.status_code for r in answers] == [202] * 4, [r.text for r in answers]
-    assert {r.json()["job_id"] for r in answers} == {job_id_for(key, ANONYMOUS_KEY_ID)}
+    assert {r.json()["job_id"] for r in answers} == {job_id_for(key)}
     replayed = [r.headers.get("Idempotent-Replayed") for r in answers]
     assert replayed.count("true") == 3 and replayed.count(None) == 1, replayed
 
-    job_id = job_id_for(key, ANONYMOUS_KEY_ID)
+    job_id = job_id_for(key)
     assert (await wait_terminal(http, job_id))["status"] == "COMPLETED"
     assert len(await closed_runs(temporal, f"agent-{job_id}")) == 1
 
@@ -716,9 +715,7 @@ async def test_temporal_down_is_503_and_changes_nothing(
             )
             assert keyed.status_code == 503, keyed.text
             assert (await c.get("/v1/jobs")).json()["count"] == 0
-            assert (
-                await c.get(f"/v1/jobs/{job_id_for('k-down', ANONYMOUS_KEY_ID)}")
-            ).status_code == 503
+            assert (await c.get(f"/v1/jobs/{job_id_for('k-down')}")).status_code == 503
             ready = await c.get("/readyz")
             assert ready.status_code == 503
             assert set(ready.json()["down"]) == {"temporal", "redis"}

@@ -30,6 +30,7 @@ from core.auth import Principal, Scope
 from core.catalog import ModelCatalog
 from core.models import AgentRequest, ContextItem, Tier
 from core.settings import Settings
+from core.tokens import count_tokens
 from infra.db import create_tables, make_engine
 from infra.keys import KeyStore
 from infra.quotas import (
@@ -351,6 +352,30 @@ async def test_budget_is_reserved_refused_when_spent_and_settled_with_the_real_c
         await quotas.aclose()
 
 
+async def test_repeats_and_conflicts_give_their_reservation_back(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    created = stack.keys.create("retrying", [Scope.SUBMIT, Scope.READ], daily_budget_usd=10.0)
+    key = created.secret
+    quotas = Quotas.from_settings(stack.settings)
+    try:
+        headers = {**bearer(key), "Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
+        body = {"query": "What is a frozenset?", "model_tier": "small"}
+        first = await http.post("/v1/jobs", json=body, headers=headers)
+        assert first.status_code == 202, first.text
+        done = await wait_status(http, key, first.json()["job_id"], TERMINAL)
+        for _ in range(3):  # client retries: the same job, nothing more charged
+            again = await http.post("/v1/jobs", json=body, headers=headers)
+            assert again.json()["job_id"] == first.json()["job_id"]
+        other = await http.post("/v1/jobs", json={"query": "something else"}, headers=headers)
+        assert other.status_code == 409, other.text
+        assert await quotas.spent_usd(created.key_id) == pytest.approx(
+            done["usage"]["cost_usd"], abs=1e-9
+        )
+    finally:
+        await quotas.aclose()
+
+
 # ------------------------------------------------------------------------- quotas, fake clock
 
 
@@ -436,20 +461,25 @@ async def test_quotas_fail_open_when_redis_is_down() -> None:
     await quotas.aclose()
 
 
-def test_estimate_is_an_upper_bound_of_a_large_answer() -> None:
+def test_estimate_bounds_what_the_model_calls_can_cost() -> None:
+    """The stated rule: the final answer at the large tier with its full max_tokens, on a prompt
+    of every query token plus the whole context budget (tool results are compressed into it)."""
     catalog = ModelCatalog.default()
     large = catalog.for_tier(Tier.LARGE)
-    short = AgentRequest(query="hi")
-    assert estimate_cost_usd(short, catalog) >= large.cost_usd(0, large.max_tokens)
-    # Context counts up to the request's token budget, never beyond.
-    huge = AgentRequest(
+    for query in ("hi", "把这段文字翻译成英文并解释其中的成语" * 20, "🙂" * 500):
+        request = AgentRequest(query=query, max_context_tokens=2000)
+        prompt = count_tokens(query) + request.max_context_tokens
+        assert estimate_cost_usd(request, catalog) >= large.cost_usd(prompt, large.max_tokens)
+    # The context's own size does not matter (it is cut to the budget); the budget does.
+    small_ctx = AgentRequest(
+        query="hi", context=[ContextItem(content="a")], max_context_tokens=1000
+    )
+    big_ctx = AgentRequest(
         query="hi", context=[ContextItem(content="word " * 50_000)], max_context_tokens=1000
     )
-    capped = AgentRequest(
-        query="hi", context=[ContextItem(content="word " * 50_000)], max_context_tokens=2000
-    )
-    assert estimate_cost_usd(short, catalog) < estimate_cost_usd(huge, catalog)
-    assert estimate_cost_usd(huge, catalog) < estimate_cost_usd(capped, catalog)
+    assert estimate_cost_usd(small_ctx, catalog) == estimate_cost_usd(big_ctx, catalog)
+    wider = AgentRequest(query="hi", max_context_tokens=100_000)
+    assert estimate_cost_usd(wider, catalog) > estimate_cost_usd(small_ctx, catalog)
 
 
 # ------------------------------------------------------------------------- the keys command

@@ -19,12 +19,11 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from core.settings import Settings
 from infra.db import create_tables, make_engine
 from infra.temporal import plugin_from_settings
 from infra.tools.sql_query import ensure_example_database
-from tests.helpers import serve_asgi
+from tests.helpers import serve_asgi, worker_process
 from tests.workflow_support import Harness, agent_worker
 from workflows.agent import AgentWorkflow
 
@@ -343,25 +342,6 @@ class RssWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-@contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python worker.py`` with ``env``; killed at the end if still running."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def log_tail(log: Path, lines: int = 30) -> str:

@@ -60,6 +60,40 @@ from tests.helpers import serve_asgi
 LONG = os.environ.get("AGENTFLOW_SCHEMATHESIS_LONG", "") not in ("", "0")
 """Run the long, on-demand version (``AGENTFLOW_SCHEMATHESIS_LONG=1``)."""
 
+
+def _import_lazy_modules() -> None:
+    """Load what Schemathesis imports lazily, now, at collection.
+
+    pytest rewrites the modules of every pytest plugin's distribution (Schemathesis is one) as
+    they are imported, with ``ast.parse``; CPython 3.11's AST conversion is not thread-safe, and
+    a lazy import in the middle of a test, while a server or worker thread parses too, failed
+    once in CI with "SystemError: AST constructor recursion depth mismatch". Collection runs
+    before any test starts a thread.
+    """
+    spec = {
+        "openapi": "3.1.0",
+        "info": {"title": "warm-up", "version": "1"},
+        "paths": {
+            "/x": {
+                "post": {
+                    "parameters": [{"name": "q", "in": "query", "schema": {"type": "integer"}}],
+                    "requestBody": {
+                        "content": {"application/json": {"schema": {"type": "object"}}}
+                    },
+                    "responses": {"200": {"description": "ok"}},
+                }
+            }
+        },
+    }
+    schema = schemathesis.openapi.from_dict(spec)
+    for result in schema.get_all_operations():
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            result.ok().as_strategy(generation_mode=mode)
+    schema.as_state_machine()
+
+
+_import_lazy_modules()
+
 FAST_EXAMPLES = 12
 LONG_EXAMPLES = 300
 FAST_STATEFUL_RUNS = 15

@@ -506,12 +506,14 @@ def test_sql_query_stops_long_queries(shop_db: Path) -> None:
         run_query(shop_db, endless, max_rows=5, time_limit_s=0.2)
 
 
-async def test_sql_query_missing_database_names_the_path(tmp_path: Path) -> None:
+async def test_sql_query_missing_database_names_the_setting_not_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "absent.sqlite"
     registry = builtin_registry(Settings(sql_database_path=missing))
     with pytest.raises(ToolError) as info:
         await call(registry, "sql_query", sql="SELECT 1")
-    assert str(missing) in info.value.message
+    # The job's result reaches clients: it names the setting, never the server's file path.
+    assert "AGENTFLOW_SQL_DATABASE_PATH" in info.value.message
+    assert str(tmp_path) not in info.value.message
     assert not missing.exists()  # read-only open never creates the file
 
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,31 +24,13 @@ from core.models import AgentRequest, AgentWorkflowInput, JobStatus, Stage
 from core.settings import Settings
 from infra.db import create_tables, make_engine
 from infra.temporal import plugin_from_settings
+from tests.helpers import worker_process
 from workflows.agent import AgentWorkflow
 
 pytestmark = pytest.mark.devserver
 
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_TIMEOUT = timedelta(seconds=2)
-
-
-@contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python worker.py`` with ``env``; killed at the end if still running."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 async def wait_for_stage(handle: object, stage: Stage, timeout_s: float) -> None:

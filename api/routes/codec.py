@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 
 from api.deps import AdminKey
-from api.errors import ApiError
+from api.errors import CodecNotConfiguredError, CodecRequestError
 from api.openapi import error_responses
 from core.settings import Settings
 from infra.codec import EncryptionCodec, PayloadDecryptionError, codec_from_settings
@@ -52,18 +52,6 @@ CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Namespace")
 
 CORS_MAX_AGE_S = 600
 """How long a browser may cache a preflight answer, in seconds."""
-
-
-class CodecNotConfiguredError(ApiError):
-    """Payload encryption is off, so there is nothing to encode or decode (404)."""
-
-    status_code = 404
-
-
-class CodecRequestError(ApiError):
-    """The payloads cannot be read or decrypted (400, as the codec server protocol says)."""
-
-    status_code = 400
 
 
 class CodecPayload(BaseModel):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 from fastapi import APIRouter, Response
+from sqlalchemy import Engine
 
 from api.deps import StateDep
 from api.errors import TemporalUnavailableError
@@ -20,6 +22,40 @@ _CHECK_TIMEOUT_S = 3.0
 _WRITE_LOCK_WAIT_S = 1.0
 """How long the database check waits for another writer's lock: a database whose writes stay
 locked longer than this is reported down."""
+
+
+WRITE_CHECK_REUSE_S = 1.0
+"""A database check answered this recently is reused: ``/readyz`` needs no key, and each check
+takes the write lock, so a flood of readiness probes must not compete with the workers'
+writes."""
+
+
+class _SharedWriteCheck:
+    """One :func:`infra.db.check_writable` at a time per engine, its outcome reused briefly."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._at = -WRITE_CHECK_REUSE_S
+        self._error: BaseException | None = None
+
+    async def run(self, engine: Engine) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if loop.time() - self._at >= WRITE_CHECK_REUSE_S:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.to_thread(check_writable, engine, _WRITE_LOCK_WAIT_S),
+                        _CHECK_TIMEOUT_S,
+                    )
+                    self._error = None
+                except Exception as exc:  # reported as the database being down
+                    self._error = exc
+                self._at = loop.time()
+            if self._error is not None:
+                raise self._error
+
+
+_write_checks: weakref.WeakKeyDictionary[Engine, _SharedWriteCheck] = weakref.WeakKeyDictionary()
 
 
 @router.get("/healthz")
@@ -39,7 +75,7 @@ async def readyz(state: StateDep, response: Response) -> ReadyStatus:
 
     The database counts as up only when it would accept a write now (a write lock is taken and
     released within ``1 s``; nothing is written), so a database whose writes are locked, or a
-    read-only one, shows as down.
+    read-only one, shows as down. Concurrent probes share one check, reused for 1 s.
     """
 
     async def temporal() -> None:
@@ -51,10 +87,8 @@ async def readyz(state: StateDep, response: Response) -> ReadyStatus:
             raise ConnectionError(state.cache.last_error or "no answer")
 
     async def database() -> None:
-        await asyncio.wait_for(
-            asyncio.to_thread(check_writable, state.store.engine, _WRITE_LOCK_WAIT_S),
-            _CHECK_TIMEOUT_S,
-        )
+        engine = state.store.engine
+        await _write_checks.setdefault(engine, _SharedWriteCheck()).run(engine)
 
     names = ["temporal", "redis", "database"]
     outcomes = await asyncio.gather(temporal(), redis(), database(), return_exceptions=True)

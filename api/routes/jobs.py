@@ -55,7 +55,7 @@ from api.schemas import (
     JobsPublic,
 )
 from api.state import AppState
-from core.auth import Principal
+from core.auth import ANONYMOUS_KEY_ID, Principal
 from core.errors import ErrorType, StoreUnavailableError
 from core.ids import job_id_for, request_hash, scoped_idempotency_key, workflow_id_for
 from core.models import (
@@ -156,7 +156,10 @@ async def create_job(
     _check_encoded(state, request)
     digest = request_hash(request)
     owner = principal.key_id
-    stored_key = scoped_idempotency_key(idempotency_key, owner) if idempotency_key else None
+    # Keys are scoped per API key; with authentication off they stay as the client sent them,
+    # as before keys existed, so a repeat of an earlier keyed submission finds its job.
+    scope = None if owner == ANONYMOUS_KEY_ID else owner
+    stored_key = scoped_idempotency_key(idempotency_key, scope) if idempotency_key else None
     if stored_key:
         try:
             legacy = await asyncio.to_thread(state.store.find_by_idempotency_key, stored_key)
@@ -169,8 +172,8 @@ async def create_job(
         if legacy is not None:
             _same_request(legacy.job_id, legacy.request_hash, digest)
             response.headers["Idempotent-Replayed"] = "true"
-            return await read_job(state, legacy.job_id)
-    job_id = job_id_for(idempotency_key, owner)
+            return await _read_own_job(state, principal, legacy.job_id)
+    job_id = job_id_for(idempotency_key, scope)
     budget = await _reserve_budget(state, principal, job_id, request)
     submission = uuid.uuid4().hex
     settings = state.settings
@@ -205,10 +208,17 @@ async def create_job(
     except RPCError as exc:
         await _release(state, budget)
         raise TemporalUnavailableError("could not start the job's workflow; try again") from exc
-    if idempotency_key and await _started_earlier(handle, job_id, digest, submission):
+    try:
+        replayed = bool(idempotency_key) and await _started_earlier(
+            handle, job_id, digest, submission
+        )
+    except JobStateConflictError:
+        await _release(state, budget)  # the key belongs to another request: nothing started
+        raise
+    if replayed:
         await _release(state, budget)  # this submission started nothing
         response.headers["Idempotent-Replayed"] = "true"
-        return await read_job(state, job_id)
+        return await _read_own_job(state, principal, job_id)
     log.info("job %s started as %s for key %s", job_id, handle.id, owner)
     return running(state, job_id, request.query, datetime.now(UTC), owner)
 

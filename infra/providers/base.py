@@ -98,8 +98,8 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1{REDACTED}",
     ),
-    # OpenAI-style keys (sk-..., sk-proj-...), and other vendors' prefixed keys.
-    (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{6,}"), REDACTED),
+    # OpenAI-style keys (sk-..., sk-proj-..., sk_live_...), and other vendors' prefixed keys.
+    (re.compile(r"\b(?:sk|pk|rk)[-_][A-Za-z0-9_\-]{6,}"), REDACTED),
     (re.compile(r"\b(?:xox[abprs]|ghp|gho|ghs|github_pat|glpat|hf)_[A-Za-z0-9_\-]{8,}"), REDACTED),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
     # JSON web tokens.

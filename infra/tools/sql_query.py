@@ -39,6 +39,7 @@ The example database is built from ``examples/shop.sql`` by :func:`ensure_exampl
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import sqlite3
@@ -98,6 +99,8 @@ chooses), ``load_extension``, ``sqlite_*`` and the FTS/R-tree helpers."""
 
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
 _PROGRESS_EVERY_N_OPS = 1000
+
+log = logging.getLogger(__name__)
 
 
 class SqlQueryParams(BaseModel):
@@ -190,12 +193,17 @@ def run_query(
     if not sql.strip():
         raise ToolError("the SQL statement is empty")
     if not db_path.is_file():
-        raise ToolError(f"database file {str(db_path)!r} does not exist")
+        # The server's path stays in the worker's log, not in the job's result.
+        log.error("sql_query: database file %s does not exist", db_path)
+        raise ToolError("the query database is not available (AGENTFLOW_SQL_DATABASE_PATH)")
     uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
-        raise ToolError(f"cannot open database {str(db_path)!r}: {exc}") from exc
+        log.error("sql_query: cannot open %s: %s", db_path, exc)
+        raise ToolError(
+            "the query database cannot be opened (AGENTFLOW_SQL_DATABASE_PATH)"
+        ) from exc
     authorizer = _Authorizer()
     rows: list[JsonValue] = []
     truncated = False
