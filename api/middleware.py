@@ -25,6 +25,10 @@ def _too_large(max_bytes: int) -> str:
     return f"request body exceeds {max_bytes} bytes"
 
 
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""Methods whose bodies routes read; only they are limited (and document 413)."""
+
+
 class BodyLimitMiddleware:
     """Answers 413 for request bodies over ``max_bytes``, before any route uses them.
 
@@ -42,8 +46,8 @@ class BodyLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)  # no route reads a body there
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:

@@ -51,6 +51,7 @@ from schemathesis.specs.openapi.checks import (
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from api.middleware import BODY_METHODS
 from core.auth import Scope
 from core.settings import Settings
 from infra.db import create_tables, make_engine
@@ -282,6 +283,8 @@ def test_openapi_documents_the_errors_every_route_can_answer(api_schema: Any) ->
             missing = {"401", "403", "503"} - documented
             if missing:
                 problems.append(f"{operation.label} lacks {sorted(missing)} (an API key)")
+        if operation.method.upper() in BODY_METHODS and "413" not in documented:
+            problems.append(f"{operation.label} lacks 413 (the body limit applies to it)")
         if "requestBody" in definition:
             missing = {"400", "413", "422"} - documented
             if missing:

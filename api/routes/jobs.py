@@ -390,7 +390,7 @@ async def _not_running(state: AppState, job_id: str, exc: RPCError) -> Exception
 @router.post(
     "/{job_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=error_responses(401, 403, 404, 409, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def cancel_job(
     job_id: JobIdPath, principal: ApproveKey, state: StateDep, temporal: TemporalDep
