@@ -144,14 +144,18 @@ class StageActivities:
             durations[stage.value] = round((now - started) * 1000, 3)
             started = now
 
-        cache = await self.check_response_cache(
-            ResponseCacheKeyInput(
-                query=req.query,
-                context=req.context,
-                tool_calls=req.tool_calls,
-                model_tier=req.model_tier,
-            )
+        key_input = ResponseCacheKeyInput(
+            query=req.query,
+            context=req.context,
+            tool_calls=req.tool_calls,
+            model_tier=req.model_tier,
+            owner=inp.owner,
         )
+        if req.require_approval:
+            # A human gate is never answered from the cache (nor is its answer stored).
+            cache = CheckResponseCacheResult(key=response_cache_key(key_input))
+        else:
+            cache = await self.check_response_cache(key_input)
         lap(Stage.RESPONSE_CACHE)
         if cache.hit is not None:
             return PrepareJobResult(cache=cache, duration_ms=durations)
@@ -317,6 +321,9 @@ class StageActivities:
     async def record_job(self, inp: RecordJobInput) -> None:
         """Write the job's projection; when it completed with a fresh answer, cache the answer.
 
+        Answers of jobs that went through the approval gate are not cached: a repeat must ask
+        again.
+
         Raises:
             ApplicationError: ``StoreUnavailable`` (retryable) while the database is down or
                 locked; ``StoreRejected`` (non-retryable) when it refuses the write. A Redis
@@ -348,6 +355,8 @@ class StageActivities:
             and result.answer is not None
             and not result.response_cache_hit
             and result.selection is not None
+            # An answer that went through the approval gate is never served without it.
+            and result.approval is None
         ):
             final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
             cached = CachedResponse(

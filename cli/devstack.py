@@ -520,6 +520,12 @@ class DevStack:
                 "AGENTFLOW_SQL_DATABASE_PATH": str(self.sql_database_path),
                 "AGENTFLOW_DATA_DIR": str(self.data_dir),
                 "AGENTFLOW_API_PORT": str(self.api_port),
+                # The Web UI this stack points at its codec endpoint calls it from its origin.
+                "AGENTFLOW_CODEC_CORS_ORIGINS": json.dumps(
+                    sorted(
+                        {*self.settings.codec_cors_origins, self.temporal_ui_url.rstrip("/")} - {""}
+                    )
+                ),
                 "PYTHONUNBUFFERED": "1",
             }
         )

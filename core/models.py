@@ -479,6 +479,9 @@ class ResponseCacheKeyInput(BaseModel):
     context: list[ContextItem] = Field(default_factory=list)
     tool_calls: list[ToolCall] = Field(default_factory=list)
     model_tier: TierChoice = "auto"
+    owner: str | None = None
+    """Key id of the API key asking: each key has its own cached answers, so one key never
+    receives what another's job produced (nor learns that it was asked)."""
 
 
 class CachedResponse(BaseModel):
@@ -679,6 +682,8 @@ class PrepareJobInput(BaseModel):
     """Input of the ``prepare_job`` local activity: the request as the workflow carries it."""
 
     request: AgentRequest
+    owner: str | None = None
+    """Key id of the submitting API key (the response cache is per key)."""
 
 
 class PrepareJobResult(BaseModel):

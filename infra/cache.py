@@ -228,7 +228,8 @@ def _canonical_json(value: Any) -> str:
 def response_cache_key(inp: ResponseCacheKeyInput) -> str:
     """Redis key of a final answer: ``agentflow:response:v1:<sha256 hex>``.
 
-    The digest covers the normalized query (:func:`normalize_query`), the model tier, and a SHA-256
+    The digest covers the owner (the API key's id: every key has its own answers), the
+    normalized query (:func:`normalize_query`), the model tier, and a SHA-256
     of the canonical JSON of the context items (content, importance, source, blob id, in order)
     and tool calls (name and parameters with sorted keys, in order). Tool call ids are left out:
     they do not change the answer.
@@ -246,11 +247,12 @@ def response_cache_key(inp: ResponseCacheKeyInput) -> str:
     inputs_digest = hashlib.sha256(
         _canonical_json({"context": context, "tool_calls": tool_calls}).encode()
     ).hexdigest()
-    payload = _canonical_json(
-        {
-            "query": normalize_query(inp.query),
-            "inputs_sha256": inputs_digest,
-            "model_tier": inp.model_tier,
-        }
-    )
+    fields: dict[str, Any] = {
+        "query": normalize_query(inp.query),
+        "inputs_sha256": inputs_digest,
+        "model_tier": inp.model_tier,
+    }
+    if inp.owner is not None:  # jobs without an owner keep the keys they always had
+        fields["owner"] = inp.owner
+    payload = _canonical_json(fields)
     return RESPONSE_KEY_PREFIX + hashlib.sha256(payload.encode()).hexdigest()

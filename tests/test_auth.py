@@ -298,6 +298,33 @@ async def test_idempotency_keys_are_per_api_key(http: httpx.AsyncClient, stack: 
     assert again.headers.get("Idempotent-Replayed") == "true"
 
 
+async def test_cached_answers_stay_with_their_key_and_never_skip_a_gate(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    """Found by a hostile probe: an approved job's answer, served to another key from the
+    response cache, skipped that key's approval gate and handed it the first key's tool result."""
+    body = {"query": f"What is a deque? {uuid.uuid4().hex[:6]}", "model_tier": "small"}
+    plain = await submit(http, stack.alice, **body)
+    await wait_status(http, stack.alice, plain["job_id"], TERMINAL)
+    again = await submit(http, stack.alice, **body)  # the same key: its own cache
+    assert (await wait_status(http, stack.alice, again["job_id"], TERMINAL))["response_cache_hit"]
+    other = await submit(http, stack.bob, **body)  # another key: not the first key's answer
+    assert not (await wait_status(http, stack.bob, other["job_id"], TERMINAL))["response_cache_hit"]
+
+    gated = {**body, "query": f"Deploy it {uuid.uuid4().hex[:6]}", "require_approval": True}
+    for _ in range(2):  # an approved answer is not reused: the repeat asks again
+        job = await submit(http, stack.alice, **gated)
+        await wait_status(http, stack.alice, job["job_id"], {"AWAITING_APPROVAL"})
+        decided = await http.post(
+            f"/v1/jobs/{job['job_id']}/approval",
+            json={"approved": True},
+            headers=bearer(stack.alice),
+        )
+        assert decided.status_code == 200, decided.text
+        done = await wait_status(http, stack.alice, job["job_id"], TERMINAL)
+        assert done["status"] == "COMPLETED" and not done["response_cache_hit"]
+
+
 # ------------------------------------------------------------------------- quotas over HTTP
 
 

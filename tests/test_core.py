@@ -9,6 +9,7 @@ that ran when it could not help and was awaited after the job ended.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import time
 import uuid
@@ -420,6 +421,11 @@ async def test_cpu_heavy_stages_do_not_stall_the_workers_event_loop(dev_harness:
             await asyncio.sleep(0.01)
             lags.append(time.perf_counter() - before - 0.01)
 
+    # Late in a full run this process holds every earlier test's garbage; a full collection of
+    # it can pause the loop for a few hundred ms (a worker process has a small heap). The stall
+    # this test is about was 9-14 s.
+    gc.collect()
+    gc.freeze()
     tick = asyncio.create_task(ticker())
     try:
         results = await asyncio.gather(
@@ -431,9 +437,10 @@ async def test_cpu_heavy_stages_do_not_stall_the_workers_event_loop(dev_harness:
     finally:
         stop.set()
         await tick
+        gc.unfreeze()
     assert all(r.status is JobStatus.COMPLETED for r in results)
     assert results[1].compression is not None and results[1].compression.tokens_after <= 500
-    assert max(lags) < 0.25, f"event loop stalled for {max(lags):.2f}s"
+    assert max(lags) < 0.5, f"event loop stalled for {max(lags):.2f}s"
 
 
 # --------------------------------------------------------------------------- drafts

@@ -239,7 +239,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         self._enter(Stage.RESPONSE_CACHE)
         prepared = await workflow.execute_local_activity_method(
             StageActivities.prepare_job,
-            PrepareJobInput(request=inp.request),
+            PrepareJobInput(request=inp.request, owner=inp.owner),
             start_to_close_timeout=policies.PLAN_TIMEOUT,
             retry_policy=policies.LOCAL_QUICK_RETRY,
         )
