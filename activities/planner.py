@@ -58,14 +58,13 @@ from infra.tools.calculator import (
     ALLOWED_NODES,
     CONSTANTS,
     FUNCTIONS,
+    MAX_EXPRESSION_CHARS,
     MAX_EXPRESSION_DEPTH,
     expression_depth,
 )
 
 MAX_EXPRESSIONS = 3
 """Most calculator calls proposed for one query."""
-MAX_EXPRESSION_CHARS = 500
-"""Longest expression proposed (the calculator's own limit)."""
 MAX_RUN_CHARS = 2 * MAX_EXPRESSION_CHARS
 """Longest run of math tokens the planner tries to trim into an expression. Trimming parses the
 run once per character it drops, so an unbounded run costs quadratic CPU (a 14 KB arithmetic

@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         create_tables(engine)
         cache = RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s)
         quotas = Quotas.from_settings(settings)
-        pepper = settings.api_key_pepper
         app.state.agentflow = AppState(
             settings=settings,
             store=JobStore(engine),
@@ -58,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tools=builtin_registry(settings),
             catalog=load_catalog(settings.catalog_file, settings.openai_base_url),
             temporal=TemporalGateway(settings, plugin_from_settings(settings, engine)),
-            keys=KeyStore(engine, pepper=pepper.get_secret_value() if pepper else None),
+            keys=KeyStore.from_settings(engine, settings),
             quotas=quotas,
         )
         if settings.auth_disabled:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,11 +23,11 @@ from fastapi.responses import JSONResponse
 from temporalio.service import RPCError
 
 from core.errors import StoreRejectedError, StoreUnavailableError
+from core.models import UNPAIRED_SURROGATE
 from core.tools import ToolCallInvalidError
 
 log = logging.getLogger(__name__)
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_CTX_TEXT = 200
 """Longest ``ctx`` string kept in a 422 (pydantic puts limits there, never the value)."""
 
@@ -118,7 +117,7 @@ class TooManyRequestsError(ApiError):
 def _encodable(value: Any) -> Any:
     """``value`` with every string UTF-8 encodable and every float finite (for a JSON body)."""
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return UNPAIRED_SURROGATE.sub("\ufffd", value)
     if isinstance(value, bool | int) or value is None:
         return value
     if isinstance(value, float):

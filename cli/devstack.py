@@ -486,8 +486,7 @@ class DevStack:
             return
         engine = make_engine(self.database_url)
         try:
-            pepper = self.settings.api_key_pepper
-            keys = KeyStore(engine, pepper=pepper.get_secret_value() if pepper else None)
+            keys = KeyStore.from_settings(engine, self.settings)
             for old in keys.list_keys():
                 if old.name == DEV_KEY_NAME:
                     keys.revoke(old.key_id)

@@ -35,8 +35,7 @@ def _store() -> KeyStore:
     except StoreUnavailableError as exc:
         console.print(f"[red]✗ the job database is unavailable: {exc}[/]", highlight=False)
         raise typer.Exit(1) from exc
-    pepper = settings.api_key_pepper
-    return KeyStore(engine, pepper=pepper.get_secret_value() if pepper else None)
+    return KeyStore.from_settings(engine, settings)
 
 
 @keys_app.command("create")

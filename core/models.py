@@ -126,7 +126,8 @@ in all; a request nested deeper than the API's parser minded would fail its firs
 forever. 64 leaves room for the contract's own levels around these fields."""
 
 
-_UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Matches a UTF-16 surrogate that no pair completes (such text cannot be encoded as UTF-8)."""
 
 
 def text_problem(value: str) -> str | None:
@@ -138,7 +139,7 @@ def text_problem(value: str) -> str | None:
     """
     if "\x00" in value:
         return "must not contain NUL characters (U+0000)"
-    if _UNPAIRED_SURROGATE.search(value) is not None:
+    if UNPAIRED_SURROGATE.search(value) is not None:
         return "must not contain unpaired UTF-16 surrogates (U+D800 to U+DFFF)"
     return None
 
@@ -190,21 +191,27 @@ def check_client_json(
             problem is reported at the object holding it); raised inside a field validator it
             becomes a 422 naming that place.
     """
+    _walk_json(value, loc, limit, client=True)
+    return value
+
+
+def _walk_json(value: JsonValue, loc: tuple[str | int, ...], limit: int, *, client: bool) -> None:
+    """Check nesting depth, and with ``client`` also text and numbers (see the callers)."""
     stack: list[tuple[JsonValue, tuple[str | int, ...], int]] = [(value, loc, 1)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, str):
-            problem = text_problem(item)
+            problem = text_problem(item) if client else None
             if problem is not None:
                 raise _refused(where, problem)
         elif isinstance(item, float):
-            if not math.isfinite(item):
+            if client and not math.isfinite(item):
                 raise _refused(where, "must be a finite number (NaN and infinities are not JSON)")
         elif isinstance(item, dict):
             if depth > limit:
                 raise _refused(where, f"nested deeper than {limit} levels")
             for key, child in item.items():
-                problem = text_problem(key)
+                problem = text_problem(key) if client else None
                 if problem is not None:
                     raise _refused(where, f"an object key {problem}")
                 stack.append((child, (*where, key), depth + 1))
@@ -212,7 +219,6 @@ def check_client_json(
             if depth > limit:
                 raise _refused(where, f"nested deeper than {limit} levels")
             stack.extend((child, (*where, i), depth + 1) for i, child in enumerate(item))
-    return value
 
 
 # --------------------------------------------------------------------------- request
@@ -271,17 +277,10 @@ def check_json_depth(value: JsonValue, limit: int = MAX_JSON_DEPTH) -> JsonValue
     """Return ``value`` unchanged when it nests at most ``limit`` levels of lists and objects.
 
     Raises:
-        ValueError: it nests deeper (a pydantic validator turns this into a 422 naming the
-            field).
+        pydantic.ValidationError: it nests deeper, located at the first object or list past
+            the limit (raised inside a field validator it becomes a 422 naming that place).
     """
-    stack: list[tuple[JsonValue, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                raise ValueError(f"nested deeper than {limit} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+    _walk_json(value, (), limit, client=False)
     return value
 
 

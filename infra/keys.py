@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.auth import Principal, Scope
+from core.settings import Settings
 from infra.db import UTCDateTime, translate_errors, utc_now
 
 KEY_ID_PREFIX = "af_"
@@ -97,6 +98,12 @@ class KeyStore:
     def __init__(self, engine: Engine, pepper: str | None = None) -> None:
         self._engine = engine
         self._pepper = pepper.encode() if pepper else None
+
+    @classmethod
+    def from_settings(cls, engine: Engine, settings: Settings) -> KeyStore:
+        """The key store on ``engine`` with the settings' ``AGENTFLOW_API_KEY_PEPPER``."""
+        pepper = settings.api_key_pepper
+        return cls(engine, pepper=pepper.get_secret_value() if pepper else None)
 
     def _digest(self, secret: str, scheme: str) -> str | None:
         if scheme == "hmac-sha256":
