@@ -29,15 +29,17 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -47,6 +49,7 @@ from core.models import AgentRequest, BudgetReservation, Tier
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROMPT_OVERHEAD_TOKENS = 500
 """Tokens the prompt templates add around the query and context (system prompt, headings)."""
@@ -176,12 +179,10 @@ class Quotas:
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        # The limiter shares the pool, so one reconnect (:meth:`_call`) serves both.
+        pool: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
         self._storage = RedisStorage(
-            "async+" + redis_url,
-            implementation="redispy",
-            key_prefix="agentflow:ratelimit",
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+            "async+" + redis_url, implementation="redispy", key_prefix="agentflow:ratelimit", **pool
         )
         self._limiter = MovingWindowRateLimiter(self._storage)
 
@@ -196,6 +197,23 @@ class Quotas:
             ),
             timeout_s=settings.redis_timeout_s,
         )
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis ``operation``; after a connection failure, reconnect and run it again.
+
+        A Redis restart leaves every pooled connection dead, and each fails on its next use
+        (redis-py's own retry did not recover them). Unchecked, each would let one submission
+        through without its quotas after Redis is back, so the pool is dropped and the call
+        repeated once. A Redis that is really down fails both tries fast (connection refused).
+
+        Raises:
+            RedisError | OSError: the second try failed too.
+        """
+        try:
+            return await operation()
+        except (RedisConnectionError, OSError):
+            await self._redis.connection_pool.disconnect()
+            return await operation()
 
     def budget_for(self, principal: Principal) -> float:
         """The key's daily budget in USD."""
@@ -216,9 +234,9 @@ class Quotas:
         limit = principal.rate_limit_per_minute or self._defaults.rate_limit_per_minute
         item = RateLimitItemPerMinute(limit)
         try:
-            if await self._limiter.hit(item, principal.key_id):
+            if await self._call(lambda: self._limiter.hit(item, principal.key_id)):
                 return
-            stats = await self._limiter.get_window_stats(item, principal.key_id)
+            stats = await self._call(lambda: self._limiter.get_window_stats(item, principal.key_id))
         except (RedisError, OSError) as exc:
             log.warning("rate limit not enforced: Redis unreachable (%s)", type(exc).__name__)
             return
@@ -241,8 +259,10 @@ class Quotas:
         day = self.day()
         key = _budget_key(principal.key_id, day)
         try:
-            ok, spent = await self._redis.eval(
-                _RESERVE, 1, key, repr(estimate_usd), repr(budget), BUDGET_KEY_TTL_S
+            ok, spent = await self._call(
+                lambda: self._redis.eval(
+                    _RESERVE, 1, key, repr(estimate_usd), repr(budget), BUDGET_KEY_TTL_S
+                )
             )
         except (RedisError, OSError) as exc:
             log.warning("budget not enforced: Redis unreachable (%s)", type(exc).__name__)
@@ -271,20 +291,22 @@ class Quotas:
             RedisError: Redis is unreachable. Settling again later is safe (idempotent); the
                 worker does not wait for Redis, so the estimate then stays charged.
         """
-        settled = await self._redis.eval(
-            _SETTLE,
-            2,
-            _budget_key(reservation.key_id, reservation.day),
-            f"agentflow:budget:settled:{reservation.reservation_id or reservation.job_id}",
-            repr(actual_usd - reservation.estimate_usd),
-            SETTLED_MARKER_TTL_S,
-            BUDGET_KEY_TTL_S,
+        settled = await self._call(
+            lambda: self._redis.eval(
+                _SETTLE,
+                2,
+                _budget_key(reservation.key_id, reservation.day),
+                f"agentflow:budget:settled:{reservation.reservation_id or reservation.job_id}",
+                repr(actual_usd - reservation.estimate_usd),
+                SETTLED_MARKER_TTL_S,
+                BUDGET_KEY_TTL_S,
+            )
         )
         return bool(int(settled))
 
     async def spent_usd(self, key_id: str, day: str | None = None) -> float:
         """What the key spent or has reserved on ``day`` (default today), in USD."""
-        value = await self._redis.get(_budget_key(key_id, day or self.day()))
+        value = await self._call(lambda: self._redis.get(_budget_key(key_id, day or self.day())))
         return float(value) if value is not None else 0.0
 
     async def aclose(self) -> None:

@@ -70,9 +70,9 @@ def redis_server_binary() -> str:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free port; yields its URL."""
-    port = free_port()
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A throwaway redis-server on ``port`` (default: a free one); yields its URL."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             redis_server_binary(),

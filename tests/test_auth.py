@@ -41,7 +41,7 @@ from infra.quotas import (
     estimate_cost_usd,
 )
 from infra.tools.sql_query import ensure_example_database
-from tests.helpers import free_port, serve_asgi
+from tests.helpers import free_port, redis_server, serve_asgi
 from tests.workflow_support import agent_worker
 
 pytestmark = pytest.mark.devserver
@@ -486,6 +486,30 @@ async def test_quotas_fail_open_when_redis_is_down() -> None:
         await quotas.hit_rate_limit(p)
         assert await quotas.reserve(p, "j", 10.0) is None
     await quotas.aclose()
+
+
+async def test_quotas_are_enforced_at_once_after_redis_restarts() -> None:
+    """Found by an outage probe: pooled connections that died with Redis made the next
+    submissions after its restart fail open (no budget reserved, no rate limit)."""
+    port = free_port()
+    p = principal(rate_limit_per_minute=100, daily_budget_usd=100.0)
+    with redis_server(port) as url:
+        quotas = Quotas(url, QuotaDefaults(rate_limit_per_minute=100, daily_budget_usd=100.0))
+        await asyncio.gather(*(quotas.reserve(p, f"before-{i}", 0.01) for i in range(8)))
+        await asyncio.gather(*(quotas.hit_rate_limit(p) for _ in range(8)))
+    try:
+        with redis_server(port):
+            reserved = await asyncio.gather(
+                *(quotas.reserve(p, f"after-{i}", 0.01) for i in range(8))
+            )
+            assert all(r is not None for r in reserved), "a reservation failed open"
+            assert await quotas.spent_usd(p.key_id) == pytest.approx(0.08)
+            limited = principal(rate_limit_per_minute=8)
+            await asyncio.gather(*(quotas.hit_rate_limit(limited) for _ in range(8)))
+            with pytest.raises(RateLimitedError):
+                await quotas.hit_rate_limit(limited)
+    finally:
+        await quotas.aclose()
 
 
 def test_estimate_bounds_what_the_model_calls_can_cost() -> None:
