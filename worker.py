@@ -17,7 +17,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import AgentActivities
+from activities import AgentActivities, TokenStreamSettings
 from core.catalog import load_catalog
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
@@ -62,6 +62,11 @@ def build_activities(
         response_cache_ttl_s=settings.response_cache_ttl_s,
         planner_timeout_s=settings.planner_timeout_s,
         quotas=quotas,
+        stream=TokenStreamSettings(
+            batch_ms=settings.stream_token_batch_ms,
+            batch_tokens=settings.stream_token_batch_tokens,
+            flush_ms=settings.stream_flush_ms,
+        ),
     )
     return activities, cache, providers
 

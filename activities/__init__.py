@@ -14,6 +14,7 @@ from typing import Any
 
 from activities.generation import ModelActivities
 from activities.stages import StageActivities
+from activities.token_stream import TokenStreamSettings
 from activities.tool_calls import ToolActivities
 from core.catalog import ModelCatalog
 from core.tools import ToolRegistry
@@ -43,6 +44,7 @@ class AgentActivities:
         response_cache_ttl_s: int = 3600,
         planner_timeout_s: float = 8.0,
         quotas: Quotas | None = None,
+        stream: TokenStreamSettings | None = None,
     ) -> AgentActivities:
         """Wire the three groups to the given clients (no I/O).
 
@@ -55,6 +57,7 @@ class AgentActivities:
             response_cache_ttl_s: TTL of cached final answers, in seconds.
             planner_timeout_s: budget of the model planner before the rules plan, in seconds.
             quotas: where job budgets are settled when jobs end (``None``: not settled).
+            stream: how streamed answers are batched into ``token`` events.
         """
         return cls(
             stages=StageActivities(
@@ -67,7 +70,7 @@ class AgentActivities:
                 planner_timeout_s=planner_timeout_s,
                 quotas=quotas,
             ),
-            model=ModelActivities(catalog=catalog, providers=providers),
+            model=ModelActivities(catalog=catalog, providers=providers, stream=stream),
             tools=ToolActivities(tools=tools, cache=cache),
         )
 
@@ -87,4 +90,10 @@ class AgentActivities:
         ]
 
 
-__all__ = ["AgentActivities", "ModelActivities", "StageActivities", "ToolActivities"]
+__all__ = [
+    "AgentActivities",
+    "ModelActivities",
+    "StageActivities",
+    "TokenStreamSettings",
+    "ToolActivities",
+]

@@ -58,6 +58,7 @@ from core.models import (
     ToolFailure,
     ToolResult,
 )
+from core.tokens import count_tokens
 from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
 from infra.cache import RedisCache, response_cache_key
 from infra.jobs import JobStore
@@ -67,6 +68,18 @@ from infra.quotas import Quotas
 from infra.usage import usage_of
 
 log = logging.getLogger(__name__)
+
+PROMPT_OVERHEAD_TOKENS = 200
+"""System prompt and message framing added to every generation prompt (an estimate, tokens)."""
+
+CHARS_PER_TOKEN = 4
+"""Characters per token for the context's cost estimate (no tokenizer pass over the context)."""
+
+
+def _context_tokens_estimate(items: list[ContextItem], max_context_tokens: int) -> int:
+    """Prompt tokens the context will take after compression: its size, at most the budget."""
+    chars = sum(len(item.content) for item in items)
+    return min(chars // CHARS_PER_TOKEN, max_context_tokens)
 
 
 class StageActivities:
@@ -168,6 +181,7 @@ class StageActivities:
                 tool_call_names=[p.call.name for p in plan.planned],
                 context_items=len(req.context),
                 pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
+                context_tokens=_context_tokens_estimate(req.context, req.max_context_tokens),
             ),
         )
         lap(Stage.MODEL_SELECTION)
@@ -249,7 +263,14 @@ class StageActivities:
         """
         selection = select_model(inp)
         timeouts = {spec.tier: spec.attempt_timeout_s for spec in self.catalog.models}
-        return selection.model_copy(update={"attempt_timeouts_s": timeouts})
+        estimate = self.catalog.estimate_remaining_cost_usd(
+            selection.tier,
+            prompt_tokens=count_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS,
+            completion_tokens=selection.scores.response_length,
+        )
+        return selection.model_copy(
+            update={"attempt_timeouts_s": timeouts, "estimated_cost_usd": estimate}
+        )
 
     # ------------------------------------------------------------------ compression
 

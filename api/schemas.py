@@ -8,19 +8,22 @@ reference, so client input never names server-side storage.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, field_validator
 
 from core.models import (
     AgentProgress,
     AgentRequest,
     AgentResult,
     ApprovalDecision,
+    CallDecision,
     ClientText,
     ContextItem,
     ContextItemCreate,
     JobStatus,
     RequestBase,
+    check_client_json,
 )
 
 
@@ -36,21 +39,50 @@ class JobCreate(RequestBase):
         return AgentRequest(**data, context=context)
 
 
+class CallDecisionCreate(BaseModel):
+    """A decision on one planned call: ``approve``, ``reject``, or ``edit`` with new parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: ClientText = Field(min_length=1, max_length=128)
+    action: Literal["approve", "reject", "edit"]
+    parameters: dict[str, JsonValue] | None = None
+    """The call's new parameters (``edit`` only), checked against the tool's schema."""
+
+    @field_validator("parameters")
+    @classmethod
+    def _client_json(cls, value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        if value is not None:
+            check_client_json(value)
+        return value
+
+
 class ApprovalCreate(BaseModel):
     """Body of ``POST /v1/jobs/{job_id}/approval``.
 
-    The reviewer is the calling API key (:attr:`core.auth.Principal.identity`), never a body
-    field: a body naming ``reviewer`` is refused (422).
+    ``approved`` decides the job: ``false`` rejects it (``calls`` must then be empty), ``true``
+    lets it run. ``calls`` decides single planned calls (see
+    ``progress.approval_request.calls``): each listed call is approved, rejected (recorded as
+    ``ToolCallRejected``, not run) or edited (run with ``parameters``); a call that needed
+    approval and is not listed takes the job's decision; other calls run as planned. The
+    reviewer is the calling API key (:attr:`core.auth.Principal.identity`), never a body field:
+    a body naming ``reviewer`` is refused (422).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     approved: StrictBool
     comment: ClientText | None = Field(default=None, max_length=2000)
+    calls: list[CallDecisionCreate] = Field(default_factory=list, max_length=64)
 
     def decision(self, reviewer: str) -> ApprovalDecision:
         """The durable decision the workflow's ``decide`` update takes."""
-        return ApprovalDecision(approved=self.approved, reviewer=reviewer, comment=self.comment)
+        return ApprovalDecision(
+            approved=self.approved,
+            reviewer=reviewer,
+            comment=self.comment,
+            calls=[CallDecision(**c.model_dump()) for c in self.calls],
+        )
 
 
 class JobLinks(BaseModel):
@@ -106,13 +138,15 @@ class JobsPublic(BaseModel):
 class ApprovalPublic(BaseModel):
     """Answer to an accepted decision: who decided what, and the job's status now.
 
-    ``status`` is RUNNING after an approval and REJECTED after a rejection.
+    ``status`` is RUNNING after an approval and REJECTED after a rejection; ``calls`` echoes
+    the per-call decisions taken (the job's ``approval_record`` holds every call's outcome).
     """
 
     job_id: str
     approved: bool
     reviewer: str
     status: JobStatus
+    calls: list[CallDecision] = Field(default_factory=list)
 
 
 class CancelAccepted(BaseModel):

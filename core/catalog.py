@@ -68,6 +68,10 @@ class ModelSpec(BaseModel):
         return (prompt_tokens + completion_tokens) / 1000 * self.cost_per_1k_tokens_usd
 
 
+DRAFT_ESTIMATE_TOKENS = 256
+"""Completion tokens a draft is expected to use (the default ``draft_max_tokens``)."""
+
+
 class ModelCatalog(BaseModel):
     """Exactly one :class:`ModelSpec` per tier."""
 
@@ -84,6 +88,27 @@ class ModelCatalog(BaseModel):
     def for_tier(self, tier: Tier) -> ModelSpec:
         """The model serving ``tier``."""
         return next(m for m in self.models if m.tier == tier)
+
+    def estimate_remaining_cost_usd(
+        self,
+        tier: Tier,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        draft_tokens: int = DRAFT_ESTIMATE_TOKENS,
+    ) -> float:
+        """Expected cost of a job's model calls after selection, in USD.
+
+        The final answer on ``tier`` (``prompt_tokens`` in, ``completion_tokens`` out, capped
+        at the tier's ``max_tokens``) plus, when ``tier`` is above small, a small-tier draft of
+        ``draft_tokens`` on the same prompt. An expectation for the approval policy's cost
+        threshold, not the budget's upper bound (:func:`infra.quotas.estimate_cost_usd`).
+        """
+        spec = self.for_tier(tier)
+        cost = spec.cost_usd(prompt_tokens, min(completion_tokens, spec.max_tokens))
+        if tier is not Tier.SMALL:
+            cost += self.for_tier(Tier.SMALL).cost_usd(prompt_tokens, draft_tokens)
+        return round(cost, 6)
 
     @classmethod
     def default(cls, *, openai_base_url: str | None = None) -> ModelCatalog:

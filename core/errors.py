@@ -36,6 +36,9 @@ class ErrorType(StrEnum):
     """The job database refused a write (bad data, constraint); retrying cannot help."""
     JOB_NOT_AWAITING_APPROVAL = "JobNotAwaitingApproval"
     """A ``decide`` update reached a job that is not waiting for a decision; non-retryable."""
+    DECISION_INVALID = "DecisionInvalid"
+    """A ``decide`` update's per-call decisions do not fit the job (unknown or repeated call,
+    ``edit`` without parameters); non-retryable."""
 
 
 class AgentflowError(Exception):

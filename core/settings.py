@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,7 +95,39 @@ class Settings(BaseSettings):
     response_cache_ttl_s: int = Field(default=3600, gt=0)
     """How long a final answer stays in the response cache, in seconds."""
     approval_timeout_s: float = Field(default=24 * 3600, gt=0)
-    """How long a job waits for an approval before it ends as EXPIRED, in seconds."""
+    """How long a job waits for an approval before the timeout action applies, in seconds."""
+    approval_timeout_action: Literal["expire", "proceed"] = "expire"
+    """What the approval timeout does: ``expire`` ends the job as EXPIRED; ``proceed`` runs it
+    without the calls that needed approval (each recorded as ``not_approved``)."""
+    approval_tools: list[str] = Field(default_factory=list)
+    """Tools whose calls always need a reviewer's approval (JSON list in the env, e.g.
+    ``["sql_query"]``), beyond the tools whose metadata requires it."""
+    approval_cost_threshold_usd: float | None = Field(default=None, ge=0)
+    """A job whose estimated remaining cost (draft and final answer on the chosen tier) is above
+    this many USD waits for approval; unset: cost never gates a job."""
+    approval_reminder_s: float | None = Field(default=None, gt=0)
+    """While a job waits for approval, publish an ``approval_reminder`` event this often, in
+    seconds; unset: no reminders."""
+
+    stream_tokens: bool = True
+    """Stream each final answer as ``token`` events on the job's event stream (one signal to the
+    workflow per flush); ``false`` publishes only the whole answer in ``final_response``."""
+    stream_token_batch_ms: float = Field(default=50.0, gt=0, le=5000)
+    """A ``token`` event holds the text produced in at most this many milliseconds..."""
+    stream_token_batch_tokens: int = Field(default=32, ge=1, le=4096)
+    """...or at most this many provider deltas (about one token each), whichever comes first."""
+    stream_flush_ms: float = Field(default=100.0, ge=10, le=10_000)
+    """How often the generation activity sends its buffered events to the workflow, in ms (each
+    send is one signal, so one workflow task and a few history events); the first ``token``
+    event is sent at once."""
+    sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    """``GET /v1/jobs/{id}/events`` sends an SSE comment this often while no event arrives, so
+    proxies keep the connection open."""
+    search_attributes: Literal["auto", "on", "off"] = "auto"
+    """Upsert the ``Agent*`` custom search attributes on each job (:mod:`core.search_attributes`).
+    ``auto``: when the API finds them registered in the namespace at start-up (``agentflow dev``
+    registers them); ``on``: always (the API refuses to start when they are missing); ``off``:
+    never."""
     large_payload_threshold_bytes: int = Field(default=32 * 1024, gt=0)
     """Context items and tool results larger than this go to the blob store, passed by reference."""
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)

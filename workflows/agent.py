@@ -31,14 +31,24 @@ path in :mod:`workflows.agent_v1`, unchanged.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from temporalio import workflow
+from temporalio.contrib.workflow_streams import WorkflowStream
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.stages import StageActivities
-    from core.errors import ErrorType
+    from core import search_attributes
+    from core.events import (
+        EVENTS_TOPIC,
+        EventBase,
+        FinalResponse,
+        ResponseError,
+        ResponseStarted,
+        StageCompleted,
+        StageStarted,
+    )
     from core.models import (
         AgentProgress,
         AgentResult,
@@ -54,10 +64,12 @@ with workflow.unsafe.imports_passed_through():
         SelectModelResult,
         Stage,
         StageTiming,
+        Tier,
         ToolFailure,
     )
     from workflows import policies
     from workflows.agent_v1 import LegacyAgentRun
+    from workflows.approval_gate import ApprovalGate, approval_reasons
     from workflows.failures import root_cause
     from workflows.model_calls import ModelCalls
     from workflows.projection import JobProjection
@@ -68,10 +80,15 @@ PATCH_CORE_V2 = "agentflow-core-v2"
 
 
 @workflow.defn(name="AgentWorkflow")
-class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
+class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, ApprovalGate):
     """Runs one agent request; the workflow id is ``agent-<job_id>``."""
 
     def __init__(self) -> None:
+        # The job's event stream (core.events): workflow state, so replay rebuilds it.
+        self._stream = WorkflowStream()
+        self._events = self._stream.topic(EVENTS_TOPIC)
+        self._generation_revision = 0
+        self._search_attributes_set: tuple[JobStatus, Tier | None, float] | None = None
         self._progress = AgentProgress(job_id="")
         self._decision: ApprovalDecision | None = None
         self._stage_started: datetime | None = None
@@ -91,7 +108,10 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
 
     @workflow.update
     async def decide(self, decision: ApprovalDecision) -> DecisionResult:
-        """Approve or reject the job while it waits at the approval gate.
+        """Decide the job, and optionally single planned calls, while it waits at the gate.
+
+        See :class:`core.models.ApprovalDecision` for what ``approved`` and ``calls`` mean and
+        :mod:`workflows.approval_gate` for what the job does with them.
 
         Returns:
             The decision and the job's new status: RUNNING after an approval, REJECTED after a
@@ -100,10 +120,13 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         Raises:
             ApplicationError: ``JobNotAwaitingApproval`` (non-retryable) when the job is not
                 waiting for a decision (not yet at the gate, already decided, or ended); its
-                ``details`` hold the current status. The validator refuses such calls before they
-                reach history; this check covers two decisions that pass validation together.
+                ``details`` hold the current status. ``DecisionInvalid`` (non-retryable) when
+                the per-call decisions do not fit the job. The validator refuses such calls
+                before they reach history; this check covers two decisions that pass
+                validation together.
         """
         self._refuse_unless_waiting()
+        self._refuse_bad_calls(decision)
         self._decision = decision
         self._gate_open = False
         self._progress.approval = decision
@@ -117,21 +140,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
     @decide.validator
     def _validate_decide(self, decision: ApprovalDecision) -> None:
         self._refuse_unless_waiting()
-
-    def _refuse_unless_waiting(self) -> None:
-        if self._gate_open and self._decision is None:
-            return
-        status = self._progress.status
-        if self._decision is not None:
-            why = f"job {self._progress.job_id} was already decided by {self._decision.reviewer}"
-        else:
-            why = f"job {self._progress.job_id} is not awaiting approval (status {status.value})"
-        raise ApplicationError(
-            why,
-            status.value,
-            type=ErrorType.JOB_NOT_AWAITING_APPROVAL.value,
-            non_retryable=True,
-        )
+        self._refuse_bad_calls(decision)
 
     @workflow.signal
     def approve(self, decision: ApprovalDecision) -> None:
@@ -172,6 +181,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         self._progress.query = inp.request.query
         self._progress.started_at = workflow.info().start_time
         self._progress.owner = inp.owner
+        self._emit(ResponseStarted(job_id=inp.job_id, query=inp.request.query[:200]))
         try:
             return await self._pipeline(inp)
         except (ActivityError, ApplicationError) as err:
@@ -194,7 +204,6 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
             raise
 
     async def _pipeline(self, inp: AgentWorkflowInput) -> AgentResult:
-        req = inp.request
         self._project()  # RUNNING, with the request; written beside the first stages
         prepared = await self._prepare(inp)
         if isinstance(prepared, AgentResult):
@@ -203,8 +212,10 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         if self._draft_helps(inp, selection):
             self._draft_task = asyncio.create_task(self._draft(inp, selection))
 
-        if req.require_approval or any(p.requires_approval for p in planned):
-            outcome = await self._await_decision(inp.approval_timeout)
+        self._upsert_search_attributes(JobStatus.RUNNING)
+        reasons, gated = approval_reasons(inp, planned, selection)
+        if reasons:
+            outcome, planned = await self._await_decision(inp, planned, selection, reasons, gated)
             if outcome is not JobStatus.RUNNING:
                 self._stop_draft()
                 return await self._finish(self._result(outcome))
@@ -213,6 +224,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         await self._run_tools(inp, planned)
         items, summary = await self._compress(inp)
         final, escalated_to = await self._generate_final(inp, selection, items)
+        self._generation_revision = final.revision
         self._progress.usage.append(final.usage)
         self._stop_draft()
         result = self._result(JobStatus.COMPLETED).model_copy(
@@ -244,10 +256,12 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
             retry_policy=policies.LOCAL_QUICK_RETRY,
         )
         # One local activity ran three stages: their timings come from the activity.
-        self._progress.timings.extend(
-            StageTiming(stage=Stage(name), duration_ms=ms)
-            for name, ms in prepared.duration_ms.items()
-        )
+        for name, ms in prepared.duration_ms.items():
+            stage = Stage(name)
+            if stage is not Stage.RESPONSE_CACHE:
+                self._emit(StageStarted(job_id=inp.job_id, stage=stage))
+            self._progress.timings.append(StageTiming(stage=stage, duration_ms=ms))
+            self._emit(StageCompleted(job_id=inp.job_id, stage=stage, duration_ms=ms))
         self._stage_started = None
         check = prepared.cache
         self._cache_key = check.key
@@ -275,25 +289,6 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         self._progress.selection = selection
         return plan.planned, selection
 
-    async def _await_decision(self, wait_for: timedelta) -> JobStatus:
-        """Wait at the gate for ``decide``; RUNNING (approved), REJECTED or EXPIRED."""
-        self._enter(Stage.AWAITING_APPROVAL)
-        self._progress.status = JobStatus.AWAITING_APPROVAL
-        self._gate_open = True
-        self._project()
-        try:
-            await workflow.wait_condition(lambda: self._decision is not None, timeout=wait_for)
-        except TimeoutError:
-            if self._decision is None:  # a decision accepted as the timer fired still counts
-                self._gate_open = False
-                return JobStatus.EXPIRED
-        self._progress.status = JobStatus.RUNNING
-        assert self._decision is not None
-        if not self._decision.approved:
-            return JobStatus.REJECTED
-        self._project()
-        return JobStatus.RUNNING
-
     async def _compress(
         self, inp: AgentWorkflowInput
     ) -> tuple[list[ContextItem], CompressionSummary]:
@@ -316,14 +311,40 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
     # ------------------------------------------------------------------ state and projection
 
     def _enter(self, stage: Stage) -> None:
+        """Close the current stage (timing and ``stage_completed``) and start ``stage``."""
         now = workflow.now()
+        job_id = self._progress.job_id
         if self._stage_started is not None:
-            elapsed = (now - self._stage_started).total_seconds() * 1000
-            self._progress.timings.append(
-                StageTiming(stage=self._progress.stage, duration_ms=round(elapsed, 3))
-            )
+            elapsed = round((now - self._stage_started).total_seconds() * 1000, 3)
+            previous = self._progress.stage
+            self._progress.timings.append(StageTiming(stage=previous, duration_ms=elapsed))
+            self._emit(StageCompleted(job_id=job_id, stage=previous, duration_ms=elapsed))
         self._progress.stage = stage
         self._stage_started = now
+        if stage is not Stage.DONE:
+            self._emit(StageStarted(job_id=job_id, stage=stage))
+
+    def _emit(self, event: EventBase) -> None:
+        """Publish ``event`` on the job's stream, stamped with workflow time and the revision."""
+        event.at = workflow.now()
+        event.revision = self._generation_revision
+        self._events.publish(event)
+
+    def _upsert_search_attributes(self, status: JobStatus) -> None:
+        """Upsert the ``Agent*`` search attributes when the job sets them and they changed."""
+        if self._input is None or not self._input.search_attributes:
+            return
+        p = self._progress
+        tier = next((u.tier for u in reversed(p.usage) if u.purpose == "final"), None) or (
+            p.selection.tier if p.selection is not None else None
+        )
+        cost = round(sum(u.cost_usd for u in p.usage), 6)
+        if self._search_attributes_set == (status, tier, cost):
+            return
+        self._search_attributes_set = (status, tier, cost)
+        workflow.upsert_search_attributes(
+            search_attributes.updates(status, tier=tier, cost_usd=cost)
+        )
 
     def _result(
         self, status: JobStatus, *, error: str | None = None, error_type: str | None = None
@@ -340,6 +361,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
             timings=list(p.timings),
             error=error,
             error_type=error_type,
+            approval_record=p.approval_record,
         )
 
     async def _finish(self, result: AgentResult) -> AgentResult:
@@ -352,6 +374,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
         """
         self._enter(Stage.RECORD)
         result = result.model_copy(update={"timings": list(self._progress.timings)})
+        self._upsert_search_attributes(result.status)
         write = self._project(result=result)
         try:
             await asyncio.shield(write)
@@ -360,4 +383,31 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls):
             await write
         self._progress.status = result.status
         self._enter(Stage.DONE)
+        self._emit_outcome(result)
         return result.model_copy(update={"timings": list(self._progress.timings)})
+
+    def _emit_outcome(self, result: AgentResult) -> None:
+        """The job's last event: ``final_response`` or ``response_error``."""
+        if result.status is JobStatus.COMPLETED and result.answer is not None:
+            final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
+            self._emit(
+                FinalResponse(
+                    job_id=result.job_id,
+                    answer=result.answer,
+                    simulated=result.simulated,
+                    response_cache_hit=result.response_cache_hit,
+                    tier=final.tier if final is not None else None,
+                    escalated_to=result.escalated_to,
+                    usage=result.usage,
+                    total_cost_usd=round(result.total_cost_usd, 8),
+                )
+            )
+            return
+        self._emit(
+            ResponseError(
+                job_id=result.job_id,
+                status=result.status,
+                error=result.error,
+                error_type=result.error_type,
+            )
+        )

@@ -11,6 +11,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.generation import ModelActivities
+    from core.events import ESCALATION_REVISION_BASE, EventBase, InitialResponse
     from core.models import (
         AgentProgress,
         AgentWorkflowInput,
@@ -32,6 +33,9 @@ class ModelCalls:
     _draft_task: asyncio.Task[None] | None
 
     def _enter(self, stage: Stage) -> None:
+        raise NotImplementedError
+
+    def _emit(self, event: EventBase) -> None:
         raise NotImplementedError
 
     @staticmethod
@@ -64,6 +68,17 @@ class ModelCalls:
             return
         self._progress.draft = draft.text
         self._progress.usage.append(draft.usage)
+        request = self._progress.approval_request
+        if request is not None and request.draft is None:
+            request.draft = draft.text  # a reviewer who looks now sees it
+        self._emit(
+            InitialResponse(
+                job_id=inp.job_id,
+                text=draft.text,
+                tier=draft.usage.tier,
+                simulated=draft.usage.simulated,
+            )
+        )
 
     def _stop_draft(self) -> None:
         """Cancel the draft if it is still running: nobody will read it now."""
@@ -81,6 +96,7 @@ class ModelCalls:
             tier=selection.tier,
             query=inp.request.query,
             context=items,
+            stream=inp.stream_tokens,
         )
         try:
             return await self._generate(gen, inp, selection), None
@@ -94,7 +110,9 @@ class ModelCalls:
                 root_cause(err),
                 escalated_to,
             )
-            escalated = gen.model_copy(update={"tier": escalated_to})
+            escalated = gen.model_copy(
+                update={"tier": escalated_to, "revision_base": ESCALATION_REVISION_BASE}
+            )
             return await self._generate(escalated, inp, selection), escalated_to
 
     async def _generate(

@@ -11,6 +11,12 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.tool_calls import ToolActivities
+    from core.events import (
+        EventBase,
+        ToolExecutionComplete,
+        ToolExecutionStarted,
+        ToolResultEvent,
+    )
     from core.models import (
         AgentProgress,
         AgentWorkflowInput,
@@ -28,12 +34,21 @@ class ToolFanout:
 
     _progress: AgentProgress
 
-    async def _run_tools(self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]) -> None:
-        """Run the plan's calls; results kept in plan order after the planner's rejections.
+    def _emit(self, event: EventBase) -> None:
+        raise NotImplementedError
 
+    async def _run_tools(self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]) -> None:
+        """Run the plan's calls; results kept in plan order after the results already there.
+
+        Those are the planner's rejections and the calls the approval did not let run.
         Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent batches, the others one
-        by one after them.
+        by one after them. Publishes ``tool_execution_started``, one ``tool_result`` per call
+        as it finishes, and ``tool_execution_complete``.
         """
+        prior = list(self._progress.tool_results)
+        started = workflow.now()
+        if planned:
+            self._emit(ToolExecutionStarted(job_id=inp.job_id, calls=planned))
         results: dict[str, ToolResult] = {}
         parallel = [p for p in planned if p.parallel_safe]
         width = min(len(parallel), policies.TOOL_FANOUT_WIDTH)
@@ -42,10 +57,19 @@ class ToolFanout:
         for p in planned:
             if not p.parallel_safe:
                 await self._tool_batch(inp, [p], results)
-        rejected = [r for r in self._progress.tool_results if r.call_id == "plan"]
-        self._progress.tool_results = rejected + [
-            results[p.call.id] for p in planned if p.call.id in results
-        ]
+        ran = [results[p.call.id] for p in planned if p.call.id in results]
+        self._progress.tool_results = prior + ran
+        if planned:
+            failed = sum(1 for r in ran if isinstance(r, ToolFailure))
+            elapsed = (workflow.now() - started).total_seconds() * 1000
+            self._emit(
+                ToolExecutionComplete(
+                    job_id=inp.job_id,
+                    succeeded=len(ran) - failed,
+                    failed=failed,
+                    duration_ms=round(elapsed, 3),
+                )
+            )
 
     async def _tool_batch(
         self,
@@ -116,3 +140,4 @@ class ToolFanout:
     def _add_tool_result(self, result: ToolResult, results: dict[str, ToolResult]) -> None:
         results[result.call_id] = result
         self._progress.tool_results.append(result)
+        self._emit(ToolResultEvent(job_id=self._progress.job_id, result=result))

@@ -1,0 +1,337 @@
+"""The approval gate of ``AgentWorkflow``: who must decide, per-call decisions, timeout actions.
+
+A job waits for a reviewer when its :class:`core.models.ApprovalPolicy` says so: the request
+asked (``require_approval``), a planned call's tool requires approval (its metadata, or the
+policy's ``tools``), or the estimated cost of the remaining model calls is above the policy's
+threshold. The reviewer decides the job, and may decide single planned calls (approve, reject,
+or edit their parameters) through the validated ``decide`` update. While the job waits, an
+``approval_reminder`` event goes out every ``reminder_interval``; when the timeout passes the
+policy's action applies: ``expire`` ends the job, ``proceed`` runs it without the calls that
+needed approval. Every outcome becomes an :class:`core.models.ApprovalRecord`.
+
+Determinism: without reminders the wait is the single timer jobs always had, so histories
+recorded before the policy replay unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from core.errors import ErrorType
+    from core.events import ApprovalDecided, ApprovalReminder, ApprovalRequested, EventBase
+    from core.models import (
+        AgentProgress,
+        AgentWorkflowInput,
+        ApprovalDecision,
+        ApprovalRecord,
+        ApprovalRequest,
+        CallOutcome,
+        JobStatus,
+        PlannedToolCall,
+        SelectModelResult,
+        Stage,
+        ToolFailure,
+    )
+
+REJECTED_CALL_ERROR = "ToolCallRejected"
+"""``ToolFailure.error_type`` of a call a reviewer rejected (it did not run)."""
+
+NOT_APPROVED_CALL_ERROR = "ToolCallNotApproved"
+"""``ToolFailure.error_type`` of a call left undecided when the timeout action was ``proceed``."""
+
+
+def approval_reasons(
+    inp: AgentWorkflowInput, planned: list[PlannedToolCall], selection: SelectModelResult
+) -> tuple[list[str], list[str]]:
+    """Why the job must wait, and which calls need a decision.
+
+    Returns:
+        ``(reasons, gated_call_ids)``: one line per reason (empty: the job does not wait) and
+        the ids of the calls whose tool requires approval.
+    """
+    policy = inp.approval_policy
+    gated = [p for p in planned if p.requires_approval or p.call.name in policy.tools]
+    reasons: list[str] = []
+    if inp.request.require_approval:
+        reasons.append("the request asked for approval")
+    reasons += [f"tool {p.call.name} (call {p.call.id}) requires approval" for p in gated]
+    threshold = policy.cost_threshold_usd
+    estimate = selection.estimated_cost_usd
+    if threshold is not None and estimate is not None and estimate > threshold:
+        reasons.append(
+            f"estimated cost {estimate:.4f} USD is above the approval threshold of "
+            f"{threshold:g} USD"
+        )
+    return reasons, [p.call.id for p in gated]
+
+
+class ApprovalGate:
+    """Mixed into ``AgentWorkflow``, which owns the state these methods use."""
+
+    _progress: AgentProgress
+    _decision: ApprovalDecision | None
+    _gate_open: bool
+
+    def _enter(self, stage: Stage) -> None:
+        raise NotImplementedError
+
+    def _emit(self, event: EventBase) -> None:
+        raise NotImplementedError
+
+    def _project(self) -> asyncio.Task[None]:
+        raise NotImplementedError
+
+    def _upsert_search_attributes(self, status: JobStatus) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the update's checks
+
+    def _refuse_unless_waiting(self) -> None:
+        if self._gate_open and self._decision is None:
+            return
+        status = self._progress.status
+        if self._decision is not None:
+            why = f"job {self._progress.job_id} was already decided by {self._decision.reviewer}"
+        else:
+            why = f"job {self._progress.job_id} is not awaiting approval (status {status.value})"
+        raise ApplicationError(
+            why,
+            status.value,
+            type=ErrorType.JOB_NOT_AWAITING_APPROVAL.value,
+            non_retryable=True,
+        )
+
+    def _refuse_bad_calls(self, decision: ApprovalDecision) -> None:
+        """Refuse per-call decisions that do not fit the waiting job.
+
+        Raises:
+            ApplicationError: ``DecisionInvalid`` (non-retryable): per-call decisions on a
+                rejected job, a call id that is not planned or is listed twice, ``edit``
+                without parameters or parameters with another action.
+        """
+        if not decision.calls:
+            return
+        request = self._progress.approval_request
+        planned = {p.call.id for p in request.calls} if request is not None else set()
+        problem: str | None = None
+        seen: set[str] = set()
+        if not decision.approved:
+            problem = "a rejected job takes no per-call decisions (calls must be empty)"
+        for index, call in enumerate(decision.calls):
+            if problem is not None:
+                break
+            where = f"calls[{index}]"
+            if call.call_id not in planned:
+                problem = f"{where}: call {call.call_id!r} is not a planned call of this job"
+            elif call.call_id in seen:
+                problem = f"{where}: call {call.call_id!r} is decided twice"
+            elif call.action == "edit" and call.parameters is None:
+                problem = f"{where}: 'edit' needs the call's new parameters"
+            elif call.action != "edit" and call.parameters is not None:
+                problem = f"{where}: parameters are only taken with 'edit'"
+            seen.add(call.call_id)
+        if problem is not None:
+            raise ApplicationError(
+                problem, type=ErrorType.DECISION_INVALID.value, non_retryable=True
+            )
+
+    # ------------------------------------------------------------------ the gate
+
+    async def _await_decision(
+        self,
+        inp: AgentWorkflowInput,
+        planned: list[PlannedToolCall],
+        selection: SelectModelResult,
+        reasons: list[str],
+        gated: list[str],
+    ) -> tuple[JobStatus, list[PlannedToolCall]]:
+        """Wait at the gate; the outcome and the calls to run.
+
+        Returns:
+            ``(RUNNING, calls)`` after an approval (rejected calls left out and recorded as
+            failures, edited calls with their new parameters) or a ``proceed`` timeout;
+            ``(REJECTED, [])`` or ``(EXPIRED, [])`` otherwise.
+        """
+        policy = inp.approval_policy
+        self._enter(Stage.AWAITING_APPROVAL)
+        self._progress.status = JobStatus.AWAITING_APPROVAL
+        now = workflow.now()
+        request = ApprovalRequest(
+            reasons=reasons,
+            calls=planned,
+            gated_call_ids=gated,
+            tier=selection.tier,
+            estimated_cost_usd=selection.estimated_cost_usd,
+            draft=self._progress.draft,
+            requested_at=now,
+            expires_at=now + inp.approval_timeout,
+            timeout_action=policy.timeout_action,
+        )
+        self._progress.approval_request = request
+        self._gate_open = True
+        self._upsert_search_attributes(JobStatus.AWAITING_APPROVAL)
+        self._project()
+        self._emit(ApprovalRequested(job_id=inp.job_id, request=request))
+        decided = await self._wait(inp.approval_timeout, policy.reminder_interval, request)
+        self._gate_open = False
+        if not decided:
+            return self._timed_out(inp, planned, request)
+        self._progress.status = JobStatus.RUNNING
+        decision = self._decision
+        assert decision is not None
+        if not decision.approved:
+            self._decided(
+                ApprovalRecord(
+                    outcome="rejected",
+                    reviewer=decision.reviewer,
+                    decided_at=workflow.now(),
+                    comment=decision.comment,
+                    reasons=reasons,
+                    calls=[_outcome(p, "rejected") for p in planned if p.call.id in gated],
+                )
+            )
+            return JobStatus.REJECTED, []
+        to_run, record = self._apply(decision, planned, gated, reasons)
+        self._decided(record)
+        self._upsert_search_attributes(JobStatus.RUNNING)
+        self._project()
+        return JobStatus.RUNNING, to_run
+
+    async def _wait(
+        self, wait_for: timedelta, reminder: timedelta | None, request: ApprovalRequest
+    ) -> bool:
+        """Wait for ``decide`` up to ``wait_for``, reminding every ``reminder``; True if decided."""
+        if reminder is None:
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None, timeout=wait_for)
+            except TimeoutError:
+                return self._decision is not None  # a decision accepted as the timer fired
+            return True
+        while True:
+            remaining = request.expires_at - workflow.now()
+            if remaining <= timedelta(0):
+                return self._decision is not None
+            try:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None, timeout=min(reminder, remaining)
+                )
+            except TimeoutError:
+                if self._decision is not None:
+                    return True
+                if workflow.now() < request.expires_at:
+                    waited = (workflow.now() - request.requested_at).total_seconds()
+                    self._emit(
+                        ApprovalReminder(
+                            job_id=self._progress.job_id,
+                            waiting_s=waited,
+                            expires_at=request.expires_at,
+                        )
+                    )
+                continue
+            return True
+
+    def _timed_out(
+        self, inp: AgentWorkflowInput, planned: list[PlannedToolCall], request: ApprovalRequest
+    ) -> tuple[JobStatus, list[PlannedToolCall]]:
+        gated = set(request.gated_call_ids)
+        proceed = inp.approval_policy.timeout_action == "proceed"
+        record = ApprovalRecord(
+            outcome="proceeded" if proceed else "expired",
+            decided_at=workflow.now(),
+            reasons=request.reasons,
+            calls=[_outcome(p, "not_approved") for p in planned if p.call.id in gated],
+        )
+        self._decided(record)
+        if not proceed:
+            return JobStatus.EXPIRED, []
+        waited = inp.approval_timeout.total_seconds()
+        for p in planned:
+            if p.call.id in gated:
+                self._progress.tool_results.append(
+                    ToolFailure(
+                        call_id=p.call.id,
+                        name=p.call.name,
+                        error_type=NOT_APPROVED_CALL_ERROR,
+                        error=f"not approved within the approval timeout ({waited:g} s); "
+                        "the job went on without it",
+                    )
+                )
+        self._progress.status = JobStatus.RUNNING
+        self._upsert_search_attributes(JobStatus.RUNNING)
+        self._project()
+        return JobStatus.RUNNING, [p for p in planned if p.call.id not in gated]
+
+    def _apply(
+        self,
+        decision: ApprovalDecision,
+        planned: list[PlannedToolCall],
+        gated: list[str],
+        reasons: list[str],
+    ) -> tuple[list[PlannedToolCall], ApprovalRecord]:
+        """The calls an approval lets run, and its record."""
+        by_id = {c.call_id: c for c in decision.calls}
+        to_run: list[PlannedToolCall] = []
+        outcomes: list[CallOutcome] = []
+        for p in planned:
+            choice = by_id.get(p.call.id)
+            if choice is None:
+                if p.call.id in gated:
+                    outcomes.append(_outcome(p, "approved"))
+                to_run.append(p)
+            elif choice.action == "reject":
+                outcomes.append(_outcome(p, "rejected"))
+                note = f": {decision.comment}" if decision.comment else ""
+                self._progress.tool_results.append(
+                    ToolFailure(
+                        call_id=p.call.id,
+                        name=p.call.name,
+                        error_type=REJECTED_CALL_ERROR,
+                        error=f"rejected by {decision.reviewer}{note}"[:500],
+                    )
+                )
+            elif choice.action == "edit" and choice.parameters is not None:
+                edited = p.model_copy(
+                    update={"call": p.call.model_copy(update={"parameters": choice.parameters})}
+                )
+                outcomes.append(
+                    CallOutcome(
+                        call_id=p.call.id,
+                        name=p.call.name,
+                        outcome="edited",
+                        parameters=choice.parameters,
+                        original_parameters=p.call.parameters,
+                    )
+                )
+                to_run.append(edited)
+            else:
+                outcomes.append(_outcome(p, "approved"))
+                to_run.append(p)
+        record = ApprovalRecord(
+            outcome="approved",
+            reviewer=decision.reviewer,
+            decided_at=workflow.now(),
+            comment=decision.comment,
+            reasons=reasons,
+            calls=outcomes,
+        )
+        return to_run, record
+
+    def _decided(self, record: ApprovalRecord) -> None:
+        self._progress.approval_record = record
+        self._emit(ApprovalDecided(job_id=self._progress.job_id, record=record))
+
+
+def _outcome(p: PlannedToolCall, outcome: str) -> CallOutcome:
+    return CallOutcome.model_validate(
+        {
+            "call_id": p.call.id,
+            "name": p.call.name,
+            "outcome": outcome,
+            "parameters": p.call.parameters,
+        }
+    )
