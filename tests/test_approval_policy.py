@@ -6,6 +6,7 @@ Real activities, Redis and SQLite; the workflow's event stream is read back thro
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import pytest
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Replayer
 
 from core.events import (
     EVENTS_TOPIC,
@@ -35,7 +37,8 @@ from core.models import (
     ToolFailure,
     ToolSuccess,
 )
-from tests.workflow_support import Harness, wait_for_stage
+from infra.temporal import AgentflowPlugin
+from tests.workflow_support import Harness, save_history, wait_for_stage
 from workflows.agent import AgentWorkflow
 from workflows.approval_gate import NOT_APPROVED_CALL_ERROR, REJECTED_CALL_ERROR
 
@@ -49,6 +52,7 @@ CALC = ToolCall(id="calc", name="calculator", parameters={"expression": "6*7"})
 SQL = ToolCall(id="sql", name="sql_query", parameters={"sql": "SELECT count(*) AS n FROM products"})
 HTTP = ToolCall(id="web", name="http_get", parameters={"url": "http://127.0.0.1:9/x"})
 SQL_GATED = ApprovalPolicy(tools=["sql_query"])
+SAVE = bool(os.environ.get("AGENTFLOW_SAVE_HISTORIES"))
 
 
 async def events_of(harness: Harness, workflow_id: str) -> list[JobEvent]:
@@ -64,10 +68,11 @@ def by_id(results: list[ToolSuccess | ToolFailure]) -> dict[str, ToolSuccess | T
     return {r.call_id: r for r in results}
 
 
-async def test_per_call_approve_reject_and_edit(harness: Harness) -> None:
+async def test_per_call_approve_reject_and_edit(harness: Harness, plugin: AgentflowPlugin) -> None:
     handle = await harness.start(
         AgentRequest(query=unique("Count the products"), tool_calls=[CALC, SQL, HTTP]),
         approval_policy=SQL_GATED,
+        stream_tokens=True,
     )
     progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     request = progress.approval_request
@@ -113,6 +118,10 @@ async def test_per_call_approve_reject_and_edit(harness: Harness) -> None:
     events = await events_of(harness, handle.id)
     decided = [e for e in events if isinstance(e, ApprovalDecided)]
     assert len(decided) == 1 and decided[0].record == record
+    # Token signals, per-call decisions and the stream replay deterministically.
+    await Replayer(workflows=[], plugins=[plugin]).replay_workflow(await handle.fetch_history())
+    if SAVE:
+        await save_history(handle, "v2_per_call_streamed")
 
 
 async def test_gated_calls_not_listed_take_the_jobs_decision(harness: Harness) -> None:
@@ -263,6 +272,8 @@ async def test_reminders_while_waiting_then_expiry(harness: Harness) -> None:
     requested = next(e for e in events if isinstance(e, ApprovalRequested))
     assert all(r.expires_at == requested.request.expires_at for r in reminders)
     assert isinstance(events[0], ResponseStarted)
+    if SAVE:
+        await save_history(handle, "v2_reminders")
 
 
 async def test_approval_request_shows_the_draft_tier_and_cost(harness: Harness) -> None:
