@@ -384,6 +384,10 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._progress.status = result.status
         self._enter(Stage.DONE)
         self._emit_outcome(result)
+        # Hand the last events to subscribers waiting in a poll update, and let no update be
+        # cut off by the workflow's end (the stream's long polls are updates).
+        self._stream.detach_pollers()
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return result.model_copy(update={"timings": list(self._progress.timings)})
 
     def _emit_outcome(self, result: AgentResult) -> None:
