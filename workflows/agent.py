@@ -338,7 +338,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         tier = next((u.tier for u in reversed(p.usage) if u.purpose == "final"), None) or (
             p.selection.tier if p.selection is not None else None
         )
-        cost = round(sum(u.cost_usd for u in p.usage), 6)
+        cost = float(round(sum(u.cost_usd for u in p.usage), 6))
         if self._search_attributes_set == (status, tier, cost):
             return
         self._search_attributes_set = (status, tier, cost)
