@@ -3,12 +3,16 @@ provider, the scripted double and the registry.
 
 The local server is a small FastAPI app served by uvicorn on a free loopback port. Its behaviour is
 chosen by the request's model name, and it counts requests per model so the tests can prove the
-SDK makes exactly one HTTP request per call (SDK retries off; Temporal owns retries).
+SDK makes exactly one HTTP request per call (SDK retries off; Temporal owns retries). A request
+with ``"stream": true`` gets Server-Sent Events like OpenAI's (``tests/test_provider_streaming.py``
+uses the same server); the error models answer the same way either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +21,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from core.catalog import ModelCatalog, ModelSpec
 from core.errors import (
@@ -44,6 +48,11 @@ from tests.helpers import free_port, serve_asgi
 
 HANG_S = 2.0
 CLIENT_TIMEOUT_S = 0.5
+STREAMED_PIECES = ["hello", " from", " the", " streaming", " server"]
+STREAMED_USAGE = {"prompt_tokens": 13, "completion_tokens": 5, "total_tokens": 18}
+DRIP_INTERVAL_S = 0.1
+ECHOED_KEY = "sk-proj-echoed0123456789abcdefZq9"
+"""A key the streaming tests send; the ``*-echo`` models quote it back in their errors."""
 
 
 # --------------------------------------------------------------------------- the local server
@@ -54,6 +63,8 @@ class ServerState:
     counts: Counter[str] = field(default_factory=Counter)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
+    # Set by a test's on_delta: the "wait-for-client" stream sends its second chunk only then.
+    client_saw_first_piece: threading.Event = field(default_factory=threading.Event)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -80,6 +91,91 @@ def _ok(model: str, content: str | None, *, usage: bool = True) -> dict[str, Any
     return body
 
 
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def _chunk(
+    model: str,
+    content: str | None = None,
+    *,
+    finish: str | None = None,
+    role: str | None = None,
+    usage: dict[str, int] | None = None,
+    choices: bool = True,
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` as OpenAI streams it."""
+    delta: dict[str, Any] = {}
+    if role is not None:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    body: dict[str, Any] = {
+        "id": "chatcmpl-stream",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": f"served-{model}",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [],
+        "usage": usage,
+    }
+    return body
+
+
+def _stream_events(model: str, state: ServerState, auth: str) -> AsyncIterator[str] | None:
+    """The SSE body for a streamed request to ``model``, or None when it is not a stream model."""
+
+    async def events(pieces: list[str], *, usage: bool = True, finish: bool = True) -> Any:
+        yield _sse(_chunk(model, role="assistant", content=""))
+        for piece in pieces:
+            yield _sse(_chunk(model, piece))
+        if finish:
+            yield _sse(_chunk(model, finish="stop"))
+        if usage:
+            yield _sse(_chunk(model, usage=STREAMED_USAGE, choices=False))
+        yield _sse("[DONE]")
+
+    async def drip() -> Any:
+        for i in range(int(HANG_S / DRIP_INTERVAL_S)):
+            yield _sse(_chunk(model, f" drop{i}"))
+            await asyncio.sleep(DRIP_INTERVAL_S)
+        yield _sse(_chunk(model, finish="stop"))
+        yield _sse("[DONE]")
+
+    async def wait_for_client() -> Any:
+        yield _sse(_chunk(model, "first"))
+        seen = await asyncio.to_thread(state.client_saw_first_piece.wait, HANG_S)
+        yield _sse(_chunk(model, " then the rest" if seen else " (client never saw the first)"))
+        yield _sse(_chunk(model, finish="stop"))
+        yield _sse("[DONE]")
+
+    async def error_in_stream() -> Any:
+        yield _sse(_chunk(model, "partial"))
+        yield _sse({"error": {"message": f"overloaded, key was {auth}", "type": "server_error"}})
+
+    async def not_json() -> Any:
+        yield _sse(_chunk(model, "partial"))
+        yield "data: {this is not json\n\n"
+
+    match model:
+        case "ok":
+            return events(STREAMED_PIECES)
+        case "no-usage":
+            return events(["four", " words", " right", " here"], usage=False)
+        case "empty-content":
+            return events([])
+        case "whitespace":
+            return events([" ", "\n"])
+        case "drip":
+            return drip()
+        case "wait-for-client":
+            return wait_for_client()
+        case "error-in-stream-echo":
+            return error_in_stream()
+        case "not-json-chunk":
+            return not_json()
+    return None
+
+
 def make_app(state: ServerState) -> FastAPI:
     app = FastAPI()
 
@@ -89,7 +185,12 @@ def make_app(state: ServerState) -> FastAPI:
         model = body["model"]
         state.counts[model] += 1
         state.bodies.append(body)
-        state.auth.append(request.headers.get("authorization"))
+        auth = request.headers.get("authorization")
+        state.auth.append(auth)
+        if body.get("stream"):
+            events = _stream_events(model, state, auth or "")
+            if events is not None:
+                return StreamingResponse(events, media_type="text/event-stream")
         match model:
             case "ok":
                 return _ok(model, "hello from the real server")
@@ -122,6 +223,8 @@ def make_app(state: ServerState) -> FastAPI:
             case "hang":
                 await asyncio.sleep(HANG_S)
                 return _ok(model, "too late")
+            case "unauthorized-echo":
+                return _error(401, f"invalid credentials: {auth}")
         return _error(400, f"unscripted model {model}")
 
     return app
@@ -216,23 +319,25 @@ async def test_openai_usage_falls_back_to_tokenizer(
     assert completion.prompt_tokens == sum(count_tokens(m.content) for m in MESSAGES)
 
 
-@pytest.mark.parametrize(
-    ("model", "error", "retry_after_s"),
-    [
-        ("rate-limited", ModelRateLimitedError, 7.0),
-        ("rate-limited-ms", ModelRateLimitedError, 1.5),
-        ("server-error", ModelUnavailableError, None),
-        ("overloaded", ModelUnavailableError, 2.0),
-        ("conflict", ModelUnavailableError, None),
-        ("unauthorized", ModelRequestRejectedError, None),
-        ("bad-request", ModelRequestRejectedError, None),
-        ("unknown-model", ModelRequestRejectedError, None),
-        ("empty-choices", ModelOutputInvalidError, None),
-        ("empty-content", ModelOutputInvalidError, None),
-        ("not-json", ModelOutputInvalidError, None),
-        ("hang", ModelUnavailableError, None),
-    ],
-)
+FAILURES: list[tuple[str, type[ModelError], float | None]] = [
+    ("rate-limited", ModelRateLimitedError, 7.0),
+    ("rate-limited-ms", ModelRateLimitedError, 1.5),
+    ("server-error", ModelUnavailableError, None),
+    ("overloaded", ModelUnavailableError, 2.0),
+    ("conflict", ModelUnavailableError, None),
+    ("unauthorized", ModelRequestRejectedError, None),
+    ("bad-request", ModelRequestRejectedError, None),
+    ("unknown-model", ModelRequestRejectedError, None),
+    ("empty-choices", ModelOutputInvalidError, None),
+    ("empty-content", ModelOutputInvalidError, None),
+    ("not-json", ModelOutputInvalidError, None),
+    ("hang", ModelUnavailableError, None),
+]
+"""(model, domain error, retry_after_s): every failure the local server can produce, streamed
+or not (the streaming tests run the same table)."""
+
+
+@pytest.mark.parametrize(("model", "error", "retry_after_s"), FAILURES)
 async def test_openai_failures_map_to_domain_errors_with_one_request(
     openai_provider: OpenAICompatibleProvider,
     local_server: LocalServer,

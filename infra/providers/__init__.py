@@ -5,16 +5,30 @@ One module per vendor adapter (:mod:`.simulated`, :mod:`.openai`), the test doub
 (:mod:`.registry`).
 """
 
-from infra.providers.base import ChatMessage, Completion, ModelProvider, prompt_tokens
+from infra.providers.base import (
+    ChatMessage,
+    Completion,
+    DeltaCallback,
+    ModelProvider,
+    prompt_tokens,
+    token_pieces,
+)
 from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.prompts import build_messages, render_context_item
 from infra.providers.registry import ProviderRegistry
-from infra.providers.scripted import ScriptedCall, ScriptedProvider, ScriptFn, ScriptResult
+from infra.providers.scripted import (
+    ScriptedCall,
+    ScriptedProvider,
+    ScriptedStream,
+    ScriptFn,
+    ScriptResult,
+)
 from infra.providers.simulated import SimulatedProvider, simulated_answer
 
 __all__ = [
     "ChatMessage",
     "Completion",
+    "DeltaCallback",
     "ModelProvider",
     "OpenAICompatibleProvider",
     "ProviderRegistry",
@@ -22,9 +36,11 @@ __all__ = [
     "ScriptResult",
     "ScriptedCall",
     "ScriptedProvider",
+    "ScriptedStream",
     "SimulatedProvider",
     "build_messages",
     "prompt_tokens",
     "render_context_item",
     "simulated_answer",
+    "token_pieces",
 ]

@@ -2,7 +2,9 @@
 
 Every provider implements :class:`ModelProvider`: ``complete(spec, messages, max_tokens)`` returns
 a :class:`Completion` or raises a :class:`core.errors.ModelError` subclass, which the generation
-activity turns into an ``ApplicationError`` (see :mod:`activities.errors`).
+activity turns into an ``ApplicationError`` (see :mod:`activities.errors`). Given an ``on_delta``
+callback (a :data:`DeltaCallback`), a provider also hands over the answer piece by piece while it
+produces it, so the job's event stream can show the first words long before the last.
 
 A provider's error text goes into that error's message, and from there into Temporal history,
 the job record and the API. An endpoint may echo what it was sent (a misconfigured proxy that
@@ -12,14 +14,15 @@ provider's words passes through :func:`redact_secrets` first.
 
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
 from core.catalog import ModelSpec
-from core.tokens import count_tokens
+from core.tokens import count_tokens, encode, encoding
 
 
 class ChatMessage(BaseModel):
@@ -48,6 +51,15 @@ class Completion(BaseModel):
     simulated: bool
 
 
+DeltaCallback = Callable[[str], None]
+"""``on_delta(piece)``: receives each piece of answer text as soon as a provider has it.
+
+Called synchronously, in order, from the provider's task; the pieces are non-empty, valid ``str``
+(never half a character) and concatenate to exactly :attr:`Completion.text`. It must be quick (it
+runs between reads of the answer); whatever it raises propagates out of ``complete`` unchanged.
+"""
+
+
 class ModelProvider(Protocol):
     """A model vendor adapter.
 
@@ -58,14 +70,25 @@ class ModelProvider(Protocol):
     name: str
 
     async def complete(
-        self, spec: ModelSpec, messages: list[ChatMessage], max_tokens: int
+        self,
+        spec: ModelSpec,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        on_delta: DeltaCallback | None = None,
     ) -> Completion:
         """Answer ``messages`` with the model ``spec`` names.
+
+        Streaming is an option of the same call: with ``on_delta`` the provider calls it with each
+        piece of the answer as soon as it has it, and otherwise behaves exactly as without it
+        (same :class:`Completion`, same errors). A call that fails after some pieces were
+        delivered raises as usual; the pieces already delivered belong to a failed attempt.
 
         Args:
             spec: the catalog entry (model id, temperature, speed).
             messages: the conversation, system prompt first.
             max_tokens: the most completion tokens to produce.
+            on_delta: optional :data:`DeltaCallback`; the pieces it receives, in order,
+                concatenate to exactly the returned ``Completion.text``.
 
         Returns:
             The completion with token counts.
@@ -73,9 +96,11 @@ class ModelProvider(Protocol):
         Raises:
             ModelRateLimitedError: the endpoint answered 429 (retryable, ``retry_after_s`` set when
                 it sent Retry-After).
-            ModelUnavailableError: connection failure, timeout or 5xx (retryable).
+            ModelUnavailableError: connection failure (including a stream cut mid-way), timeout
+                or 5xx (retryable).
             ModelRequestRejectedError: a 4xx other than 408/409/429 (non-retryable).
             ModelOutputInvalidError: the answer was empty or malformed (non-retryable).
+            Exception: whatever ``on_delta`` raises, unchanged.
         """
         ...
 
@@ -156,3 +181,37 @@ def redact_secrets(
 def prompt_tokens(messages: list[ChatMessage]) -> int:
     """Tokens in ``messages`` by our cl100k_base count (for endpoints that report none)."""
     return sum(count_tokens(m.content) for m in messages)
+
+
+def token_pieces(text: str) -> list[tuple[str, int]]:
+    """``text`` cut at its cl100k_base token boundaries, never inside a character.
+
+    A token can end in the middle of a multi-byte UTF-8 character (an emoji is often two or three
+    tokens); such a token is merged with the following ones until the character is whole.
+
+    Args:
+        text: any text.
+
+    Returns:
+        ``(piece, tokens)`` pairs in order: each piece is a non-empty ``str`` and ``tokens`` (at
+        least 1) is how many tokens it spans. The pieces concatenate to ``text`` and the token
+        counts sum to ``count_tokens(text)``.
+    """
+    enc = encoding()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pieces: list[tuple[str, int]] = []
+    pending = 0
+    for token in encode(text):
+        pending += 1
+        piece = decoder.decode(enc.decode_single_token_bytes(token))
+        if piece:
+            pieces.append((piece, pending))
+            pending = 0
+    if "".join(piece for piece, _ in pieces) != text:
+        # Cannot happen (cl100k_base is a lossless byte-level BPE and ``text`` is valid); if it
+        # ever did, one whole piece is still correct.
+        return [(text, count_tokens(text))] if text else []
+    if pending and pieces:  # likewise impossible: trailing tokens that decode to nothing
+        last, tokens = pieces[-1]
+        pieces[-1] = (last, tokens + pending)
+    return pieces
