@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import TemporalUnavailableError
+from api.errors import ApiError, TemporalUnavailableError
+from core import search_attributes
 from core.catalog import ModelCatalog
 from core.settings import Settings
 from core.tools import ToolRegistry
@@ -19,6 +23,24 @@ from infra.quotas import Quotas
 from infra.temporal import AgentflowPlugin, connect, temporal_target
 
 log = logging.getLogger(__name__)
+
+SEARCH_ATTRIBUTES_LIST_TIMEOUT_S = 5.0
+"""How long listing the namespace's search attributes may take, in seconds."""
+
+
+class SearchAttributesMissingError(ApiError):
+    """``AGENTFLOW_SEARCH_ATTRIBUTES=on`` but the namespace lacks some ``Agent*`` attributes (503).
+
+    Attributes:
+        missing: names of the attributes not registered, or registered with another type.
+    """
+
+    status_code = 503
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        """Create the error; ``message`` names the attributes and the command that adds them."""
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass
@@ -33,6 +55,8 @@ class TemporalGateway:
     connect_timeout_s: float = 5.0
     _client: Client | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _search_attributes: bool | None = None
+    _search_attributes_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def client(self) -> Client:
         """The connected client.
@@ -54,6 +78,84 @@ class TemporalGateway:
                     )
                     raise TemporalUnavailableError("Temporal is unreachable") from exc
             return self._client
+
+    async def search_attributes_enabled(self) -> bool:
+        """Whether jobs set the ``Agent*`` search attributes (:mod:`core.search_attributes`).
+
+        Decided once per process, the first time it is asked after Temporal answers, from
+        ``AGENTFLOW_SEARCH_ATTRIBUTES``: ``off`` is ``False`` without asking Temporal; ``auto``
+        is ``True`` when the namespace has every attribute registered with its type; ``on`` is
+        ``True`` and an error while any is missing. The answer is cached, except the error
+        (registering the attributes later then takes effect without a restart) and a failure to
+        reach Temporal. When the namespace's attributes cannot be listed at all (the operator
+        API refused or not implemented), ``auto`` is ``False`` and ``on`` trusts the setting.
+
+        Returns:
+            ``True`` when the jobs this API starts should set them.
+
+        Raises:
+            TemporalUnavailableError: Temporal cannot be reached (503; asked again next time).
+            SearchAttributesMissingError: ``on``, and some attributes are not registered (503);
+                the message names them and the ``temporal operator search-attribute create``
+                command.
+        """
+        mode = self.settings.search_attributes
+        if mode == "off":
+            return False
+        if self._search_attributes is not None:
+            return self._search_attributes
+        client = await self.client()
+        async with self._search_attributes_lock:
+            if self._search_attributes is None:
+                self._search_attributes = await self._detect_search_attributes(client, mode)
+            return self._search_attributes
+
+    async def _detect_search_attributes(self, client: Client, mode: str) -> bool:
+        namespace = client.namespace
+        try:
+            listed = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=namespace),
+                timeout=timedelta(seconds=SEARCH_ATTRIBUTES_LIST_TIMEOUT_S),
+            )
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.UNIMPLEMENTED, RPCStatusCode.PERMISSION_DENIED):
+                log.warning("could not list the search attributes of %s: %s", namespace, exc)
+                raise TemporalUnavailableError("Temporal did not answer; try again") from exc
+            # Some servers (the time-skipping test server) and some permission setups refuse
+            # the operator API: nothing to check against.
+            log.warning(
+                "cannot list the search attributes of namespace %s (%s); "
+                "AGENTFLOW_SEARCH_ATTRIBUTES=%s: jobs %s set them",
+                namespace,
+                exc.status.name if exc.status else exc,
+                mode,
+                "will" if mode == "on" else "will not",
+            )
+            return mode == "on"
+        lacking = search_attributes.missing(listed.custom_attributes)
+        if not lacking:
+            log.info("search attributes registered in %s: jobs set them", namespace)
+            return True
+        names = search_attributes.describe(lacking)
+        wrong = [k.name for k in lacking if k.name in listed.custom_attributes]
+        fix = search_attributes.create_command(namespace, lacking)
+        if wrong:
+            fix += f" (remove {', '.join(wrong)} first: registered with another type)"
+        if mode == "auto":
+            log.warning(
+                "namespace %s lacks search attributes %s: jobs will not set them (so "
+                "`GET /v1/jobs?status=` reads the job database only); register them with: %s",
+                namespace,
+                names,
+                fix,
+            )
+            return False
+        message = (
+            f"AGENTFLOW_SEARCH_ATTRIBUTES=on but namespace {namespace} lacks search attributes "
+            f"{names}; register them with: {fix}"
+        )
+        log.error("%s", message)
+        raise SearchAttributesMissingError(message, [k.name for k in lacking])
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The servers and workers a benchmark run needs, started fresh and stopped at the end.
 
 :class:`BenchStack` starts its own Temporal dev server (in memory, free ports, the low-latency
-poll setting ``agentflow dev`` also uses) and its own ``redis-server`` on a free port, so caches
-start empty and nothing a developer runs on 7233 or 6379 is touched or measured. Workers are
-``python worker.py`` processes, exactly as deployed, started per benchmark with the settings it
-needs (:meth:`BenchStack.workers`), each pool on its own task queue.
+poll setting and the agent search attributes ``agentflow dev`` also uses) and its own
+``redis-server`` on a free port, so caches start empty and nothing a developer runs on 7233 or
+6379 is touched or measured. Workers are ``python worker.py`` processes, exactly as deployed,
+started per benchmark with the settings it needs (:meth:`BenchStack.workers`), each pool on its
+own task queue.
 
 The benchmark driver (this process) talks to Temporal directly with a client; the REST API is
 not in the measured path. That client carries :class:`infra.temporal.AgentflowPlugin` with the
@@ -44,6 +45,7 @@ from cli.devstack import (
     find_temporal,
     free_port,
     redis_answers,
+    search_attribute_args,
     temporal_answers,
 )
 from core.ids import workflow_id_for
@@ -129,6 +131,7 @@ class BenchStack:
                 find_temporal(), "server", "start-dev", "--ip", "127.0.0.1",
                 "--port", str(port), "--ui-port", str(ui_port), "--log-level", "error",
                 "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+                *search_attribute_args(),
             ],
         )  # fmt: skip
         redis_port = free_port()

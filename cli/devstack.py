@@ -1,6 +1,8 @@
 """``agentflow dev``: the whole stack as child processes, for a newcomer's first run.
 
-Started in order: a Temporal dev server, Redis, the example SQLite database, the example site
+Started in order: a Temporal dev server (with agentflow's custom search attributes registered,
+:mod:`core.search_attributes`, so ``temporal workflow list --query 'AgentStatus="..."'`` and
+the Web UI's filter find jobs), Redis, the example SQLite database, the example site
 (``examples/site/``, served with Python's ``http.server`` on 127.0.0.1:8088, the address the
 ``http_get`` lines of ``examples/requests.jsonl`` fetch), the worker and the API. The worker and
 the API get that one ``host:port`` allowlisted for ``http_get`` (``AGENTFLOW_HTTP_ALLOWED_HOSTS``)
@@ -41,10 +43,12 @@ import httpx
 import redis
 from rich.console import Console
 from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from core import search_attributes
 from core.auth import Scope
 from core.settings import PROJECT_ROOT, Settings
 from infra.db import make_engine
@@ -230,6 +234,33 @@ async def temporal_answers(address: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
+def search_attribute_args() -> list[str]:
+    """``--search-attribute Name=Type`` for each agent search attribute, for ``start-dev``."""
+    return [
+        arg
+        for registration in search_attributes.cli_registrations()
+        for arg in ("--search-attribute", registration)
+    ]
+
+
+async def missing_search_attributes(
+    address: str, namespace: str, timeout_s: float = 3.0
+) -> list[str] | None:
+    """Names of the agent search attributes the namespace lacks (or has with another type).
+
+    Returns:
+        The names (empty when all are registered), or ``None`` when the server could not say.
+    """
+    try:
+        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout_s)
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace), timeout=timedelta(seconds=timeout_s)
+        )
+    except Exception:  # unreachable, or the operator API refused: nothing to report
+        return None
+    return [key.name for key in search_attributes.missing(listed.custom_attributes)]
+
+
 def redis_answers(url: str, timeout_s: float = 1.0) -> str | None:
     """PING the Redis at ``url``.
 
@@ -353,6 +384,7 @@ class DevStack:
                 self.temporal_ui_url = self.settings.temporal_ui_url
                 self._done(f"using Temporal at {configured}", started)
                 self._warn_about_other_workers()
+                self._note_search_attributes()
                 return
             self.console.print(
                 f"  [yellow]![/] {configured} does not answer; starting a dev server instead"
@@ -364,6 +396,7 @@ class DevStack:
                 self.temporal_address, self.temporal_ui_url = address, ui_url
                 self._done(f"reusing the Temporal server already running on {address}")
                 self._warn_about_other_workers()
+                self._note_search_attributes()
                 return
             raise DevStackError(
                 f"port {self.temporal_port} is in use by something that is not a Temporal "
@@ -393,6 +426,7 @@ class DevStack:
                 "--log-level", "warn",
                 # The default of 20 polls/s delays every workflow task by 25-40 ms.
                 "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+                *search_attribute_args(),
             ],
         )  # fmt: skip
         self._wait(
@@ -403,6 +437,31 @@ class DevStack:
         )
         self.temporal_address, self.temporal_ui_url = address, ui_url
         self._done(f"Temporal is up on {address}", started)
+        self._note_search_attributes()
+
+    def _note_search_attributes(self) -> None:
+        """Say whether jobs can set the agent search attributes on the server in use.
+
+        A server this stack started has them; a reused one may not (then the API leaves them
+        off, and ``GET /v1/jobs?status=`` reads the job database only): print the command.
+        """
+        namespace = self.settings.temporal_namespace
+        lacking = asyncio.run(missing_search_attributes(self.temporal_address, namespace))
+        if lacking is None:
+            self.console.print(
+                "  [yellow]![/] could not list the server's search attributes; jobs set them "
+                "only when the API finds them registered (AGENTFLOW_SEARCH_ATTRIBUTES)"
+            )
+        elif lacking:
+            keys = [k for k in search_attributes.ALL_KEYS if k.name in lacking]
+            self.console.print(
+                f"  [yellow]![/] namespace {namespace} lacks the search attributes "
+                f"{', '.join(lacking)}, so jobs will not set them; register them with:\n    "
+                f"{search_attributes.create_command(namespace, keys)}"
+            )
+        else:
+            names = ", ".join(k.name for k in search_attributes.ALL_KEYS)
+            self._done(f"search attributes {names} registered in namespace {namespace}")
 
     def _start_redis(self) -> None:
         if "redis_url" in self.settings.model_fields_set:

@@ -119,5 +119,5 @@ def updates(
     if tier is not None:
         out.append(AGENT_TIER.value_set(tier.value))
     if cost_usd is not None:
-        out.append(AGENT_COST_USD.value_set(round(cost_usd, 6)))
+        out.append(AGENT_COST_USD.value_set(float(round(cost_usd, 6))))
     return out

@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     search_attributes: Literal["auto", "on", "off"] = "auto"
     """Upsert the ``Agent*`` custom search attributes on each job (:mod:`core.search_attributes`).
     ``auto``: when the API finds them registered in the namespace at start-up (``agentflow dev``
-    registers them); ``on``: always (the API refuses to start when they are missing); ``off``:
+    registers them); ``on``: always (submissions fail with 503 naming the missing attributes and the
+    command that registers them); ``off``:
     never."""
     large_payload_threshold_bytes: int = Field(default=32 * 1024, gt=0)
     """Context items and tool results larger than this go to the blob store, passed by reference."""

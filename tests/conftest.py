@@ -10,6 +10,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from core import search_attributes
 from core.settings import Settings
 from core.telemetry import configure_tracing
 from infra.db import create_tables, make_engine
@@ -100,12 +101,15 @@ async def env(
 @pytest.fixture(scope="session")
 async def dev_env(plugin: AgentflowPlugin) -> AsyncIterator[WorkflowEnvironment]:
     """A real ``temporal server start-dev`` on free ports, for tests the time-skipping server
-    cannot host (updates across worker restarts, killed worker processes)."""
+    cannot host (updates across worker restarts, killed worker processes, visibility queries).
+
+    The agent search attributes are registered, as ``agentflow dev`` does."""
     environment = await WorkflowEnvironment.start_local(
         plugins=[plugin],
         dev_server_existing_path=find_binary("temporal"),
         port=free_port(),
         ui=False,
+        search_attributes=search_attributes.ALL_KEYS,
         dev_server_extra_args=[
             "--dynamic-config-value",
             "history.transferProcessorMaxPollRPS=1000",

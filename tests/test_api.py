@@ -400,6 +400,7 @@ async def test_approval_flow_and_409(http: httpx.AsyncClient) -> None:
         "approved": True,
         "reviewer": ANONYMOUS,
         "status": "RUNNING",
+        "calls": [],
     }
     done = await wait_terminal(http, job_id)
     assert done["status"] == "COMPLETED"
@@ -424,6 +425,7 @@ async def test_reject_via_api(http: httpx.AsyncClient) -> None:
         "approved": False,
         "reviewer": ANONYMOUS,
         "status": "REJECTED",
+        "calls": [],
     }
     done = await wait_terminal(http, job_id)
     assert done["status"] == "REJECTED" and done["result"]["approval"]["comment"] == "bo"
@@ -443,7 +445,13 @@ async def test_concurrent_decisions_exactly_one_wins(http: httpx.AsyncClient) ->
     assert codes == [200] + [409] * 5, [a.text for a in answers]
     winner = next(r for r, a in zip(reviewers, answers, strict=True) if a.status_code == 200)
     won = next(a for a in answers if a.status_code == 200).json()
-    assert won == {"job_id": job_id, "approved": True, "reviewer": ANONYMOUS, "status": "RUNNING"}
+    assert won == {
+        "job_id": job_id,
+        "approved": True,
+        "reviewer": ANONYMOUS,
+        "status": "RUNNING",
+        "calls": [],
+    }
     for a in answers:
         if a.status_code == 409:
             assert job_id in a.json()["detail"], a.text
@@ -504,6 +512,7 @@ async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
                 "approved": True,
                 "reviewer": ANONYMOUS,
                 "status": "RUNNING",
+                "calls": [],
             }
             done = await wait_terminal(c, job_id)
             assert done["status"] == "COMPLETED"
@@ -539,6 +548,7 @@ async def test_decision_past_its_wait_is_503_then_applies_and_repeats_its_outcom
                 "approved": True,
                 "reviewer": ANONYMOUS,
                 "status": "RUNNING",
+                "calls": [],
             }
             other = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("someone-else"))
             assert other.status_code == 409 and ANONYMOUS in other.json()["detail"], other.text

@@ -276,6 +276,7 @@ async def test_the_reviewer_is_the_key_not_a_body_field(
         "approved": True,
         "reviewer": f"alice ({key_id})",
         "comment": "fine",
+        "calls": [],
     }
 
 

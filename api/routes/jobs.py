@@ -55,16 +55,20 @@ from api.schemas import (
     JobsPublic,
 )
 from api.state import AppState
+from api.visibility import correct_open_statuses, list_open_jobs
+from core import search_attributes
 from core.auth import ANONYMOUS_KEY_ID, Principal
 from core.errors import ErrorType, StoreUnavailableError
 from core.ids import job_id_for, request_hash, scoped_idempotency_key, workflow_id_for
 from core.models import (
     AgentRequest,
     AgentWorkflowInput,
+    ApprovalPolicy,
     BudgetReservation,
     DecisionResult,
     JobStatus,
 )
+from core.settings import Settings
 from core.tools import ToolCallInvalidError
 from infra.quotas import BudgetExceededError, RateLimitedError, estimate_cost_usd
 from workflows.agent import AgentWorkflow
@@ -76,6 +80,17 @@ JobIdPath = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="A job id.")
 ]
 """Job ids are hex (``k`` plus hex for keyed jobs); anything else is a 422, never a lookup."""
+
+
+def approval_policy(settings: Settings) -> ApprovalPolicy:
+    """The approval policy jobs start with, from ``AGENTFLOW_APPROVAL_*``."""
+    reminder = settings.approval_reminder_s
+    return ApprovalPolicy(
+        tools=list(settings.approval_tools),
+        cost_threshold_usd=settings.approval_cost_threshold_usd,
+        timeout_action=settings.approval_timeout_action,
+        reminder_interval=timedelta(seconds=reminder) if reminder else None,
+    )
 
 
 def _validate_tools(state: AppState, request: AgentRequest) -> None:
@@ -174,6 +189,7 @@ async def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return await _read_own_job(state, principal, legacy.job_id)
     job_id = job_id_for(idempotency_key, scope)
+    indexed = await state.temporal.search_attributes_enabled()  # before the reservation
     budget = await _reserve_budget(state, principal, job_id, request)
     submission = uuid.uuid4().hex
     settings = state.settings
@@ -189,6 +205,9 @@ async def create_job(
                 request_hash=digest,
                 owner=owner,
                 budget=budget,
+                approval_policy=approval_policy(settings),
+                stream_tokens=settings.stream_tokens,
+                search_attributes=indexed,
             ),
             id=workflow_id_for(job_id),
             task_queue=settings.task_queue,
@@ -201,6 +220,7 @@ async def create_job(
                 MEMO_OWNER: owner,
             },
             static_summary=body.query[:200],
+            search_attributes=search_attributes.at_start(owner) if indexed else None,
         )
     except WorkflowAlreadyStartedError:
         # The key's workflow already closed; REJECT_DUPLICATE keeps it from running twice.
@@ -276,13 +296,32 @@ async def list_jobs(
 ) -> JobsPublic:
     """Recent jobs of the calling key (every job for an ``admin`` key), newest first.
 
-    Read from the job records (each job records itself as it starts).
+    A job's database record can trail the job while it runs (it says RUNNING while the job
+    already waits for approval). When the jobs set Temporal search attributes
+    (``AGENTFLOW_SEARCH_ATTRIBUTES``, registered by ``agentflow dev``), the live status wins:
+
+    - ``status=RUNNING`` or ``status=AWAITING_APPROVAL`` lists from Temporal's visibility
+      (running workflows on this API's task queue whose ``AgentStatus`` is that status; newest
+      first by start time), so a job shows with its true status even before its record
+      catches up, or without one;
+    - a terminal ``status`` lists the job records (a job's terminal record is written before
+      its workflow closes, and stays after Temporal's retention removed the workflow);
+    - without ``status``, the records are listed and each open job's status is the live one.
+
+    Without search attributes, or while Temporal does not answer (within 5 s; 2 s for the
+    status correction), every listing reads the job records alone (the reason is logged).
     """
     owner = None if principal.is_admin else principal.key_id
+    if status_filter is not None and not status_filter.is_terminal:
+        live = await list_open_jobs(state, status_filter, owner, limit, offset)
+        if live is not None:
+            return JobsPublic(data=live, count=len(live))
     records = await asyncio.to_thread(
         functools.partial(state.store.list_jobs, status_filter, limit, offset, owner=owner)
     )
     data = [from_record(state, r) for r in records]
+    if status_filter is None:
+        data = await correct_open_statuses(state, data)
     return JobsPublic(data=data, count=len(data))
 
 
@@ -323,7 +362,8 @@ async def decide_job(
     call waits up to ``AGENTFLOW_DECISION_WAIT_S``, then answers 503; the decision still applies
     when a worker picks it up.
     """
-    await _read_own_job(state, principal, job_id)
+    job = await _read_own_job(state, principal, job_id)
+    _check_call_decisions(state, job, body)
     decision = body.decision(reviewer=principal.identity)
     handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
     update_id = "decide-" + hashlib.sha256(decision.model_dump_json().encode()).hexdigest()[:32]
@@ -362,6 +402,8 @@ async def decide_job(
             cause.type == ErrorType.JOB_NOT_AWAITING_APPROVAL.value
         ):
             raise JobStateConflictError(cause.message) from exc
+        if isinstance(cause, ApplicationError) and cause.type == ErrorType.DECISION_INVALID.value:
+            raise UnprocessableRequestError(cause.message) from exc
         raise
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         raise TemporalUnavailableError(
@@ -376,7 +418,45 @@ async def decide_job(
         approved=outcome.approved,
         reviewer=outcome.reviewer,
         status=outcome.status,
+        calls=decision.calls,
     )
+
+
+def _check_call_decisions(state: AppState, job: JobPublic, body: ApprovalCreate) -> None:
+    """Refuse per-call decisions that cannot apply, naming ``calls[i]`` (422).
+
+    The workflow's validator checks the same against the job as it is when the decision lands;
+    here an edit's parameters are also checked against the tool's schema (the registry lives
+    outside the workflow), so a bad edit never reaches the job.
+    """
+    if not body.calls:
+        return
+    if not body.approved:
+        raise UnprocessableRequestError("calls: a rejected job takes no per-call decisions")
+    request = job.progress.approval_request if job.progress is not None else None
+    if request is None:
+        return  # not waiting: the workflow answers 409 with the job's status
+    planned = {p.call.id: p.call for p in request.calls}
+    seen: set[str] = set()
+    for index, choice in enumerate(body.calls):
+        where = f"calls[{index}]"
+        call = planned.get(choice.call_id)
+        if call is None:
+            raise UnprocessableRequestError(
+                f"{where}.call_id: {choice.call_id!r} is not a planned call of job {job.job_id}"
+            )
+        if choice.call_id in seen:
+            raise UnprocessableRequestError(f"{where}.call_id: {choice.call_id!r} is decided twice")
+        seen.add(choice.call_id)
+        if (choice.action == "edit") != (choice.parameters is not None):
+            raise UnprocessableRequestError(
+                f"{where}.parameters: required with 'edit' and refused with other actions"
+            )
+        if choice.parameters is not None:
+            try:
+                state.tools.validate(call.model_copy(update={"parameters": choice.parameters}))
+            except ToolCallInvalidError as exc:
+                raise UnprocessableRequestError(f"{where}.parameters: {exc.message}") from None
 
 
 async def _not_running(state: AppState, job_id: str, exc: RPCError) -> Exception:
