@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install demo dev test test-fast lint format histories bench bench-smoke clean
+.PHONY: install browser demo dev test test-fast lint format histories bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ install: $(STAMP) ## Create .venv and install agentflow with its dev tools
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
+
+# The approvals page's browser test drives Debian's chromium through Playwright (Playwright's own
+# browser download cannot work offline); installing it takes apt, so root. A no-op when present.
+browser: ## Install Debian's chromium for tests/test_ui_approvals.py (apt-get, as root)
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
 
 demo: $(STAMP) ## Start the dev stack, run examples/requests.jsonl, leave the stack up
 	$(BIN)/agentflow dev --run examples/requests.jsonl
