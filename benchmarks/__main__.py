@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "tiering": "Cost and tier mix: automatic selection vs always-large/always-small",
     "compression": "Context compression vs plain truncation",
     "peer": "pydantic-ai's Temporal integration vs agentflow, same agent",
+    "streaming": "Time to first event/draft/token/answer: SSE vs polling every 250 ms",
 }
 """Benchmark name -> what it compares; each is the module ``benchmarks.bench_<name>``."""
 
