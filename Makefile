@@ -51,7 +51,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BENCH_STAMP) ## The benchmark suite (about 7 min on 2 cores); writes benchmarks/results/
+bench: $(BENCH_STAMP) ## The benchmark suite (about 14 min on 2 cores); writes benchmarks/results/
 	$(BIN)/python -m benchmarks
 
 bench-smoke: $(BENCH_STAMP) ## Every benchmark with tiny counts, results in a temp folder (CI)
