@@ -376,8 +376,10 @@ class StageActivities:
             and result.answer is not None
             and not result.response_cache_hit
             and result.selection is not None
-            # An answer that went through the approval gate is never served without it.
+            # An answer that went through the approval gate (decided or timed out) is never
+            # served without it.
             and result.approval is None
+            and result.approval_record is None
         ):
             final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
             cached = CachedResponse(

@@ -211,13 +211,16 @@ def assemble_text(events: list[JobEvent]) -> str:
     """The answer text a client assembles from ``events``, by the revision rule.
 
     Token text of the highest revision seen, in order; a ``final_response`` replaces it with the
-    whole answer. This is what a client shows; see the module docstring.
+    whole answer and a ``response_error`` with nothing (no answer). This is what a client shows;
+    see the module docstring.
     """
     revision = -1
     parts: list[str] = []
     for event in events:
         if isinstance(event, FinalResponse):
             return event.answer
+        if isinstance(event, ResponseError):
+            return ""
         if isinstance(event, TokenDelta):
             if event.revision > revision:
                 revision, parts = event.revision, []

@@ -777,7 +777,8 @@ class ApprovalPolicy(BaseModel):
     """A job whose estimated remaining cost is above this many USD waits for approval."""
     timeout_action: Literal["expire", "proceed"] = "expire"
     """When the approval timeout passes: ``expire`` ends the job as EXPIRED; ``proceed`` runs it
-    without the calls that needed approval (recorded as ``not_approved``)."""
+    without the calls that needed approval (recorded as ``not_approved``). A job that waited
+    because the request asked or because of its cost expires either way."""
     reminder_interval: timedelta | None = None
     """While the job waits, an ``approval_reminder`` event is published this often."""
 

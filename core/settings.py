@@ -12,11 +12,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The checkout root (for ``data/`` and ``examples/`` in a development install)."""
+
+
+MAX_APPROVAL_REMINDERS = 500
+"""Most reminders one wait may send: each is a timer and a workflow task (about 5 history
+events), so 500 stay far below Temporal's 51,200-event history limit."""
 
 
 class Settings(BaseSettings):
@@ -203,6 +208,19 @@ class Settings(BaseSettings):
     def tracing_enabled(self) -> bool:
         """Whether spans are built: ``tracing`` or ``otel_console``."""
         return self.tracing or self.otel_console
+
+    @model_validator(mode="after")
+    def _reminders_fit_the_history(self) -> Settings:
+        reminder = self.approval_reminder_s
+        if reminder is not None and self.approval_timeout_s / reminder > MAX_APPROVAL_REMINDERS:
+            raise ValueError(
+                f"AGENTFLOW_APPROVAL_REMINDER_S={reminder:g} would send more than "
+                f"{MAX_APPROVAL_REMINDERS} reminders within AGENTFLOW_APPROVAL_TIMEOUT_S="
+                f"{self.approval_timeout_s:g} (each costs a timer and a workflow task in the "
+                "job's history); use at least "
+                f"{self.approval_timeout_s / MAX_APPROVAL_REMINDERS:g} s"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

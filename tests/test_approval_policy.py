@@ -241,8 +241,9 @@ async def test_timeout_expire_records_every_gated_call(harness: Harness) -> None
 
 
 async def test_timeout_proceed_runs_without_the_unapproved_calls(harness: Harness) -> None:
+    query = unique("Go on without me")
     handle = await harness.start(
-        AgentRequest(query=unique("Go on without me"), tool_calls=[CALC, SQL]),
+        AgentRequest(query=query, tool_calls=[CALC, SQL]),
         approval_policy=ApprovalPolicy(tools=["sql_query"], timeout_action="proceed"),
         approval_timeout=timedelta(hours=2),
     )
@@ -255,6 +256,27 @@ async def test_timeout_proceed_runs_without_the_unapproved_calls(harness: Harnes
     assert result.approval_record is not None and result.approval_record.outcome == "proceeded"
     events = await events_of(harness, handle.id)
     assert isinstance(events[-1], FinalResponse) and events[-1].answer == result.answer
+
+    # The same request again is not answered from the cache: it meets the gate again.
+    again = await harness.run(
+        AgentRequest(query=query, tool_calls=[CALC, SQL]),
+        approval_policy=ApprovalPolicy(tools=["sql_query"], timeout_action="proceed"),
+        approval_timeout=timedelta(hours=2),
+    )
+    assert not again.response_cache_hit
+    assert again.approval_record is not None and again.approval_record.outcome == "proceeded"
+
+
+async def test_timeout_proceed_still_expires_a_job_that_waited_for_itself(
+    harness: Harness,
+) -> None:
+    result = await harness.run(
+        AgentRequest(query=unique("Asked to wait"), tool_calls=[CALC], require_approval=True),
+        approval_policy=ApprovalPolicy(timeout_action="proceed"),
+        approval_timeout=timedelta(hours=2),
+    )
+    assert result.status is JobStatus.EXPIRED and result.answer is None
+    assert result.approval_record is not None and result.approval_record.outcome == "expired"
 
 
 async def test_reminders_while_waiting_then_expiry(harness: Harness) -> None:

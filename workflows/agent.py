@@ -11,8 +11,10 @@ Stages (timeouts and retry policies in :mod:`workflows.policies`):
    selection (which sees the planned tools; a tier and an escalation tier);
 4. draft — a quick small-tier answer, only when the final tier is above small; it runs beside
    the next stages and is cancelled when the job ends early or the final answer is ready first;
-5. approval gate — when asked to, or when a planned tool requires it: waits for the ``decide``
-   update (validated; refused unless the job is waiting), up to the approval timeout;
+5. approval gate — when the approval policy says so (the request asks, a planned tool requires
+   it, or the estimated cost is over the threshold): waits for the ``decide`` update (validated;
+   refused unless the job is waiting), which decides the job and may decide single calls, up to
+   the approval timeout; then the policy's timeout action (:mod:`workflows.approval_gate`);
 6. tools — ``run_tools`` regular activities, at most ``TOOL_FANOUT_WIDTH`` at once, each call
    behind the Redis tool-result cache; failures are data;
 7. compression (local) — context and tool results fitted to the token budget;

@@ -7,7 +7,8 @@ threshold. The reviewer decides the job, and may decide single planned calls (ap
 or edit their parameters) through the validated ``decide`` update. While the job waits, an
 ``approval_reminder`` event goes out every ``reminder_interval``; when the timeout passes the
 policy's action applies: ``expire`` ends the job, ``proceed`` runs it without the calls that
-needed approval. Every outcome becomes an :class:`core.models.ApprovalRecord`.
+needed approval (a job that waited for itself, because the request asked or its cost is over the
+threshold, expires either way). Every outcome becomes an :class:`core.models.ApprovalRecord`.
 
 Determinism: without reminders the wait is the single timer jobs always had, so histories
 recorded before the policy replay unchanged.
@@ -177,8 +178,10 @@ class ApprovalGate:
         self._upsert_search_attributes(JobStatus.AWAITING_APPROVAL)
         self._project()
         self._emit(ApprovalRequested(job_id=inp.job_id, request=request))
-        decided = await self._wait(inp.approval_timeout, policy.reminder_interval, request)
-        self._gate_open = False
+        try:
+            decided = await self._wait(inp.approval_timeout, policy.reminder_interval, request)
+        finally:
+            self._gate_open = False  # also when the job is cancelled while it waits
         if not decided:
             return self._timed_out(inp, planned, request)
         self._progress.status = JobStatus.RUNNING
@@ -239,7 +242,11 @@ class ApprovalGate:
         self, inp: AgentWorkflowInput, planned: list[PlannedToolCall], request: ApprovalRequest
     ) -> tuple[JobStatus, list[PlannedToolCall]]:
         gated = set(request.gated_call_ids)
-        proceed = inp.approval_policy.timeout_action == "proceed"
+        # ``proceed`` goes on without the calls that needed approval; a job that waited for
+        # itself (the request asked, or its cost is over the threshold) has nothing to leave
+        # out, so it expires whatever the action.
+        job_gated = len(request.reasons) > len(gated)
+        proceed = inp.approval_policy.timeout_action == "proceed" and not job_gated
         record = ApprovalRecord(
             outcome="proceeded" if proceed else "expired",
             decided_at=workflow.now(),

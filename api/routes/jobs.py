@@ -433,9 +433,19 @@ def _check_call_decisions(state: AppState, job: JobPublic, body: ApprovalCreate)
         return
     if not body.approved:
         raise UnprocessableRequestError("calls: a rejected job takes no per-call decisions")
+    if job.status.is_terminal:
+        return  # the workflow answers 409 with the job's status
     request = job.progress.approval_request if job.progress is not None else None
     if request is None:
-        return  # not waiting: the workflow answers 409 with the job's status
+        if job.progress is not None and job.status is JobStatus.RUNNING:
+            return  # not at the gate yet: the workflow answers 409
+        # No live progress (no worker answers, or one that predates per-call decisions):
+        # per-call decisions are not sent blind.
+        raise TemporalUnavailableError(
+            "the job's planned calls cannot be read now, so per-call decisions cannot be "
+            "checked; try again",
+            headers={"Retry-After": "5"},
+        )
     planned = {p.call.id: p.call for p in request.calls}
     seen: set[str] = set()
     for index, choice in enumerate(body.calls):
