@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
-from api.routes import catalog, health, jobs
+from api.routes import catalog, events, health, jobs, ui
 from api.routes.codec import mount_codec
 from api.state import AppState, TemporalGateway
 from core.catalog import load_catalog
@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(ui.router)
     app.include_router(catalog.router)
     mount_codec(app, settings)
     return app

@@ -6,12 +6,15 @@ Commands:
   running a requests file against them (see :mod:`cli.devstack`);
 * ``agentflow run FILE``: submit a JSONL file of requests to a running API and summarize
   (see :mod:`cli.runner`);
+* ``agentflow submit "question" [--follow]``: submit one request, optionally printing its events
+  live (see :mod:`cli.follow`);
 * ``agentflow worker`` and ``agentflow api``: one piece each, configured from the environment;
 * ``agentflow keys create|list|revoke``: API keys (see :mod:`cli.keys`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 from types import FrameType
@@ -22,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.devstack import DevStack, DevStackError
+from cli.follow import SubmitOptions, parse_tool_option, submit
 from cli.keys import keys_app
 from cli.runner import RunOptions, run_file
 from core.settings import get_settings
@@ -206,6 +210,63 @@ def run_command(
         timeout_s=timeout,
     )
     raise typer.Exit(run_file(file, options, out, console))
+
+
+@app.command("submit")
+def submit_command(
+    question: Annotated[str, typer.Argument(help="The question to ask.")],
+    tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tool",
+            help='A tool call, NAME:JSON, e.g. --tool \'calculator:{"expression": "2+2"}\' '
+            "(repeatable; ids t1, t2, ...).",
+        ),
+    ] = None,
+    require_approval: Annotated[
+        bool, typer.Option("--require-approval", help="Wait for a reviewer before the tools.")
+    ] = False,
+    tier: Annotated[
+        str,
+        typer.Option("--tier", help="Model tier: auto, small, medium or large."),
+    ] = "auto",
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", help="Print the job's events live until it ends, then the answer."
+        ),
+    ] = False,
+    api: Annotated[str, typer.Option("--api", help="Base URL of the agentflow API.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="AGENTFLOW_API_KEY",
+            show_envvar=True,
+            help="API key for the agentflow API (needs submit, and read for --follow).",
+        ),
+    ] = None,
+) -> None:
+    """Submit one question; print its job id, or with --follow its events as they happen.
+
+    Exits 0 when the API accepted the job (with --follow: when the job COMPLETED), 1 otherwise.
+    """
+    if tier not in ("auto", "small", "medium", "large"):
+        raise typer.BadParameter("one of auto, small, medium, large", param_hint="--tier")
+    try:
+        calls = [parse_tool_option(text, i) for i, text in enumerate(tool or [], start=1)]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tool") from None
+    body = {
+        "query": question,
+        "tool_calls": calls,
+        "model_tier": tier,
+        "require_approval": require_approval,
+    }
+    options = SubmitOptions(api_url=api.rstrip("/"), api_key=api_key, follow=follow)
+    raise typer.Exit(asyncio.run(submit(body, options, console)))
 
 
 @app.command()

@@ -175,6 +175,7 @@ ROUTES: list[tuple[str, str, Scope]] = [
     ("POST", "/v1/jobs", Scope.SUBMIT),
     ("GET", "/v1/jobs", Scope.READ),
     ("GET", "/v1/jobs/{job}", Scope.READ),
+    ("GET", "/v1/jobs/{job}/events", Scope.READ),
     ("POST", "/v1/jobs/{job}/approval", Scope.APPROVE),
     ("POST", "/v1/jobs/{job}/cancel", Scope.APPROVE),
     ("GET", "/v1/tools", Scope.READ),

@@ -247,7 +247,11 @@ def test_stateful_sequences_answer_only_documented_statuses_and_no_5xx(
     admin = {"Authorization": f"Bearer {stack.key}"}
     seen: list[tuple[str, int]] = []
 
-    class JobLifecycle(api_schema.as_state_machine()):  # type: ignore[misc]
+    # A stream of a job that waits for approval stays open until the job ends: the stateful
+    # phase follows links, not streams (the stream route's statuses are checked above).
+    machine = api_schema.exclude(path_regex=r"/events$").as_state_machine()
+
+    class JobLifecycle(machine):  # type: ignore[misc,valid-type]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {"headers": admin, "timeout": 30}
 
