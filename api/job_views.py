@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +79,27 @@ def running(
         created_at=created_at,
         updated_at=datetime.now(UTC),
         links=links(state, job_id),
+    )
+
+
+def from_memo(
+    state: AppState,
+    job_id: str,
+    memo: Mapping[str, Any],
+    started: datetime | None,
+    owner: str | None = None,
+) -> JobPublic:
+    """A running job known only from its workflow (no record yet): query and owner from the memo.
+
+    ``owner`` (e.g. from a search attribute) wins over the memo's.
+    """
+    memo_owner = memo.get(MEMO_OWNER)
+    return running(
+        state,
+        job_id,
+        str(memo.get(MEMO_QUERY, "")),
+        started or datetime.now(UTC),
+        owner or (memo_owner if isinstance(memo_owner, str) else None),
     )
 
 
@@ -210,15 +232,7 @@ async def _without_progress(
     if record is not None:
         public = from_record(state, record)
     else:
-        memo = await desc.memo()
-        owner = memo.get(MEMO_OWNER)
-        public = running(
-            state,
-            job_id,
-            str(memo.get(MEMO_QUERY, "")),
-            desc.start_time or datetime.now(UTC),
-            owner if isinstance(owner, str) else None,
-        )
+        public = from_memo(state, job_id, await desc.memo(), desc.start_time)
     if desc.status is not None and desc.status in CLOSED_STATUS:
         public.status = CLOSED_STATUS[desc.status]
         public.warning = f"workflow closed as {desc.status.name} without recording its outcome"

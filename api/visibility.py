@@ -33,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from api.errors import ApiError
-from api.job_views import MEMO_OWNER, MEMO_QUERY, from_record, running
+from api.job_views import from_memo, from_record
 from api.schemas import JobPublic
 from api.state import AppState
 from core import search_attributes
@@ -257,15 +257,12 @@ async def _public(
         job.status = status
         job.tier = job.tier or tier
     else:
-        memo = await execution.memo()
-        memo_owner = memo.get(MEMO_OWNER)
-        job = running(
+        job = from_memo(
             state,
             job_id,
-            str(memo.get(MEMO_QUERY, "")),
-            execution.start_time or datetime.now(UTC),
-            attributes.get(search_attributes.AGENT_OWNER)
-            or (memo_owner if isinstance(memo_owner, str) else None),
+            await execution.memo(),
+            execution.start_time,
+            attributes.get(search_attributes.AGENT_OWNER),
         )
         job.status = status
         job.tier = tier
