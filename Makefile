@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install browser demo dev test test-fast lint format histories bench bench-smoke clean
+.PHONY: install browser demo dev test test-fast lint format router histories bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(BENCH_STAMP) ## The benchmark suite (about 14 min on 2 cores); writes b
 
 bench-smoke: $(BENCH_STAMP) ## Every benchmark with tiny counts, results in a temp folder (CI)
 	$(BIN)/python -m benchmarks --smoke
+
+router: $(STAMP) ## Retrain the learned router from data/routing and rewrite core/data/router.json
+	$(BIN)/agentflow router train
+	$(BIN)/agentflow router calibrate
 
 histories: $(STAMP) ## Re-record the v2 replay histories under tests/histories (v1_* stay as recorded)
 	AGENTFLOW_SAVE_HISTORIES=1 $(BIN)/pytest -q tests/test_workflow.py

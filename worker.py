@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import AgentActivities, TokenStreamSettings
+from activities.routing import router_from_settings
 from core.catalog import load_catalog
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
@@ -62,6 +63,8 @@ def build_activities(
         response_cache_ttl_s=settings.response_cache_ttl_s,
         planner_timeout_s=settings.planner_timeout_s,
         quotas=quotas,
+        router=router_from_settings(settings, catalog),
+        llm_router_timeout_s=settings.router_llm_timeout_s if settings.router == "llm" else None,
         stream=TokenStreamSettings(
             batch_ms=settings.stream_token_batch_ms,
             batch_tokens=settings.stream_token_batch_tokens,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from activities.generation import ModelActivities
+from activities.routing import Router
 from activities.stages import StageActivities
 from activities.token_stream import TokenStreamSettings
 from activities.tool_calls import ToolActivities
@@ -45,6 +46,8 @@ class AgentActivities:
         planner_timeout_s: float = 8.0,
         quotas: Quotas | None = None,
         stream: TokenStreamSettings | None = None,
+        router: Router | None = None,
+        llm_router_timeout_s: float | None = None,
     ) -> AgentActivities:
         """Wire the three groups to the given clients (no I/O).
 
@@ -58,6 +61,10 @@ class AgentActivities:
             planner_timeout_s: budget of the model planner before the rules plan, in seconds.
             quotas: where job budgets are settled when jobs end (``None``: not settled).
             stream: how streamed answers are batched into ``token`` events.
+            router: who picks the tier (default: the learned router at its recommended
+                operating point).
+            llm_router_timeout_s: set to let the small tier classify prompts itself (the LLM
+                router, when the small tier is a real model), in seconds.
         """
         return cls(
             stages=StageActivities(
@@ -69,6 +76,8 @@ class AgentActivities:
                 response_cache_ttl_s=response_cache_ttl_s,
                 planner_timeout_s=planner_timeout_s,
                 quotas=quotas,
+                router=router,
+                llm_router_timeout_s=llm_router_timeout_s,
             ),
             model=ModelActivities(catalog=catalog, providers=providers, stream=stream),
             tools=ToolActivities(tools=tools, cache=cache),

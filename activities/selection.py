@@ -467,9 +467,10 @@ def estimate_response_length(query: str, task_type: TaskType) -> int:
     return _clamp(estimate, _MIN_LENGTH, _MAX_LENGTH)
 
 
-def _score(
+def scores_from_features(
     query: str, features: QueryFeatures, task_type: TaskType, context_items: int
 ) -> SelectionScores:
+    """:func:`score_query` for features already extracted from ``query``."""
     complexity = 1 + sum(
         (
             features.tokens > 20,
@@ -510,7 +511,7 @@ def score_query(query: str, task_type: TaskType, context_items: int = 0) -> Sele
     Returns:
         Scores from 1 to 5, and ``response_length`` in tokens (50..1500).
     """
-    return _score(query, extract_features(query), task_type, context_items)
+    return scores_from_features(query, extract_features(query), task_type, context_items)
 
 
 # --------------------------------------------------------------------------- select
@@ -547,7 +548,7 @@ def select_model(inp: SelectModelInput) -> SelectModelResult:
     """
     features = extract_features(inp.query)
     task_type = _classify(features, inp.tool_call_names)
-    scores = _score(inp.query, features, task_type, inp.context_items)
+    scores = scores_from_features(inp.query, features, task_type, inp.context_items)
     if inp.pinned_tier is not None:
         tier = inp.pinned_tier
         escalation_tier = tier.next_up()

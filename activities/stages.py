@@ -28,9 +28,17 @@ from temporalio import activity
 
 from activities.compression import compress_context
 from activities.errors import to_application_error
+from activities.llm_router import LlmRouter
 from activities.model_planner import plan_with_model
 from activities.planner import plan_tools_by_rules
-from activities.selection import select_model
+from activities.routing import (
+    PROMPT_OVERHEAD_TOKENS,
+    LearnedRouter,
+    Router,
+    build_router,
+    fit_context_window,
+    select_with,
+)
 from core.catalog import ModelCatalog
 from core.errors import AgentflowError, BlobNotFoundError
 from core.models import (
@@ -69,9 +77,6 @@ from infra.usage import usage_of
 
 log = logging.getLogger(__name__)
 
-PROMPT_OVERHEAD_TOKENS = 200
-"""System prompt and message framing added to every generation prompt (an estimate, tokens)."""
-
 CHARS_PER_TOKEN = 4
 """Characters per token for the context's cost estimate (no tokenizer pass over the context)."""
 
@@ -107,8 +112,12 @@ class StageActivities:
         response_cache_ttl_s: int = 3600,
         planner_timeout_s: float = 8.0,
         quotas: Quotas | None = None,
+        router: Router | None = None,
+        llm_router_timeout_s: float | None = None,
     ) -> None:
         self.quotas = quotas
+        self.router = router if router is not None else build_router("learned", catalog=catalog)
+        self.llm_router_timeout_s = llm_router_timeout_s
         self.catalog = catalog
         self.providers = providers
         self.tools = tools
@@ -174,15 +183,15 @@ class StageActivities:
             return PrepareJobResult(cache=cache, duration_ms=durations)
         plan = await self.plan_tools(PlanToolsInput(query=req.query, tool_calls=req.tool_calls))
         lap(Stage.TOOL_PLAN)
-        selection = await asyncio.to_thread(
-            self.select_model,
+        selection = await self.route(
             SelectModelInput(
                 query=req.query,
                 tool_call_names=[p.call.name for p in plan.planned],
                 context_items=len(req.context),
                 pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
                 context_tokens=_context_tokens_estimate(req.context, req.max_context_tokens),
-            ),
+                tools_answer=self._tools_answer(plan.planned),
+            )
         )
         lap(Stage.MODEL_SELECTION)
         return PrepareJobResult(cache=cache, plan=plan, selection=selection, duration_ms=durations)
@@ -256,18 +265,50 @@ class StageActivities:
 
     @activity.defn(name="select_model")
     def select_model(self, inp: SelectModelInput) -> SelectModelResult:
-        """Classify the task, score it and pick a tier (see :mod:`activities.selection`).
+        """Pick a tier with this worker's router (see :mod:`activities.routing`).
 
-        Also returns each tier's attempt timeout from this worker's catalog (seconds), so the
-        workflow can give generation a start-to-close that fits the tier.
+        The router's choice is fitted to the catalog's context windows. Also returns each
+        tier's attempt timeout from this worker's catalog (seconds), so the workflow can give
+        generation a start-to-close that fits the tier, and the expected remaining cost (USD).
         """
-        selection = select_model(inp)
+        return self._with_costs(select_with(self.router, inp, self.catalog), inp)
+
+    async def route(self, inp: SelectModelInput) -> SelectModelResult:
+        """:meth:`select_model`, or the LLM router when it is configured and can run.
+
+        The LLM router runs when ``llm_router_timeout_s`` is set (``AGENTFLOW_ROUTER=llm``)
+        and the small tier is a real model; with the simulated provider the learned router
+        decides and the reason says why. The synchronous routers run in a thread (the cue
+        scorer and the tokenizer are CPU work).
+        """
+        router = self.router
+        if self.llm_router_timeout_s is None or not isinstance(router, LearnedRouter):
+            return await asyncio.to_thread(self.select_model, inp)
+        spec = self.catalog.for_tier(Tier.SMALL)
+        if spec.provider == "simulated":
+            result = await asyncio.to_thread(self.select_model, inp)
+            return result.model_copy(
+                update={"reason": f"llm router needs a real small model, {result.reason}"}
+            )
+        llm = LlmRouter(
+            self.providers.for_spec(spec), spec, router, timeout_s=self.llm_router_timeout_s
+        )
+        chosen = fit_context_window(await llm.aroute(inp), inp, self.catalog)
+        return self._with_costs(chosen, inp)
+
+    def _tools_answer(self, planned: list[PlannedToolCall]) -> bool:
+        tools = [self.tools.get(p.call.name) for p in planned]
+        return bool(tools) and all(t is not None and t.metadata.answers_query for t in tools)
+
+    def _with_costs(self, selection: SelectModelResult, inp: SelectModelInput) -> SelectModelResult:
         timeouts = {spec.tier: spec.attempt_timeout_s for spec in self.catalog.models}
         estimate = self.catalog.estimate_remaining_cost_usd(
             selection.tier,
             prompt_tokens=count_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS,
             completion_tokens=selection.scores.response_length,
         )
+        if selection.usage is not None:
+            estimate = round(estimate + selection.usage.cost_usd, 6)
         return selection.model_copy(
             update={"attempt_timeouts_s": timeouts, "estimated_cost_usd": estimate}
         )

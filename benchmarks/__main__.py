@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "compression": "Context compression vs plain truncation",
     "peer": "pydantic-ai's Temporal integration vs agentflow, same agent",
     "streaming": "Time to first event/draft/token/answer: SSE vs polling every 250 ms",
+    "routing": "Learned router vs cue table vs fixed tiers on held-out labelled prompts",
 }
 """Benchmark name -> what it compares; each is the module ``benchmarks.bench_<name>``."""
 

@@ -27,6 +27,7 @@ from rich.table import Table
 from cli.devstack import DevStack, DevStackError
 from cli.follow import SubmitOptions, parse_tool_option, submit
 from cli.keys import keys_app
+from cli.router import router_app
 from cli.runner import RunOptions, run_file
 from core.settings import get_settings
 
@@ -40,6 +41,7 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(keys_app)
+app.add_typer(router_app)
 
 ApproveOpt = Annotated[
     bool,

@@ -23,6 +23,14 @@ ATTEMPT_TIME_FACTOR = 1.5
 ATTEMPT_OVERHEAD_S = 10.0
 """Seconds added to every attempt timeout for prompt processing and connection set-up."""
 
+DEFAULT_CONTEXT_WINDOWS: dict[Tier, int] = {
+    Tier.SMALL: 8_192,
+    Tier.MEDIUM: 32_768,
+    Tier.LARGE: 128_000,
+}
+"""Context window in tokens per tier when the catalog does not say (typical of 7-8B, mid-size
+and frontier models)."""
+
 
 class ModelSpec(BaseModel):
     """One tier's model.
@@ -37,6 +45,9 @@ class ModelSpec(BaseModel):
         base_url / api_key: per-model endpoint override for ``openai`` (defaults from settings).
         request_timeout_s: how long one call may take, in seconds; by default
             :attr:`attempt_timeout_s` derives it from ``max_tokens`` and ``tokens_per_second``.
+        context_window: the most tokens (prompt plus completion) one call may hold; when a
+            catalog entry leaves it out, the tier's default (:data:`DEFAULT_CONTEXT_WINDOWS`).
+            Selection escalates a prompt that does not fit the chosen tier.
     """
 
     tier: Tier
@@ -49,6 +60,18 @@ class ModelSpec(BaseModel):
     base_url: str | None = None
     api_key: str | None = None
     request_timeout_s: float | None = Field(default=None, gt=0)
+    context_window: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _default_window(self) -> ModelSpec:
+        if self.context_window == 0:
+            self.context_window = DEFAULT_CONTEXT_WINDOWS[self.tier]
+        elif self.context_window <= self.max_tokens:
+            raise ValueError(
+                f"{self.tier} context_window {self.context_window} must exceed max_tokens "
+                f"{self.max_tokens}"
+            )
+        return self
 
     @property
     def attempt_timeout_s(self) -> float:

@@ -462,7 +462,12 @@ class SelectModelInput(BaseModel):
     context_items: int = 0
     pinned_tier: Tier | None = None
     context_tokens: int = 0
-    """Expected prompt tokens of the context after compression (for the cost estimate)."""
+    """Expected prompt tokens of the context after compression (for the cost estimate and the
+    context-window check)."""
+    tools_answer: bool = False
+    """Every planned tool call answers the question by itself (calculator, SQL, documentation
+    search, page fetch: :attr:`core.tools.ToolMetadata.answers_query`), so the model only has to
+    report its result; the learned router may then route to the small tier ("tool-answered")."""
 
 
 class SelectModelResult(BaseModel):
@@ -480,6 +485,21 @@ class SelectModelResult(BaseModel):
     """Expected cost of the job's remaining model calls (draft and final answer on the chosen
     tier), in USD (:func:`core.catalog.estimate_remaining_cost_usd`); the approval policy's cost
     threshold compares against it. ``None`` in jobs recorded before it."""
+    router: str | None = None
+    """Which router chose: ``cue`` (the seed's table), ``learned`` or ``llm``; ``None`` in jobs
+    recorded before routers were pluggable (always the cue table)."""
+    router_version: str | None = None
+    """The learned model's artifact version (``router-v1-<training set digest>``)."""
+    p_large: float | None = None
+    """Calibrated probability that the prompt needs the large tier (learned model, 0..1)."""
+    p_small: float | None = None
+    """Calibrated probability that the small tier suffices (learned model, 0..1)."""
+    large_threshold: float | None = None
+    """The operating point: the learned router sends to large when ``p_large`` is above it."""
+    prompt_tokens: int | None = None
+    """Expected prompt plus completion tokens that must fit the tier's context window."""
+    usage: ModelUsage | None = None
+    """The LLM router's own model call, when it made one (counted in the job's cost)."""
 
 
 # --------------------------------------------------------------------------- response cache

@@ -91,6 +91,31 @@ class Settings(BaseSettings):
     planner_timeout_s: float = Field(default=8.0, gt=0, le=20)
     """How long the model planner may take before the rules planner plans instead, in seconds
     (at most 20: the planning stage's own timeout is 30 s)."""
+    router: Literal["learned", "cue", "llm"] = "learned"
+    """Who picks the tier: ``learned`` (the calibrated classifier shipped in
+    ``core/data/router.json``), ``cue`` (the seed's keyword table, the old baseline) or ``llm``
+    (the small tier classifies the prompt when it is a real model, falling back to ``learned``
+    on any failure). See :mod:`activities.routing`."""
+    router_large_threshold: float | None = Field(default=None, gt=0, lt=1)
+    """The cost/quality knob: the learned router sends a prompt to the large tier when
+    P(needs large) is above it. Lower sends more prompts to large (higher recall of prompts that
+    need it, higher cost). Unset: the operating point recommended by the artifact.
+    ``agentflow router calibrate`` prints the curve on the held-out split."""
+    router_small_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Below the large threshold, the learned router sends a prompt to the small tier when
+    P(small suffices) is above this, else to medium."""
+    router_tool_answered_max_p_large: float = Field(default=1.0, ge=0, le=1)
+    """Routing after planning: when every planned tool answers the question (calculator, SQL,
+    docs search, page fetch), the small tier reports the result unless P(needs large) is above
+    this. 1.0 (the default) always lets the tool answer: the model reads arithmetic as math and
+    gives "What is 365 * 24 * 60 * 60?" P(large) 0.95, which is exactly what the calculator
+    makes cheap; 0 turns the rule off."""
+    router_llm_timeout_s: float = Field(default=3.0, gt=0, le=5)
+    """How long the LLM router's classification may take before the learned router decides,
+    in seconds (at most 5: planning and selection share one 30 s stage)."""
+    router_artifact: Path | None = None
+    """A router artifact to load instead of the shipped one (an operator's retrained model;
+    JSON only)."""
     activity_heartbeat_timeout_s: float = Field(default=10.0, ge=1, le=300)
     """Heartbeat timeout of model and tool activities, in seconds: a worker that dies mid-call is
     noticed this fast and the call retried elsewhere."""

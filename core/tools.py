@@ -35,6 +35,9 @@ class ToolMetadata:
         cache_ttl_s: how long a cached result stays valid, in seconds.
         requires_approval: a job planning this tool waits for a human approval first.
         timeout_s: the activity's start-to-close timeout in seconds.
+        answers_query: the tool's result answers a question by itself (a computation, a lookup,
+            a query, a fetched page), so a model only has to report it; when every planned
+            call's tool does, routing may choose the small tier (:mod:`activities.routing`).
     """
 
     parallel_safe: bool = True
@@ -42,6 +45,7 @@ class ToolMetadata:
     cache_ttl_s: int = 3600
     requires_approval: bool = False
     timeout_s: float = 30.0
+    answers_query: bool = False
 
 
 ToolFn = Callable[[Any], Awaitable[JsonValue]]

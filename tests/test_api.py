@@ -493,7 +493,12 @@ async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
 ) -> None:
     async with own_api(api_settings) as (settings, c):
         async with worker_for(temporal, settings):
-            body = {"query": q("Restart the cluster"), "require_approval": True}
+            # Small: no draft runs beside the wait, so nothing but the decision is pending.
+            body = {
+                "query": q("Restart the cluster"),
+                "require_approval": True,
+                "model_tier": "small",
+            }
             job_id = (await c.post("/v1/jobs", json=body)).json()["job_id"]
             await wait_status(c, job_id, "AWAITING_APPROVAL")
         # The worker is stopped: the decision waits for one instead of failing.

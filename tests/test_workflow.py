@@ -110,7 +110,12 @@ async def test_parallel_safe_tools_overlap(harness: Harness) -> None:
 
 async def test_short_stages_run_inside_the_first_workflow_task(harness: Harness) -> None:
     handle = await harness.start(
-        AgentRequest(query=unique("What does a Python generator do? And what is 6 * 7?"))
+        # Pinned above small, so a draft is scheduled in the first task too (the tools answer
+        # this question, so the router alone would choose small and skip the draft).
+        AgentRequest(
+            query=unique("What does a Python generator do? And what is 6 * 7?"),
+            model_tier="medium",
+        )
     )
     result = await handle.result()
     assert result.status is JobStatus.COMPLETED
@@ -249,7 +254,7 @@ async def test_tool_requiring_approval_gates_the_job(harness: Harness) -> None:
 
 async def test_progress_query_mid_run_shows_draft(harness: Harness) -> None:
     handle = await harness.start(
-        AgentRequest(query=unique("Explain generators"), require_approval=True)
+        AgentRequest(query=unique("Explain generators"), require_approval=True, model_tier="medium")
     )
     progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     deadline = time.monotonic() + 5

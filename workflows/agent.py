@@ -284,6 +284,8 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._progress.tool_plan = plan.planned
         if plan.usage is not None:
             self._progress.usage.append(plan.usage)
+        if selection.usage is not None:  # the LLM router's own call
+            self._progress.usage.append(selection.usage)
         self._progress.tool_results = [
             ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
             for reason in plan.rejected

@@ -335,6 +335,7 @@ def make_calculator_tool() -> Tool:
         params_model=CalculatorParams,
         fn=calculator,
         metadata=ToolMetadata(
+            answers_query=True,
             parallel_safe=True,
             cacheable=True,
             cache_ttl_s=86400,

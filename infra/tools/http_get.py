@@ -492,6 +492,7 @@ def make_http_get_tool(
         params_model=HttpGetParams,
         fn=http_get,
         metadata=ToolMetadata(
+            answers_query=True,
             parallel_safe=True,
             cacheable=True,
             cache_ttl_s=300,

@@ -190,6 +190,7 @@ def make_python_docs_tool() -> Tool:
         params_model=PythonDocsParams,
         fn=python_docs_search,
         metadata=ToolMetadata(
+            answers_query=True,
             parallel_safe=True,
             cacheable=True,
             cache_ttl_s=86400,

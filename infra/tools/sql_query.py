@@ -315,6 +315,7 @@ def make_sql_query_tool(
         params_model=SqlQueryParams,
         fn=sql_query,
         metadata=ToolMetadata(
+            answers_query=True,
             parallel_safe=True,
             cacheable=True,
             cache_ttl_s=600,

@@ -1,0 +1,284 @@
+"""Routers: who picks the tier, and the rules every choice then passes (context windows).
+
+A :class:`Router` turns a :class:`~core.models.SelectModelInput` into a
+:class:`~core.models.SelectModelResult`. Three exist:
+
+* :class:`CueRouter`: the seed's hand-weighted cue table (:mod:`activities.selection`), kept as
+  the baseline;
+* :class:`LearnedRouter`: the calibrated classifier shipped in ``core/data/router.json``
+  (:mod:`activities.learned_router`) with an operating point, the cost/quality knob;
+* :class:`activities.llm_router.LlmRouter`: the small tier classifies the prompt itself when it
+  is a real model, falling back to the learned router.
+
+The learned router's rule, in order (``AGENTFLOW_ROUTER_*`` settings):
+
+1. a tier pinned by the request wins;
+2. **tool-answered**: when every planned tool call answers the question by itself (selection
+   runs after planning) and the task is not creative writing, the small tier reports the tool's
+   result, unless P(needs large) is above ``tool_answered_max_p_large``;
+3. P(needs large) > ``large_threshold`` -> large;
+4. P(small suffices) > ``small_threshold`` -> small;
+5. otherwise medium.
+
+Whatever the router chose then passes :func:`fit_context_window`: a prompt whose expected size
+does not fit the tier's ``context_window`` moves up to the smallest tier that holds it.
+The escalation tier (the cascade's next step when the chosen tier fails) is the next larger tier
+that fits, or ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from activities.learned_router import RouterModel, RouterPrediction, head_features
+from activities.selection import scores_from_features, select_model
+from core.catalog import ModelCatalog
+from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
+from core.settings import Settings
+from core.tokens import count_tokens
+
+PROMPT_OVERHEAD_TOKENS = 200
+"""Tokens the system prompt and message framing add to every generation prompt."""
+
+DEFAULT_SMALL_THRESHOLD = 0.5
+DEFAULT_TOOL_ANSWERED_MAX_P_LARGE = 1.0
+
+
+class Router(Protocol):
+    """Chooses a tier for a request; pure and synchronous (the LLM router wraps one).
+
+    Attributes:
+        name: ``cue``, ``learned`` or ``llm`` (recorded in :attr:`SelectModelResult.router`).
+    """
+
+    name: str
+
+    def route(self, inp: SelectModelInput) -> SelectModelResult:
+        """The tier, the escalation tier, the task type, the five scores and the reason."""
+        ...
+
+
+class CueRouter:
+    """The seed's cue table (:func:`activities.selection.select_model`), the baseline."""
+
+    name = "cue"
+
+    def route(self, inp: SelectModelInput) -> SelectModelResult:
+        """Route with the cue table (its rules are in :mod:`activities.selection`)."""
+        return select_model(inp).model_copy(update={"router": self.name})
+
+
+class LearnedRouter:
+    """The calibrated classifier with an operating point (rules in the module docstring).
+
+    Args:
+        model: the loaded artifact.
+        large_threshold: send to large when P(needs large) is above it (0..1); ``None``: the
+            artifact's recommended operating point. Lower means more large calls and higher
+            recall of prompts that need large (``agentflow router calibrate`` prints the curve).
+        small_threshold: send to small when P(small suffices) is above it (0..1).
+        tool_answered_max_p_large: the tool-answered rule yields to the model above this
+            P(needs large) (1.0 turns the yield off; 0.0 turns the rule off).
+    """
+
+    name = "learned"
+
+    def __init__(
+        self,
+        model: RouterModel,
+        *,
+        large_threshold: float | None = None,
+        small_threshold: float = DEFAULT_SMALL_THRESHOLD,
+        tool_answered_max_p_large: float = DEFAULT_TOOL_ANSWERED_MAX_P_LARGE,
+    ) -> None:
+        self.model = model
+        self.large_threshold = (
+            model.recommended_large_threshold if large_threshold is None else large_threshold
+        )
+        self.small_threshold = small_threshold
+        self.tool_answered_max_p_large = tool_answered_max_p_large
+
+    def choose(
+        self, prediction: RouterPrediction, *, tools_answer: bool = False
+    ) -> tuple[Tier, str]:
+        """Apply the operating point to a prediction: the tier and why (rules 2-5)."""
+        p_large, p_small = prediction.p_large, prediction.p_small
+        t = self.large_threshold
+        if (
+            tools_answer
+            and prediction.task_type is not TaskType.CREATIVE_GENERATION
+            and p_large <= self.tool_answered_max_p_large
+        ):
+            return Tier.SMALL, f"tool-answered (P(large) {p_large:.2f}): small reports the result"
+        if p_large > t:
+            return Tier.LARGE, f"P(large) {p_large:.2f} > {t:.2f}"
+        if p_small > self.small_threshold:
+            return (
+                Tier.SMALL,
+                f"P(large) {p_large:.2f} <= {t:.2f}, P(small) {p_small:.2f} > "
+                f"{self.small_threshold:.2f}",
+            )
+        return (
+            Tier.MEDIUM,
+            f"P(large) {p_large:.2f} <= {t:.2f}, P(small) {p_small:.2f} <= "
+            f"{self.small_threshold:.2f}",
+        )
+
+    def route(self, inp: SelectModelInput) -> SelectModelResult:
+        """Route ``inp`` (see the module docstring).
+
+        The five scores come from the cue scorer, read (like the model) from the query's first
+        3,000 and last 1,000 characters, with the whole query's token count.
+        """
+        features = head_features(inp.query)
+        prediction = self.model.predict(inp.query, features)
+        task_type = prediction.task_type
+        if inp.tool_call_names and task_type is not TaskType.CREATIVE_GENERATION:
+            task_type = TaskType.TOOL_USAGE
+        if inp.pinned_tier is not None:
+            tier, why = inp.pinned_tier, f"pinned to {inp.pinned_tier} by the request"
+        else:
+            tier, why = self.choose(prediction, tools_answer=inp.tools_answer)
+        escalation = tier.next_up()
+        return SelectModelResult(
+            task_type=task_type,
+            scores=scores_from_features(inp.query, features, task_type, inp.context_items),
+            tier=tier,
+            escalation_tier=escalation,
+            reason=f"learned: {task_type}, {why} -> {tier}; escalation "
+            f"{escalation.value if escalation else 'none'}",
+            router=self.name,
+            router_version=self.model.version,
+            p_large=round(prediction.p_large, 4),
+            p_small=round(prediction.p_small, 4),
+            large_threshold=self.large_threshold,
+        )
+
+
+def expected_tokens(inp: SelectModelInput, result: SelectModelResult) -> int:
+    """Tokens one generation call must hold (prompt and completion).
+
+    The query, the context after compression (``inp.context_tokens``, at most the request's
+    budget), :data:`PROMPT_OVERHEAD_TOKENS` and the expected answer (``scores.response_length``).
+    """
+    return (
+        count_tokens(inp.query)
+        + inp.context_tokens
+        + PROMPT_OVERHEAD_TOKENS
+        + result.scores.response_length
+    )
+
+
+def fit_context_window(
+    result: SelectModelResult, inp: SelectModelInput, catalog: ModelCatalog
+) -> SelectModelResult:
+    """Move ``result`` up to the smallest tier whose ``context_window`` holds the prompt.
+
+    Args:
+        result: a router's choice.
+        inp: the request it chose for (query and expected context tokens).
+        catalog: this worker's catalog (each entry's ``context_window``, tokens).
+
+    Returns:
+        ``result`` with ``prompt_tokens`` set; when the chosen tier cannot hold it, the
+        smallest larger tier that can (or the largest window when none can), an escalation
+        tier that also fits, and the reason extended to say so.
+    """
+    need = expected_tokens(inp, result)
+    order = list(Tier)
+    fitting = [t for t in order if catalog.for_tier(t).context_window >= need]
+    tier, escalation, reason = result.tier, result.escalation_tier, result.reason
+    window = catalog.for_tier(tier).context_window
+    if need > window:
+        larger = [t for t in fitting if order.index(t) > order.index(tier)]
+        if larger:
+            tier = larger[0]
+            reason += f"; context {need:,} tokens > {result.tier} window {window:,} -> {tier}"
+        else:
+            tier = max(order, key=lambda t: catalog.for_tier(t).context_window)
+            reason += (
+                f"; context {need:,} tokens fits no tier's window -> {tier} (largest window, "
+                "compression cuts the context)"
+            )
+    if escalation is not None and not (
+        escalation in fitting and order.index(escalation) > order.index(tier)
+    ):
+        bigger = [t for t in fitting if order.index(t) > order.index(tier)]
+        escalation = bigger[0] if bigger else None
+    return result.model_copy(
+        update={
+            "tier": tier,
+            "escalation_tier": escalation,
+            "reason": reason,
+            "prompt_tokens": need,
+        }
+    )
+
+
+def select_with(router: Router, inp: SelectModelInput, catalog: ModelCatalog) -> SelectModelResult:
+    """``router``'s choice for ``inp``, fitted to the catalog's context windows."""
+    return fit_context_window(router.route(inp), inp, catalog)
+
+
+def build_router(
+    kind: str,
+    *,
+    catalog: ModelCatalog,
+    model: RouterModel | None = None,
+    large_threshold: float | None = None,
+    small_threshold: float = DEFAULT_SMALL_THRESHOLD,
+    tool_answered_max_p_large: float = DEFAULT_TOOL_ANSWERED_MAX_P_LARGE,
+) -> Router:
+    """The synchronous router the settings name (``cue`` or ``learned``).
+
+    ``llm`` builds the learned router here; the caller wraps it in
+    :class:`activities.llm_router.LlmRouter` when the small tier is a real model.
+
+    Args:
+        kind: ``AGENTFLOW_ROUTER``.
+        catalog: unused by the routers themselves; kept for symmetry with the LLM router.
+        model: the learned artifact (default: the shipped one, loaded once per process).
+        large_threshold: P(needs large) above which to route to large (``None``: the
+            artifact's recommendation).
+        small_threshold: P(small suffices) above which to route to small.
+        tool_answered_max_p_large: P(needs large) above which tool-answered yields.
+
+    Raises:
+        ValueError: an unknown kind, or an artifact that does not load (message names it).
+    """
+    del catalog
+    if kind == "cue":
+        return CueRouter()
+    if kind not in ("learned", "llm"):
+        raise ValueError(f"AGENTFLOW_ROUTER must be cue, learned or llm, not {kind!r}")
+    if model is None:
+        from activities.learned_router import shipped_model
+
+        model = shipped_model()
+    return LearnedRouter(
+        model,
+        large_threshold=large_threshold,
+        small_threshold=small_threshold,
+        tool_answered_max_p_large=tool_answered_max_p_large,
+    )
+
+
+def router_from_settings(settings: Settings, catalog: ModelCatalog) -> Router:
+    """The router ``AGENTFLOW_ROUTER`` and its ``AGENTFLOW_ROUTER_*`` settings describe.
+
+    Raises:
+        ValueError: ``AGENTFLOW_ROUTER_ARTIFACT`` does not load (the message names the file).
+    """
+    model = None
+    if settings.router != "cue" and settings.router_artifact is not None:
+        from activities.learned_router import RouterModel
+
+        model = RouterModel.from_file(settings.router_artifact)
+    return build_router(
+        settings.router,
+        catalog=catalog,
+        model=model,
+        large_threshold=settings.router_large_threshold,
+        small_threshold=settings.router_small_threshold,
+        tool_answered_max_p_large=settings.router_tool_answered_max_p_large,
+    )

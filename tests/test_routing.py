@@ -1,0 +1,447 @@
+"""The routers: training reproduces the shipped artifact, inference matches scikit-learn, the knob,
+context windows, the LLM router's fallback and routing after planning.
+
+No test here asserts one prompt's tier from the model: the learned router's outputs are checked
+against scikit-learn and against its stated rules (the operating point, tool-answered, context
+windows), never pinned to what it happens to say today.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from activities.learned_router import (
+    ARTIFACT_PATH,
+    HEAD_CHARS,
+    TAIL_CHARS,
+    RouterModel,
+    char_terms,
+    router_text,
+    shipped_model,
+    word_terms,
+)
+from activities.llm_router import LlmRouter, VerdictParseError, parse_verdict
+from activities.routing import (
+    CueRouter,
+    LearnedRouter,
+    fit_context_window,
+    router_from_settings,
+    select_with,
+)
+from cli.router import evaluate, label_costs, tiers_at
+from core.catalog import ModelCatalog, ModelSpec
+from core.errors import ModelUnavailableError
+from core.models import SelectModelInput, TaskType, Tier
+from core.routing_corpus import load_corpus, load_examples, split_corpus
+from core.settings import Settings
+from infra.providers.scripted import ScriptedProvider
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def corpus_split():
+    return split_corpus(load_corpus())
+
+
+@pytest.fixture(scope="module")
+def fitted(corpus_split):
+    from cli.router_training import fit_router
+
+    return fit_router(corpus_split[0])
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def test_corpus_meets_the_issue_floor(corpus_split):
+    prompts = corpus_split[0] + corpus_split[1]
+    assert len(prompts) >= 600
+    assert len({p.domain for p in prompts}) >= 10
+    assert {p.task_type for p in prompts} == set(TaskType)
+    assert {p.tier for p in prompts} == set(Tier)
+    assert all(p.why for p in prompts), "every label says which policy rule decided it"
+    assert len({p.prompt for p in prompts}) == len(prompts), "no duplicate prompts"
+
+
+def test_split_is_disjoint_stratified_and_independent_of_order(corpus_split):
+    train, held = corpus_split
+    assert not {p.id for p in train} & {p.id for p in held}
+    assert 0.2 <= len(held) / (len(train) + len(held)) <= 0.3
+    for tier in Tier:
+        assert any(p.tier is tier for p in held)
+    reordered = list(reversed(train + held))
+    _, held2 = split_corpus(reordered)
+    assert {p.id for p in held2} == {p.id for p in held}
+
+
+def test_examples_are_labelled_line_by_line():
+    lines = Path("examples/requests.jsonl").read_text().splitlines()
+    labels = load_examples()
+    assert [x.line for x in labels] == list(range(1, len(lines) + 1))
+    for label in labels:
+        assert json.loads(lines[label.line - 1])["query"] == label.query
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_reproduces_the_shipped_artifact_byte_for_byte(fitted):
+    from cli.router_training import artifact_bytes
+
+    assert artifact_bytes(fitted.artifact) == ARTIFACT_PATH.read_bytes(), (
+        "core/data/router.json is not what `agentflow router train` builds from data/routing: "
+        "retrain and commit it"
+    )
+
+
+def test_training_twice_gives_the_same_bytes(corpus_split, fitted):
+    from cli.router_training import artifact_bytes, fit_router
+
+    assert artifact_bytes(fit_router(corpus_split[0]).artifact) == artifact_bytes(fitted.artifact)
+
+
+def test_json_inference_matches_scikit_learn(corpus_split, fitted):
+    held = [p.prompt for p in corpus_split[1]]
+    # A prompt past the head/tail cut, and one with no known term, go through the same path.
+    held += ["x" * 10 + " " + "lorem ipsum " * 600, "zzzzqqq"]
+    large, small, tasks = fitted.predict_proba(held)
+    model = RouterModel.from_file(ARTIFACT_PATH)
+    for prompt, p_large, p_small, task in zip(held, large, small, tasks, strict=True):
+        ours = model.predict(prompt)
+        # The artifact keeps 6 significant digits; the probabilities agree far closer than
+        # any threshold step.
+        assert ours.p_large == pytest.approx(p_large, abs=1e-4)
+        assert ours.p_small == pytest.approx(p_small, abs=1e-4)
+        assert ours.task_type == task
+
+
+def test_artifact_is_small_versioned_and_names_its_training_set(corpus_split):
+    from core.routing_corpus import corpus_digest
+
+    assert ARTIFACT_PATH.stat().st_size < 2 * 1024 * 1024
+    model = shipped_model()
+    digest = corpus_digest(corpus_split[0])
+    assert model.artifact.trained_on["corpus_sha256"] == digest
+    assert model.version == f"router-v1-{digest[:12]}"
+    assert 0 < model.recommended_large_threshold < 1
+
+
+def test_a_foreign_or_broken_artifact_is_refused_with_its_name(tmp_path):
+    pickle_like = tmp_path / "router.pkl"
+    pickle_like.write_bytes(b"\x80\x04\x95 not json")
+    with pytest.raises(ValueError, match=r"router\.pkl"):
+        RouterModel.from_file(pickle_like)
+    data = json.loads(ARTIFACT_PATH.read_text())
+    data["format"] = 99
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="format 99"):
+        RouterModel.from_file(other)
+    with pytest.raises(ValueError, match=r"missing\.json"):
+        router_from_settings(
+            Settings(router_artifact=tmp_path / "missing.json"), ModelCatalog.default()
+        )
+
+
+def test_cpu_per_prompt_is_bounded_whatever_its_length():
+    huge = "word " * 400_000  # 2 MB
+    text = router_text(huge)
+    assert len(text) <= HEAD_CHARS + TAIL_CHARS + 1
+    bound = len(text) * 3  # at most three char n-grams per character (sizes 2-4)
+    assert len(char_terms(text)) <= bound
+    assert len(word_terms(text)) <= 2 * len(text)
+    prediction = shipped_model().predict(huge)
+    assert 0 <= prediction.p_large <= 1
+
+
+# --------------------------------------------------------------------------- the knob
+
+
+def test_the_threshold_moves_the_large_share_monotonically(corpus_split):
+    model = shipped_model()
+    predictions = [model.predict(p.prompt) for p in corpus_split[1]]
+    shares = []
+    for hundredths in range(5, 100, 5):
+        tiers = tiers_at(model, predictions, hundredths / 100)
+        shares.append(sum(t is Tier.LARGE for t in tiers) / len(tiers))
+    assert shares == sorted(shares, reverse=True)
+    assert shares[0] > shares[-1], "the knob must actually move the share"
+
+
+def test_the_knob_comes_from_settings():
+    catalog = ModelCatalog.default()
+    router = router_from_settings(
+        Settings(router_large_threshold=0.33, router_small_threshold=0.6), catalog
+    )
+    assert isinstance(router, LearnedRouter)
+    assert (router.large_threshold, router.small_threshold) == (0.33, 0.6)
+    default = router_from_settings(Settings(), catalog)
+    assert isinstance(default, LearnedRouter)
+    assert default.large_threshold == shipped_model().recommended_large_threshold
+    assert isinstance(router_from_settings(Settings(router="cue"), catalog), CueRouter)
+
+
+def test_the_learned_rule_follows_its_thresholds(corpus_split):
+    model = shipped_model()
+    router = LearnedRouter(model, large_threshold=0.4, small_threshold=0.5)
+    for item in corpus_split[1][:60]:
+        result = router.route(SelectModelInput(query=item.prompt))
+        assert result.p_large is not None and result.p_small is not None
+        if result.p_large > 0.4:
+            assert result.tier is Tier.LARGE
+        elif result.p_small > 0.5:
+            assert result.tier is Tier.SMALL
+        else:
+            assert result.tier is Tier.MEDIUM
+        assert result.escalation_tier == result.tier.next_up()
+        assert result.router == "learned" and result.router_version == model.version
+        assert result.large_threshold == 0.4
+        assert "P(large) " in result.reason and result.reason.startswith("learned: ")
+
+
+def test_the_selection_result_keeps_the_seeds_explanation():
+    result = select_with(
+        LearnedRouter(shipped_model()),
+        SelectModelInput(query="Why does ice float on water?"),
+        ModelCatalog.default(),
+    )
+    assert result.task_type in set(TaskType)
+    scores = result.scores.model_dump()
+    assert set(scores) == {
+        "complexity",
+        "creativity_required",
+        "reasoning_depth",
+        "factual_knowledge",
+        "response_length",
+    }
+    assert result.p_large is not None and result.large_threshold is not None
+    assert result.reason.count("\n") == 0 and "->" in result.reason
+    assert result.prompt_tokens is not None and result.prompt_tokens > 0
+
+
+def test_a_pinned_tier_wins_but_is_still_explained():
+    result = LearnedRouter(shipped_model()).route(
+        SelectModelInput(query="Prove that there are infinitely many primes.", pinned_tier="small")
+    )
+    assert result.tier is Tier.SMALL and "pinned" in result.reason
+    assert result.p_large is not None
+
+
+def test_learned_beats_the_cue_table_on_held_out_prompts(corpus_split):
+    held = corpus_split[1]
+    labels = [p.tier for p in held]
+    costs = label_costs(
+        [p.prompt for p in held], [p.task_type for p in held], ModelCatalog.default()
+    )
+    learned = LearnedRouter(shipped_model())
+    cue = CueRouter()
+    ours = evaluate(
+        "learned",
+        labels,
+        [learned.route(SelectModelInput(query=p.prompt)).tier for p in held],
+        costs,
+    )
+    old = evaluate(
+        "cue", labels, [cue.route(SelectModelInput(query=p.prompt)).tier for p in held], costs
+    )
+    # The issue's bar: at least 25 points more accurate than the cue table.
+    assert ours.accuracy >= old.accuracy + 0.25
+
+
+# --------------------------------------------------------------------------- context windows
+
+
+def _catalog(small_window: int, medium_window: int = 32_768) -> ModelCatalog:
+    base = ModelCatalog.default()
+    models = []
+    for spec in base.models:
+        window = {Tier.SMALL: small_window, Tier.MEDIUM: medium_window}.get(spec.tier)
+        models.append(spec.model_copy(update={"context_window": window}) if window else spec)
+    return ModelCatalog(models=models)
+
+
+def test_a_prompt_that_does_not_fit_escalates_to_a_tier_that_does():
+    inp = SelectModelInput(query="Summarise the attached notes.", context_tokens=3_000)
+    chosen = (
+        CueRouter()
+        .route(inp)
+        .model_copy(update={"tier": Tier.SMALL, "escalation_tier": Tier.MEDIUM})
+    )
+    fitted = fit_context_window(chosen, inp, _catalog(small_window=2_048))
+    assert fitted.tier is Tier.MEDIUM
+    assert fitted.escalation_tier is Tier.LARGE
+    assert fitted.prompt_tokens is not None and fitted.prompt_tokens > 2_048
+    assert "window 2,048 -> medium" in fitted.reason
+    # Fits: nothing changes but the recorded size.
+    same = fit_context_window(chosen, inp, _catalog(small_window=8_192))
+    assert (same.tier, same.escalation_tier, same.reason) == (
+        Tier.SMALL,
+        Tier.MEDIUM,
+        chosen.reason,
+    )
+
+
+def test_the_escalation_tier_must_fit_too_and_nothing_fitting_takes_the_largest_window():
+    inp = SelectModelInput(query="Summarise.", context_tokens=40_000)
+    chosen = (
+        CueRouter()
+        .route(inp)
+        .model_copy(update={"tier": Tier.SMALL, "escalation_tier": Tier.MEDIUM})
+    )
+    fitted = fit_context_window(chosen, inp, ModelCatalog.default())
+    assert fitted.tier is Tier.LARGE and fitted.escalation_tier is None
+    tiny = ModelCatalog(
+        models=[
+            spec.model_copy(update={"context_window": spec.max_tokens + 1})
+            for spec in ModelCatalog.default().models
+        ]
+    )
+    none_fit = fit_context_window(chosen, inp, tiny)
+    assert none_fit.tier is Tier.LARGE and "fits no tier" in none_fit.reason
+
+
+def test_catalog_entries_get_a_context_window_and_refuse_one_below_max_tokens():
+    spec = ModelSpec(
+        tier=Tier.SMALL, model_id="m", cost_per_1k_tokens_usd=0, tokens_per_second=1, max_tokens=10
+    )
+    assert spec.context_window == 8_192
+    with pytest.raises(ValueError, match="context_window"):
+        ModelSpec(
+            tier=Tier.SMALL,
+            model_id="m",
+            cost_per_1k_tokens_usd=0,
+            tokens_per_second=1,
+            max_tokens=4096,
+            context_window=4096,
+        )
+
+
+# --------------------------------------------------------------------------- LLM router
+
+
+def _real_small() -> ModelSpec:
+    return (
+        ModelCatalog.default()
+        .for_tier(Tier.SMALL)
+        .model_copy(update={"provider": "openai", "model_id": "router-small"})
+    )
+
+
+async def _llm_route(fn, timeout_s: float = 1.0, query: str = "Why is the sky blue?"):
+    provider = ScriptedProvider(fn, simulated=False)
+    router = LlmRouter(provider, _real_small(), LearnedRouter(shipped_model()), timeout_s)
+    return await router.aroute(SelectModelInput(query=query)), provider
+
+
+async def test_llm_router_uses_a_valid_verdict_and_counts_its_call():
+    result, provider = await _llm_route(
+        lambda *_: '```json\n{"tier": "large", "task_type": "complex_reasoning", "why": "x"}\n```'
+    )
+    assert result.router == "llm" and result.tier is Tier.LARGE
+    assert result.escalation_tier is None
+    assert result.usage is not None and result.usage.purpose == "route"
+    assert "llm (router-small)" in result.reason and "learned:" in result.reason
+    assert len(provider.calls) == 1
+    assert provider.calls[0].max_tokens <= 64
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "large",  # not JSON
+        '["large"]',  # not an object
+        '{"tier": "huge", "task_type": "complex_reasoning"}',  # tier outside the enum
+        '{"task_type": "complex_reasoning"}',  # tier missing
+    ],
+)
+async def test_llm_router_falls_back_on_a_malformed_answer(answer):
+    result, _ = await _llm_route(lambda *_: answer)
+    learned = LearnedRouter(shipped_model()).route(SelectModelInput(query="Why is the sky blue?"))
+    assert result.router == "learned" and result.tier is learned.tier
+    assert result.usage is None
+    assert result.reason.startswith("llm router failed (answer is not a valid verdict")
+    assert answer not in result.reason or answer == "large"
+
+
+async def test_llm_router_falls_back_on_a_slow_answer():
+    async def slow(*_):
+        await asyncio.sleep(5)
+        return '{"tier": "small", "task_type": "simple_factual"}'
+
+    result, _ = await _llm_route(slow, timeout_s=0.2)
+    assert result.router == "learned"
+    assert "no answer within 0.2 s" in result.reason
+
+
+async def test_llm_router_falls_back_on_a_provider_error():
+    def down(*_):
+        raise ModelUnavailableError("connection refused to 10.0.0.7:8000 key sk-secret")
+
+    result, _ = await _llm_route(down)
+    assert result.router == "learned"
+    assert "ModelUnavailableError" in result.reason
+    assert "10.0.0.7" not in result.reason and "sk-secret" not in result.reason
+
+
+def test_verdict_parsing_ignores_extra_keys_and_refuses_bad_ones():
+    assert parse_verdict('{"tier": "small", "task_type": "tool_usage", "x": 1}').tier is Tier.SMALL
+    with pytest.raises(VerdictParseError):
+        parse_verdict('{"tier": "small", "task_type": "poetry"}')
+
+
+# --------------------------------------------------------------------------- after planning
+
+
+def test_tool_answered_routes_to_small_unless_the_model_is_sure_it_needs_large():
+    model = shipped_model()
+    question = "How many seconds are in a leap year?"
+    p_large = model.predict(question).p_large
+    answered = LearnedRouter(model, tool_answered_max_p_large=1.0).route(
+        SelectModelInput(query=question, tool_call_names=["calculator"], tools_answer=True)
+    )
+    assert answered.tier is Tier.SMALL and "tool-answered" in answered.reason
+    assert answered.task_type is TaskType.TOOL_USAGE
+    # Turned off (0.0), or yielding below the model's probability: the model decides.
+    off = LearnedRouter(model, tool_answered_max_p_large=0.0).route(
+        SelectModelInput(query=question, tool_call_names=["calculator"], tools_answer=True)
+    )
+    assert "tool-answered" not in off.reason or p_large == 0.0
+    # Tools that do not answer the question (tools_answer False) leave the model in charge.
+    plain = LearnedRouter(model, tool_answered_max_p_large=1.0).route(
+        SelectModelInput(query=question, tool_call_names=["calculator"], tools_answer=False)
+    )
+    assert "tool-answered" not in plain.reason
+
+
+async def test_selection_runs_after_planning_and_sees_the_planned_tools(harness) -> None:
+    """A job whose plan answers the question (the rules planner plans the calculator) is
+    tool-answered: the small tier reports the result (POLICY.md, "Tools")."""
+    import uuid
+
+    from core.models import AgentRequest, ToolCall
+
+    request = AgentRequest(query=f"What is 365 * 24 * 60 * 60? [{uuid.uuid4().hex[:8]}]")
+    result = await (await harness.start(request)).result()
+    assert {r.name for r in result.tool_results} == {"calculator"}
+    selection = result.selection
+    assert selection is not None and selection.router == "learned"
+    assert selection.task_type is TaskType.TOOL_USAGE
+    assert selection.tier is Tier.SMALL and "tool-answered" in selection.reason
+    # The same question with a tool that does not answer it leaves the model in charge.
+    docs_only = await (
+        await harness.start(
+            AgentRequest(
+                query=f"Write a short poem about the number 31536000 [{uuid.uuid4().hex[:8]}]",
+                tool_calls=[
+                    ToolCall(id="t1", name="slow_echo", parameters={"text": "x", "delay_ms": 0})
+                ],
+            )
+        )
+    ).result()
+    assert docs_only.selection is not None
+    assert "tool-answered" not in docs_only.selection.reason
