@@ -190,7 +190,12 @@ def route_label(outcome: Outcome) -> str:
     selection = outcome.result.selection
     task = selection.task_type.value if selection is not None else "no selection"
     pinned = ", pinned" if outcome.job.request.model_tier != "auto" else ""
-    return f"line {outcome.job.line} ({task}{pinned})"
+    p_large = (
+        f", P(large) {selection.p_large:.2f}"
+        if selection is not None and selection.p_large is not None and not pinned
+        else ""
+    )
+    return f"line {outcome.job.line} ({task}{pinned}{p_large})"
 
 
 def tier_mix(results: list[AgentResult]) -> str:
@@ -339,10 +344,15 @@ async def run(ctx: BenchContext) -> BenchResult:
         routed = "; ".join(route_label(o) for o in auto_large)
         result.notes.append(
             f"Under automatic selection the {len(auto_large)} large-tier answers cost "
-            f"{100 * large_cost / auto_total:.0f}% of the variant's total: {routed}. A "
-            "complex_reasoning classification always goes to large, and one weak reasoning cue "
-            '("how does", "explain", "evaluate", "difference between") is enough for it.'
+            f"{100 * large_cost / auto_total:.0f}% of the variant's total: {routed}."
         )
+    routers = Counter(r.selection.router or "cue" for r in auto if r.selection is not None)
+    result.notes.append(
+        "Routers that chose the tiers under automatic selection (AGENTFLOW_ROUTER; see "
+        "benchmarks/results/routing.md for accuracy against labels): "
+        + ", ".join(f"{name} {count}" for name, count in sorted(routers.items()))
+        + "."
+    )
     result.notes.append(
         "Cost is what the worker's catalog charges for every model call of a job (the "
         "small-tier draft when the selected tier is above small, a model plan if any, the "

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from activities.learned_router import (
     ARTIFACT_PATH,
@@ -38,7 +40,9 @@ from core.errors import ModelUnavailableError
 from core.models import SelectModelInput, TaskType, Tier
 from core.routing_corpus import load_corpus, load_examples, split_corpus
 from core.settings import Settings
+from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.scripted import ScriptedProvider
+from tests.helpers import serve_asgi
 
 pytest.importorskip("sklearn")
 
@@ -445,3 +449,59 @@ async def test_selection_runs_after_planning_and_sees_the_planned_tools(harness)
     ).result()
     assert docs_only.selection is not None
     assert "tool-answered" not in docs_only.selection.reason
+
+
+async def test_llm_router_over_real_http_with_a_misbehaving_endpoint() -> None:
+    """The OpenAI-compatible adapter against a local HTTP server: a valid verdict is used, a
+    prose answer and a 500 fall back to the learned router, and the classifier's request asks
+    for a short JSON answer about the prompt."""
+    answers = iter(
+        [
+            '{"tier": "medium", "task_type": "creative_generation"}',
+            "I think this needs a large model.",
+            None,  # -> HTTP 500
+        ]
+    )
+    seen: list[dict] = []
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        seen.append(body)
+        content = next(answers)
+        if content is None:
+            return JSONResponse({"error": {"message": "boom at 10.1.2.3"}}, status_code=500)
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132},
+        }
+
+    with serve_asgi(app) as base:
+        provider = OpenAICompatibleProvider(f"{base}/v1", None, timeout_s=5)
+        router = LlmRouter(provider, _real_small(), LearnedRouter(shipped_model()), 3.0)
+        inp = SelectModelInput(query="Write a limerick about a cat.", tool_call_names=[])
+        try:
+            used = await router.aroute(inp)
+            prose = await router.aroute(inp)
+            error = await router.aroute(inp)
+        finally:
+            await provider.aclose()
+    assert used.router == "llm" and used.tier is Tier.MEDIUM
+    assert used.usage is not None and used.usage.prompt_tokens == 120
+    assert used.usage.cost_usd > 0 and not used.usage.simulated
+    assert prose.router == "learned" and "not a valid verdict" in prose.reason
+    assert error.router == "learned" and "llm router failed" in error.reason
+    assert "10.1.2.3" not in error.reason and "boom" not in error.reason
+    assert seen[0]["max_tokens"] <= 64
+    assert "Write a limerick about a cat." in seen[0]["messages"][-1]["content"]

@@ -54,6 +54,9 @@ async def test_happy_path_runs_every_stage(harness: Harness) -> None:
         query=unique("What does a Python decorator do, and what is 12 * (3 + 4)?"),
         context=[ContextItem(content="The user is learning Python.", importance=Importance.HIGH)],
         tool_calls=[ToolCall(id="calc", name="calculator", parameters={"expression": "12*(3+4)"})],
+        # Pinned above small so every stage runs, the draft included (the tools answer this
+        # question, so the router alone would choose small).
+        model_tier="medium",
     )
     handle = await harness.start(request)
     result = await handle.result()
