@@ -63,7 +63,7 @@ def build_activities(
         response_cache_ttl_s=settings.response_cache_ttl_s,
         planner_timeout_s=settings.planner_timeout_s,
         quotas=quotas,
-        router=router_from_settings(settings, catalog),
+        router=router_from_settings(settings),
         llm_router_timeout_s=settings.router_llm_timeout_s if settings.router == "llm" else None,
         stream=TokenStreamSettings(
             batch_ms=settings.stream_token_batch_ms,

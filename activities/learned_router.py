@@ -7,7 +7,7 @@ serving needs neither scikit-learn nor pickle. This module holds the one definit
 features, used by training and by inference alike, and the inference arithmetic, which
 reproduces scikit-learn's ``TfidfVectorizer(sublinear_tf=True, norm="l2")`` ->
 ``LogisticRegression`` -> ``CalibratedClassifierCV(method="sigmoid")`` (a test checks it
-against scikit-learn to 1e-6).
+against scikit-learn to 1e-4).
 
 Three heads share the features:
 
@@ -17,7 +17,9 @@ Three heads share the features:
 
 CPU is bounded whatever the prompt: the text the model reads is the first and last
 :data:`HEAD_CHARS` / :data:`TAIL_CHARS` characters (the ask is usually at one end of a long
-pasted passage), so one prediction costs at most a few thousand dictionary lookups.
+pasted passage), so one prediction reads at most 4,000 characters: about 12,000 character
+n-grams and the cue regexes over that text. Memory is bounded too: only short words are
+memoized (:data:`MEMO_WORD_CHARS`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ TAIL_CHARS = 1000
 
 CHAR_MEMO_WORDS = 100_000
 """Distinct words whose vocabulary rows one model remembers (then it starts over)."""
+
+MEMO_WORD_CHARS = 32
+"""Only words this short are memoized (their n-grams and rows): at most about 100 n-grams
+each, so the caches stay under a few tens of MB whatever the traffic."""
+
+MAX_SIZE_CHARS = 1500
+MAX_SIZE_TOKENS = 600
+"""The size features read a prompt's length as at most this many characters and tokens: the
+corpus has nothing longer (1,414 characters, 546 tokens), and the labelling policy says length
+is not difficulty, so a 20,000-character extraction prompt must not look harder than the
+longest prompt the model learnt from."""
 
 CHAR_NGRAMS = (2, 4)
 """Character n-gram sizes, inside word boundaries (padded with one space each side)."""
@@ -301,9 +314,24 @@ def word_terms(text: str) -> list[str]:
     return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
-@lru_cache(maxsize=65_536)
 def word_char_grams(word: str) -> tuple[str, ...]:
-    """Character n-grams (:data:`CHAR_NGRAMS`) of one word padded with a space each side."""
+    """Character n-grams (:data:`CHAR_NGRAMS`) of one word padded with a space each side.
+
+    Words up to :data:`MEMO_WORD_CHARS` characters are memoized (a bounded cache of short
+    words); longer ones (base64, URLs, unspaced scripts) are computed each time, so no request
+    can fill memory with its own long "words".
+    """
+    if len(word) <= MEMO_WORD_CHARS:
+        return _short_word_char_grams(word)
+    return _char_grams(word)
+
+
+@lru_cache(maxsize=65_536)
+def _short_word_char_grams(word: str) -> tuple[str, ...]:
+    return _char_grams(word)
+
+
+def _char_grams(word: str) -> tuple[str, ...]:
     low, high = CHAR_NGRAMS
     padded = f" {word} "
     size = len(padded)
@@ -332,8 +360,8 @@ def dense_features(query: str, cues: QueryFeatures | None = None) -> list[float]
     count = cues.tokens
     size = max(1, len(head))
     return [
-        math.log1p(count),
-        math.log1p(len(query)),
+        math.log1p(min(count, MAX_SIZE_TOKENS)),
+        math.log1p(min(len(query), MAX_SIZE_CHARS)),
         math.log1p(cues.parts),
         math.log1p(cues.reasoning),
         math.log1p(cues.creative),
@@ -463,6 +491,13 @@ class RouterModel:
         if tuple(artifact.dense.names) != DENSE_FEATURES:
             raise ValueError("router artifact was trained on other dense features")
         heads = 2 + len(artifact.task.classes)
+        if len(artifact.task.intercepts) != len(artifact.task.classes):
+            raise ValueError("router artifact has one task intercept per class")
+        dense = artifact.dense
+        if not len(dense.mean) == len(dense.scale) == len(dense.weights) == len(DENSE_FEATURES):
+            raise ValueError("router artifact's dense block does not match its feature names")
+        if any(v == 0 for v in dense.scale):
+            raise ValueError("router artifact has a zero dense scale")
         self.artifact = artifact
         self.version = artifact.version
         self.recommended_large_threshold = artifact.recommended_large_threshold
@@ -485,7 +520,6 @@ class RouterModel:
                 np.asarray(block.weights, dtype=np.float64).reshape(len(block.terms), heads),
             )
         self._char_memo: dict[str, tuple[int, ...]] = {}
-        dense = artifact.dense
         self.dense_mean = np.asarray(dense.mean, dtype=np.float64)
         self.dense_scale = np.asarray(dense.scale, dtype=np.float64)
         self.dense_weights = np.asarray(dense.weights, dtype=np.float64).reshape(-1, heads)
@@ -493,6 +527,16 @@ class RouterModel:
             raise ValueError("router artifact has the wrong number of dense weight rows")
         if set(self.blocks) != {"word", "char"}:
             raise ValueError("router artifact needs exactly the word and char blocks")
+        arrays = [self.dense_mean, self.dense_scale, self.dense_weights]
+        arrays += [array for _, idf, weights in self.blocks.values() for array in (idf, weights)]
+        scalars = [
+            *self.intercepts,
+            *artifact.large.calibration,
+            *artifact.small.calibration,
+            artifact.recommended_large_threshold,
+        ]
+        if not all(np.isfinite(a).all() for a in arrays) or not np.isfinite(scalars).all():
+            raise ValueError("router artifact holds a value that is not finite")
 
     def decision(self, query: str, cues: QueryFeatures | None = None) -> list[float]:
         """Raw decision values, one per head (large, small, each task type).
@@ -533,14 +577,15 @@ class RouterModel:
         return result
 
     def _char_rows(self, word: str) -> tuple[int, ...]:
-        """The char block's rows of ``word``'s n-grams that are in the vocabulary (memoized)."""
+        """The char block's rows of ``word``'s n-grams in the vocabulary (short words memoized)."""
         rows = self._char_memo.get(word)
         if rows is None:
             index = self.blocks["char"][0]
             rows = tuple(r for g in word_char_grams(word) if (r := index.get(g)) is not None)
-            if len(self._char_memo) >= CHAR_MEMO_WORDS:
-                self._char_memo.clear()
-            self._char_memo[word] = rows
+            if len(word) <= MEMO_WORD_CHARS:
+                if len(self._char_memo) >= CHAR_MEMO_WORDS:
+                    self._char_memo.clear()
+                self._char_memo[word] = rows
         return rows
 
     def predict(self, query: str, cues: QueryFeatures | None = None) -> RouterPrediction:

@@ -23,7 +23,7 @@ from activities.routing import LearnedRouter
 from core.catalog import ModelSpec
 from core.errors import AgentflowError
 from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
-from infra.providers import ChatMessage, ModelProvider
+from infra.providers import ChatMessage, Completion, ModelProvider
 from infra.usage import usage_of
 
 MAX_PROMPT_CHARS = 2500
@@ -118,13 +118,15 @@ class LlmRouter:
 
         Returns:
             A result with ``router="llm"`` and the call's ``usage`` when the verdict was used;
-            the learned result with the failure in its reason otherwise. Never raises for a
-            model failure.
+            otherwise the learned result with the failure in its reason (and the call's
+            ``usage`` when the model answered with something unusable: it was paid for).
+            Never raises for a model failure.
         """
         learned = await asyncio.to_thread(self.fallback.route, inp)
         if inp.pinned_tier is not None:
             return learned
         started = time.perf_counter()
+        completion: Completion | None = None
         try:
             completion = await asyncio.wait_for(
                 self.provider.complete(self.spec, routing_messages(inp), VERDICT_MAX_TOKENS),
@@ -157,6 +159,15 @@ class LlmRouter:
                     "usage": usage_of("route", self.spec, self.provider.name, completion, started),
                 }
             )
+        # A model that answered with something unusable was still paid for.
+        usage = (
+            usage_of("route", self.spec, self.provider.name, completion, started)
+            if completion is not None
+            else None
+        )
         return learned.model_copy(
-            update={"reason": f"llm router failed ({why}), fell back to {learned.reason}"}
+            update={
+                "reason": f"llm router failed ({why}), fell back to {learned.reason}",
+                "usage": usage,
+            }
         )

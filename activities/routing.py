@@ -14,8 +14,10 @@ The learned router's rule, in order (``AGENTFLOW_ROUTER_*`` settings):
 
 1. a tier pinned by the request wins;
 2. **tool-answered**: when every planned tool call answers the question by itself (selection
-   runs after planning) and the task is not creative writing, the small tier reports the tool's
-   result, unless P(needs large) is above ``tool_answered_max_p_large``;
+   runs after planning), the task is not creative writing and the prompt does not ask to derive
+   something the tool cannot settle (:func:`asks_to_derive`: solve, prove, probability, write
+   a function, ...), the small tier reports the tool's result, unless P(needs large) is above
+   ``tool_answered_max_p_large``;
 3. P(needs large) > ``large_threshold`` -> large;
 4. P(small suffices) > ``small_threshold`` -> small;
 5. otherwise medium.
@@ -28,9 +30,15 @@ that fits, or ``None``.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
-from activities.learned_router import RouterModel, RouterPrediction, head_features
+from activities.learned_router import (
+    RouterModel,
+    RouterPrediction,
+    head_features,
+    router_head,
+)
 from activities.selection import scores_from_features, select_model
 from core.catalog import ModelCatalog
 from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
@@ -99,13 +107,21 @@ class LearnedRouter:
         self.tool_answered_max_p_large = tool_answered_max_p_large
 
     def choose(
-        self, prediction: RouterPrediction, *, tools_answer: bool = False
+        self, prediction: RouterPrediction, *, tools_answer: bool = False, derives: bool = False
     ) -> tuple[Tier, str]:
-        """Apply the operating point to a prediction: the tier and why (rules 2-5)."""
+        """Apply the operating point to a prediction: the tier and why (rules 2-5).
+
+        Args:
+            prediction: the model's probabilities and task type.
+            tools_answer: every planned tool call answers the question by itself.
+            derives: the prompt asks to derive something a tool result does not settle
+                (:func:`asks_to_derive`); it turns the tool-answered rule off.
+        """
         p_large, p_small = prediction.p_large, prediction.p_small
         t = self.large_threshold
         if (
             tools_answer
+            and not derives
             and prediction.task_type is not TaskType.CREATIVE_GENERATION
             and p_large <= self.tool_answered_max_p_large
         ):
@@ -138,7 +154,11 @@ class LearnedRouter:
         if inp.pinned_tier is not None:
             tier, why = inp.pinned_tier, f"pinned to {inp.pinned_tier} by the request"
         else:
-            tier, why = self.choose(prediction, tools_answer=inp.tools_answer)
+            tier, why = self.choose(
+                prediction,
+                tools_answer=inp.tools_answer,
+                derives=inp.tools_answer and asks_to_derive(inp.query),
+            )
         escalation = tier.next_up()
         return SelectModelResult(
             task_type=task_type,
@@ -153,6 +173,45 @@ class LearnedRouter:
             p_small=round(prediction.p_small, 4),
             large_threshold=self.large_threshold,
         )
+
+
+DERIVE_CUES = re.compile(
+    r"\b(?:solve|prove|proof|derive|derivation|derivative|integral|integrate|differentiate"
+    r"|probability|remainder|how many ways|find all|equation|theorem|optimi[sz]e|algorithm"
+    r"|complexity|implement|debug|bug|fix|rewrite|refactor|what'?s wrong|doesn'?t work"
+    r"|fonction|funci[oó]n|funktion|funzione|fun[cç][aã]o|if we'?d|would have)\b"
+    r"|\u51fd\u6570|\u95a2\u6570|\u7a0b\u5e8f|```",
+    re.IGNORECASE,
+)
+"""Words that ask for a derivation a tool's result does not settle by itself: math to solve or
+prove, code to write, fix or explain (also "function" in a few other languages, and any pasted
+code block), counterfactuals."""
+
+
+CODE_ASK = re.compile(
+    r"\b(?:write|implement|build|code|create)\s+(?:\w+\s+){0,6}?(?:function|program|script"
+    r"|class(?!\s+(?:object|definition|statement))|method|query|regex|parser|api|endpoint"
+    r"|decorator|test)s?\b",
+    re.IGNORECASE,
+)
+"""Asks for code to be written (a class *object* or *definition* is a question about Python)."""
+
+CODE_PASTED = re.compile(r"\n[ \t]{2,}\S|\bdef \w+\(|\breturn\b|=>|[{};][ \t]*\n|```")
+"""Code pasted into the prompt: indented lines, a function header, ``return``, braces."""
+
+
+def asks_to_derive(query: str) -> bool:
+    """Whether ``query`` asks to derive rather than to look up or compute (policy rule 1).
+
+    True when it names a derivation (:data:`DERIVE_CUES`: solve, prove, probability, fix, ...),
+    asks for code (:data:`CODE_ASK`: write a function, implement a class, ...) or pastes code
+    (:data:`CODE_PASTED`: an indented line, ``def f(``, ``return``, braces at line ends). A
+    calculator can evaluate "365 * 24 * 60 * 60" but not "solve dy/dx = y(1 - y)", and a
+    documentation search can say what ``yield`` does but not write a Trie class, so for such
+    prompts the tool-answered rule does not apply.
+    """
+    head = router_head(query)
+    return bool(DERIVE_CUES.search(head) or CODE_ASK.search(head) or CODE_PASTED.search(head))
 
 
 def expected_tokens(inp: SelectModelInput, result: SelectModelResult) -> int:
@@ -181,35 +240,41 @@ def fit_context_window(
 
     Returns:
         ``result`` with ``prompt_tokens`` set; when the chosen tier cannot hold it, the
-        smallest larger tier that can (or the largest window when none can), an escalation
-        tier that also fits, and the reason extended to say so.
+        smallest larger tier that can (or the large tier when none can), an escalation tier
+        that also fits (the next larger tier that does, else ``None``), and the reason
+        extended to say so. A pinned tier moves too: a model cannot take a prompt larger than
+        its window. Catalog windows never shrink from small to large
+        (:class:`core.catalog.ModelCatalog` checks it), so moving up never moves to less room.
     """
     need = expected_tokens(inp, result)
     order = list(Tier)
-    fitting = [t for t in order if catalog.for_tier(t).context_window >= need]
-    tier, escalation, reason = result.tier, result.escalation_tier, result.reason
+    reason, found, _ = result.reason.rpartition("; escalation ")
+    if not found:
+        reason = result.reason
+    tier, escalation = result.tier, result.escalation_tier
     window = catalog.for_tier(tier).context_window
     if need > window:
-        larger = [t for t in fitting if order.index(t) > order.index(tier)]
+        larger = [
+            t for t in order[order.index(tier) + 1 :] if catalog.for_tier(t).context_window >= need
+        ]
+        tier = larger[0] if larger else order[-1]
         if larger:
-            tier = larger[0]
             reason += f"; context {need:,} tokens > {result.tier} window {window:,} -> {tier}"
         else:
-            tier = max(order, key=lambda t: catalog.for_tier(t).context_window)
             reason += (
-                f"; context {need:,} tokens fits no tier's window -> {tier} (largest window, "
-                "compression cuts the context)"
+                f"; context {need:,} tokens fits no tier's window -> {tier} (the largest, "
+                f"{catalog.for_tier(tier).context_window:,}; a smaller max_context_tokens fits)"
             )
-    if escalation is not None and not (
-        escalation in fitting and order.index(escalation) > order.index(tier)
-    ):
-        bigger = [t for t in fitting if order.index(t) > order.index(tier)]
+    if escalation is not None:
+        bigger = [
+            t for t in order[order.index(tier) + 1 :] if catalog.for_tier(t).context_window >= need
+        ]
         escalation = bigger[0] if bigger else None
     return result.model_copy(
         update={
             "tier": tier,
             "escalation_tier": escalation,
-            "reason": reason,
+            "reason": f"{reason}; escalation {escalation.value if escalation else 'none'}",
             "prompt_tokens": need,
         }
     )
@@ -223,7 +288,6 @@ def select_with(router: Router, inp: SelectModelInput, catalog: ModelCatalog) ->
 def build_router(
     kind: str,
     *,
-    catalog: ModelCatalog,
     model: RouterModel | None = None,
     large_threshold: float | None = None,
     small_threshold: float = DEFAULT_SMALL_THRESHOLD,
@@ -236,7 +300,6 @@ def build_router(
 
     Args:
         kind: ``AGENTFLOW_ROUTER``.
-        catalog: unused by the routers themselves; kept for symmetry with the LLM router.
         model: the learned artifact (default: the shipped one, loaded once per process).
         large_threshold: P(needs large) above which to route to large (``None``: the
             artifact's recommendation).
@@ -246,7 +309,6 @@ def build_router(
     Raises:
         ValueError: an unknown kind, or an artifact that does not load (message names it).
     """
-    del catalog
     if kind == "cue":
         return CueRouter()
     if kind not in ("learned", "llm"):
@@ -263,7 +325,7 @@ def build_router(
     )
 
 
-def router_from_settings(settings: Settings, catalog: ModelCatalog) -> Router:
+def router_from_settings(settings: Settings) -> Router:
     """The router ``AGENTFLOW_ROUTER`` and its ``AGENTFLOW_ROUTER_*`` settings describe.
 
     Raises:
@@ -276,7 +338,6 @@ def router_from_settings(settings: Settings, catalog: ModelCatalog) -> Router:
         model = RouterModel.from_file(settings.router_artifact)
     return build_router(
         settings.router,
-        catalog=catalog,
         model=model,
         large_threshold=settings.router_large_threshold,
         small_threshold=settings.router_small_threshold,

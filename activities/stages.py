@@ -81,10 +81,23 @@ CHARS_PER_TOKEN = 4
 """Characters per token for the context's cost estimate (no tokenizer pass over the context)."""
 
 
-def _context_tokens_estimate(items: list[ContextItem], max_context_tokens: int) -> int:
-    """Prompt tokens the context will take after compression: its size, at most the budget."""
-    chars = sum(len(item.content) for item in items)
-    return min(chars // CHARS_PER_TOKEN, max_context_tokens)
+def _context_tokens_estimate(
+    items: list[ContextItem], max_context_tokens: int, *, tools_planned: bool = False
+) -> int:
+    """Prompt tokens the context will take after compression, at most the budget.
+
+    ASCII text counts :data:`CHARS_PER_TOKEN` characters per token and every other character
+    one token (CJK text is about one token per character), without tokenizing on the event
+    loop. Planned tool results are compressed into the same budget and their size is unknown
+    before they run, so with tools planned the estimate is the whole budget.
+    """
+    if tools_planned:
+        return max_context_tokens
+    tokens = 0
+    for item in items:
+        ascii_chars = len(item.content.encode("ascii", "ignore"))
+        tokens += ascii_chars // CHARS_PER_TOKEN + (len(item.content) - ascii_chars)
+    return min(tokens, max_context_tokens)
 
 
 class StageActivities:
@@ -116,7 +129,7 @@ class StageActivities:
         llm_router_timeout_s: float | None = None,
     ) -> None:
         self.quotas = quotas
-        self.router = router if router is not None else build_router("learned", catalog=catalog)
+        self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
         self.catalog = catalog
         self.providers = providers
@@ -189,7 +202,9 @@ class StageActivities:
                 tool_call_names=[p.call.name for p in plan.planned],
                 context_items=len(req.context),
                 pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
-                context_tokens=_context_tokens_estimate(req.context, req.max_context_tokens),
+                context_tokens=_context_tokens_estimate(
+                    req.context, req.max_context_tokens, tools_planned=bool(plan.planned)
+                ),
                 tools_answer=self._tools_answer(plan.planned),
             )
         )
@@ -307,8 +322,6 @@ class StageActivities:
             prompt_tokens=count_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS,
             completion_tokens=selection.scores.response_length,
         )
-        if selection.usage is not None:
-            estimate = round(estimate + selection.usage.cost_usd, 6)
         return selection.model_copy(
             update={"attempt_timeouts_s": timeouts, "estimated_cost_usd": estimate}
         )

@@ -6,16 +6,17 @@ example requests (``examples/requests.jsonl``, labels in ``data/routing/examples
 
 Variants: the learned router at its recommended operating point and at P(large) > 0.5; the old
 cue router (the seed's keyword table); always-small; always-large (the baseline). For the
-examples every router sees what selection sees in a job: the request's tool calls plus the rules
-planner's, so the learned router's tool-answered rule applies (a pinned ``model_tier`` is ignored:
-routers are compared, not the file's pins).
+examples, and for a second pass over the held-out split, every router sees what selection sees in
+a job: the request's tool calls plus the rules planner's, so the learned router's tool-answered
+rule applies (a pinned ``model_tier`` is ignored: routers are compared, not the file's pins).
 
 Per variant: tier accuracy against the labels, recall of needs-large prompts, share of prompts
 sent to large, and expected cost relative to always-large (each prompt's cost on its tier from
 the default catalog, draft included, with the completion length estimated from the label's task
 type so every router is charged the same tokens). Row values are per-prompt costs in USD.
-A second case times inference: the learned model's ``predict`` against the cue router's
-``select_model`` on the same prompts (ms per prompt, in one process, alternating).
+A last case times inference on the same prompts, alternating, in one process: the learned
+model's ``predict``, the learned selection a job runs (route and context-window fit) and the cue
+table's selection (the baseline), in ms per prompt.
 
 The notes give the confusion matrix and the ten worst misroutes of the recommended point.
 """
@@ -25,11 +26,12 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from activities.learned_router import RouterPrediction, shipped_model
 from activities.planner import plan_tools_by_rules
-from activities.routing import CueRouter, LearnedRouter
+from activities.routing import CueRouter, LearnedRouter, select_with
 from benchmarks.context import BenchContext
 from benchmarks.report import BenchResult
 from cli.router import RouterScore, evaluate, label_costs
@@ -37,6 +39,7 @@ from core.catalog import ModelCatalog
 from core.models import SelectModelInput, Tier
 from core.routing_corpus import load_corpus, load_examples, split_corpus
 from core.settings import PROJECT_ROOT, Settings
+from core.tools import ToolRegistry
 from infra.tools import builtin_registry
 
 SECOND_THRESHOLD = 0.5
@@ -53,12 +56,32 @@ class Case:
     inp: SelectModelInput
 
 
-def _heldout_cases() -> list[Case]:
+def _heldout_cases(*, with_tools: bool = False) -> list[Case]:
     _, held = split_corpus(load_corpus())
-    return [
-        Case(p.id, p.prompt, p.tier, str(p.task_type), SelectModelInput(query=p.prompt))
-        for p in held
-    ]
+    registry = builtin_registry(Settings())
+    cases = []
+    for p in held:
+        inp = SelectModelInput(query=p.prompt)
+        if with_tools:
+            inp = _with_planned_tools(p.prompt, [], registry)
+        cases.append(Case(p.id, p.prompt, p.tier, str(p.task_type), inp))
+    return cases
+
+
+def _with_planned_tools(
+    query: str, names: list[str], registry: ToolRegistry, *, context: Sequence[dict[str, str]] = ()
+) -> SelectModelInput:
+    """What selection sees in a job: the request's tools plus the rules planner's."""
+    names = names + [c.name for c in plan_tools_by_rules(query, registry)]
+    tools = [registry.get(n) for n in names]
+    answers = bool(tools) and all(t is not None and t.metadata.answers_query for t in tools)
+    return SelectModelInput(
+        query=query,
+        tool_call_names=names,
+        context_items=len(context),
+        context_tokens=sum(len(c["content"]) for c in context) // 4,
+        tools_answer=answers,
+    )
 
 
 def _example_cases() -> list[Case]:
@@ -67,17 +90,11 @@ def _example_cases() -> list[Case]:
     cases = []
     for label in load_examples():
         request = json.loads(lines[label.line - 1])
-        names = [c["name"] for c in request.get("tool_calls", [])]
-        names += [c.name for c in plan_tools_by_rules(request["query"], registry)]
-        tools = [registry.get(n) for n in names]
-        answers = bool(tools) and all(t is not None and t.metadata.answers_query for t in tools)
-        chars = sum(len(c["content"]) for c in request.get("context", []))
-        inp = SelectModelInput(
-            query=request["query"],
-            tool_call_names=names,
-            context_items=len(request.get("context", [])),
-            context_tokens=chars // 4,
-            tools_answer=answers,
+        inp = _with_planned_tools(
+            request["query"],
+            [c["name"] for c in request.get("tool_calls", [])],
+            registry,
+            context=request.get("context", []),
         )
         cases.append(
             Case(f"line {label.line}", request["query"], label.tier, str(label.task_type), inp)
@@ -139,6 +156,7 @@ async def run(ctx: BenchContext) -> BenchResult:
     )
     for case_name, cases in (
         ("held-out split", _heldout_cases()),
+        ("held-out split, with the rules planner's tools", _heldout_cases(with_tools=True)),
         ("shipped examples", _example_cases()),
     ):
         if ctx.smoke:
@@ -174,7 +192,10 @@ async def run(ctx: BenchContext) -> BenchResult:
             )
         best = scores[variants[0][0]]
         old = scores["cue table (old)"]
-        short = "held-out" if case_name.startswith("held") else "examples"
+        short = {
+            "held-out split": "held-out",
+            "shipped examples": "examples",
+        }.get(case_name, "held-out with tools")
         result.headline(f"{short}: learned accuracy", best.accuracy * 100, "%")
         result.headline(f"{short}: cue table accuracy", old.accuracy * 100, "%")
         result.headline(f"{short}: learned recall of needs-large", best.recall_large, "")
@@ -189,35 +210,44 @@ async def run(ctx: BenchContext) -> BenchResult:
                 "first, then the most confident): " + " | ".join(worst)
             )
 
-    # Inference latency: learned predict vs the cue router, alternating, same prompts.
+    # Inference latency, alternating on the same prompts: the learned model's predict, the
+    # whole learned selection (route + context-window fit, what a job runs), and the cue
+    # table's selection (the baseline).
     prompts = [c.prompt for c in _heldout_cases()]
     if ctx.smoke:
         prompts = prompts[:20]
-    learned_ms: list[float] = []
-    cue_ms: list[float] = []
-    for _ in range(ctx.warmup):
-        for p in prompts:
-            model.predict(p)
-            cue.route(SelectModelInput(query=p))
+    timings: dict[str, list[float]] = {"predict": [], "learned": [], "cue": []}
+    calls: dict[str, Callable[[str], object]] = {
+        "predict": lambda p: model.predict(p),
+        "learned": lambda p: select_with(recommended, SelectModelInput(query=p), catalog),
+        "cue": lambda p: select_with(cue, SelectModelInput(query=p), catalog),
+    }
+    for p in prompts[:50]:
+        for call in calls.values():
+            call(p)  # warm-up: tokenizer, memo
     for _ in range(max(1, ctx.repeats // 10)):
         for p in prompts:
-            inp = SelectModelInput(query=p)
-            t0 = time.perf_counter()
-            model.predict(p)
-            t1 = time.perf_counter()
-            cue.route(inp)
-            t2 = time.perf_counter()
-            learned_ms.append((t1 - t0) * 1000)
-            cue_ms.append((t2 - t1) * 1000)
-    result.add("inference, ms per prompt", "cue table select_model", cue_ms, baseline=True)
-    result.add("inference, ms per prompt", "learned predict", learned_ms)
-    result.headline("learned inference p50", statistics.median(learned_ms), "ms")
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                call(p)
+                timings[name].append((time.perf_counter() - t0) * 1000)
+    case = "inference, ms per prompt"
+    result.add(case, "cue table selection", timings["cue"], baseline=True)
+    result.add(case, "learned selection (route + fit)", timings["learned"])
+    result.add(case, "learned model predict only", timings["predict"])
+    for name, label in (("predict", "model predict"), ("learned", "learned selection")):
+        ordered = sorted(timings[name])
+        result.headline(f"{label} p50", statistics.median(ordered), "ms")
+        result.headline(f"{label} p95", ordered[int(0.95 * (len(ordered) - 1))], "ms")
     result.headline(
-        "learned inference vs cue table (p50)",
-        statistics.median(learned_ms) / statistics.median(cue_ms),
+        "learned selection vs cue table (p50)",
+        statistics.median(timings["learned"]) / statistics.median(timings["cue"]),
     )
+    lengths = sorted(len(p) for p in prompts)
     result.notes.append(
-        "Inference rows are in ms, not USD. The learned predict includes its own cue features "
-        "and token count; the cue router's select_model computes the five scores too."
+        "Inference rows are in ms, not USD, on the held-out prompts (median "
+        f"{lengths[len(lengths) // 2]} characters, longest {lengths[-1]}). Both selections "
+        "compute the cue table's features (regular expressions) and the five scores; the "
+        "learned one adds the n-grams, the policy cues and the linear model."
     )
     return result

@@ -29,6 +29,7 @@ from activities.selection import estimate_response_length
 from core.catalog import ModelCatalog
 from core.models import Tier
 from core.routing_corpus import LabelledPrompt, load_corpus, split_corpus
+from core.settings import get_settings
 from core.tokens import count_tokens
 
 router_app = typer.Typer(name="router", help="Train, check and calibrate the learned router.")
@@ -159,9 +160,18 @@ def calibrate_command(
     small_threshold: Annotated[
         float, typer.Option("--small-threshold", min=0.01, max=0.99, help="P(small) cut-off.")
     ] = 0.5,
+    artifact: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifact",
+            help="Artifact to calibrate (default: AGENTFLOW_ROUTER_ARTIFACT, else the shipped "
+            "one).",
+        ),
+    ] = None,
 ) -> None:
     """Print large share vs recall (and accuracy, cost) per threshold on the held-out split."""
-    model = shipped_model()
+    path = artifact or get_settings().router_artifact
+    model = RouterModel.from_file(path) if path is not None else shipped_model()
     prompts = heldout()
     predictions = [model.predict(p.prompt) for p in prompts]
     labels = [p.tier for p in prompts]

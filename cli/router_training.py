@@ -3,9 +3,10 @@
 ``agentflow router train`` runs :func:`train_artifact` on the training split of
 ``data/routing/`` (:func:`core.routing_corpus.split_corpus`) and writes ``core/data/router.json``.
 The same corpus and the pinned library versions (the ``train`` extra) give the same bytes: every
-step is deterministic (lbfgs, fixed cross-validation folds with ``random_state=0``), floats are
-rounded to :data:`SIGNIFICANT_DIGITS` significant digits and keys are sorted, and ``--check``
-compares a fresh training with the shipped file.
+step is deterministic (lbfgs, fixed cross-validation folds with ``random_state=0``, BLAS on one
+thread), floats are rounded to :data:`SIGNIFICANT_DIGITS` significant digits and keys are
+sorted, and ``--check`` compares a fresh training with the shipped file. A CPU with other BLAS
+kernels could still differ in a last digit; the tests then name the artifact to retrain.
 
 The model (the issue's recipe): word unigrams and bigrams plus character 2-4-grams inside
 words, each block tf-idf with sublinear tf and l2 norm; the cue router's features and token
@@ -104,7 +105,18 @@ def train_artifact(train: Sequence[LabelledPrompt], *, c: float = C) -> dict[str
 
 
 def fit_router(train: Sequence[LabelledPrompt], *, c: float = C) -> FittedRouter:
-    """Fit the three heads on ``train`` (see :func:`train_artifact`)."""
+    """Fit the three heads on ``train`` (see :func:`train_artifact`).
+
+    BLAS runs on one thread: a multithreaded reduction may add in another order and change the
+    last bits of a coefficient, and so the artifact's bytes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit_router(train, c=c)
+
+
+def _fit_router(train: Sequence[LabelledPrompt], *, c: float) -> FittedRouter:
     import numpy as np
     import sklearn
     from scipy import sparse

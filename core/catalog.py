@@ -96,7 +96,7 @@ DRAFT_ESTIMATE_TOKENS = 256
 
 
 class ModelCatalog(BaseModel):
-    """Exactly one :class:`ModelSpec` per tier."""
+    """Exactly one :class:`ModelSpec` per tier, context windows non-decreasing with the tier."""
 
     models: list[ModelSpec]
 
@@ -106,6 +106,12 @@ class ModelCatalog(BaseModel):
         missing = set(Tier) - set(tiers)
         if missing or len(tiers) != len(set(tiers)):
             raise ValueError(f"catalog needs exactly one model per tier; got {sorted(tiers)}")
+        windows = [self.for_tier(t).context_window for t in Tier]
+        if windows != sorted(windows):
+            raise ValueError(
+                "catalog context_window must not shrink from small to large; got "
+                + ", ".join(f"{t} {w}" for t, w in zip(Tier, windows, strict=True))
+            )
         return self
 
     def for_tier(self, tier: Tier) -> ModelSpec:

@@ -5,17 +5,17 @@ The corpus is project-written text (``data/routing/prompts/*.jsonl``), labelled 
 examples (``examples/requests.jsonl``) are labelled by the same policy in
 ``data/routing/examples.jsonl``.
 
-The held-out split is deterministic and independent of file order: inside each (domain, tier)
-stratum the prompts are sorted by the SHA-256 of their id and every :data:`HOLDOUT_EVERY`-th is
-held out (25 %). The learned router is trained on the rest only, so the held-out split measures
-prompts it never saw.
+The held-out split is deterministic, independent of file order and stable as prompts are added:
+a prompt is held out when the SHA-256 of its id, read as a number, is divisible by
+:data:`HOLDOUT_EVERY` (about 25 %, and about that share of every domain and tier at this size).
+The learned router is trained on the rest only, so the held-out split measures prompts it never
+saw.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,7 +28,7 @@ CORPUS_DIR = PROJECT_ROOT / "data" / "routing"
 """Where the corpus, its policy and its data card live in a checkout."""
 
 HOLDOUT_EVERY = 4
-"""One prompt in this many (per stratum) is held out: a 25 % held-out split."""
+"""About one prompt in this many is held out: a 25 % held-out split."""
 
 
 class LabelledPrompt(BaseModel):
@@ -94,25 +94,19 @@ def load_examples(root: Path = CORPUS_DIR) -> list[LabelledExample]:
     return [LabelledExample.model_validate(raw) for _, raw in _read_jsonl(root / "examples.jsonl")]
 
 
-def _rank(prompt_id: str) -> str:
-    return hashlib.sha256(prompt_id.encode()).hexdigest()
+def is_held_out(prompt_id: str) -> bool:
+    """Whether the prompt with this id belongs to the held-out split (see the module docstring)."""
+    return int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16) % HOLDOUT_EVERY == 0
 
 
 def split_corpus(
     prompts: list[LabelledPrompt],
 ) -> tuple[list[LabelledPrompt], list[LabelledPrompt]]:
-    """The (train, held-out) split, stratified by domain and tier (see the module docstring).
-
-    Both lists keep the corpus order.
-    """
-    strata: dict[tuple[str, Tier], list[LabelledPrompt]] = defaultdict(list)
-    for item in prompts:
-        strata[(item.domain, item.tier)].append(item)
-    held: set[str] = set()
-    for members in strata.values():
-        ranked = sorted(members, key=lambda p: _rank(p.id))
-        held.update(p.id for p in ranked[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY])
-    return [p for p in prompts if p.id not in held], [p for p in prompts if p.id in held]
+    """The (train, held-out) split (see the module docstring); both keep the corpus order."""
+    return (
+        [p for p in prompts if not is_held_out(p.id)],
+        [p for p in prompts if is_held_out(p.id)],
+    )
 
 
 def corpus_digest(prompts: Iterable[LabelledPrompt]) -> str:

@@ -106,10 +106,11 @@ class Settings(BaseSettings):
     P(small suffices) is above this, else to medium."""
     router_tool_answered_max_p_large: float = Field(default=1.0, ge=0, le=1)
     """Routing after planning: when every planned tool answers the question (calculator, SQL,
-    docs search, page fetch), the small tier reports the result unless P(needs large) is above
-    this. 1.0 (the default) always lets the tool answer: the model reads arithmetic as math and
-    gives "What is 365 * 24 * 60 * 60?" P(large) 0.95, which is exactly what the calculator
-    makes cheap; 0 turns the rule off."""
+    docs search, page fetch) and the prompt does not ask to derive something (solve, prove,
+    write or fix code, pasted code: ``activities.routing.asks_to_derive``), the small tier
+    reports the tool's result unless P(needs large) is above this. 1.0 (the default) always
+    lets such a tool answer: the model reads "Compute (1250.50 * 12) / 7" as math (P(large)
+    0.91), which is what the calculator makes cheap. 0 turns the rule off."""
     router_llm_timeout_s: float = Field(default=3.0, gt=0, le=5)
     """How long the LLM router's classification may take before the learned router decides,
     in seconds (at most 5: planning and selection share one 30 s stage)."""

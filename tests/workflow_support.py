@@ -132,6 +132,7 @@ async def agent_worker(
     task_queue: str | None = None,
     planner_timeout_s: float = 8.0,
     quotas: Quotas | None = None,
+    llm_router_timeout_s: float | None = None,
 ) -> AsyncIterator[Harness]:
     """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers).
 
@@ -150,6 +151,7 @@ async def agent_worker(
         store=store,
         planner_timeout_s=planner_timeout_s,
         quotas=quotas,
+        llm_router_timeout_s=llm_router_timeout_s,
     )
     task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(
