@@ -397,6 +397,16 @@ async def read_stream(
     return received
 
 
+async def wait_for_polling_workers(log: Path, count: int, timeout_s: float = 60) -> None:
+    """Wait until ``log`` shows ``count`` workers polling (each logs it once, when ready)."""
+    deadline = time.monotonic() + timeout_s
+    while (await asyncio.to_thread(log.read_text, errors="replace")).count(
+        "worker polling task queue"
+    ) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} workers started: {log}"
+        await asyncio.sleep(0.1)
+
+
 async def submit(http: httpx.AsyncClient, **body: Any) -> str:
     body["query"] = f"{body['query']} [{uuid.uuid4().hex[:6]}]"
     r = await http.post("/v1/jobs", json=body)
@@ -750,6 +760,8 @@ async def test_a_finished_job_without_a_worker_is_503_at_once_then_replays(
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "5" and time.monotonic() - started < 15
         with worker_process(env, log):
+            # A worker needs a few seconds to import and connect; the API waits 5 s for one.
+            await wait_for_polling_workers(log, count=2)
             replay = await read_stream(c, job_id, timeout_s=60)
         assert [x.key for x in replay] == [x.key for x in live]
 
