@@ -198,7 +198,7 @@ POLICY_CUES: dict[str, re.Pattern[str]] = {
         "unit tests?",
     ),
     "code_text": re.compile(
-        r"(?m)^\s{2,}\S|[{};]\s*$|\bdef |\bfunction\b|=>|\breturn\b|\bSELECT\b|\bimport\b"
+        r"(?m)^[ \t]{2,}\S|[{};]\s*$|\bdef |\bfunction\b|=>|\breturn\b|\bSELECT\b|\bimport\b"
         r"|#include|console\.|print\("
     ),
     "extraction": _words(
@@ -383,11 +383,29 @@ def head_features(query: str) -> QueryFeatures:
 
     Returns:
         :func:`activities.selection.extract_features` of :func:`router_head`, with ``tokens``
-        counted over all of ``query`` (so a long prompt's size is not cut).
+        for all of ``query`` (:func:`estimate_tokens`, so a long prompt's size is not cut).
     """
     head = router_head(query)
     cues = extract_features(head)
-    return cues if head is query else replace(cues, tokens=count_tokens(query))
+    return cues if head is query else replace(cues, tokens=estimate_tokens(query, cues.tokens))
+
+
+def estimate_tokens(query: str, head_tokens: int | None = None) -> int:
+    """cl100k_base tokens of ``query``: counted when it is short, else estimated from its head.
+
+    Past :data:`HEAD_CHARS` + :data:`TAIL_CHARS` characters the head's count is scaled by the
+    length ratio: the tokenizer's cost grows faster than linearly on some long runs (20,000
+    digits took 0.7 s), and routing needs the size, not the exact count.
+
+    Args:
+        query: the prompt.
+        head_tokens: the token count of :func:`router_head` of ``query`` when known.
+    """
+    head = router_head(query)
+    counted = count_tokens(head) if head_tokens is None else head_tokens
+    if head is query:
+        return counted
+    return round(counted * len(query) / max(1, len(head)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from typing import Protocol
 from activities.learned_router import (
     RouterModel,
     RouterPrediction,
+    estimate_tokens,
     head_features,
     router_head,
 )
@@ -43,7 +44,6 @@ from activities.selection import scores_from_features, select_model
 from core.catalog import ModelCatalog
 from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
 from core.settings import Settings
-from core.tokens import count_tokens
 
 PROMPT_OVERHEAD_TOKENS = 200
 """Tokens the system prompt and message framing add to every generation prompt."""
@@ -162,7 +162,9 @@ class LearnedRouter:
         escalation = tier.next_up()
         return SelectModelResult(
             task_type=task_type,
-            scores=scores_from_features(inp.query, features, task_type, inp.context_items),
+            scores=scores_from_features(
+                router_head(inp.query), features, task_type, inp.context_items
+            ),
             tier=tier,
             escalation_tier=escalation,
             reason=f"learned: {task_type}, {why} -> {tier}; escalation "
@@ -221,7 +223,7 @@ def expected_tokens(inp: SelectModelInput, result: SelectModelResult) -> int:
     budget), :data:`PROMPT_OVERHEAD_TOKENS` and the expected answer (``scores.response_length``).
     """
     return (
-        count_tokens(inp.query)
+        estimate_tokens(inp.query)
         + inp.context_tokens
         + PROMPT_OVERHEAD_TOKENS
         + result.scores.response_length

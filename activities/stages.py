@@ -28,6 +28,7 @@ from temporalio import activity
 
 from activities.compression import compress_context
 from activities.errors import to_application_error
+from activities.learned_router import estimate_tokens
 from activities.llm_router import LlmRouter
 from activities.model_planner import plan_with_model
 from activities.planner import plan_tools_by_rules
@@ -66,7 +67,6 @@ from core.models import (
     ToolFailure,
     ToolResult,
 )
-from core.tokens import count_tokens
 from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
 from infra.cache import RedisCache, response_cache_key
 from infra.jobs import JobStore
@@ -319,7 +319,7 @@ class StageActivities:
         timeouts = {spec.tier: spec.attempt_timeout_s for spec in self.catalog.models}
         estimate = self.catalog.estimate_remaining_cost_usd(
             selection.tier,
-            prompt_tokens=count_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS,
+            prompt_tokens=estimate_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS,
             completion_tokens=selection.scores.response_length,
         )
         return selection.model_copy(

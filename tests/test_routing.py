@@ -647,3 +647,28 @@ async def test_the_llm_router_setting_with_a_simulated_small_tier_says_why_it_di
         stages.llm_router_timeout_s = None
     assert result.router == "learned"
     assert result.reason.startswith("llm router needs a real small model")
+
+
+@pytest.mark.parametrize("unit", ["1", "1.", "1,", "\n", "a b\n", "if "])
+def test_hostile_prompts_cost_linear_time_not_quadratic(unit: str) -> None:
+    """Long runs that made the cue regexes backtrack quadratically (20,000 digits took 35 s)
+    now scale linearly: ten times the text costs at most about ten times the time (quadratic
+    would be a hundred). Compared within the test, best of three, so machine speed cancels."""
+    import time
+
+    catalog = ModelCatalog.default()
+    routers = (LearnedRouter(shipped_model()), CueRouter())
+
+    def best(text: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for router in routers:
+                select_with(router, SelectModelInput(query=text), catalog)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    best("warm up 1")
+    small = best(unit * (2_000 // len(unit)))
+    large = best(unit * (20_000 // len(unit)))
+    assert large < 30 * small + 0.05, (unit, small, large)
