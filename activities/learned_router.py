@@ -17,7 +17,7 @@ Three heads share the features:
 
 CPU is bounded whatever the prompt: the text the model reads is the first and last
 :data:`HEAD_CHARS` / :data:`TAIL_CHARS` characters (the ask is usually at one end of a long
-pasted passage), so one prediction reads at most 4,000 characters: about 12,000 character
+pasted passage), so one prediction reads at most 2,000 characters: about 6,000 character
 n-grams and the cue regexes over that text. Memory is bounded too: only short words are
 memoized (:data:`MEMO_WORD_CHARS`).
 """
@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +49,18 @@ FloatArray = npt.NDArray[np.float64]
 ARTIFACT_FORMAT = 1
 """Bump when the artifact's layout or the features change; a loader refuses other formats."""
 
-HEAD_CHARS = 3000
-TAIL_CHARS = 1000
-"""The model reads at most the first 3,000 and the last 1,000 characters of a prompt."""
+HEAD_CHARS = 1500
+TAIL_CHARS = 500
+"""The model reads at most the first 1,500 and the last 500 characters of a prompt (the corpus's
+longest prompt is 1,414 characters: it has not learnt from more)."""
 
-CHAR_MEMO_WORDS = 100_000
+CHAR_MEMO_WORDS = 50_000
 """Distinct words whose vocabulary rows one model remembers (then it starts over)."""
 
 MEMO_WORD_CHARS = 32
-"""Only words this short are memoized (their n-grams and rows): at most about 100 n-grams
-each, so the caches stay under a few tens of MB whatever the traffic."""
+"""Only words this short have their rows memoized (at most about 100 small ints each): the
+memo stays near 25 MB whatever the traffic, and a request's long "words" (base64, URLs,
+unspaced scripts) are never kept."""
 
 MAX_SIZE_CHARS = 1500
 MAX_SIZE_TOKENS = 600
@@ -66,6 +68,9 @@ MAX_SIZE_TOKENS = 600
 corpus has nothing longer (1,414 characters, 546 tokens), and the labelling policy says length
 is not difficulty, so a 20,000-character extraction prompt must not look harder than the
 longest prompt the model learnt from."""
+
+MAX_ARTIFACT_BYTES = 16 * 2**20
+"""The largest artifact a worker will read (the shipped one is 1.4 MB)."""
 
 CHAR_NGRAMS = (2, 4)
 """Character n-gram sizes, inside word boundaries (padded with one space each side)."""
@@ -315,23 +320,7 @@ def word_terms(text: str) -> list[str]:
 
 
 def word_char_grams(word: str) -> tuple[str, ...]:
-    """Character n-grams (:data:`CHAR_NGRAMS`) of one word padded with a space each side.
-
-    Words up to :data:`MEMO_WORD_CHARS` characters are memoized (a bounded cache of short
-    words); longer ones (base64, URLs, unspaced scripts) are computed each time, so no request
-    can fill memory with its own long "words".
-    """
-    if len(word) <= MEMO_WORD_CHARS:
-        return _short_word_char_grams(word)
-    return _char_grams(word)
-
-
-@lru_cache(maxsize=65_536)
-def _short_word_char_grams(word: str) -> tuple[str, ...]:
-    return _char_grams(word)
-
-
-def _char_grams(word: str) -> tuple[str, ...]:
+    """Character n-grams (:data:`CHAR_NGRAMS`) of one word padded with a space each side."""
     low, high = CHAR_NGRAMS
     padded = f" {word} "
     size = len(padded)
@@ -509,6 +498,14 @@ class RouterModel:
         if tuple(artifact.dense.names) != DENSE_FEATURES:
             raise ValueError("router artifact was trained on other dense features")
         heads = 2 + len(artifact.task.classes)
+        if not artifact.task.classes:
+            raise ValueError("router artifact has no task classes")
+        if not 0 < artifact.recommended_large_threshold < 1:
+            raise ValueError("router artifact's recommended threshold is not between 0 and 1")
+        if len(artifact.version) > 100:
+            raise ValueError("router artifact's version is longer than 100 characters")
+        if any(v <= 0 for block in artifact.blocks.values() for v in block.idf):
+            raise ValueError("router artifact has an idf that is not positive")
         if len(artifact.task.intercepts) != len(artifact.task.classes):
             raise ValueError("router artifact has one task intercept per class")
         dense = artifact.dense
@@ -630,8 +627,12 @@ class RouterModel:
             ValueError: the file is missing, not JSON, or another format (message names it).
         """
         try:
+            if not path.is_file():
+                raise ValueError("not a regular file")
+            if path.stat().st_size > MAX_ARTIFACT_BYTES:
+                raise ValueError(f"larger than {MAX_ARTIFACT_BYTES // 2**20} MiB")
             return cls(RouterArtifact.model_validate_json(path.read_bytes()))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, MemoryError) as exc:
             raise ValueError(f"router artifact {path}: {exc}") from exc
 
 

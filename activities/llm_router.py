@@ -29,6 +29,9 @@ from infra.usage import usage_of
 MAX_PROMPT_CHARS = 2500
 """The most prompt characters the classifier sees (first 2,000 and last 500)."""
 
+MAX_VERDICT_CHARS = 2000
+"""A verdict is one small JSON object; a longer answer is refused unparsed."""
+
 VERDICT_MAX_TOKENS = 64
 """Completion tokens the classifier may use: one small JSON object."""
 
@@ -80,12 +83,15 @@ def parse_verdict(text: str) -> LlmVerdict:
     """The validated verdict in ``text``.
 
     Raises:
-        VerdictParseError: not JSON, not an object, or a tier/task type outside the enums.
+        VerdictParseError: longer than :data:`MAX_VERDICT_CHARS`, not JSON (or nested too
+            deep to parse), not an object, or a tier/task type outside the enums.
     """
+    if len(text) > MAX_VERDICT_CHARS:
+        raise VerdictParseError(f"longer than {MAX_VERDICT_CHARS} characters")
     try:
         data = json.loads(_FENCE.sub("", text.strip()))
         return LlmVerdict.model_validate(data)
-    except (json.JSONDecodeError, ValidationError) as exc:
+    except (json.JSONDecodeError, ValidationError, RecursionError) as exc:
         raise VerdictParseError(type(exc).__name__) from exc
 
 

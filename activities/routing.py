@@ -87,6 +87,9 @@ class LearnedRouter:
         small_threshold: send to small when P(small suffices) is above it (0..1).
         tool_answered_max_p_large: the tool-answered rule yields to the model above this
             P(needs large) (1.0 turns the yield off; 0.0 turns the rule off).
+
+    Raises:
+        ValueError: a threshold outside 0..1 (or NaN).
     """
 
     name = "learned"
@@ -99,6 +102,13 @@ class LearnedRouter:
         small_threshold: float = DEFAULT_SMALL_THRESHOLD,
         tool_answered_max_p_large: float = DEFAULT_TOOL_ANSWERED_MAX_P_LARGE,
     ) -> None:
+        for name, value in (
+            ("large_threshold", large_threshold),
+            ("small_threshold", small_threshold),
+            ("tool_answered_max_p_large", tool_answered_max_p_large),
+        ):
+            if value is not None and not 0 <= value <= 1:  # NaN fails too
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
         self.model = model
         self.large_threshold = (
             model.recommended_large_threshold if large_threshold is None else large_threshold
@@ -127,17 +137,17 @@ class LearnedRouter:
         ):
             return Tier.SMALL, f"tool-answered (P(large) {p_large:.2f}): small reports the result"
         if p_large > t:
-            return Tier.LARGE, f"P(large) {p_large:.2f} > {t:.2f}"
+            return Tier.LARGE, f"P(large) {p_large:.3f} > {t:.3f}"
         if p_small > self.small_threshold:
             return (
                 Tier.SMALL,
-                f"P(large) {p_large:.2f} <= {t:.2f}, P(small) {p_small:.2f} > "
-                f"{self.small_threshold:.2f}",
+                f"P(large) {p_large:.3f} <= {t:.3f}, P(small) {p_small:.3f} > "
+                f"{self.small_threshold:.3f}",
             )
         return (
             Tier.MEDIUM,
-            f"P(large) {p_large:.2f} <= {t:.2f}, P(small) {p_small:.2f} <= "
-            f"{self.small_threshold:.2f}",
+            f"P(large) {p_large:.3f} <= {t:.3f}, P(small) {p_small:.3f} <= "
+            f"{self.small_threshold:.3f}",
         )
 
     def route(self, inp: SelectModelInput) -> SelectModelResult:

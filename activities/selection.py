@@ -234,9 +234,10 @@ TOOL_CUES: tuple[Cue, ...] = _cues(
     (
         # Numbers start only where no digit precedes: otherwise every position inside a long
         # run of digits would rescan the rest of it (quadratic: 20,000 digits took 35 s).
-        r"(?<![\d,.])\d[\d,.]*+\s*(?:[-+*/\u00d7^]|\bplus\b|\bminus\b|\btimes\b"
+        # (a match found mid-run extends to the whole run, so starting there is enough).
+        r"(?<![\d,.])[,.]*\d[\d,.]*+\s*(?:[-+*/\u00d7^]|\bplus\b|\bminus\b|\btimes\b"
         r"|\bdivided by\b)\s*\d"
-        r"|(?<![\d.])\d++(?:\.\d++)?\s*%\s*of\b",
+        r"|\d\s*%\s*of\b",
         2,
     ),
 )

@@ -461,7 +461,7 @@ class SelectModelInput(BaseModel):
     tool_call_names: list[str] = Field(default_factory=list)
     context_items: int = 0
     pinned_tier: Tier | None = None
-    context_tokens: int = 0
+    context_tokens: int = Field(default=0, ge=0)
     """Expected prompt tokens of the context after compression (for the cost estimate and the
     context-window check)."""
     tools_answer: bool = False

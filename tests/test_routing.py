@@ -514,16 +514,14 @@ def test_long_unspaced_words_do_not_fill_the_caches():
     import random
     import string
 
-    from activities.learned_router import MEMO_WORD_CHARS, _short_word_char_grams
+    from activities.learned_router import MEMO_WORD_CHARS
 
     model = RouterModel.from_file(ARTIFACT_PATH)
     rng = random.Random(7)
-    before = _short_word_char_grams.cache_info().currsize
     for _ in range(300):
         blob = "".join(rng.choices(string.ascii_letters + string.digits, k=20_000))
         model.predict(blob)
     assert len(model._char_memo) == 0
-    assert _short_word_char_grams.cache_info().currsize == before
     short = " ".join("".join(rng.choices(string.ascii_lowercase, k=8)) for _ in range(50))
     model.predict(short)
     assert 0 < len(model._char_memo) <= 50
@@ -672,3 +670,26 @@ def test_hostile_prompts_cost_linear_time_not_quadratic(unit: str) -> None:
     small = best(unit * (2_000 // len(unit)))
     large = best(unit * (20_000 // len(unit)))
     assert large < 30 * small + 0.05, (unit, small, large)
+
+
+def test_the_linear_arithmetic_cue_matches_what_the_seed_pattern_matched():
+    from activities.selection import TOOL_CUES
+
+    arithmetic = TOOL_CUES[-1][0]
+    for text in ("What is .5 * 4?", "What is .5% of 200?", "Total: $.99 * 3", "a,12*4", "17 * 23"):
+        assert arithmetic.search(text), text
+    for text in ("1" * 5000, "1." * 2500, "version 3.11 is out"):
+        assert not arithmetic.search(text), text
+
+
+def test_bad_thresholds_and_oversized_verdicts_are_refused():
+    model = shipped_model()
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            LearnedRouter(model, large_threshold=bad)
+    with pytest.raises(VerdictParseError):
+        parse_verdict('{"tier": "small", "task_type": "simple_factual", "x": "' + "y" * 5000 + '"}')
+    with pytest.raises(VerdictParseError):
+        parse_verdict("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="not a regular file"):
+        RouterModel.from_file(Path("/dev/zero"))
