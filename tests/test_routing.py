@@ -43,6 +43,7 @@ from core.settings import Settings
 from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.scripted import ScriptedProvider
 from tests.helpers import serve_asgi
+from tests.test_providers import _ok as chat_completion
 
 
 @pytest.fixture(scope="module")
@@ -472,20 +473,7 @@ async def test_llm_router_over_real_http_with_a_misbehaving_endpoint() -> None:
         content = next(answers)
         if content is None:
             return JSONResponse({"error": {"message": "boom at 10.1.2.3"}}, status_code=500)
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132},
-        }
+        return chat_completion(body["model"], content)
 
     with serve_asgi(app) as base:
         provider = OpenAICompatibleProvider(f"{base}/v1", None, timeout_s=5)
@@ -498,7 +486,7 @@ async def test_llm_router_over_real_http_with_a_misbehaving_endpoint() -> None:
         finally:
             await provider.aclose()
     assert used.router == "llm" and used.tier is Tier.MEDIUM
-    assert used.usage is not None and used.usage.prompt_tokens == 120
+    assert used.usage is not None and used.usage.prompt_tokens == 11
     assert used.usage.cost_usd > 0 and not used.usage.simulated
     assert prose.router == "learned" and "not a valid verdict" in prose.reason
     assert error.router == "learned" and "llm router failed" in error.reason
