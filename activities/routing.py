@@ -226,18 +226,21 @@ def asks_to_derive(query: str) -> bool:
     return bool(DERIVE_CUES.search(head) or CODE_ASK.search(head) or CODE_PASTED.search(head))
 
 
-def expected_tokens(inp: SelectModelInput, result: SelectModelResult) -> int:
-    """Tokens one generation call must hold (prompt and completion).
+def prompt_tokens_estimate(inp: SelectModelInput) -> int:
+    """Prompt tokens of the generation call for ``inp``.
 
-    The query, the context after compression (``inp.context_tokens``, at most the request's
-    budget), :data:`PROMPT_OVERHEAD_TOKENS` and the expected answer (``scores.response_length``).
+    The query (:func:`estimate_tokens`), the context after compression (``inp.context_tokens``,
+    at most the request's budget) and :data:`PROMPT_OVERHEAD_TOKENS`.
     """
-    return (
-        estimate_tokens(inp.query)
-        + inp.context_tokens
-        + PROMPT_OVERHEAD_TOKENS
-        + result.scores.response_length
-    )
+    return estimate_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS
+
+
+def expected_tokens(inp: SelectModelInput, result: SelectModelResult) -> int:
+    """Tokens one generation call must hold, prompt and completion.
+
+    :func:`prompt_tokens_estimate` plus the expected answer (``scores.response_length``).
+    """
+    return prompt_tokens_estimate(inp) + result.scores.response_length
 
 
 def fit_context_window(

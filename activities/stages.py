@@ -28,16 +28,15 @@ from temporalio import activity
 
 from activities.compression import compress_context
 from activities.errors import to_application_error
-from activities.learned_router import estimate_tokens
 from activities.llm_router import LlmRouter
 from activities.model_planner import plan_with_model
 from activities.planner import plan_tools_by_rules
 from activities.routing import (
-    PROMPT_OVERHEAD_TOKENS,
     LearnedRouter,
     Router,
     build_router,
     fit_context_window,
+    prompt_tokens_estimate,
     select_with,
 )
 from core.catalog import ModelCatalog
@@ -205,7 +204,7 @@ class StageActivities:
                 context_tokens=_context_tokens_estimate(
                     req.context, req.max_context_tokens, tools_planned=bool(plan.planned)
                 ),
-                tools_answer=self._tools_answer(plan.planned),
+                tools_answer=self.tools.all_answer_query(p.call.name for p in plan.planned),
             )
         )
         lap(Stage.MODEL_SELECTION)
@@ -311,15 +310,11 @@ class StageActivities:
         chosen = fit_context_window(await llm.aroute(inp), inp, self.catalog)
         return self._with_costs(chosen, inp)
 
-    def _tools_answer(self, planned: list[PlannedToolCall]) -> bool:
-        tools = [self.tools.get(p.call.name) for p in planned]
-        return bool(tools) and all(t is not None and t.metadata.answers_query for t in tools)
-
     def _with_costs(self, selection: SelectModelResult, inp: SelectModelInput) -> SelectModelResult:
         timeouts = {spec.tier: spec.attempt_timeout_s for spec in self.catalog.models}
         estimate = self.catalog.estimate_remaining_cost_usd(
             selection.tier,
-            prompt_tokens=estimate_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS,
+            prompt_tokens=prompt_tokens_estimate(inp),
             completion_tokens=selection.scores.response_length,
         )
         return selection.model_copy(

@@ -73,14 +73,12 @@ def _with_planned_tools(
 ) -> SelectModelInput:
     """What selection sees in a job: the request's tools plus the rules planner's."""
     names = names + [c.name for c in plan_tools_by_rules(query, registry)]
-    tools = [registry.get(n) for n in names]
-    answers = bool(tools) and all(t is not None and t.metadata.answers_query for t in tools)
     return SelectModelInput(
         query=query,
         tool_call_names=names,
         context_items=len(context),
         context_tokens=sum(len(c["content"]) for c in context) // 4,
-        tools_answer=answers,
+        tools_answer=registry.all_answer_query(names),
     )
 
 

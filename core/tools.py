@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,15 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         """The tool called ``name``, or ``None``."""
         return self._tools.get(name)
+
+    def all_answer_query(self, names: Iterable[str]) -> bool:
+        """Whether every one of ``names`` (at least one) answers a question by itself.
+
+        True when each names a registered tool with :attr:`ToolMetadata.answers_query`; an
+        unknown name does not answer.
+        """
+        tools = [self._tools.get(name) for name in names]
+        return bool(tools) and all(t is not None and t.metadata.answers_query for t in tools)
 
     def __iter__(self) -> Iterator[Tool]:
         """Tools in registration order."""

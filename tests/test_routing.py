@@ -43,6 +43,7 @@ from core.settings import Settings
 from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.scripted import ScriptedProvider
 from tests.helpers import serve_asgi
+from tests.test_model_planner import _catalog_with_real_small
 from tests.test_providers import _ok as chat_completion
 
 
@@ -590,14 +591,7 @@ async def test_the_llm_router_runs_in_a_job_and_its_call_is_in_the_jobs_usage(
             return "[]"
         return "Because of Rayleigh scattering."
 
-    catalog = ModelCatalog(
-        models=[
-            s.model_copy(update={"provider": "openai", "model_id": "small-real"})
-            if s.tier is Tier.SMALL
-            else s
-            for s in ModelCatalog.default().models
-        ]
-    )
+    catalog = _catalog_with_real_small()
     providers = ProviderRegistry(
         {"simulated": SimulatedProvider(0), "openai": ScriptedProvider(model, simulated=False)}
     )
