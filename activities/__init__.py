@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from activities.generation import ModelActivities
 from activities.routing import Router
@@ -23,6 +23,9 @@ from infra.cache import RedisCache
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
+
+if TYPE_CHECKING:
+    from infra.semantic import SemanticCache
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class AgentActivities:
         stream: TokenStreamSettings | None = None,
         router: Router | None = None,
         llm_router_timeout_s: float | None = None,
+        semantic: SemanticCache | None = None,
+        semantic_ttl_s: int = 3600,
+        component_cache_ttl_s: int = 3600,
     ) -> AgentActivities:
         """Wire the three groups to the given clients (no I/O).
 
@@ -65,6 +71,9 @@ class AgentActivities:
                 operating point).
             llm_router_timeout_s: set to let the small tier classify prompts itself (the LLM
                 router, when the small tier is a real model), in seconds.
+            semantic: the semantic response level (``None``: off).
+            semantic_ttl_s: TTL of semantic entries, in seconds.
+            component_cache_ttl_s: TTL of cached selection and compression outputs, in seconds.
         """
         return cls(
             stages=StageActivities(
@@ -78,6 +87,9 @@ class AgentActivities:
                 quotas=quotas,
                 router=router,
                 llm_router_timeout_s=llm_router_timeout_s,
+                semantic=semantic,
+                semantic_ttl_s=semantic_ttl_s,
+                component_cache_ttl_s=component_cache_ttl_s,
             ),
             model=ModelActivities(catalog=catalog, providers=providers, stream=stream),
             tools=ToolActivities(tools=tools, cache=cache),

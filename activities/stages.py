@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import BaseModel, JsonValue
 from redis.exceptions import RedisError
 from temporalio import activity
 
@@ -42,8 +46,12 @@ from activities.routing import (
 from core.catalog import ModelCatalog
 from core.errors import AgentflowError, BlobNotFoundError
 from core.models import (
+    AgentResult,
+    ApprovalPolicy,
     BudgetReservation,
     CachedResponse,
+    CacheLevel,
+    CacheReport,
     CheckResponseCacheResult,
     CompressContextInput,
     CompressContextResult,
@@ -67,14 +75,28 @@ from core.models import (
     ToolResult,
 )
 from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
-from infra.cache import RedisCache, response_cache_key
+from infra.cache import (
+    RedisCache,
+    inputs_digest,
+    level_prefix,
+    response_cache_key,
+)
 from infra.jobs import JobStore
 from infra.payloads import read_legacy_blob
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
 from infra.usage import usage_of
 
+if TYPE_CHECKING:
+    from infra.semantic import SemanticCache
+
 log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
+
+COMPONENT_VERSION = "c1"
+"""Part of every component-level key: bump it when selection or compression code changes what
+it returns for the same input."""
 
 CHARS_PER_TOKEN = 4
 """Characters per token for the context's cost estimate (no tokenizer pass over the context)."""
@@ -99,6 +121,46 @@ def _context_tokens_estimate(
     return min(tokens, max_context_tokens)
 
 
+def _cached_response(raw: JsonValue | None) -> CachedResponse | None:
+    """A response entry, or ``None`` for a miss or an entry of another shape."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return CachedResponse.model_validate(raw)
+    except ValueError:
+        log.warning("undecodable response-cache entry; treated as a miss")
+        return None
+
+
+def _count(report: CacheReport, level: CacheLevel, hit: bool) -> None:
+    counts = report.hits if hit else report.misses
+    counts[level.value] = counts.get(level.value, 0) + 1
+
+
+def semantic_namespace(inp: ResponseCacheKeyInput) -> str:
+    """The semantic level's namespace of a request: its owner and :func:`inputs_digest`.
+
+    Only queries from the same key, with the same context, tool calls, tier choice and models
+    can share an answer; the query itself is compared by meaning.
+    """
+    return f"{inp.owner or '-'}:{inputs_digest(inp)}"
+
+
+def gated_by_policy(tools: list[str], policy: ApprovalPolicy, registry: ToolRegistry) -> str | None:
+    """Why a cached answer built on ``tools`` may not be served under ``policy``, else ``None``.
+
+    The rule (README, "Caches"): a cached answer never bypasses a human gate. A tool that needs
+    approval now (its metadata or ``policy.tools``) gates every answer built on its results,
+    whatever the policy was when the answer was cached. The cost threshold does not apply: a
+    hit calls no model and costs nothing. Requests that ask for approval never reach the cache.
+    """
+    for name in tools:
+        tool = registry.get(name)
+        if name in policy.tools or (tool is not None and tool.metadata.requires_approval):
+            return f"the approval policy gates tool {name}, which the cached answer used"
+    return None
+
+
 class StageActivities:
     """Cache lookup, tool planning, model selection, compression and the job record.
 
@@ -108,9 +170,16 @@ class StageActivities:
         tools: the tool registry.
         cache: Redis cache (a down Redis is a miss).
         store: job records.
-        response_cache_ttl_s: TTL of cached final answers, in seconds.
+        response_cache_ttl_s: TTL of cached final answers, in seconds (an answer built on tool
+            results lives at most as long as the shortest TTL of those tools).
         planner_timeout_s: how long the model planner may take before the rules plan instead,
             in seconds.
+        quotas: where job budgets are settled as jobs end.
+        router: who picks the tier.
+        llm_router_timeout_s: set to let the small tier classify prompts (the LLM router).
+        semantic: the semantic response level (``None``: off).
+        semantic_ttl_s: TTL of a semantic entry, in seconds.
+        component_cache_ttl_s: TTL of cached selection and compression outputs, in seconds.
     """
 
     def __init__(
@@ -126,7 +195,14 @@ class StageActivities:
         quotas: Quotas | None = None,
         router: Router | None = None,
         llm_router_timeout_s: float | None = None,
+        semantic: SemanticCache | None = None,
+        semantic_ttl_s: int = 3600,
+        component_cache_ttl_s: int = 3600,
     ) -> None:
+        self.semantic = semantic
+        self.semantic_ttl_s = semantic_ttl_s
+        self.component_cache_ttl_s = component_cache_ttl_s
+        self.model_identity = catalog.fingerprint()
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
@@ -142,17 +218,96 @@ class StageActivities:
 
     @activity.defn(name="check_response_cache")
     async def check_response_cache(self, inp: ResponseCacheKeyInput) -> CheckResponseCacheResult:
-        """Look the request up in the response cache.
+        """Look the request up in the response level (exact match only).
 
         Returns:
             The cache key (used later to store the answer) and the cached answer on a hit. An
             unreachable Redis is reported in ``error`` and treated as a miss, never as a failure.
         """
+        if not inp.model_identity:
+            inp = inp.model_copy(update={"model_identity": self.model_identity})
         key = response_cache_key(inp)
-        raw = await self.cache.get_json(key)
-        hit = CachedResponse.model_validate(raw) if isinstance(raw, dict) else None
+        raw = await self.cache.get_level(CacheLevel.RESPONSE, key)
+        hit = _cached_response(raw)
         error = None if raw is not None or self.cache.last_error is None else self.cache.last_error
-        return CheckResponseCacheResult(key=key, hit=hit, error=error)
+        return CheckResponseCacheResult(
+            key=key, hit=hit, error=error, level=CacheLevel.RESPONSE if hit else None
+        )
+
+    async def _front_cache(
+        self, inp: ResponseCacheKeyInput, policy: ApprovalPolicy | None
+    ) -> CheckResponseCacheResult:
+        """The response level, then the semantic level.
+
+        A hit the approval policy gates now is not served (see :func:`gated_by_policy`); the
+        report says why.
+        """
+        report = CacheReport()
+        checked = await self.check_response_cache(inp)
+        _count(report, CacheLevel.RESPONSE, checked.hit is not None)
+        hit, level, similarity = checked.hit, checked.level, None
+        if hit is not None and (why := self._gated(hit, policy)) is not None:
+            report.bypassed = why
+            hit, level = None, None
+        if hit is None and self.semantic is not None:
+            namespace = semantic_namespace(inp)
+            found = await self.semantic.lookup(namespace, inp.query)
+            entry = None
+            if found.hit is not None:
+                entry = _cached_response(await self.cache.get_json(found.hit.response_key))
+            await self.cache.record_lookup(CacheLevel.SEMANTIC, entry is not None)
+            _count(report, CacheLevel.SEMANTIC, entry is not None)
+            if entry is not None and (why := self._gated(entry, policy)) is not None:
+                report.bypassed = why
+                entry = None
+            if entry is not None and found.hit is not None:
+                hit, level, similarity = entry, CacheLevel.SEMANTIC, found.hit.similarity
+        if hit is not None:
+            report.saved_tokens = hit.tokens
+            report.saved_cost_usd = hit.cost_usd
+            report.saved_ms = hit.duration_ms
+            report.semantic_similarity = similarity
+            report.not_stored_reason = "served from the cache"
+        self._note_degradation(report)
+        return checked.model_copy(
+            update={"hit": hit, "level": level, "similarity": similarity, "report": report}
+        )
+
+    def _gated(self, hit: CachedResponse, policy: ApprovalPolicy | None) -> str | None:
+        """Why ``hit`` may not be served under ``policy`` (``None``: it may)."""
+        if policy is None:
+            return None
+        return gated_by_policy(hit.tools, policy, self.tools)
+
+    def _note_degradation(self, report: CacheReport) -> None:
+        reason = self.cache.degraded_reason
+        if reason is not None:
+            report.degraded = True
+            report.degraded_reason = reason
+
+    # ------------------------------------------------------------------ component level
+
+    async def _component(
+        self, kind: str, payload: str, compute: Callable[[], Awaitable[_M]], model: type[_M]
+    ) -> tuple[_M, bool]:
+        """``compute()``'s result, from the component level when an identical input was seen.
+
+        ``payload`` is the canonical input (it is hashed with ``kind`` and the component
+        version into the key). Returns the result and whether it was a hit.
+        """
+        digest = hashlib.sha256(f"{COMPONENT_VERSION}|{kind}|{payload}".encode()).hexdigest()
+        key = f"{level_prefix(CacheLevel.COMPONENT)}{kind}:{digest}"
+        raw = await self.cache.get_level(CacheLevel.COMPONENT, key)
+        if isinstance(raw, dict):
+            try:
+                return model.model_validate(raw), True
+            except ValueError:
+                log.warning("undecodable %s component entry; recomputed", kind)
+        value = await compute()
+        await self.cache.set_level(
+            CacheLevel.COMPONENT, key, value.model_dump(mode="json"), self.component_cache_ttl_s
+        )
+        return value, False
 
     # ------------------------------------------------------------------ prepare
 
@@ -184,18 +339,22 @@ class StageActivities:
             tool_calls=req.tool_calls,
             model_tier=req.model_tier,
             owner=inp.owner,
+            model_identity=self.model_identity,
+            require_approval=req.require_approval,
         )
         if req.require_approval:
             # A human gate is never answered from the cache (nor is its answer stored).
-            cache = CheckResponseCacheResult(key=response_cache_key(key_input))
+            report = CacheReport(bypassed="the request asked for approval")
+            self._note_degradation(report)
+            cache = CheckResponseCacheResult(key=response_cache_key(key_input), report=report)
         else:
-            cache = await self.check_response_cache(key_input)
+            cache = await self._front_cache(key_input, inp.approval_policy)
         lap(Stage.RESPONSE_CACHE)
         if cache.hit is not None:
             return PrepareJobResult(cache=cache, duration_ms=durations)
         plan = await self.plan_tools(PlanToolsInput(query=req.query, tool_calls=req.tool_calls))
         lap(Stage.TOOL_PLAN)
-        selection = await self.route(
+        selection, selection_hit = await self._route_cached(
             SelectModelInput(
                 query=req.query,
                 tool_call_names=[p.call.name for p in plan.planned],
@@ -207,8 +366,25 @@ class StageActivities:
                 tools_answer=self.tools.all_answer_query(p.call.name for p in plan.planned),
             )
         )
+        if cache.report is not None and selection_hit is not None:
+            _count(cache.report, CacheLevel.COMPONENT, selection_hit)
         lap(Stage.MODEL_SELECTION)
         return PrepareJobResult(cache=cache, plan=plan, selection=selection, duration_ms=durations)
+
+    async def _route_cached(self, inp: SelectModelInput) -> tuple[SelectModelResult, bool | None]:
+        """:meth:`route` behind the component level.
+
+        Selection is a pure function of its input, the router (kind, version, thresholds) and
+        the catalog, all in the key. The LLM router calls a model whose verdict may vary, so its
+        selections are not cached (``None``: not looked up).
+        """
+        identity = getattr(self.router, "identity", None)
+        if self.llm_router_timeout_s is not None or not callable(identity):
+            return await self.route(inp), None
+        payload = f"{identity()}|{self.model_identity}|{inp.model_dump_json()}"
+        return await self._component(
+            "selection", payload, lambda: self.route(inp), SelectModelResult
+        )
 
     # ------------------------------------------------------------------ planning
 
@@ -324,7 +500,7 @@ class StageActivities:
     # ------------------------------------------------------------------ compression
 
     @activity.defn(name="compress_context")
-    def compress_context(self, inp: CompressContextInput) -> CompressContextResult:
+    async def compress_context(self, inp: CompressContextInput) -> CompressContextResult:
         """Fit the context items and tool results into ``max_tokens`` by importance.
 
         Successful tool results join as ``high`` items, failed ones as ``low`` notes. Jobs of the
@@ -335,13 +511,34 @@ class StageActivities:
             ApplicationError: ``ContextBudgetExceeded`` (non-retryable) when critical items alone
                 exceed the budget; ``BlobNotFound`` (non-retryable) for a dangling or refused
                 reference; ``StoreUnavailable`` (retryable) when a blob cannot be read.
+
+        The result comes from the component level when the same query, items and budget were
+        compressed before (``cache_hit``); the CPU work runs in a thread, off the event loop.
         """
-        try:
+
+        def items_of() -> tuple[list[ContextItem], str]:
             items = [self._resolve(item, inp.allow_blob_refs) for item in inp.items]
             items += [self._tool_result_item(r, inp.allow_blob_refs) for r in inp.tool_results]
-            return compress_context(inp.query, items, inp.max_tokens)
+            canonical = json.dumps(
+                [inp.query, inp.max_tokens]
+                + [[i.content, i.importance.value, i.source] for i in items],
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            return items, canonical
+
+        try:
+            items, canonical = await asyncio.to_thread(items_of)
+
+            async def compute() -> CompressContextResult:
+                return await asyncio.to_thread(compress_context, inp.query, items, inp.max_tokens)
+
+            result, hit = await self._component(
+                "compression", canonical, compute, CompressContextResult
+            )
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
+        return result.model_copy(update={"cache_hit": hit})
 
     def _resolve(self, item: ContextItem, allow_refs: bool) -> ContextItem:
         if item.blob is None:
@@ -391,8 +588,11 @@ class StageActivities:
     async def record_job(self, inp: RecordJobInput) -> None:
         """Write the job's projection; when it completed with a fresh answer, cache the answer.
 
-        Answers of jobs that went through the approval gate are not cached: a repeat must ask
-        again.
+        What is cached and for how long (README, "Caches"): a completed answer that did not
+        come from the cache, met no approval gate, used no tool that failed, did not escalate
+        after a failure, and used only cacheable tools, for the response TTL or the shortest TTL
+        of the tools it used, whichever is shorter. The job's :class:`CacheReport` (with the
+        tool level's hits and misses, and why an answer was not stored) is recorded with it.
 
         Raises:
             ApplicationError: ``StoreUnavailable`` (retryable) while the database is down or
@@ -404,6 +604,8 @@ class StageActivities:
             # Before the write: a write the database refuses must not leave the estimate
             # charged, and a retried write settles nothing twice.
             await self._settle(inp.budget, result.total_cost_usd)
+        if result.status.is_terminal:
+            result = await self._cache_answer(inp, result)
         try:
             await asyncio.to_thread(
                 functools.partial(
@@ -419,25 +621,81 @@ class StageActivities:
             )
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
-        if (
-            result.status is JobStatus.COMPLETED
-            and inp.response_cache_key
-            and result.answer is not None
-            and not result.response_cache_hit
-            and result.selection is not None
-            # An answer that went through the approval gate (decided or timed out) is never
-            # served without it.
-            and result.approval is None
-            and result.approval_record is None
-        ):
+
+    def answer_ttl_s(self, result: AgentResult) -> tuple[int | None, str | None]:
+        """How long ``result``'s answer may be cached, in seconds, or why it may not be.
+
+        Returns:
+            ``(ttl_s, None)`` when it may be cached; ``(None, reason)`` when not (``reason`` is
+            ``None`` for results that have no fresh answer at all).
+        """
+        if result.status is not JobStatus.COMPLETED or result.answer is None:
+            return None, None
+        if result.response_cache_hit:
+            return None, "served from the cache"
+        if result.approval is not None or result.approval_record is not None:
+            return None, "the job met the approval gate: a repeat must ask again"
+        failed = sorted({r.name for r in result.tool_results if isinstance(r, ToolFailure)})
+        if failed:
+            return None, f"degraded answer: tool {', '.join(failed)} failed"
+        if result.escalated_to is not None:
+            return None, f"degraded answer: escalated to {result.escalated_to} after a failure"
+        ttl = self.response_cache_ttl_s
+        for r in result.tool_results:
+            tool = self.tools.get(r.name)
+            if tool is None or not tool.metadata.cacheable:
+                return None, f"tool {r.name}'s results are not cacheable"
+            ttl = min(ttl, tool.metadata.cache_ttl_s)
+        return ttl, None
+
+    async def _cache_answer(self, inp: RecordJobInput, result: AgentResult) -> AgentResult:
+        """Store a terminal result's answer when it may be cached.
+
+        Returns:
+            The result with its complete cache report.
+        """
+        report = (result.cache or CacheReport()).model_copy(deep=True)
+        for r in result.tool_results:
+            tool = self.tools.get(r.name)
+            if r.call_id != "plan" and tool is not None and tool.metadata.cacheable:
+                _count(report, CacheLevel.TOOL, r.cache_hit)
+        ttl, reason = self.answer_ttl_s(result)
+        if ttl is not None and inp.response_cache_key and result.selection is not None:
             final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
             cached = CachedResponse(
-                answer=result.answer,
+                answer=result.answer or "",
                 tier=final.tier if final else result.selection.tier,
                 model=final.model if final else "",
                 simulated=result.simulated,
                 job_id=result.job_id,
+                query=inp.request.query if inp.request is not None else "",
+                tools=sorted({r.name for r in result.tool_results}),
+                cost_usd=round(result.total_cost_usd, 8),
+                tokens=sum(u.prompt_tokens + u.completion_tokens for u in result.usage),
+                duration_ms=sum(t.duration_ms for t in result.timings),
             )
-            await self.cache.set_json(
-                inp.response_cache_key, cached.model_dump(mode="json"), self.response_cache_ttl_s
+            report.stored = await self.cache.set_level(
+                CacheLevel.RESPONSE, inp.response_cache_key, cached.model_dump(mode="json"), ttl
             )
+            if not report.stored:
+                reason = self.cache.degraded_reason or "the response level refused the entry"
+            elif self.semantic is not None and inp.request is not None:
+                key_input = ResponseCacheKeyInput(
+                    query=inp.request.query,
+                    context=inp.request.context,
+                    tool_calls=inp.request.tool_calls,
+                    model_tier=inp.request.model_tier,
+                    owner=inp.owner,
+                    model_identity=self.model_identity,
+                    require_approval=inp.request.require_approval,
+                )
+                await self.semantic.add(
+                    semantic_namespace(key_input),
+                    inp.request.query,
+                    inp.response_cache_key,
+                    min(ttl, self.semantic_ttl_s),
+                )
+        if reason is not None and report.not_stored_reason is None:
+            report.not_stored_reason = reason
+        self._note_degradation(report)
+        return result.model_copy(update={"cache": report})

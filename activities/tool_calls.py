@@ -22,6 +22,7 @@ from activities.errors import to_application_error
 from activities.heartbeat import heartbeating
 from core.errors import ToolError, ToolTransientError
 from core.models import (
+    CacheLevel,
     RunToolInput,
     RunToolsInput,
     RunToolsResult,
@@ -92,9 +93,10 @@ class ToolActivities:
             tool, params = self.tools.validate(call)
         except ToolCallInvalidError as exc:
             return failure("ToolCallInvalid", exc.message)
-        key = tool_cache_key(tool.name, params) if tool.metadata.cacheable else None
+        meta = tool.metadata
+        key = tool_cache_key(tool.name, params, meta.version) if meta.cacheable else None
         if key is not None:
-            cached = await self.cache.get_json(key)
+            cached = await self.cache.get_level(CacheLevel.TOOL, key)
             if isinstance(cached, dict):
                 hit = ToolSuccess.model_validate(cached)
                 return hit.model_copy(
@@ -118,7 +120,7 @@ class ToolActivities:
             return failure(type(exc).__name__, str(exc) or type(exc).__name__)
         result = ToolSuccess(call_id=call.id, name=call.name, value=value)
         if key is not None:
-            await self.cache.set_json(
-                key, result.model_dump(mode="json"), ttl_s=tool.metadata.cache_ttl_s
+            await self.cache.set_level(
+                CacheLevel.TOOL, key, result.model_dump(mode="json"), ttl_s=meta.cache_ttl_s
             )
         return result.model_copy(update={"latency_ms": elapsed_ms()})

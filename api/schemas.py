@@ -17,6 +17,7 @@ from core.models import (
     AgentRequest,
     AgentResult,
     ApprovalDecision,
+    CacheLevel,
     CallDecision,
     ClientText,
     ContextItem,
@@ -25,6 +26,7 @@ from core.models import (
     RequestBase,
     check_client_json,
 )
+from infra.analytics import CostAnalysis, PerformanceSummary, TimeSeries
 
 
 class JobCreate(RequestBase):
@@ -157,8 +159,94 @@ class CancelAccepted(BaseModel):
 
 
 class ReadyStatus(BaseModel):
-    """Readiness: ``ok`` per dependency, ``down`` names the failing ones."""
+    """Readiness: ``ok`` per dependency, ``down`` names the failing ones.
+
+    ``status`` is ``ok``, ``degraded`` (only Redis is down: jobs still run, uncached and
+    without quotas; answered with 200) or ``unavailable`` (Temporal or the database is down;
+    503).
+    """
 
     status: str
     checks: dict[str, str]
     down: list[str] = Field(default_factory=list)
+    degraded: list[str] = Field(default_factory=list)
+    """Dependencies that are down without stopping jobs (``redis``)."""
+
+
+class CachePeriodStats(BaseModel):
+    """One level's lookups and savings over a period, from the job records."""
+
+    hits: int
+    misses: int
+    hit_rate: float | None
+    """Hits per lookup (0..1); ``None`` without lookups."""
+    saved_tokens: int = 0
+    saved_cost_usd: float = 0.0
+    saved_ms: float = 0.0
+
+
+class CacheLevelStats(BaseModel):
+    """One cache level now (Redis) and over the period (job records)."""
+
+    level: CacheLevel
+    entries: int
+    bytes: int
+    """Keys plus values, in bytes."""
+    max_bytes: int
+    """The level's limit; entries closest to expiry are evicted beyond it."""
+    recent_lookups: int
+    """Lookups counted, at most the last 1,000."""
+    recent_hits: int
+    recent_hit_rate: float | None
+    period: CachePeriodStats | None = None
+    """The period's figures (``None``: no job of the period looked this level up)."""
+
+
+class CacheStats(BaseModel):
+    """``GET /v1/cache/stats``."""
+
+    period: str
+    jobs_considered: int
+    levels: list[CacheLevelStats]
+
+
+class CacheDeleted(BaseModel):
+    """``DELETE /v1/cache/{level}``: how many entries were deleted."""
+
+    level: CacheLevel
+    prefix: str
+    deleted: int
+
+
+# --------------------------------------------------------------------------- metrics
+#
+# The figures are computed in :mod:`infra.analytics` (its module docstring defines each one);
+# these bodies add which jobs the calling key sees. Units: ms, USD, tokens, rates 0..1.
+
+
+class MetricsSummaryPublic(PerformanceSummary):
+    """Body of ``GET /v1/metrics/summary``: latency, tokens, cost, cache, tier mix, suggestions.
+
+    ``scope`` is ``own`` (the calling key's jobs) or ``all`` (an admin key, or authentication
+    off).
+    """
+
+    scope: Literal["own", "all"]
+
+
+class MetricsCostPublic(CostAnalysis):
+    """Body of ``GET /v1/metrics/cost``: cost drivers and saving strategies with their arithmetic.
+
+    ``scope``: see :class:`MetricsSummaryPublic`.
+    """
+
+    scope: Literal["own", "all"]
+
+
+class MetricsTimeseriesPublic(TimeSeries):
+    """Body of ``GET /v1/metrics/timeseries``: per-bucket latency, cost, cache and tier figures.
+
+    ``scope``: see :class:`MetricsSummaryPublic`.
+    """
+
+    scope: Literal["own", "all"]

@@ -208,8 +208,7 @@ async def run_pipeline(
         for reason in plan.rejected
     ]
     results = rejected + await _tool_stage(acts, job_id, plan.planned)
-    compressed = await asyncio.to_thread(
-        stages.compress_context,
+    compressed = await stages.compress_context(
         CompressContextInput(
             query=req.query,
             items=req.context,

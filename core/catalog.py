@@ -7,6 +7,7 @@ uses the offline ``simulated`` provider unless a catalog file or ``OPENAI_BASE_U
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -117,6 +118,23 @@ class ModelCatalog(BaseModel):
     def for_tier(self, tier: Tier) -> ModelSpec:
         """The model serving ``tier``."""
         return next(m for m in self.models if m.tier == tier)
+
+    def fingerprint(self) -> str:
+        """Model identity of the whole catalog: 16 hex characters of a SHA-256.
+
+        The digest covers each tier's provider, model id, endpoint, temperature and max tokens.
+
+        Part of every response-cache key (:func:`infra.cache.response_cache_key`): switching a
+        tier from the simulated provider to a real endpoint, or to another model, changes every
+        key, so no answer of the old model is served as the new one's. Prices, speeds and API
+        keys are left out: they do not change an answer.
+        """
+        identity = [
+            [m.tier.value, m.provider, m.model_id, m.base_url or "", m.temperature, m.max_tokens]
+            for m in sorted(self.models, key=lambda spec: list(Tier).index(spec.tier))
+        ]
+        payload = json.dumps(identity, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def estimate_remaining_cost_usd(
         self,

@@ -124,7 +124,48 @@ class Settings(BaseSettings):
     """Multiplier on simulated latency: 1.0 honours each tier's tokens/s, 0 is instant."""
 
     response_cache_ttl_s: int = Field(default=3600, gt=0)
-    """How long a final answer stays in the response cache, in seconds."""
+    """How long a final answer stays in the response cache, in seconds. An answer built on tool
+    results lives at most as long as the shortest TTL of those tools."""
+    response_cache_max_bytes: int = Field(default=64 * 2**20, ge=2**16)
+    """Byte limit of the response level (keys and values); the entries closest to expiry are
+    evicted first once it is reached."""
+    semantic_cache: bool = True
+    """Serve an earlier answer to a query with the same meaning (see :mod:`infra.semantic`)."""
+    semantic_cache_threshold: float = Field(default=0.9, gt=0, le=1)
+    """Cosine similarity at or above which a cached query counts as the same question (the
+    wrong-hit guard must pass too)."""
+    semantic_cache_ttl_s: int = Field(default=3600, gt=0)
+    """How long a semantic entry (a pointer to a response entry) lives, in seconds."""
+    semantic_cache_max_entries: int = Field(default=2000, ge=10, le=20000)
+    """Most queries the semantic level keeps per owner and model identity; the nearest-neighbour
+    search is a numpy matrix product over them."""
+    semantic_cache_max_bytes: int = Field(default=32 * 2**20, ge=2**16)
+    """Byte limit of the semantic level."""
+    embeddings_model: str | None = None
+    """Model id of the OpenAI-compatible embeddings endpoint (``OPENAI_BASE_URL``); unset: the
+    offline lexical embedding (character n-grams hashed by scikit-learn), labelled as such."""
+    tool_cache_max_bytes: int = Field(default=128 * 2**20, ge=2**16)
+    """Byte limit of the tool-result level (each tool's TTL comes from its metadata)."""
+    component_cache_ttl_s: int = Field(default=3600, gt=0)
+    """How long model-selection and compression outputs stay cached, in seconds."""
+    component_cache_max_bytes: int = Field(default=32 * 2**20, ge=2**16)
+    """Byte limit of the component level."""
+    coalesce_lease_s: float = Field(default=10.0, gt=0, le=300)
+    """Lease of a coalescing lock: the worker running a shared tool call or generation renews it
+    every third of this; when it dies, waiters run the work themselves within about this long."""
+    retention_days: float = Field(default=30.0, gt=0)
+    """Job records, stored payloads and blobs older than this many days are deleted by the
+    retention schedule (it must exceed the longest job plus Temporal's history retention)."""
+    retention_interval_s: float = Field(default=3600.0, ge=60)
+    """How often the retention schedule runs, in seconds."""
+    retention_batch_size: int = Field(default=500, ge=1, le=10000)
+    """Rows deleted per database transaction by the retention workflow."""
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the worker's Prometheus ``/metrics`` (agentflow's metrics); unset: not served."""
+    temporal_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Temporal SDK's own Prometheus metrics (its Rust core's runtime option)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line with job id, workflow id and trace id."""
     approval_timeout_s: float = Field(default=24 * 3600, gt=0)
     """How long a job waits for an approval before the timeout action applies, in seconds."""
     approval_timeout_action: Literal["expire", "proceed"] = "expire"

@@ -16,13 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from core.models import ToolCall, ToolSpecPublic
-
-CACHE_KEY_VERSION = "v2"
-"""Bump when a tool's output format changes, so old cached results are never read.
-
-v2: results are cached inline (v1 entries could hold a reference into the retired ``blobs``
-table)."""
+from core.models import CacheLevel, ToolCall, ToolSpecPublic
 
 
 @dataclass(frozen=True)
@@ -35,6 +29,8 @@ class ToolMetadata:
         cache_ttl_s: how long a cached result stays valid, in seconds.
         requires_approval: a job planning this tool waits for a human approval first.
         timeout_s: the activity's start-to-close timeout in seconds.
+        version: the tool's behaviour version, part of its cache keys: bump it when the tool
+            returns something else for the same parameters, and old results are never served.
         answers_query: the tool's result answers a question by itself (a computation, a lookup,
             a query, a fetched page), so a model only has to report it; when every planned
             call's tool does, routing may choose the small tier (:mod:`activities.routing`).
@@ -46,6 +42,7 @@ class ToolMetadata:
     requires_approval: bool = False
     timeout_s: float = 30.0
     answers_query: bool = False
+    version: str = "1"
 
 
 ToolFn = Callable[[Any], Awaitable[JsonValue]]
@@ -180,7 +177,12 @@ def canonical_parameters(params: BaseModel) -> str:
     )
 
 
-def tool_cache_key(tool_name: str, params: BaseModel) -> str:
-    """Content-addressed Redis key of a tool result: ``agentflow:tool:v2:<name>:<sha256>``."""
+def tool_cache_key(tool_name: str, params: BaseModel, version: str = "1") -> str:
+    """Content-addressed Redis key of a tool result on the tool level.
+
+    ``agentflow:{cache:tool}:<name>:<version>:<sha256 of the canonical parameters>``: a new
+    tool version never reads an old version's results, and ``DELETE /v1/cache/tool?tool=<name>``
+    removes one tool's entries by prefix.
+    """
     digest = hashlib.sha256(canonical_parameters(params).encode()).hexdigest()
-    return f"agentflow:tool:{CACHE_KEY_VERSION}:{tool_name}:{digest}"
+    return f"{CacheLevel.TOOL.prefix}{tool_name}:{version}:{digest}"

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +31,95 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from core.models import ResponseCacheKeyInput
+from core.models import CacheLevel, ResponseCacheKeyInput
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RESPONSE_KEY_PREFIX = "agentflow:response:v1:"
+RECENT_LOOKUPS = 1000
+"""How many of each level's latest lookups (hit or miss) ``GET /v1/cache/stats`` rates."""
+
+_PURGE_EXPIRED_PER_WRITE = 64
+"""Index entries of expired values a write removes (bounded work per write)."""
+
+
+def level_prefix(level: CacheLevel) -> str:
+    """Namespace of a level's entries (:attr:`core.models.CacheLevel.prefix`)."""
+    return level.prefix
+
+
+def _meta(level: CacheLevel, part: str) -> str:
+    # '#' never occurs in an entry suffix (hex digests, tool names), so no entry collides.
+    return f"agentflow:{{cache:{level.value}}}#{part}"
+
+
+RESPONSE_KEY_PREFIX = level_prefix(CacheLevel.RESPONSE) + "v2:"
 """Prefix of response-cache keys; bump the version when the cached answer's shape changes."""
+
+# A lookup that also appends 1 (hit) or 0 (miss) to the level's list of recent lookups, trimmed
+# to RECENT_LOOKUPS: one round trip for both.
+_GET_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+redis.call('LPUSH', KEYS[2], value and '1' or '0')
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+return value
+"""
+
+# Store a value in a level with a byte limit. The index is a sorted set of entry keys scored by
+# expiry (ms); sizes holds each entry's bytes and total the level's sum. Expired entries are
+# dropped from the bookkeeping first (bounded per write); then, while the level is over its
+# limit, the entry closest to expiry is evicted. Returns the number evicted, or -1 when the
+# value alone exceeds the limit (nothing stored).
+_SET_SCRIPT = """
+local key, idx, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local value = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local maxb = tonumber(ARGV[4])
+local purge = tonumber(ARGV[5])
+local function forget(k)
+  local s = tonumber(redis.call('HGET', sizes, k) or '0')
+  redis.call('HDEL', sizes, k)
+  redis.call('ZREM', idx, k)
+  redis.call('DECRBY', total, s)
+end
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, purge)) do
+  forget(k)
+  redis.call('DEL', k)
+end
+local size = string.len(value) + string.len(key)
+if size > maxb then return -1 end
+if redis.call('HEXISTS', sizes, key) == 1 then forget(key) end
+redis.call('SET', key, value, 'EX', ttl)
+redis.call('ZADD', idx, now + ttl * 1000, key)
+redis.call('HSET', sizes, key, size)
+local t = redis.call('INCRBY', total, size)
+local evicted = 0
+while t > maxb do
+  local victim = redis.call('ZRANGE', idx, 0, 0)[1]
+  if (not victim) or victim == key then break end
+  forget(victim)
+  redis.call('DEL', victim)
+  t = tonumber(redis.call('GET', total) or '0')
+  evicted = evicted + 1
+end
+return evicted
+"""
+
+# Delete the given entries of a level and their bookkeeping; returns how many existed.
+_DELETE_SCRIPT = """
+local idx, sizes, total = KEYS[1], KEYS[2], KEYS[3]
+local n = 0
+for i = 1, #ARGV do
+  local k = ARGV[i]
+  local s = tonumber(redis.call('HGET', sizes, k) or '0')
+  redis.call('HDEL', sizes, k)
+  redis.call('ZREM', idx, k)
+  redis.call('DECRBY', total, s)
+  n = n + redis.call('DEL', k)
+end
+return n
+"""
 
 
 @dataclass
@@ -56,6 +140,46 @@ class CacheStats:
     errors: int = 0
     sets: int = 0
     skipped: int = 0
+    evicted: int = 0
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    """One cache level as Redis holds it now.
+
+    Attributes:
+        level: the level.
+        entries: live entries in the level's index.
+        bytes: their keys and values, in bytes (the level's limit bounds this).
+        max_bytes: the level's byte limit.
+        recent_lookups: lookups among the last :data:`RECENT_LOOKUPS` (fewer early on).
+        recent_hits: how many of those were hits.
+    """
+
+    level: CacheLevel
+    entries: int
+    bytes: int
+    max_bytes: int
+    recent_lookups: int
+    recent_hits: int
+
+    @property
+    def recent_hit_rate(self) -> float | None:
+        """Hits per lookup over the recent lookups; ``None`` before the first lookup."""
+        return self.recent_hits / self.recent_lookups if self.recent_lookups else None
+
+
+DEFAULT_LEVEL_MAX_BYTES: dict[CacheLevel, int] = {
+    CacheLevel.RESPONSE: 64 * 2**20,
+    CacheLevel.SEMANTIC: 32 * 2**20,
+    CacheLevel.TOOL: 128 * 2**20,
+    CacheLevel.COMPONENT: 32 * 2**20,
+}
+"""Byte limit of each level unless the settings say otherwise (``AGENTFLOW_*_CACHE_MAX_BYTES``)."""
+
+LookupHook = Callable[[CacheLevel, str], None]
+"""Called with a level and ``hit``/``miss``/``error``/``skipped`` after each level lookup (the
+Prometheus counters)."""
 
 
 class RedisCache:
@@ -72,6 +196,8 @@ class RedisCache:
         max_connections: int = 64,
         breaker_cooldown_s: float = 5.0,
         pool_timeout_s: float = 2.0,
+        level_max_bytes: dict[CacheLevel, int] | None = None,
+        on_lookup: LookupHook | None = None,
     ) -> None:
         """Create the client; no connection is opened until the first call.
 
@@ -82,6 +208,8 @@ class RedisCache:
             breaker_cooldown_s: after a failure, calls are skipped (miss) for this many seconds.
             pool_timeout_s: how long a caller waits for a free pooled connection, in seconds,
                 before the call fails as a miss.
+            level_max_bytes: byte limit per level (missing levels: :data:`DEFAULT_LEVEL_MAX_BYTES`).
+            on_lookup: called after each level lookup with the level and its outcome.
         """
         self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
             url,
@@ -97,6 +225,26 @@ class RedisCache:
         self._tripped = False
         self.stats = CacheStats()
         self.last_error: str | None = None
+        self.level_max_bytes = {**DEFAULT_LEVEL_MAX_BYTES, **(level_max_bytes or {})}
+        self.on_lookup = on_lookup
+        self._get_script = self._client.register_script(_GET_SCRIPT)
+        self._set_script = self._client.register_script(_SET_SCRIPT)
+        self._delete_script = self._client.register_script(_DELETE_SCRIPT)
+
+    @property
+    def client(self) -> Redis:
+        """The underlying client (retries off, bounded pool), shared with other Redis users.
+
+        The semantic index and request coalescing use it.
+        """
+        return self._client
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why the cache is being skipped right now (no host or key in it), else ``None``."""
+        if not self.breaker_open or self.last_error is None:
+            return None
+        return f"redis unreachable ({self.last_error.split(':', 1)[0]})"
 
     @property
     def breaker_open(self) -> bool:
@@ -188,6 +336,156 @@ class RedisCache:
             return
         self._succeeded()
 
+    # ------------------------------------------------------------------ levels
+
+    def _lookup_done(self, level: CacheLevel, outcome: str) -> None:
+        if self.on_lookup is not None:
+            self.on_lookup(level, outcome)
+
+    async def get_level(self, level: CacheLevel, key: str) -> JsonValue | None:
+        """The JSON value at ``key`` in ``level`` (a key from :func:`level_prefix`), or ``None``.
+
+        Counts the lookup in the level's recent hit rate (same round trip). Never raises for
+        Redis trouble: a down Redis, an open breaker or an undecodable value is a miss.
+        """
+        if self.breaker_open:
+            self.stats.skipped += 1
+            self.stats.misses += 1
+            self._lookup_done(level, "skipped")
+            return None
+        try:
+            raw: Any = await self._get_script(
+                keys=[key, _meta(level, "recent")], args=[RECENT_LOOKUPS]
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("GET", exc)
+            self.stats.misses += 1
+            self._lookup_done(level, "error")
+            return None
+        self._succeeded()
+        value: JsonValue | None = None
+        if raw is not None:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                logger.warning("undecodable cache value at %s; treated as a miss", key)
+        if value is None:
+            self.stats.misses += 1
+            self._lookup_done(level, "miss")
+            return None
+        self.stats.hits += 1
+        self._lookup_done(level, "hit")
+        return value
+
+    async def set_level(self, level: CacheLevel, key: str, value: JsonValue, ttl_s: int) -> bool:
+        """Store ``value`` at ``key`` in ``level`` for ``ttl_s`` seconds within the level's bytes.
+
+        When the level would exceed its byte limit, the entries closest to expiry are evicted
+        first (atomically, in one Lua script, so workers sharing Redis agree on the total).
+
+        Returns:
+            ``True`` when stored; ``False`` when Redis failed, the breaker is open, or the value
+            alone is larger than the level's limit.
+
+        Raises:
+            ValueError: ``ttl_s`` is not positive, or ``value`` cannot be encoded as JSON.
+        """
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if self.breaker_open:
+            self.stats.skipped += 1
+            return False
+        try:
+            evicted: Any = await self._set_script(
+                keys=[key, _meta(level, "index"), _meta(level, "sizes"), _meta(level, "bytes")],
+                args=[
+                    data,
+                    int(ttl_s),
+                    int(time.time() * 1000),
+                    self.level_max_bytes[level],
+                    _PURGE_EXPIRED_PER_WRITE,
+                ],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("SET", exc)
+            return False
+        self._succeeded()
+        if int(evicted) < 0:
+            logger.info(
+                "a %d-byte %s entry exceeds the level's limit; not cached", len(data), level
+            )
+            return False
+        self.stats.sets += 1
+        self.stats.evicted += int(evicted)
+        return True
+
+    async def delete_level(self, level: CacheLevel, prefix: str = "", *, batch: int = 500) -> int:
+        """Delete the entries of ``level`` whose key suffix starts with ``prefix``.
+
+        ``prefix`` is relative to the level's namespace (:func:`level_prefix`), for example a
+        tool name plus ``:`` on the tool level; empty deletes the whole level. The scan walks
+        the level's index (bounded by its byte limit), deleting in batches of ``batch``.
+
+        Returns:
+            How many live entries were deleted.
+
+        Raises:
+            RedisError: Redis is down (an invalidation must not report success it did not have).
+        """
+        pattern = level_prefix(level) + _glob_escape(prefix) + "*"
+        index = _meta(level, "index")
+        deleted = 0
+        keys: list[str] = []
+        async for member in self._client.zscan_iter(index, match=pattern, count=batch):
+            name = member[0]
+            keys.append(name.decode() if isinstance(name, bytes) else str(name))
+            if len(keys) >= batch:
+                deleted += await self._delete_batch(level, keys)
+                keys = []
+        if keys:
+            deleted += await self._delete_batch(level, keys)
+        return deleted
+
+    async def _delete_batch(self, level: CacheLevel, keys: Iterable[str]) -> int:
+        meta = [_meta(level, "index"), _meta(level, "sizes"), _meta(level, "bytes")]
+        result: Any = await self._delete_script(keys=meta, args=list(keys))
+        return int(result)
+
+    async def level_stats(self, level: CacheLevel) -> LevelStats:
+        """Entries, bytes and the recent hit rate of ``level``.
+
+        Raises:
+            RedisError: Redis is down.
+        """
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zcount(_meta(level, "index"), int(time.time() * 1000), "+inf")
+            pipe.get(_meta(level, "bytes"))
+            pipe.lrange(_meta(level, "recent"), 0, RECENT_LOOKUPS - 1)
+            entries, total, recent = await pipe.execute()
+        outcomes = [r.decode() if isinstance(r, bytes) else str(r) for r in recent]
+        return LevelStats(
+            level=level,
+            entries=int(entries),
+            bytes=max(0, int(total or 0)),
+            max_bytes=self.level_max_bytes[level],
+            recent_lookups=len(outcomes),
+            recent_hits=outcomes.count("1"),
+        )
+
+    async def record_lookup(self, level: CacheLevel, hit: bool) -> None:
+        """Count a lookup made outside :meth:`get_level` (the semantic level's search)."""
+        self._lookup_done(level, "hit" if hit else "miss")
+        if self.breaker_open:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.lpush(_meta(level, "recent"), "1" if hit else "0")
+                pipe.ltrim(_meta(level, "recent"), 0, RECENT_LOOKUPS - 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("LPUSH", exc)
+
     async def ping(self) -> bool:
         """Whether Redis answers PING now (for readiness checks).
 
@@ -221,18 +519,42 @@ def normalize_query(text: str) -> str:
     return normalized.rstrip("?!. ").strip()
 
 
+def _glob_escape(text: str) -> str:
+    """``text`` with Redis glob characters escaped, so a client's prefix matches literally."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
 def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def response_cache_key(inp: ResponseCacheKeyInput) -> str:
-    """Redis key of a final answer: ``agentflow:response:v1:<sha256 hex>``.
+    """Redis key of a final answer: ``agentflow:{cache:response}:v2:<sha256 hex>``.
 
     The digest covers the owner (the API key's id: every key has its own answers), the
-    normalized query (:func:`normalize_query`), the model tier, and a SHA-256
-    of the canonical JSON of the context items (content, importance, source, blob id, in order)
-    and tool calls (name and parameters with sorted keys, in order). Tool call ids are left out:
-    they do not change the answer.
+    normalized query (:func:`normalize_query`), :func:`inputs_digest` (context, tool calls,
+    model tier, model identity, ``require_approval``). Tool call ids are left out: they do not
+    change the answer.
+    """
+    fields: dict[str, Any] = {
+        "query": normalize_query(inp.query),
+        "inputs_sha256": inputs_digest(inp),
+    }
+    if inp.owner is not None:
+        fields["owner"] = inp.owner
+    payload = _canonical_json(fields)
+    return RESPONSE_KEY_PREFIX + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def inputs_digest(inp: ResponseCacheKeyInput) -> str:
+    """SHA-256 hex of everything but the query that changes an answer.
+
+    Canonical JSON of the context items (content, importance, source, blob id, in order), tool
+    calls (name and parameters with sorted keys, in order), the model tier asked for, the
+    catalog's model identity (provider, model id, endpoint per tier:
+    :meth:`core.catalog.ModelCatalog.fingerprint`) and ``require_approval``. The semantic level
+    uses it (with the owner) as its namespace: only queries asked with the same inputs of the
+    same models can share an answer.
     """
     context = [
         {
@@ -244,15 +566,26 @@ def response_cache_key(inp: ResponseCacheKeyInput) -> str:
         for item in inp.context
     ]
     tool_calls = [{"name": call.name, "parameters": call.parameters} for call in inp.tool_calls]
-    inputs_digest = hashlib.sha256(
-        _canonical_json({"context": context, "tool_calls": tool_calls}).encode()
-    ).hexdigest()
-    fields: dict[str, Any] = {
-        "query": normalize_query(inp.query),
-        "inputs_sha256": inputs_digest,
+    payload = {
+        "context": context,
+        "tool_calls": tool_calls,
         "model_tier": inp.model_tier,
+        "model_identity": inp.model_identity,
+        "require_approval": inp.require_approval,
     }
-    if inp.owner is not None:  # jobs without an owner keep the keys they always had
-        fields["owner"] = inp.owner
-    payload = _canonical_json(fields)
-    return RESPONSE_KEY_PREFIX + hashlib.sha256(payload.encode()).hexdigest()
+    return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+
+
+def cache_from_settings(settings: Settings, *, on_lookup: LookupHook | None = None) -> RedisCache:
+    """The cache with the settings' Redis, timeout and per-level byte limits."""
+    return RedisCache(
+        settings.redis_url,
+        timeout_s=settings.redis_timeout_s,
+        level_max_bytes={
+            CacheLevel.RESPONSE: settings.response_cache_max_bytes,
+            CacheLevel.SEMANTIC: settings.semantic_cache_max_bytes,
+            CacheLevel.TOOL: settings.tool_cache_max_bytes,
+            CacheLevel.COMPONENT: settings.component_cache_max_bytes,
+        },
+        on_lookup=on_lookup,
+    )

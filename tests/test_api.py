@@ -735,7 +735,8 @@ async def test_temporal_down_is_503_and_changes_nothing(
             assert (await c.get(f"/v1/jobs/{job_id_for('k-down')}")).status_code == 503
             ready = await c.get("/readyz")
             assert ready.status_code == 503
-            assert set(ready.json()["down"]) == {"temporal", "redis"}
+            assert ready.json()["down"] == ["temporal"]
+            assert ready.json()["degraded"] == ["redis"]
 
 
 async def test_temporal_lost_after_connecting_is_503_and_writes_no_job(

@@ -222,7 +222,7 @@ def test_normalize_query() -> None:
 
 def test_response_key_shape() -> None:
     key = _key_for("What is X?")
-    assert key.startswith("agentflow:response:v1:")
+    assert key.startswith("agentflow:{cache:response}:v2:")
     assert len(key.rsplit(":", 1)[1]) == 64
 
 
@@ -260,3 +260,8 @@ def test_response_key_depends_on_tier() -> None:
     assert _key_for("q", model_tier="small") != _key_for("q", model_tier="large")
     assert _key_for("q") == _key_for("q", model_tier="auto")
     assert _key_for("q", model_tier="auto") != _key_for("q", model_tier="small")
+
+
+def test_response_key_depends_on_model_identity_and_approval() -> None:
+    assert _key_for("q", model_identity="a" * 16) != _key_for("q", model_identity="b" * 16)
+    assert _key_for("q", require_approval=True) != _key_for("q")

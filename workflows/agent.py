@@ -253,7 +253,9 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._enter(Stage.RESPONSE_CACHE)
         prepared = await workflow.execute_local_activity_method(
             StageActivities.prepare_job,
-            PrepareJobInput(request=inp.request, owner=inp.owner),
+            PrepareJobInput(
+                request=inp.request, owner=inp.owner, approval_policy=inp.approval_policy
+            ),
             start_to_close_timeout=policies.PLAN_TIMEOUT,
             retry_policy=policies.LOCAL_QUICK_RETRY,
         )
@@ -267,6 +269,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._stage_started = None
         check = prepared.cache
         self._cache_key = check.key
+        self._progress.cache = check.report
         if check.hit is not None:
             return self._result(JobStatus.COMPLETED).model_copy(
                 update={
@@ -310,6 +313,10 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
             start_to_close_timeout=policies.LOCAL_COMPRESSION_TIMEOUT,
             retry_policy=policies.LOCAL_COMPRESSION_RETRY,
         )
+        report = self._progress.cache
+        if report is not None and compressed.cache_hit is not None:
+            counts = report.hits if compressed.cache_hit else report.misses
+            counts["component"] = counts.get("component", 0) + 1
         return compressed.items, compressed.summary
 
     # ------------------------------------------------------------------ state and projection
@@ -366,6 +373,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
             error=error,
             error_type=error_type,
             approval_record=p.approval_record,
+            cache=p.cache.model_copy(deep=True) if p.cache is not None else None,
         )
 
     async def _finish(self, result: AgentResult) -> AgentResult:

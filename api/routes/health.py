@@ -16,6 +16,9 @@ from infra.db import check_writable
 
 router = APIRouter(tags=["health"])
 
+SOFT_DEPENDENCIES = frozenset({"redis"})
+"""Dependencies whose outage degrades the service instead of stopping it."""
+
 _CHECK_TIMEOUT_S = 3.0
 """Most seconds one dependency's check may take before it counts as down."""
 
@@ -73,6 +76,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: StateDep, response: Response) -> ReadyStatus:
     """Readiness of Temporal, Redis and the database; 503 naming what is down.
 
+    Redis is a soft dependency: without it jobs complete uncached (the caches read as misses)
+    and quotas are not enforced, so a down Redis answers 200 with ``status: degraded`` and
+    ``degraded: ["redis"]`` instead of taking the API out of service.
+
     The database counts as up only when it would accept a write now (a write lock is taken and
     released within ``1 s``; nothing is written), so a database whose writes are locked, or a
     read-only one, shows as down. Concurrent probes share one check, reused for 1 s.
@@ -104,7 +111,12 @@ async def readyz(state: StateDep, response: Response) -> ReadyStatus:
             checks[name] = f"down: {detail}"
         else:
             checks[name] = "ok"
-    down = [n for n in names if checks[n] != "ok"]
+    failing = [n for n in names if checks[n] != "ok"]
+    degraded = [n for n in failing if n in SOFT_DEPENDENCIES]
+    down = [n for n in failing if n not in SOFT_DEPENDENCIES]
+    for name in degraded:
+        checks[name] += " (jobs run uncached, quotas not enforced)"
     if down:
         response.status_code = 503
-    return ReadyStatus(status="unavailable" if down else "ok", checks=checks, down=down)
+    status = "unavailable" if down else "degraded" if degraded else "ok"
+    return ReadyStatus(status=status, checks=checks, down=down, degraded=degraded)

@@ -1,0 +1,370 @@
+"""The cache levels against a real Redis, and the three correctness rules of the response level.
+
+Level mechanics (TTL, byte limit with eviction, invalidation by prefix and tool, recent hit rate,
+Redis stopped and restarted) run against a redis-server of this module's own, so the levels'
+byte counters hold only what these tests write. The correctness rules run whole jobs on the
+time-skipping server with a real worker:
+
+- a degraded answer (a tool failed, or the job escalated after a failure) is not cached;
+- the response key holds the model identity, and an answer lives no longer than the shortest
+  TTL of the tools it used;
+- an exact repeat never bypasses an approval gate the policy sets now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from activities.stages import gated_by_policy
+from core.catalog import ModelCatalog
+from core.models import (
+    AgentRequest,
+    AgentResult,
+    ApprovalDecision,
+    ApprovalPolicy,
+    CacheLevel,
+    JobStatus,
+    ModelUsage,
+    ResponseCacheKeyInput,
+    SelectionScores,
+    SelectModelResult,
+    Stage,
+    TaskType,
+    Tier,
+    ToolCall,
+    ToolSuccess,
+)
+from core.settings import Settings
+from core.tools import Tool, ToolMetadata
+from infra.cache import RedisCache, response_cache_key
+from tests.helpers import free_port, redis_server
+from tests import workflow_support
+from tests.workflow_support import SlowParams, agent_worker, slow_echo, wait_for_stage
+
+
+def unique(text: str) -> str:
+    return f"{text} [{uuid.uuid4().hex[:8]}]"
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[str]:
+    """A redis-server of this module's own: the levels' byte counters are process-wide."""
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def small_cache(own_redis: str) -> AsyncIterator[RedisCache]:
+    cache = RedisCache(
+        own_redis,
+        timeout_s=0.5,
+        level_max_bytes={level: 4096 for level in CacheLevel},
+        breaker_cooldown_s=0.2,
+    )
+    await cache.client.flushdb()
+    yield cache
+    await cache.aclose()
+
+
+def entry_key(level: CacheLevel, name: str) -> str:
+    return f"{level.prefix}{name}"
+
+
+# ----------------------------------------------------------------------------- level mechanics
+
+
+async def test_level_entries_expire_with_their_ttl(small_cache: RedisCache) -> None:
+    key = entry_key(CacheLevel.TOOL, "calculator:1:abc")
+    assert await small_cache.set_level(CacheLevel.TOOL, key, {"v": 1}, ttl_s=1)
+    assert await small_cache.get_level(CacheLevel.TOOL, key) == {"v": 1}
+    await asyncio.sleep(1.2)
+    assert await small_cache.get_level(CacheLevel.TOOL, key) is None
+    # The next write drops the expired entry's bytes from the level's total.
+    assert await small_cache.set_level(CacheLevel.TOOL, entry_key(CacheLevel.TOOL, "x"), 1, 60)
+    stats = await small_cache.level_stats(CacheLevel.TOOL)
+    assert stats.entries == 1 and stats.bytes == len(entry_key(CacheLevel.TOOL, "x")) + 1
+
+
+async def test_level_byte_limit_evicts_the_entries_closest_to_expiry(
+    small_cache: RedisCache,
+) -> None:
+    value = "x" * 1200  # about 1.2 KB per entry with its key; the level holds 4,096 bytes
+    for i in range(3):
+        key = entry_key(CacheLevel.RESPONSE, f"k{i}")
+        assert await small_cache.set_level(CacheLevel.RESPONSE, key, value, ttl_s=100 + i)
+    stats = await small_cache.level_stats(CacheLevel.RESPONSE)
+    assert stats.entries == 3 and stats.bytes <= stats.max_bytes == 4096
+    # Two more entries with long TTLs push the level over its limit: k0 and k1 (the soonest to
+    # expire) go, the newer ones stay.
+    for name in ("late-a", "late-b"):
+        key = entry_key(CacheLevel.RESPONSE, name)
+        assert await small_cache.set_level(CacheLevel.RESPONSE, key, value, ttl_s=1000)
+    stats = await small_cache.level_stats(CacheLevel.RESPONSE)
+    assert stats.bytes <= 4096
+    present = {
+        name
+        for name in ("k0", "k1", "k2", "late-a", "late-b")
+        if await small_cache.client.exists(entry_key(CacheLevel.RESPONSE, name))
+    }
+    assert present == {"k2", "late-a", "late-b"}
+    assert small_cache.stats.evicted == 2
+    # A value larger than the whole level is refused, and nothing else is evicted for it.
+    huge = entry_key(CacheLevel.RESPONSE, "huge")
+    assert not await small_cache.set_level(CacheLevel.RESPONSE, huge, "y" * 5000, ttl_s=60)
+    assert (await small_cache.level_stats(CacheLevel.RESPONSE)).entries == 3
+
+
+async def test_rewriting_an_entry_does_not_count_its_bytes_twice(small_cache: RedisCache) -> None:
+    key = entry_key(CacheLevel.COMPONENT, "selection:abc")
+    for _ in range(10):
+        assert await small_cache.set_level(CacheLevel.COMPONENT, key, "v" * 100, ttl_s=60)
+    stats = await small_cache.level_stats(CacheLevel.COMPONENT)
+    assert stats.entries == 1 and stats.bytes == len(key) + len('"' + "v" * 100 + '"')
+
+
+async def test_delete_by_prefix_and_by_tool_leaves_the_rest(small_cache: RedisCache) -> None:
+    for name in ("calculator:1:a", "calculator:2:b", "http_get:1:c", "http_get_x:1:d"):
+        assert await small_cache.set_level(CacheLevel.TOOL, entry_key(CacheLevel.TOOL, name), 1, 60)
+    assert await small_cache.delete_level(CacheLevel.TOOL, "calculator:") == 2
+    assert await small_cache.delete_level(CacheLevel.TOOL, "http_get:") == 1
+    left = await small_cache.level_stats(CacheLevel.TOOL)
+    assert left.entries == 1
+    assert await small_cache.client.exists(entry_key(CacheLevel.TOOL, "http_get_x:1:d"))
+    # Glob characters in a prefix match literally, never as patterns.
+    assert await small_cache.delete_level(CacheLevel.TOOL, "*") == 0
+    assert await small_cache.delete_level(CacheLevel.TOOL) == 1
+    assert (await small_cache.level_stats(CacheLevel.TOOL)).bytes == 0
+
+
+async def test_recent_hit_rate_counts_the_last_lookups(small_cache: RedisCache) -> None:
+    key = entry_key(CacheLevel.RESPONSE, "hit")
+    await small_cache.set_level(CacheLevel.RESPONSE, key, {"a": 1}, 60)
+    for _ in range(3):
+        await small_cache.get_level(CacheLevel.RESPONSE, key)
+    await small_cache.get_level(CacheLevel.RESPONSE, entry_key(CacheLevel.RESPONSE, "miss"))
+    stats = await small_cache.level_stats(CacheLevel.RESPONSE)
+    assert (stats.recent_lookups, stats.recent_hits) == (4, 3)
+    assert stats.recent_hit_rate == 0.75
+
+
+async def test_redis_stopped_and_restarted_mid_run() -> None:
+    """Lookups while Redis is down are fast misses with the degradation named; after the
+    restart the cache works again without a new client."""
+    port = free_port()
+    key = entry_key(CacheLevel.TOOL, "calculator:1:restart")
+    with redis_server(port) as url:
+        cache = RedisCache(url, timeout_s=0.3, breaker_cooldown_s=0.2)
+        assert await cache.set_level(CacheLevel.TOOL, key, {"v": 1}, 60)
+        assert await cache.get_level(CacheLevel.TOOL, key) == {"v": 1}
+    # Stopped: every call is a miss or a refused write, and the reason names no host.
+    assert await cache.get_level(CacheLevel.TOOL, key) is None
+    assert not await cache.set_level(CacheLevel.TOOL, key, {"v": 2}, 60)
+    reason = cache.degraded_reason
+    assert reason is not None and reason.startswith("redis unreachable")
+    assert "127.0.0.1" not in reason and str(port) not in reason
+    with redis_server(port):
+        await asyncio.sleep(0.3)  # past the breaker's cooldown
+        assert await cache.set_level(CacheLevel.TOOL, key, {"v": 3}, 60)
+        assert await cache.get_level(CacheLevel.TOOL, key) == {"v": 3}
+        assert cache.degraded_reason is None
+        await cache.aclose()
+
+
+# ----------------------------------------------------------------------------- correctness
+
+
+def completed(**update: object) -> AgentResult:
+    selection = SelectModelResult(
+        tier=Tier.SMALL,
+        escalation_tier=Tier.MEDIUM,
+        task_type=TaskType.SIMPLE_FACTUAL,
+        scores=SelectionScores(
+            complexity=1,
+            creativity_required=1,
+            reasoning_depth=1,
+            factual_knowledge=1,
+            response_length=10,
+        ),
+        reason="test",
+    )
+    usage = ModelUsage(
+        purpose="final",
+        tier=Tier.SMALL,
+        provider="simulated",
+        model="sim-small",
+        simulated=True,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_usd=0.001,
+        latency_ms=3.0,
+    )
+    result = AgentResult(
+        job_id="j", status=JobStatus.COMPLETED, answer="a", selection=selection, usage=[usage]
+    )
+    return result.model_copy(update=update)
+
+
+async def test_answer_ttl_rules(harness_activities: object) -> None:
+    stages = harness_activities.stages  # type: ignore[attr-defined]
+    ttl, reason = stages.answer_ttl_s(completed())
+    assert ttl == stages.response_cache_ttl_s and reason is None
+    http = ToolSuccess(call_id="h", name="http_get", value="page")
+    calc = ToolSuccess(call_id="c", name="calculator", value=2)
+    ttl, _ = stages.answer_ttl_s(completed(tool_results=[calc, http]))
+    assert ttl == 300, "an answer on an http_get result lives no longer than the page's 5 min"
+    ttl, reason = stages.answer_ttl_s(completed(escalated_to=Tier.MEDIUM))
+    assert ttl is None and "escalated" in (reason or "")
+    ttl, reason = stages.answer_ttl_s(completed(response_cache_hit=True))
+    assert ttl is None
+    assert stages.answer_ttl_s(completed(status=JobStatus.FAILED, answer=None)) == (None, None)
+
+
+@pytest.fixture
+async def harness_activities(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> AsyncIterator[object]:
+    async with agent_worker(
+        client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+    ) as h:
+        yield h.activities
+
+
+async def test_an_answer_built_on_a_failed_tool_is_not_cached(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    async with agent_worker(
+        client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+    ) as h:
+        request = AgentRequest(
+            query=unique("Is the upstream service healthy"),
+            tool_calls=[ToolCall(id="d", name="always_down", parameters={})],
+        )
+        first = await h.run(request)
+        assert first.status is JobStatus.COMPLETED and first.answer
+        second = await h.run(request)
+        assert not second.response_cache_hit, "a degraded answer was served from the cache"
+        record = await asyncio.to_thread(h.store.get_job, second.job_id)
+        assert record is not None
+        recorded = record.to_result()
+        assert recorded is not None and recorded.cache is not None
+        assert not recorded.cache.stored
+        assert "always_down failed" in (recorded.cache.not_stored_reason or "")
+
+
+async def test_the_response_key_holds_the_model_identity(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """Switching a tier's model (here: another model id behind the same provider) never serves
+    the old model's answers."""
+    request = AgentRequest(query=unique("Name the capital of France"), model_tier="small")
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    async with agent_worker(client, redis_url=redis_url, database_url=db, settings=settings) as h:
+        first = await h.run(request)
+        assert not first.response_cache_hit
+        assert (await h.run(request)).response_cache_hit, "same models: served from the cache"
+    base = ModelCatalog.default()
+    other = ModelCatalog(
+        models=[
+            m.model_copy(update={"model_id": m.model_id + "-v2"}) if m.tier is Tier.SMALL else m
+            for m in base.models
+        ]
+    )
+    assert other.fingerprint() != base.fingerprint()
+    async with agent_worker(
+        client, redis_url=redis_url, database_url=db, settings=settings, catalog=other
+    ) as h:
+        switched = await h.run(request)
+        assert not switched.response_cache_hit, "an answer of the old model was served"
+        assert switched.usage[-1].model.endswith("-v2")
+
+
+async def test_an_answer_lives_no_longer_than_its_tools_results(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    registry = workflow_support.test_registry(settings)
+    registry.register(
+        Tool(
+            "brief_echo",
+            "Echo, cached for 2 s.",
+            SlowParams,
+            slow_echo,
+            ToolMetadata(timeout_s=5, cache_ttl_s=2),
+        )
+    )
+    async with agent_worker(
+        client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+        registry=registry,
+    ) as h:
+        call = ToolCall(id="e", name="brief_echo", parameters={"text": "hi", "delay_ms": 0})
+        request = AgentRequest(query=unique("What does the echo say"), tool_calls=[call])
+        first = await h.run(request)
+        assert first.status is JobStatus.COMPLETED
+        record = await asyncio.to_thread(h.store.get_job, first.job_id)
+        assert record is not None and (recorded := record.to_result()) is not None
+        assert recorded.cache is not None and recorded.cache.stored
+        key = response_cache_key(
+            ResponseCacheKeyInput(
+                query=request.query,
+                tool_calls=request.tool_calls,
+                model_identity=h.activities.stages.model_identity,
+            )
+        )
+        ttl = await h.cache.client.ttl(key)
+        assert 0 < ttl <= 2, f"an answer on a 2 s tool result lives {ttl} s"
+        await asyncio.sleep(2.2)
+        assert not (await h.run(request)).response_cache_hit
+
+
+async def test_an_exact_repeat_never_bypasses_the_approval_policy(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """An answer cached while calculator needed no approval is not served once the policy
+    gates calculator: the repeat waits for a reviewer like a fresh job."""
+    async with agent_worker(
+        client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+    ) as h:
+        call = ToolCall(id="c", name="calculator", parameters={"expression": "6 * 7"})
+        request = AgentRequest(query=unique("What is six times seven"), tool_calls=[call])
+        first = await h.run(request)
+        assert first.status is JobStatus.COMPLETED and not first.response_cache_hit
+        assert (await h.run(request)).response_cache_hit, "no gate: the repeat is a hit"
+
+        gated = ApprovalPolicy(tools=["calculator"])
+        handle = await h.start(request, approval_policy=gated)
+        progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+        assert progress.cache is not None
+        assert "calculator" in (progress.cache.bypassed or "")
+        await handle.execute_update(
+            "decide", ApprovalDecision(approved=True, reviewer="tester"), result_type=object
+        )
+        result = await handle.result()
+        assert result.status is JobStatus.COMPLETED and not result.response_cache_hit
+
+
+def test_gated_by_policy_rules(settings: Settings) -> None:
+    registry = workflow_support.test_registry(settings)
+    assert gated_by_policy([], ApprovalPolicy(tools=["calculator"]), registry) is None
+    assert gated_by_policy(["calculator"], ApprovalPolicy(), registry) is None
+    assert gated_by_policy(["calculator"], ApprovalPolicy(tools=["calculator"]), registry)
+    # http_get's own metadata requires approval, whatever the policy lists.
+    assert gated_by_policy(["http_get"], ApprovalPolicy(), registry)
+    # A cost threshold does not gate a hit: serving it calls no model.
+    assert gated_by_policy(["calculator"], ApprovalPolicy(cost_threshold_usd=0.0), registry) is None
