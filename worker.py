@@ -15,19 +15,25 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities import AgentActivities, TokenStreamSettings
+from activities.retention import RetentionActivities
 from activities.routing import router_from_settings
 from core.catalog import load_catalog
+from core.logs import configure_logging
+from core.metrics import default_metrics, observe_cache, serve_worker_metrics, temporal_runtime
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
 from core.tokens import encoding
-from infra.cache import RedisCache
+from infra.cache import RedisCache, cache_from_settings, semantic_from_settings
+from infra.coalesce import Coalescer
 from infra.db import create_tables, make_engine
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
+from infra.retention import RetentionStore, ensure_retention_schedule
 from infra.temporal import connect, plugin_from_settings, temporal_target
 from infra.tools import builtin_registry
 
@@ -53,7 +59,13 @@ def build_activities(
     encoding()  # fail at start-up, not on the first job, if the tokenizer file is missing
     catalog = load_catalog(settings.catalog_file, settings.openai_base_url)
     providers = ProviderRegistry.from_settings(settings)
-    cache = RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    cache = cache_from_settings(settings, on_lookup=observe_cache)
+    semantic = semantic_from_settings(settings, cache)
+    coalescer = Coalescer(
+        cache.client,
+        lease_s=settings.coalesce_lease_s,
+        available=lambda: not cache.breaker_open,
+    )
     activities = AgentActivities.build(
         catalog=catalog,
         providers=providers,
@@ -65,6 +77,10 @@ def build_activities(
         quotas=quotas,
         router=router_from_settings(settings),
         llm_router_timeout_s=settings.router_llm_timeout_s if settings.router == "llm" else None,
+        semantic=semantic,
+        semantic_ttl_s=settings.semantic_cache_ttl_s,
+        component_cache_ttl_s=settings.component_cache_ttl_s,
+        coalescer=coalescer,
         stream=TokenStreamSettings(
             batch_ms=settings.stream_token_batch_ms,
             batch_tokens=settings.stream_token_batch_tokens,
@@ -99,8 +115,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         activities, cache, providers = build_activities(settings, JobStore(engine), quotas)
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(providers.aclose)
-        plugin = plugin_from_settings(settings, engine, activities=activities.all())
-        client = await connect(settings, plugin)
+        retention = RetentionActivities(RetentionStore(engine))
+        plugin = plugin_from_settings(
+            settings, engine, activities=[*activities.all(), *retention.all()]
+        )
+        if settings.worker_metrics_port is not None:
+            stack.callback(serve_worker_metrics(settings.worker_metrics_port).close)
+        default_metrics().watch_cache_degraded(lambda: cache.breaker_open)
+        runtime = temporal_runtime(settings.temporal_metrics_port)
+        client = await connect(settings, plugin, runtime=runtime)
+        try:
+            await ensure_retention_schedule(client, settings)
+        except RPCError as exc:
+            log.warning("retention schedule not created or updated: %s", exc)
         worker = build_worker(client, settings)
         log.info(
             "worker polling task queue %r on %s (namespace %s)",
@@ -119,8 +146,8 @@ def main() -> None:
     # bytecode it compiles it from source each time (about 7 ms per job). Some environments set
     # PYTHONDONTWRITEBYTECODE; the worker writes bytecode regardless.
     sys.dont_write_bytecode = False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    configure_logging(settings)
     if settings.tracing_enabled:
         configure_tracing("agentflow-worker")
 

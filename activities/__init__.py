@@ -20,6 +20,7 @@ from activities.tool_calls import ToolActivities
 from core.catalog import ModelCatalog
 from core.tools import ToolRegistry
 from infra.cache import RedisCache
+from infra.coalesce import Coalescer
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
@@ -54,6 +55,7 @@ class AgentActivities:
         semantic: SemanticCache | None = None,
         semantic_ttl_s: int = 3600,
         component_cache_ttl_s: int = 3600,
+        coalescer: Coalescer | None = None,
     ) -> AgentActivities:
         """Wire the three groups to the given clients (no I/O).
 
@@ -74,6 +76,8 @@ class AgentActivities:
             semantic: the semantic response level (``None``: off).
             semantic_ttl_s: TTL of semantic entries, in seconds.
             component_cache_ttl_s: TTL of cached selection and compression outputs, in seconds.
+            coalescer: runs concurrent identical tool calls and generations once across
+                workers (``None``: every call runs).
         """
         return cls(
             stages=StageActivities(
@@ -91,8 +95,14 @@ class AgentActivities:
                 semantic_ttl_s=semantic_ttl_s,
                 component_cache_ttl_s=component_cache_ttl_s,
             ),
-            model=ModelActivities(catalog=catalog, providers=providers, stream=stream),
-            tools=ToolActivities(tools=tools, cache=cache),
+            model=ModelActivities(
+                catalog=catalog,
+                providers=providers,
+                stream=stream,
+                cache=cache,
+                coalescer=coalescer,
+            ),
+            tools=ToolActivities(tools=tools, cache=cache, coalescer=coalescer),
         )
 
     def all(self) -> list[Callable[..., Any]]:

@@ -7,18 +7,30 @@ abandoned), and its start-to-close comes from the tier's attempt timeout in the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from collections.abc import Awaitable, Callable
 
 from temporalio import activity
 
 from activities.errors import to_application_error
 from activities.heartbeat import heartbeating
 from activities.token_stream import TokenPublisher, TokenStreamSettings
-from core.catalog import ModelCatalog
+from core.catalog import ModelCatalog, ModelSpec
 from core.errors import ModelError
-from core.models import GenerateInput, GenerateResult
+from core.metrics import observe_coalesced
+from core.models import CacheLevel, GenerateInput, GenerateResult
+from infra.cache import RedisCache
+from infra.coalesce import Coalescer
 from infra.providers import ProviderRegistry, build_messages
+from infra.providers.base import ChatMessage
 from infra.usage import usage_of
+
+SHARED_GENERATION_TTL_S = 30
+"""How long a generation stays on the component level for identical calls to share, in seconds:
+long enough for every waiter of a coalesced call to read it, short enough not to act as a
+response cache (that is the response level's job, with its own rules)."""
 
 
 class ModelActivities:
@@ -28,6 +40,10 @@ class ModelActivities:
         catalog: tier -> model spec (costs in USD per 1k tokens, speeds, attempt timeouts).
         providers: the providers that serve the catalog's specs.
         stream: how streamed answers are batched into ``token`` events.
+        cache: where a generation is shared with identical calls in flight (the component
+            level, for :data:`SHARED_GENERATION_TTL_S`).
+        coalescer: when given with ``cache``, concurrent identical generations (same model,
+            messages and token limit, in any worker) call the model once.
     """
 
     def __init__(
@@ -36,10 +52,14 @@ class ModelActivities:
         catalog: ModelCatalog,
         providers: ProviderRegistry,
         stream: TokenStreamSettings | None = None,
+        cache: RedisCache | None = None,
+        coalescer: Coalescer | None = None,
     ) -> None:
         self.catalog = catalog
         self.providers = providers
         self.stream = stream or TokenStreamSettings()
+        self.cache = cache
+        self.coalescer = coalescer
 
     @activity.defn(name="generate_answer")
     async def generate_answer(self, inp: GenerateInput) -> GenerateResult:
@@ -63,19 +83,86 @@ class ModelActivities:
         provider = self.providers.for_spec(spec)
         max_tokens = min(inp.max_tokens or spec.max_tokens, spec.max_tokens)
         messages = build_messages(inp.query, inp.context, inp.purpose)
-        started = time.perf_counter()
         streaming = inp.stream and activity.in_activity() and not activity.info().is_local
         revision = inp.revision_base + activity.info().attempt if streaming else 0
-        try:
-            async with heartbeating(f"{inp.purpose} on {spec.model_id}"):
-                if streaming:
-                    async with TokenPublisher(inp.job_id, revision, spec.tier, self.stream) as pub:
-                        completion = await provider.complete(
-                            spec, messages, max_tokens, on_delta=pub.on_delta
-                        )
-                else:
-                    completion = await provider.complete(spec, messages, max_tokens)
-        except ModelError as exc:
-            raise to_application_error(exc) from exc
-        usage = usage_of(inp.purpose, spec, provider.name, completion, started)
-        return GenerateResult(text=completion.text, usage=usage, revision=revision)
+
+        async def call_model() -> GenerateResult:
+            started = time.perf_counter()
+            try:
+                async with heartbeating(f"{inp.purpose} on {spec.model_id}"):
+                    if streaming:
+                        async with TokenPublisher(
+                            inp.job_id, revision, spec.tier, self.stream
+                        ) as pub:
+                            completion = await provider.complete(
+                                spec, messages, max_tokens, on_delta=pub.on_delta
+                            )
+                    else:
+                        completion = await provider.complete(spec, messages, max_tokens)
+            except ModelError as exc:
+                raise to_application_error(exc) from exc
+            usage = usage_of(inp.purpose, spec, provider.name, completion, started)
+            return GenerateResult(text=completion.text, usage=usage, revision=revision)
+
+        if self.cache is None or self.coalescer is None:
+            return await call_model()
+        return await self._coalesced(inp, spec, messages, max_tokens, call_model, streaming)
+
+    async def _coalesced(
+        self,
+        inp: GenerateInput,
+        spec: ModelSpec,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        call_model: Callable[[], Awaitable[GenerateResult]],
+        streaming: bool,
+    ) -> GenerateResult:
+        """Run ``call_model`` once across identical generations in flight; share the text.
+
+        The holder stores its result on the component level for
+        :data:`SHARED_GENERATION_TTL_S`; a waiter reports it with ``coalesced`` usage (no
+        tokens, no cost; the wait as latency) and, when it streams, publishes the text as one
+        ``token`` event.
+        """
+        assert self.cache is not None and self.coalescer is not None
+        cache = self.cache
+        identity = json.dumps(
+            [spec.provider, spec.model_id, spec.base_url, spec.temperature, max_tokens]
+            + [[m.role, m.content] for m in messages],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        digest = hashlib.sha256(identity.encode()).hexdigest()
+        key = f"{CacheLevel.COMPONENT.prefix}generation:{digest}"
+
+        async def compute() -> GenerateResult:
+            result = await call_model()
+            await cache.set_level(
+                CacheLevel.COMPONENT, key, result.model_dump(mode="json"), SHARED_GENERATION_TTL_S
+            )
+            return result
+
+        async def load() -> GenerateResult | None:
+            shared = await cache.get_json(key)
+            return GenerateResult.model_validate(shared) if isinstance(shared, dict) else None
+
+        outcome = await self.coalescer.run(key, compute, load)
+        if outcome.role != "waiter":
+            return outcome.value
+        shared = outcome.value
+        observe_coalesced(CacheLevel.COMPONENT)
+        revision = inp.revision_base + activity.info().attempt if streaming else 0
+        if streaming:
+            async with TokenPublisher(inp.job_id, revision, spec.tier, self.stream) as pub:
+                pub.on_delta(shared.text)
+        usage = shared.usage.model_copy(
+            update={
+                "purpose": inp.purpose,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost_usd": 0.0,
+                "latency_ms": round(outcome.waited_ms, 3),
+                "coalesced": True,
+            }
+        )
+        return GenerateResult(text=shared.text, usage=usage, revision=revision)

@@ -45,6 +45,7 @@ from activities.routing import (
 )
 from core.catalog import ModelCatalog
 from core.errors import AgentflowError, BlobNotFoundError
+from core.metrics import observe_job
 from core.models import (
     AgentResult,
     ApprovalPolicy,
@@ -73,6 +74,7 @@ from core.models import (
     ToolCall,
     ToolFailure,
     ToolResult,
+    ToolSuccess,
 )
 from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
 from infra.cache import (
@@ -249,8 +251,8 @@ class StageActivities:
         if hit is not None and (why := self._gated(hit, policy)) is not None:
             report.bypassed = why
             hit, level = None, None
+        namespace = semantic_namespace(inp)
         if hit is None and self.semantic is not None:
-            namespace = semantic_namespace(inp)
             found = await self.semantic.lookup(namespace, inp.query)
             entry = None
             if found.hit is not None:
@@ -270,7 +272,13 @@ class StageActivities:
             report.not_stored_reason = "served from the cache"
         self._note_degradation(report)
         return checked.model_copy(
-            update={"hit": hit, "level": level, "similarity": similarity, "report": report}
+            update={
+                "hit": hit,
+                "level": level,
+                "similarity": similarity,
+                "report": report,
+                "semantic_namespace": namespace,
+            }
         )
 
     def _gated(self, hit: CachedResponse, policy: ApprovalPolicy | None) -> str | None:
@@ -341,6 +349,7 @@ class StageActivities:
             owner=inp.owner,
             model_identity=self.model_identity,
             require_approval=req.require_approval,
+            max_context_tokens=req.max_context_tokens,
         )
         if req.require_approval:
             # A human gate is never answered from the cache (nor is its answer stored).
@@ -621,6 +630,19 @@ class StageActivities:
             )
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
+        observe_job(result)  # after the write: a retried write is counted once
+
+    async def _add_semantic(self, namespace: str, query: str, response_key: str, ttl: int) -> None:
+        """File ``query`` under ``namespace`` on the semantic level, pointing at its answer."""
+        assert self.semantic is not None
+        semantic_ttl = min(ttl, self.semantic_ttl_s)
+        if await self.semantic.add(namespace, query, response_key, semantic_ttl):
+            # Under the semantic level's byte limit: the stream's growth, about one vector plus
+            # the query and the key.
+            added = 4 * self.semantic.embedder.dim + len(query.encode()) + len(response_key) + 64
+            await self.cache.track_level(
+                CacheLevel.SEMANTIC, self.semantic.stream_key(namespace), added, semantic_ttl
+            )
 
     def answer_ttl_s(self, result: AgentResult) -> tuple[int | None, str | None]:
         """How long ``result``'s answer may be cached, in seconds, or why it may not be.
@@ -659,6 +681,9 @@ class StageActivities:
             tool = self.tools.get(r.name)
             if r.call_id != "plan" and tool is not None and tool.metadata.cacheable:
                 _count(report, CacheLevel.TOOL, r.cache_hit)
+        report.coalesced = sum(
+            1 for r in result.tool_results if isinstance(r, ToolSuccess) and r.coalesced
+        ) + sum(1 for u in result.usage if u.coalesced)
         ttl, reason = self.answer_ttl_s(result)
         if ttl is not None and inp.response_cache_key and result.selection is not None:
             final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
@@ -668,7 +693,7 @@ class StageActivities:
                 model=final.model if final else "",
                 simulated=result.simulated,
                 job_id=result.job_id,
-                query=inp.request.query if inp.request is not None else "",
+                query=inp.query or "",
                 tools=sorted({r.name for r in result.tool_results}),
                 cost_usd=round(result.total_cost_usd, 8),
                 tokens=sum(u.prompt_tokens + u.completion_tokens for u in result.usage),
@@ -679,21 +704,9 @@ class StageActivities:
             )
             if not report.stored:
                 reason = self.cache.degraded_reason or "the response level refused the entry"
-            elif self.semantic is not None and inp.request is not None:
-                key_input = ResponseCacheKeyInput(
-                    query=inp.request.query,
-                    context=inp.request.context,
-                    tool_calls=inp.request.tool_calls,
-                    model_tier=inp.request.model_tier,
-                    owner=inp.owner,
-                    model_identity=self.model_identity,
-                    require_approval=inp.request.require_approval,
-                )
-                await self.semantic.add(
-                    semantic_namespace(key_input),
-                    inp.request.query,
-                    inp.response_cache_key,
-                    min(ttl, self.semantic_ttl_s),
+            elif self.semantic is not None and inp.query and inp.semantic_namespace:
+                await self._add_semantic(
+                    inp.semantic_namespace, inp.query, inp.response_cache_key, ttl
                 )
         if reason is not None and report.not_stored_reason is None:
             report.not_stored_reason = reason

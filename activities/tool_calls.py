@@ -21,6 +21,7 @@ from temporalio import activity
 from activities.errors import to_application_error
 from activities.heartbeat import heartbeating
 from core.errors import ToolError, ToolTransientError
+from core.metrics import observe_coalesced
 from core.models import (
     CacheLevel,
     RunToolInput,
@@ -33,6 +34,7 @@ from core.models import (
 )
 from core.tools import ToolCallInvalidError, ToolRegistry, tool_cache_key
 from infra.cache import RedisCache
+from infra.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,16 @@ class ToolActivities:
     Args:
         tools: the tool registry.
         cache: Redis tool-result cache (a down Redis is a miss).
+        coalescer: when given, concurrent identical cacheable calls (in any worker) run once;
+            the others wait for the result in the cache (``coalesced`` on theirs).
     """
 
-    def __init__(self, *, tools: ToolRegistry, cache: RedisCache) -> None:
+    def __init__(
+        self, *, tools: ToolRegistry, cache: RedisCache, coalescer: Coalescer | None = None
+    ) -> None:
         self.tools = tools
         self.cache = cache
+        self.coalescer = coalescer
 
     @activity.defn(name="run_tools")
     async def run_tools(self, inp: RunToolsInput) -> RunToolsResult:
@@ -102,25 +109,43 @@ class ToolActivities:
                 return hit.model_copy(
                     update={"call_id": call.id, "cache_hit": True, "latency_ms": elapsed_ms()}
                 )
-        try:
-            value = await asyncio.wait_for(tool.fn(params), tool.metadata.timeout_s)
-        except TimeoutError:
-            timeout = ToolTransientError(
-                f"{tool.name} gave no result within {tool.metadata.timeout_s:g} s"
-            )
-            if raise_transient:
-                raise to_application_error(timeout) from None
-            return failure(str(timeout.type), timeout.message, retryable=True)
-        except ToolError as exc:
-            if exc.retryable and raise_transient:
-                raise to_application_error(exc) from exc
-            return failure(str(exc.type), exc.message, retryable=exc.retryable)
-        except Exception as exc:  # a tool bug is reported on the job, never fatal to it
-            log.exception("tool %s raised unexpectedly", tool.name)
-            return failure(type(exc).__name__, str(exc) or type(exc).__name__)
-        result = ToolSuccess(call_id=call.id, name=call.name, value=value)
-        if key is not None:
-            await self.cache.set_level(
-                CacheLevel.TOOL, key, result.model_dump(mode="json"), ttl_s=meta.cache_ttl_s
-            )
+
+        async def execute() -> ToolResult:
+            try:
+                value = await asyncio.wait_for(tool.fn(params), meta.timeout_s)
+            except TimeoutError:
+                timeout = ToolTransientError(
+                    f"{tool.name} gave no result within {meta.timeout_s:g} s"
+                )
+                if raise_transient:
+                    raise to_application_error(timeout) from None
+                return failure(str(timeout.type), timeout.message, retryable=True)
+            except ToolError as exc:
+                if exc.retryable and raise_transient:
+                    raise to_application_error(exc) from exc
+                return failure(str(exc.type), exc.message, retryable=exc.retryable)
+            except Exception as exc:  # a tool bug is reported on the job, never fatal to it
+                log.exception("tool %s raised unexpectedly", tool.name)
+                return failure(type(exc).__name__, str(exc) or type(exc).__name__)
+            success = ToolSuccess(call_id=call.id, name=call.name, value=value)
+            if key is not None:
+                await self.cache.set_level(
+                    CacheLevel.TOOL, key, success.model_dump(mode="json"), ttl_s=meta.cache_ttl_s
+                )
+            return success
+
+        if key is None or self.coalescer is None:
+            result = await execute()
+        else:
+            shared_key = key
+
+            async def load() -> ToolResult | None:
+                shared = await self.cache.get_json(shared_key)
+                return ToolSuccess.model_validate(shared) if isinstance(shared, dict) else None
+
+            outcome = await self.coalescer.run(key, execute, load)
+            result = outcome.value
+            if outcome.role == "waiter":
+                observe_coalesced(CacheLevel.TOOL)
+                result = result.model_copy(update={"call_id": call.id, "coalesced": True})
         return result.model_copy(update={"latency_ms": elapsed_ms()})

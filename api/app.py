@@ -14,13 +14,16 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
-from api.routes import catalog, events, health, jobs, ui
+from api.routes import cache as cache_routes
+from api.routes import catalog, events, health, jobs, metrics, ui
 from api.routes.codec import mount_codec
+from api.routes.prometheus import mount_metrics
 from api.state import AppState, TemporalGateway
 from core.catalog import load_catalog
+from core.logs import configure_logging
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
-from infra.cache import RedisCache
+from infra.cache import cache_from_settings
 from infra.db import create_tables, make_engine
 from infra.jobs import JobStore
 from infra.keys import KeyStore
@@ -41,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     connected Temporal client, so the API starts and reports 503s while Temporal is down.
     """
     settings = settings or get_settings()
+    if settings.log_format == "json":  # text: uvicorn's set-up, as before
+        configure_logging(settings)
     if settings.tracing_enabled:
         configure_tracing("agentflow-api")
 
@@ -48,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
         create_tables(engine)
-        cache = RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s)
+        cache = cache_from_settings(settings)
         quotas = Quotas.from_settings(settings)
         app.state.agentflow = AppState(
             settings=settings,
@@ -85,5 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(ui.router)
     app.include_router(catalog.router)
+    app.include_router(metrics.router)
+    app.include_router(cache_routes.router)
     mount_codec(app, settings)
+    mount_metrics(app)  # last: its timing covers the other middleware
     return app

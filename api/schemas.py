@@ -207,6 +207,14 @@ class CacheStats(BaseModel):
 
     period: str
     jobs_considered: int
+    """Terminal jobs of the period read (at most 50,000, newest first)."""
+    sampled: bool = False
+    """More jobs ended in the period than were read."""
+    degraded_jobs: int = 0
+    """Jobs that ran (partly) uncached because Redis was unreachable."""
+    coalesced: int = 0
+    """Tool calls and generations not run because an identical one in flight shared its
+    result."""
     levels: list[CacheLevelStats]
 
 

@@ -14,9 +14,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.errors import ApiError, TemporalUnavailableError
 from core import search_attributes
 from core.catalog import ModelCatalog
+from core.models import CacheLevel
 from core.settings import Settings
 from core.tools import ToolRegistry
-from infra.cache import RedisCache
+from infra.cache import RedisCache, semantic_from_settings
 from infra.jobs import JobStore
 from infra.keys import KeyStore
 from infra.quotas import Quotas
@@ -173,3 +174,21 @@ class AppState:
     temporal: TemporalGateway
     keys: KeyStore
     quotas: Quotas
+
+    async def semantic_clear(self, namespace_prefix: str | None) -> int:
+        """Delete the semantic entries whose namespace starts with ``namespace_prefix``.
+
+        A namespace is ``<key id>:<inputs digest>``; ``None`` deletes all. Returns how many
+        entries were deleted.
+
+        Raises:
+            RedisError, OSError: Redis is down.
+        """
+        semantic = semantic_from_settings(
+            self.settings.model_copy(update={"semantic_cache": True}), self.cache
+        )
+        assert semantic is not None
+        deleted = await semantic.clear(namespace_prefix)
+        if namespace_prefix is None:
+            await self.cache.delete_level(CacheLevel.SEMANTIC)
+        return deleted

@@ -9,7 +9,9 @@ Commands:
 * ``agentflow submit "question" [--follow]``: submit one request, optionally printing its events
   live (see :mod:`cli.follow`);
 * ``agentflow worker`` and ``agentflow api``: one piece each, configured from the environment;
-* ``agentflow keys create|list|revoke``: API keys (see :mod:`cli.keys`).
+* ``agentflow keys create|list|revoke``: API keys (see :mod:`cli.keys`);
+* ``agentflow retention run|schedule``: delete old job records and payloads now, or create the
+  Temporal Schedule that does it (see :mod:`cli.retention`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rich.table import Table
 from cli.devstack import DevStack, DevStackError
 from cli.follow import SubmitOptions, parse_tool_option, submit
 from cli.keys import keys_app
+from cli.retention import retention_app
 from cli.router import router_app
 from cli.runner import RunOptions, run_file
 from core.settings import get_settings
@@ -42,6 +45,7 @@ app = typer.Typer(
 console = Console()
 app.add_typer(keys_app)
 app.add_typer(router_app)
+app.add_typer(retention_app)
 
 ApproveOpt = Annotated[
     bool,

@@ -442,6 +442,9 @@ class ModelUsage(BaseModel):
     completion_tokens: int
     cost_usd: float
     latency_ms: float
+    coalesced: bool = False
+    """An identical call in flight (in any worker) answered: no model was called, tokens and
+    cost are 0 and ``latency_ms`` is the wait."""
 
 
 class SelectionScores(BaseModel):
@@ -577,6 +580,8 @@ class ResponseCacheKeyInput(BaseModel):
     require_approval: bool = False
     """Whether the request asks for a human gate (such requests are never answered from the
     cache; the flag keeps their keys apart too)."""
+    max_context_tokens: int | None = None
+    """The request's context budget (it changes what the model reads)."""
 
 
 class CachedResponse(BaseModel):
@@ -617,6 +622,8 @@ class CheckResponseCacheResult(BaseModel):
     report: CacheReport | None = None
     """What the front of the job's caches did (lookups per level, degradation, a hit's
     savings, why a hit was not served)."""
+    semantic_namespace: str | None = None
+    """Where the semantic level files this request's answer (owner and inputs digest)."""
 
 
 # --------------------------------------------------------------------------- generation
@@ -716,6 +723,8 @@ class ToolSuccess(BaseModel):
     value_ref: BlobRef | None = None
     cache_hit: bool = False
     latency_ms: float = 0.0
+    coalesced: bool = False
+    """An identical call in flight (in any worker) produced this result; this job ran nothing."""
 
 
 class ToolFailure(BaseModel):
@@ -1050,3 +1059,7 @@ class RecordJobInput(BaseModel):
     """Key id of the submitting API key, written with every projection."""
     budget: BudgetReservation | None = None
     """Settled with the job's real cost when ``result`` is terminal."""
+    query: str | None = None
+    """The query, with a completed result: the cached answer and its semantic entry keep it."""
+    semantic_namespace: str | None = None
+    """The semantic level's namespace of the request (from ``prepare_job``)."""

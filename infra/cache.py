@@ -23,7 +23,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -33,6 +33,9 @@ from redis.exceptions import RedisError
 
 from core.models import CacheLevel, ResponseCacheKeyInput
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.semantic import SemanticCache
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +90,20 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, pur
   forget(k)
   redis.call('DEL', k)
 end
-local size = string.len(value) + string.len(key)
-if size > maxb then return -1 end
-if redis.call('HEXISTS', sizes, key) == 1 then forget(key) end
-redis.call('SET', key, value, 'EX', ttl)
+local size
+if ARGV[6] == 'track' then
+  -- An entry another structure owns (a semantic stream): add its growth to the bookkeeping.
+  size = tonumber(value)
+  if size > maxb then return -1 end
+  redis.call('HINCRBY', sizes, key, size)
+else
+  size = string.len(value) + string.len(key)
+  if size > maxb then return -1 end
+  if redis.call('HEXISTS', sizes, key) == 1 then forget(key) end
+  redis.call('SET', key, value, 'EX', ttl)
+  redis.call('HSET', sizes, key, size)
+end
 redis.call('ZADD', idx, now + ttl * 1000, key)
-redis.call('HSET', sizes, key, size)
 local t = redis.call('INCRBY', total, size)
 local evicted = 0
 while t > maxb do
@@ -397,28 +408,60 @@ class RedisCache:
             self.stats.skipped += 1
             return False
         try:
-            evicted: Any = await self._set_script(
-                keys=[key, _meta(level, "index"), _meta(level, "sizes"), _meta(level, "bytes")],
-                args=[
-                    data,
-                    int(ttl_s),
-                    int(time.time() * 1000),
-                    self.level_max_bytes[level],
-                    _PURGE_EXPIRED_PER_WRITE,
-                ],
-            )
+            evicted = await self._run_set(level, key, data, ttl_s, "set")
         except (RedisError, OSError) as exc:
             self._failed("SET", exc)
             return False
         self._succeeded()
-        if int(evicted) < 0:
+        if evicted < 0:
             logger.info(
                 "a %d-byte %s entry exceeds the level's limit; not cached", len(data), level
             )
             return False
         self.stats.sets += 1
-        self.stats.evicted += int(evicted)
+        self.stats.evicted += evicted
         return True
+
+    async def _run_set(self, level: CacheLevel, key: str, data: str, ttl_s: int, mode: str) -> int:
+        result: Any = await self._set_script(
+            keys=[key, _meta(level, "index"), _meta(level, "sizes"), _meta(level, "bytes")],
+            args=[
+                data,
+                int(ttl_s),
+                int(time.time() * 1000),
+                self.level_max_bytes[level],
+                _PURGE_EXPIRED_PER_WRITE,
+                mode,
+            ],
+        )
+        return int(result)
+
+    async def track_level(self, level: CacheLevel, key: str, added_bytes: int, ttl_s: int) -> bool:
+        """Count ``added_bytes`` more for ``key``, an entry another structure wrote.
+
+        The semantic level's streams are written by :class:`infra.semantic.SemanticCache`;
+        tracking them here puts them under the level's byte limit (a stream is evicted whole,
+        closest to expiry first) and in :meth:`level_stats`. The entry's expiry moves to
+        ``ttl_s`` from now.
+
+        Returns:
+            Whether it was counted (``False``: Redis down, or larger than the level).
+
+        Raises:
+            ValueError: ``ttl_s`` not positive or ``added_bytes`` negative.
+        """
+        if ttl_s <= 0 or added_bytes < 0:
+            raise ValueError("ttl_s must be positive and added_bytes non-negative")
+        if self.breaker_open:
+            return False
+        try:
+            evicted = await self._run_set(level, key, str(added_bytes), ttl_s, "track")
+        except (RedisError, OSError) as exc:
+            self._failed("TRACK", exc)
+            return False
+        self._succeeded()
+        self.stats.evicted += max(evicted, 0)
+        return evicted >= 0
 
     async def delete_level(self, level: CacheLevel, prefix: str = "", *, batch: int = 500) -> int:
         """Delete the entries of ``level`` whose key suffix starts with ``prefix``.
@@ -533,8 +576,8 @@ def response_cache_key(inp: ResponseCacheKeyInput) -> str:
 
     The digest covers the owner (the API key's id: every key has its own answers), the
     normalized query (:func:`normalize_query`), :func:`inputs_digest` (context, tool calls,
-    model tier, model identity, ``require_approval``). Tool call ids are left out: they do not
-    change the answer.
+    model tier, model identity, ``require_approval``, context budget). Tool call ids are left
+    out: they do not change the answer.
     """
     fields: dict[str, Any] = {
         "query": normalize_query(inp.query),
@@ -552,7 +595,8 @@ def inputs_digest(inp: ResponseCacheKeyInput) -> str:
     Canonical JSON of the context items (content, importance, source, blob id, in order), tool
     calls (name and parameters with sorted keys, in order), the model tier asked for, the
     catalog's model identity (provider, model id, endpoint per tier:
-    :meth:`core.catalog.ModelCatalog.fingerprint`) and ``require_approval``. The semantic level
+    :meth:`core.catalog.ModelCatalog.fingerprint`), ``require_approval`` and the context
+    budget (``max_context_tokens``). The semantic level
     uses it (with the owner) as its namespace: only queries asked with the same inputs of the
     same models can share an answer.
     """
@@ -573,6 +617,8 @@ def inputs_digest(inp: ResponseCacheKeyInput) -> str:
         "model_identity": inp.model_identity,
         "require_approval": inp.require_approval,
     }
+    if inp.max_context_tokens is not None:
+        payload["max_context_tokens"] = inp.max_context_tokens
     return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
 
 
@@ -588,4 +634,23 @@ def cache_from_settings(settings: Settings, *, on_lookup: LookupHook | None = No
             CacheLevel.COMPONENT: settings.component_cache_max_bytes,
         },
         on_lookup=on_lookup,
+    )
+
+
+def semantic_from_settings(settings: Settings, cache: RedisCache) -> SemanticCache | None:
+    """The semantic level the settings ask for, on ``cache``'s client (``None``: switched off).
+
+    The embedder is the OpenAI-compatible endpoint's when ``AGENTFLOW_EMBEDDINGS_MODEL`` is set,
+    else the offline lexical one (:func:`infra.embeddings.embedder_from_settings`).
+    """
+    if not settings.semantic_cache:
+        return None
+    from infra.embeddings import embedder_from_settings
+    from infra.semantic import SemanticCache
+
+    return SemanticCache(
+        cache.client,
+        embedder_from_settings(settings),
+        threshold=settings.semantic_cache_threshold,
+        max_entries=settings.semantic_cache_max_entries,
     )

@@ -48,6 +48,7 @@ from temporalio.converter import (
 )
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.plugin import SimplePlugin
+from temporalio.runtime import Runtime
 from temporalio.worker import (
     Replayer,
     ReplayerConfig,
@@ -192,6 +193,7 @@ class AgentflowPlugin(SimplePlugin):
         tracing: bool = True,
     ) -> None:
         from workflows.agent import AgentWorkflow  # the workflow imports activities and core
+        from workflows.retention import RetentionWorkflow
 
         self._otel = OpenTelemetryPlugin(add_temporal_spans=True) if tracing else None
         runner = workflow_runner(sandboxed=sandboxed)
@@ -203,7 +205,7 @@ class AgentflowPlugin(SimplePlugin):
                 payload_codec=payload_codec,
             ),
             activities=list(activities) if activities else None,
-            workflows=[AgentWorkflow],
+            workflows=[AgentWorkflow, RetentionWorkflow],
             workflow_runner=lambda _existing: runner,
         )
 
@@ -310,11 +312,20 @@ def temporal_target(settings: Settings) -> str:
     return connect_config(settings)["target_host"]
 
 
-async def connect(settings: Settings, plugin: AgentflowPlugin) -> Client:
+async def connect(
+    settings: Settings, plugin: AgentflowPlugin, *, runtime: Runtime | None = None
+) -> Client:
     """Connect to the Temporal frontend with ``plugin``.
+
+    Args:
+        settings: address, namespace and envconfig profile (see :func:`connect_config`).
+        plugin: the agentflow plugin.
+        runtime: the SDK runtime the client (and workers built on it) use; the worker passes
+            :func:`core.metrics.temporal_runtime` to export the SDK's Prometheus metrics. It
+            must outlive the client. ``None``: the SDK's default runtime (the API's case).
 
     Raises:
         RuntimeError: from the SDK when the server cannot be reached (the message names the
             address).
     """
-    return await Client.connect(**connect_config(settings), plugins=[plugin])
+    return await Client.connect(**connect_config(settings), plugins=[plugin], runtime=runtime)

@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from activities.stages import gated_by_policy
 from core.catalog import ModelCatalog
@@ -43,8 +45,10 @@ from core.models import (
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata
 from infra.cache import RedisCache, response_cache_key
-from tests.helpers import free_port, redis_server
+from infra.providers import ProviderRegistry
+from infra.providers.scripted import ScriptedProvider
 from tests import workflow_support
+from tests.helpers import free_port, redis_server
 from tests.workflow_support import SlowParams, agent_worker, slow_echo, wait_for_stage
 
 
@@ -322,6 +326,7 @@ async def test_an_answer_lives_no_longer_than_its_tools_results(
                 query=request.query,
                 tool_calls=request.tool_calls,
                 model_identity=h.activities.stages.model_identity,
+                max_context_tokens=request.max_context_tokens,
             )
         )
         ttl = await h.cache.client.ttl(key)
@@ -368,3 +373,121 @@ def test_gated_by_policy_rules(settings: Settings) -> None:
     assert gated_by_policy(["http_get"], ApprovalPolicy(), registry)
     # A cost threshold does not gate a hit: serving it calls no model.
     assert gated_by_policy(["calculator"], ApprovalPolicy(cost_threshold_usd=0.0), registry) is None
+
+
+# ----------------------------------------------------------------------------- coalescing
+# On the dev server: the jobs overlap in real time (the time-skipping server may skip ahead while
+# several jobs' local activities run at once).
+
+
+class CountParams(BaseModel):
+    tag: str
+
+
+@pytest.mark.devserver
+async def test_concurrent_identical_tool_calls_run_once(
+    dev_env: WorkflowEnvironment, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """Four jobs asking the same slow tool call at once: the tool runs once, the other jobs
+    share its result, and every job gets the same value."""
+    runs: list[str] = []
+
+    async def counted(params: CountParams) -> dict[str, str]:
+        runs.append(params.tag)
+        await asyncio.sleep(1.5)
+        return {"tag": params.tag}
+
+    registry = workflow_support.test_registry(settings)
+    registry.register(
+        Tool("counted", "Counts its runs.", CountParams, counted, ToolMetadata(timeout_s=5))
+    )
+    tag = uuid.uuid4().hex
+    async with agent_worker(
+        dev_env.client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+        registry=registry,
+        coalesce=True,
+    ) as h:
+        call = ToolCall(id="n", name="counted", parameters={"tag": tag})
+        results = await asyncio.gather(
+            *(h.run(AgentRequest(query=unique(f"count {i}"), tool_calls=[call])) for i in range(4))
+        )
+    assert runs == [tag], f"the tool ran {len(runs)} times"
+    shared = [r.tool_results[0] for r in results]
+    assert all(isinstance(s, ToolSuccess) and s.value == {"tag": tag} for s in shared)
+    # The others shared it: in flight (coalesced) or, for a job that reached its tools after
+    # the first finished, from the tool level.
+    coalesced = sum(1 for s in shared if isinstance(s, ToolSuccess) and s.coalesced)
+    cached = sum(1 for s in shared if s.cache_hit)
+    assert coalesced >= 1 and coalesced + cached == 3
+
+
+@pytest.mark.devserver
+async def test_concurrent_identical_generations_call_the_model_once(
+    dev_env: WorkflowEnvironment, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    calls = 0
+
+    async def slow_model(spec: object, messages: object, max_tokens: int) -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.5)
+        return "Paris is the capital of France."
+
+    providers = ProviderRegistry({"simulated": ScriptedProvider(slow_model)})
+    async with agent_worker(
+        dev_env.client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+        providers=providers,
+        coalesce=True,
+    ) as h:
+        # One query, three context budgets (none is reached): three response-cache keys, and
+        # the same prompt for the model.
+        query = unique("What is the capital of France")
+        requests = [
+            AgentRequest(query=query, model_tier="small", max_context_tokens=1000 + i)
+            for i in range(3)
+        ]
+        results = await asyncio.gather(*(h.run(r) for r in requests))
+    assert calls == 1, f"the model was called {calls} times"
+    assert {r.answer for r in results} == {"Paris is the capital of France."}
+    finals = [u for r in results for u in r.usage if u.purpose == "final"]
+    assert sum(1 for u in finals if u.coalesced) == 2
+    assert all(u.cost_usd == 0 and u.completion_tokens == 0 for u in finals if u.coalesced)
+
+
+# ----------------------------------------------------------------------------- semantic level
+
+
+async def test_a_paraphrase_is_served_from_the_semantic_level_and_a_near_miss_is_not(
+    client: Client, redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    owner = uuid.uuid4().hex[:12]  # a fresh namespace: earlier runs against this Redis differ
+    async with agent_worker(
+        client,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        settings=settings,
+        semantic=True,
+    ) as h:
+
+        async def ask(query: str) -> AgentResult:
+            return await h.run(AgentRequest(query=query, model_tier="small"), owner=owner)
+
+        first = await ask("What is the capital of France?")
+        assert not first.response_cache_hit
+        same = await ask("what is the capital of france")
+        assert same.response_cache_hit and same.cache is not None
+        assert same.cache.hits.get("response") == 1, "an exact repeat is the response level's"
+        paraphrase = await ask("What's the capital of France, please?")
+        assert paraphrase.response_cache_hit and paraphrase.answer == first.answer
+        assert paraphrase.cache is not None and paraphrase.cache.hits.get("semantic") == 1
+        assert paraphrase.cache.semantic_similarity is not None
+        near_miss = await ask("What is the capital of Germany?")
+        assert not near_miss.response_cache_hit, "another entity got France's answer"
+        negated = await ask("What is not the capital of France?")
+        assert not negated.response_cache_hit

@@ -23,7 +23,8 @@ from core.errors import ToolTransientError
 from core.models import AgentProgress, AgentRequest, AgentResult, AgentWorkflowInput, Stage
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
-from infra.cache import RedisCache
+from infra.cache import RedisCache, semantic_from_settings
+from infra.coalesce import Coalescer
 from infra.db import create_tables, make_engine
 from infra.jobs import JobStore
 from infra.providers import ProviderRegistry, SimulatedProvider
@@ -133,8 +134,14 @@ async def agent_worker(
     planner_timeout_s: float = 8.0,
     quotas: Quotas | None = None,
     llm_router_timeout_s: float | None = None,
+    coalesce: bool = False,
+    semantic: bool = False,
 ) -> AsyncIterator[Harness]:
     """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers).
+
+    ``coalesce`` wires request coalescing and ``semantic`` the semantic level as the worker does
+    (both off by default: tests that run identical calls side by side observe each call, and
+    tests that repeat a question in other words expect a fresh answer).
 
     Workflows, the data converter and the sandbox come from ``client``'s ``AgentflowPlugin``.
     """
@@ -152,6 +159,10 @@ async def agent_worker(
         planner_timeout_s=planner_timeout_s,
         quotas=quotas,
         llm_router_timeout_s=llm_router_timeout_s,
+        coalescer=Coalescer(cache.client, lease_s=5, available=lambda: not cache.breaker_open)
+        if coalesce
+        else None,
+        semantic=semantic_from_settings(settings, cache) if semantic else None,
     )
     task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(

@@ -95,6 +95,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._decision: ApprovalDecision | None = None
         self._stage_started: datetime | None = None
         self._cache_key: str | None = None
+        self._semantic_namespace: str | None = None
         self._gate_open = False
         self._revision = 0
         self._projection: asyncio.Task[None] | None = None
@@ -269,6 +270,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._stage_started = None
         check = prepared.cache
         self._cache_key = check.key
+        self._semantic_namespace = check.semantic_namespace
         self._progress.cache = check.report
         if check.hit is not None:
             return self._result(JobStatus.COMPLETED).model_copy(

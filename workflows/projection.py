@@ -34,6 +34,7 @@ class JobProjection:
     _revision: int
     _projection: asyncio.Task[None] | None
     _cache_key: str | None
+    _semantic_namespace: str | None
     _input: AgentWorkflowInput | None
 
     def _result(
@@ -65,6 +66,9 @@ class JobProjection:
             record.owner = inp.owner
             if result is not None and result.status.is_terminal:
                 record.budget = inp.budget  # settled once the outcome is recorded
+                if result.status is JobStatus.COMPLETED and self._cache_key is not None:
+                    record.query = inp.request.query  # the cached answer keeps its question
+                    record.semantic_namespace = self._semantic_namespace
             if self._revision == 1:
                 record.request = inp.request
         self._projection = asyncio.create_task(self._write_after(self._projection, record))

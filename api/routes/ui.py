@@ -1,9 +1,9 @@
-"""``/ui/*``: small server-rendered pages (the approvals page).
+"""``/ui/*``: small server-rendered pages (approvals, the metrics dashboard).
 
-``GET /ui/approvals`` is one HTML page plus a script and a style sheet served from
-``api/static/``; no build step, nothing from a CDN. The page holds no job data and needs no key
-to load: its script calls the same ``/v1`` endpoints any client does, with the API key the
-reviewer types in (kept in the tab's ``sessionStorage``), unless the server runs with
+``GET /ui/approvals`` and ``GET /ui/dashboard`` are each one HTML page plus a script and a style
+sheet served from ``api/static/``; no build step, nothing from a CDN. A page holds no job data
+and needs no key to load: its script calls the same ``/v1`` endpoints any client does, with the
+API key the user types in (kept in the tab's ``sessionStorage``), unless the server runs with
 authentication off. Every text from a job is put on the page as text (``textContent``), never as
 markup, and the content security policy allows scripts and styles from this origin only.
 """
@@ -30,6 +30,8 @@ STATIC_DIR: Final = _API_DIR / "static"
 STATIC_FILES: Final[dict[str, str]] = {
     "approvals.js": "text/javascript; charset=utf-8",
     "approvals.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
 }
 """The files ``/ui/static/{name}`` serves, with their media types; any other name is a 404."""
 
@@ -60,6 +62,18 @@ async def approvals_page(state: StateDep) -> HTMLResponse:
     """
     auth = "off" if state.settings.auth_disabled else "required"
     return HTMLResponse(_render("approvals.html", auth=auth), headers=SECURITY_HEADERS)
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard_page(state: StateDep) -> HTMLResponse:
+    """The metrics dashboard: latency percentiles, cost by tier, cache hit rates, tier mix.
+
+    Charts are inline SVG drawn by the page's script from ``/v1/metrics/summary``,
+    ``/v1/metrics/timeseries`` and ``/v1/metrics/cost``; ``data-auth`` works as on the approvals
+    page (the key needs the ``read`` scope).
+    """
+    auth = "off" if state.settings.auth_disabled else "required"
+    return HTMLResponse(_render("dashboard.html", auth=auth), headers=SECURITY_HEADERS)
 
 
 @router.get("/static/{name}")

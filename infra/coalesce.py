@@ -1,0 +1,475 @@
+"""Request coalescing: concurrent identical calls run once and share the result, across workers.
+
+When many jobs ask for the same tool call or generation at once, one of them (the *holder*)
+computes it and the others (the *waiters*) read the holder's result from the caller's cache. The
+holder is elected with a Redis lock: ``SET lock <random token> NX PX <lease>``.
+
+How a call runs (:meth:`Coalescer.run`; the caller has already checked its cache and missed):
+
+- **holder**: took the lock. It first reads ``load()`` once more (the previous holder may have
+  stored the result between the caller's cache check and the ``SET``) and then runs
+  ``compute()``, which is expected to store its result where ``load`` finds it. A background task
+  renews the lease every ``lease_s / 3`` with a compare-token-and-``PEXPIRE`` script, so a holder
+  never extends someone else's lock. When ``compute`` returns, raises or is cancelled, the lock
+  is deleted with a compare-token-and-``DEL`` script, and a *done marker* holding the token is
+  written next to it.
+- **waiter**: the lock was taken. Every ``poll_s`` (+-20 % jitter; for long waits the interval
+  grows to 10 % of the time waited, at most ``4 * poll_s``) it reads the lock and the done
+  marker in one ``MGET``, and calls ``load()`` when the lock is no longer held by the holder it
+  saw last (first poll included); the first value ``load`` returns is the answer. Only what
+  ``load`` returns is shared, so a failure is never shared.
+- **fallback**: a waiter that ended up computing itself, because
+
+  - the holder it waited on finished (done marker carries the token it saw) and ``load`` still
+    returns nothing: the holder failed or its answer is not cacheable. Every such waiter
+    computes at once, in parallel and without the lock, rather than queueing behind each other
+    (a queue would make N callers of an uncacheable answer wait N computes);
+  - the lock vanished with no done marker: the holder died (``SIGKILL``, lost worker) and its
+    lease ran out after at most ``lease_s``. The waiters race for the lock; the winner computes
+    under it (role ``fallback``) and the others wait for it;
+  - it waited longer than ``max_wait_s``: it computes without the lock.
+- **uncoordinated**: Redis is unreachable (``RedisError``/``OSError``) at any point, or
+  ``available()`` says it is down: ``compute`` runs directly and the Redis error is never
+  raised. A holder whose Redis dies mid-compute keeps computing (renewal and release fail
+  quietly; the lease expires on its own).
+
+Coalescing is best effort, never exactly-once: a holder that cannot renew for ``lease_s``
+(Redis stalled longer than the lease) loses the lock, and another worker may compute the same
+call meanwhile. Exceptions from ``compute`` and from ``load`` (other than Redis errors)
+propagate to the caller unchanged.
+
+The client should have retries off and short socket timeouts (see :func:`make_client`): with
+redis-py's default retry policy every poll against a down Redis would take seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Role = Literal["holder", "waiter", "fallback", "uncoordinated"]
+"""How a :meth:`Coalescer.run` call got its value (see the module docstring)."""
+
+COALESCE_KEY_PREFIX = "agentflow:coalesce:v1:"
+"""Default prefix of the lock (``<prefix>lock:<key>``) and done-marker (``<prefix>done:<key>``)
+keys."""
+
+MAX_KEY_CHARS = 200
+"""Caller keys longer than this are replaced by ``sha256:<hex digest>`` of the key."""
+
+# KEYS[1] = lock, ARGV[1] = token, ARGV[2] = lease in ms. Extends the lease only while the lock
+# still holds this holder's token.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] = lock, KEYS[2] = done marker, ARGV[1] = token, ARGV[2] = marker TTL in ms. Deletes the
+# lock only if it is still ours; the marker is written either way, so waiters that saw this token
+# know its holder finished rather than died.
+_RELEASE_LUA = """
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  released = 1
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return released
+"""
+
+_REDIS_ERRORS = (RedisError, OSError)
+
+
+@dataclass(frozen=True)
+class Coalesced(Generic[T]):
+    """The value of a coalesced call and how it was obtained.
+
+    Attributes:
+        value: what ``compute`` returned (holder, fallback, uncoordinated) or what ``load``
+            returned (waiter).
+        role: ``holder``, ``waiter``, ``fallback`` or ``uncoordinated`` (see the module
+            docstring).
+        waited_ms: milliseconds from the call until it got the shared value or began its own
+            compute (about a Redis round trip for a holder).
+    """
+
+    value: T
+    role: Role
+    waited_ms: float
+
+
+@dataclass
+class CoalesceStats:
+    """Counters since the coalescer was created: calls by role, and Redis failures seen.
+
+    Attributes:
+        holder: calls that took the lock at once and computed.
+        waiter: calls answered by another call's stored result.
+        fallback: calls that waited and then computed themselves.
+        uncoordinated: calls that computed without Redis (down or known down).
+        redis_errors: Redis commands that failed (``RedisError`` or ``OSError``).
+        lost_leases: holders that found their lock gone or taken when renewing.
+    """
+
+    holder: int = 0
+    waiter: int = 0
+    fallback: int = 0
+    uncoordinated: int = 0
+    redis_errors: int = 0
+    lost_leases: int = 0
+
+
+def make_client(
+    url: str,
+    *,
+    timeout_s: float = 0.5,
+    max_connections: int = 64,
+    pool_timeout_s: float = 2.0,
+) -> Redis:
+    """A Redis client fit for coalescing: retries off, short timeouts, a bounded pool.
+
+    The caller owns the client and closes it with ``await client.aclose()`` (which also closes
+    the pool).
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        timeout_s: connect and socket timeout of each command, in seconds.
+        max_connections: pool size; further callers wait up to ``pool_timeout_s`` for a free
+            connection.
+        pool_timeout_s: how long a command waits for a free pooled connection, in seconds.
+
+    Returns:
+        A client whose commands fail within about ``timeout_s`` when Redis is down or hung.
+    """
+    pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return Redis.from_pool(pool)
+
+
+def _text(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return str(raw)
+
+
+class Coalescer:
+    """Runs concurrent identical calls once across workers that share one Redis.
+
+    Safe to share between coroutines of one event loop; one per worker process is enough.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        lease_s: float = 10.0,
+        poll_s: float = 0.05,
+        max_wait_s: float = 120.0,
+        prefix: str = COALESCE_KEY_PREFIX,
+        available: Callable[[], bool] | None = None,
+    ) -> None:
+        """Configure the coalescer; no Redis command is sent until the first call.
+
+        Args:
+            client: the Redis client (retries off, short timeouts: see :func:`make_client`).
+                Not closed by the coalescer.
+            lease_s: lock lease in seconds; a holder renews it every ``lease_s / 3``, and a dead
+                holder's lock frees itself after at most this long.
+            poll_s: how often a waiter looks for the result, in seconds (+-20 % jitter).
+            max_wait_s: a waiter computes itself after waiting this many seconds.
+            prefix: key prefix of the lock and done-marker keys; no glob characters.
+            available: when given and it returns ``False`` (for example the cache's breaker is
+                open), calls skip Redis and compute at once (role ``uncoordinated``).
+
+        Raises:
+            ValueError: a non-positive ``lease_s`` or ``poll_s``, a negative ``max_wait_s``, or a
+                prefix that is empty or contains a glob character (``*?[]`` or a backslash).
+        """
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s}")
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be positive, got {poll_s}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must not be negative, got {max_wait_s}")
+        if not prefix or any(c in prefix for c in "*?[]\\"):
+            raise ValueError(f"prefix must be non-empty and free of glob characters: {prefix!r}")
+        self._client = client
+        self._lease_s = lease_s
+        self._lease_ms = max(1, round(lease_s * 1000))
+        self._poll_s = poll_s
+        self._max_wait_s = max_wait_s
+        self._prefix = prefix
+        self._available = available
+        # Long enough for every waiter to see the marker on its next poll, however short the
+        # lease; waiters compare tokens, so a stale marker is harmless.
+        self._done_ttl_ms = max(5000, round(poll_s * 1000 * 20))
+        self._renew = client.register_script(_RENEW_LUA)
+        self._release_script = client.register_script(_RELEASE_LUA)
+        self._background: set[asyncio.Task[None]] = set()
+        self._down = False
+        self.stats = CoalesceStats()
+
+    # ----------------------------------------------------------------------------- public
+
+    async def run(
+        self,
+        key: str,
+        compute: Callable[[], Awaitable[T]],
+        load: Callable[[], Awaitable[T | None]],
+    ) -> Coalesced[T]:
+        """Run ``compute`` once across all concurrent callers of ``key``; the others ``load``.
+
+        Call it after a cache miss. ``compute`` should store its result where ``load`` finds it
+        (the caller's cache); a result it does not store is not shared, and waiters then
+        compute themselves.
+
+        Args:
+            key: identifies the call (for example the cache key's SHA-256 hex digest); keys
+                longer than :data:`MAX_KEY_CHARS` are hashed.
+            compute: produces the value; it runs at most once per call of ``run``.
+            load: the shared result, or ``None`` when there is none yet. A value of ``None``
+                therefore cannot be shared.
+
+        Returns:
+            The value with the role that produced it and the time spent waiting.
+
+        Raises:
+            ValueError: ``key`` is empty.
+            Exception: whatever ``compute`` raises (the lock is released first), or what
+                ``load`` raises other than ``RedisError``/``OSError``. Redis errors are never
+                raised: the call computes uncoordinated instead.
+        """
+        lock_key, done_key = self._keys(key)
+        started = time.monotonic()
+        if self._available is not None and not self._available():
+            return await self._compute_alone(compute, "uncoordinated", started)
+        token = secrets.token_hex(16)
+        try:
+            acquired = await self._client.set(lock_key, token, nx=True, px=self._lease_ms)
+        except _REDIS_ERRORS as exc:
+            self._redis_failed("SET", exc)
+            return await self._compute_alone(compute, "uncoordinated", started)
+        self._redis_ok()
+        if acquired:
+            return await self._hold(lock_key, done_key, token, compute, load, "holder", started)
+        return await self._wait(lock_key, done_key, compute, load, started)
+
+    async def in_flight(self, *, max_keys: int = 10_000) -> int:
+        """How many coalescing locks exist now (calls being computed by a holder, all workers).
+
+        Uses ``SCAN``, so it never blocks Redis; counts at most ``max_keys`` keys.
+
+        Args:
+            max_keys: stop counting at this many lock keys.
+
+        Returns:
+            The number of lock keys, capped at ``max_keys``.
+
+        Raises:
+            redis.exceptions.RedisError: Redis failed (also ``OSError``); unlike :meth:`run`,
+                this does not hide Redis errors.
+        """
+        count = 0
+        cursor = 0
+        pattern = self._prefix + "lock:*"
+        while True:
+            cursor, keys = await self._client.scan(cursor=cursor, match=pattern, count=1000)
+            count += len(keys)
+            if cursor == 0 or count >= max_keys:
+                return min(count, max_keys)
+
+    # ----------------------------------------------------------------------------- internals
+
+    def _keys(self, key: str) -> tuple[str, str]:
+        if not key:
+            raise ValueError("key must not be empty")
+        if len(key) > MAX_KEY_CHARS:
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        return f"{self._prefix}lock:{key}", f"{self._prefix}done:{key}"
+
+    def _elapsed_ms(self, started: float) -> float:
+        return (time.monotonic() - started) * 1000.0
+
+    def _count(self, role: Role) -> None:
+        setattr(self.stats, role, getattr(self.stats, role) + 1)
+
+    def _redis_failed(self, op: str, exc: BaseException) -> None:
+        self.stats.redis_errors += 1
+        if not self._down:
+            logger.warning(
+                "redis %s failed (%s: %s); coalescing off, calls compute on their own",
+                op,
+                type(exc).__name__,
+                exc,
+            )
+        self._down = True
+
+    def _redis_ok(self) -> None:
+        if self._down:
+            logger.info("redis is reachable again; coalescing resumed")
+            self._down = False
+
+    async def _compute_alone(
+        self, compute: Callable[[], Awaitable[T]], role: Role, started: float
+    ) -> Coalesced[T]:
+        waited_ms = self._elapsed_ms(started)
+        self._count(role)
+        return Coalesced(await compute(), role, waited_ms)
+
+    async def _load(self, load: Callable[[], Awaitable[T | None]]) -> T | None:
+        """``load()``, with Redis errors from the caller's store read as "nothing yet"."""
+        try:
+            return await load()
+        except _REDIS_ERRORS as exc:
+            self._redis_failed("load", exc)
+            return None
+
+    async def _hold(
+        self,
+        lock_key: str,
+        done_key: str,
+        token: str,
+        compute: Callable[[], Awaitable[T]],
+        load: Callable[[], Awaitable[T | None]],
+        role: Role,
+        started: float,
+    ) -> Coalesced[T]:
+        try:
+            # The previous holder may have stored its result after the caller's cache check.
+            stored = await self._load(load)
+        except BaseException:
+            await self._release(lock_key, done_key, token)
+            raise
+        if stored is not None:
+            await self._release(lock_key, done_key, token)
+            self._count("waiter")
+            return Coalesced(stored, "waiter", self._elapsed_ms(started))
+        waited_ms = self._elapsed_ms(started)
+        self._count(role)
+        renewer = asyncio.create_task(asyncio.sleep(0))
+        try:
+            value = await compute()
+        finally:
+            renewer.cancel()
+            # asyncio.wait does not re-raise the renewer's cancellation, only our own.
+            await asyncio.wait([renewer])
+            await self._release(lock_key, done_key, token)
+        return Coalesced(value, role, waited_ms)
+
+    async def _renew_loop(self, lock_key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                renewed = await self._renew(keys=[lock_key], args=[token, self._lease_ms])
+            except _REDIS_ERRORS as exc:
+                self._redis_failed("PEXPIRE", exc)
+                continue  # try again next interval; the lease may still be alive
+            self._redis_ok()
+            if not renewed:
+                self.stats.lost_leases += 1
+                logger.warning(
+                    "coalescing lease on %s lost while computing; another worker may compute "
+                    "the same call",
+                    lock_key,
+                )
+                return
+
+    async def _release(self, lock_key: str, done_key: str, token: str) -> None:
+        # Shielded: a cancelled holder still frees its lock, so waiters need not sit out the
+        # lease. The task is kept referenced until it ends.
+        task = asyncio.create_task(self._release_now(lock_key, done_key, token))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
+
+    async def _release_now(self, lock_key: str, done_key: str, token: str) -> None:
+        try:
+            await self._release_script(keys=[lock_key, done_key], args=[token, self._done_ttl_ms])
+        except _REDIS_ERRORS as exc:
+            self._redis_failed("release", exc)  # the lease expires on its own
+            return
+        self._redis_ok()
+
+    async def _wait(
+        self,
+        lock_key: str,
+        done_key: str,
+        compute: Callable[[], Awaitable[T]],
+        load: Callable[[], Awaitable[T | None]],
+        started: float,
+    ) -> Coalesced[T]:
+        seen_token: str | None = None  # the holder this waiter is waiting on
+        deadline = started + self._max_wait_s
+        while True:
+            # Long computes are polled less often: the added latency stays under about 10 %
+            # of the wait, and never above 4 polls.
+            interval = min(4 * self._poll_s, max(self._poll_s, 0.1 * (time.monotonic() - started)))
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            if self._available is not None and not self._available():
+                return await self._compute_alone(compute, "uncoordinated", started)
+            try:
+                lock_raw, done_raw = await self._client.mget([lock_key, done_key])
+                holder = _text(lock_raw)
+                # A holder stores its result before it releases, so while the holder seen last
+                # time still holds the lock there is nothing new to load; once the lock is
+                # gone or changed hands, load() (read after the lock) sees what it stored.
+                value = None if holder is not None and holder == seen_token else await load()
+            except _REDIS_ERRORS as exc:
+                self._redis_failed("poll", exc)
+                return await self._compute_alone(compute, "uncoordinated", started)
+            self._redis_ok()
+            if value is not None:
+                self._count("waiter")
+                return Coalesced(value, "waiter", self._elapsed_ms(started))
+            if holder is not None:
+                seen_token = holder
+            elif seen_token is not None and _text(done_raw) == seen_token:
+                # Finished without a shareable result (failed, or not cached): never share the
+                # failure; compute here, in parallel with the other waiters.
+                return await self._compute_alone(compute, "fallback", started)
+            else:
+                # Free with no word from the holder: its lease ran out (it died), or it
+                # finished before this waiter first looked. Race to take over.
+                token = secrets.token_hex(16)
+                try:
+                    acquired = await self._client.set(lock_key, token, nx=True, px=self._lease_ms)
+                except _REDIS_ERRORS as exc:
+                    self._redis_failed("SET", exc)
+                    return await self._compute_alone(compute, "uncoordinated", started)
+                if acquired:
+                    return await self._hold(
+                        lock_key, done_key, token, compute, load, "fallback", started
+                    )
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "waited %.1fs for the holder of %s; computing without the lock",
+                    self._max_wait_s,
+                    lock_key,
+                )
+                return await self._compute_alone(compute, "fallback", started)

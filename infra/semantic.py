@@ -1,0 +1,1213 @@
+"""The semantic cache level: an earlier answer for a query that asks the same thing in other words.
+
+A lookup embeds the query (:mod:`infra.embeddings`), finds the cached queries of the same
+namespace whose cosine similarity is at least the threshold, and returns the response key of the
+most similar one that also passes the **wrong-hit guard**: its numbers, operators, units, named
+entities, negations and comparison words must match the query's. Similarity alone cannot tell
+"What is 12 * 7?" from "What is 12 * 8?" (one character apart); the guard can.
+
+The guard's rules (:func:`guard_signature` extracts the facts, :func:`guard_allows` compares
+them; both queries are read as written, not as embedded):
+
+- **Numbers**: digits and number words, canonical (``12``, ``12.0``, ``twelve`` -> ``12``;
+  ``1,200`` -> ``1200``; ``.5`` -> ``0.5``; a leading minus is a sign; ``3rd``, ``third`` ->
+  ``#3``). The two multisets must be equal, and in the same order when a non-commutative
+  operator (``-``, ``/``, power, ``mod``) is present: "12 - 7" never matches "7 - 12".
+- **Operators**: ``*``, the multiplication sign, ``x`` between numbers, ``times``,
+  ``multiplied``, ``product`` -> ``mul``; ``+ plus add`` -> ``add``; ``- minus subtract`` ->
+  ``sub``; ``/``, the division sign, ``divided``, ``quotient`` -> ``div``; ``** ^ power`` ->
+  ``pow``; ``squared``, ``cubed``, ``sqrt``/``root``, ``mod``/``modulo``/``remainder``/``%`` between
+  numbers, ``log``, ``sin`` and other functions: counted only when the query holds a number (and a
+  symbol only between operands). The aggregates ``average``/``mean``/``avg``, ``median`` and
+  ``sum`` count always. The sets must be equal.
+- **Units and currencies**: ``km``/``kilometres``, ``mi``/``miles``, ``°C``/``celsius``, ``h``/
+  ``hours``, ``GB``, ``%``/``percent``, ``$``/``USD``/``dollars``, ``€``/``EUR``/``euros``, ...
+  (one- and two-letter abbreviations only right after a number). The sequences (first
+  appearances, in order) must be equal: "5 km to miles" never matches "5 miles to km".
+- **Named entities**: capitalized words (not function words; at a sentence start only when not a
+  common sentence opener), ALL-CAPS acronyms, quoted strings, identifiers with digits,
+  underscores or dots (``Q4``, ``order_items``, ``os.path.join``, ``config.yaml``), dotted or
+  dashed number groups (``3.12.1``, ``2024-01-05``), URLs, e-mail addresses, and a short list of
+  well-known lowercase technology names (``python``, ``numpy``, ``postgresql``, ...). Each
+  entity of either query must occur, case-insensitively, among the other query's words, so a
+  casing paraphrase ("france" vs "France") still matches and "Tokyo" never matches "Kyoto".
+- **Negations**: ``not``/``n't``/``cannot``, ``never``, ``no``/``none``/``nothing``/``neither``/
+  ``nor``, ``without``/``except``/``excluding``/``outside``/``other than`` (and ``nicht``,
+  ``kein``, ``pas``, ``jamais``, ``sans``, ``ohne``, ``nunca``, ``niet``, ``geen``, ...). The
+  sets must be equal. A word in one query that is another word of the other query with a
+  negating prefix (``unpaid``/``paid``, ``inactive``/``active``, ``non-null``/``null``) is a
+  negation difference too.
+- **Comparisons and directions**: more/less (``over``/``under``/``above``/``below`` before a
+  number), at least/at most, max/min (``largest``, ``cheapest``, ``top``, ``bottom``, ...),
+  first/last (``oldest``, ``newest``, ``most recent``), before/after, ascending/descending,
+  increase/decrease (``up``/``down``), older/younger, today/yesterday/tomorrow, true/false,
+  enabled/disabled, success/failure, ``<``, ``>``, ``<=``, ``>=``. The sets must be equal.
+- A query longer than :data:`infra.embeddings.MAX_EMBED_CHARS` characters is neither stored
+  nor matched: the guard reads only that much, so two long queries that differ later could
+  otherwise pass.
+
+The guard errs on the side of a miss: a paraphrase that swaps "hours" for "h" or "USD" for
+"dollars" still hits, one that swaps "WWII" for "World War II" does not.
+
+Storage, shared by every worker and API process through Redis: one Redis stream per namespace
+(``agentflow:cache:semantic:v1:<sha256 of embedder name and namespace>``), one entry per stored
+query (the query, its float32 vector, the response key, the expiry time in ms and the namespace),
+trimmed to exactly ``max_entries`` by ``XADD MAXLEN`` and expiring as a whole after the longest
+TTL of its entries (a small Lua script, so it works on Redis 6.2). Each process keeps a numpy
+copy per namespace and reads only entries newer than the last one it saw, plus ``XLEN`` in the
+same ``MULTI``: streams are trimmed from the oldest end, so the local copy keeps its newest
+``XLEN`` rows. Entries past their expiry are skipped and dropped.
+
+Size limits: nearest neighbours are a brute-force float32 matrix-vector product, exact and
+without an index, meant for at most 20,000 rows per namespace (the
+``semantic_cache_max_entries`` bound); a lookup at 2,000 rows of 2,048 dimensions reads 16 MiB
+(about 1-3 ms of one core), and runs in a worker thread above :data:`INLINE_SEARCH_MAX_FLOATS`.
+Each process holds at most ``max_namespaces`` namespaces and ``max_local_bytes`` of vectors
+(least recently used evicted first; the namespace in use is kept even if it alone is larger).
+The Redis side holds ``max_entries`` entries per namespace, each ``4 * dim`` bytes plus the
+query, and every stream expires; the level's total across namespaces is bounded by Redis's own
+``maxmemory`` policy.
+
+A cache never fails a job: every ``RedisError`` or ``OSError`` is a miss (``degraded=True``),
+and after one a breaker answers misses at once for ``breaker_cooldown_s``. An embedder failure
+is a miss too. The client must return bytes (``decode_responses=False``, as
+:class:`infra.cache.RedisCache` builds it); retries off and short timeouts keep a down Redis fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.errors import ModelError
+from infra.embeddings import MAX_EMBED_CHARS, Embedder, Vectors
+
+logger = logging.getLogger(__name__)
+
+SEMANTIC_KEY_PREFIX = "agentflow:cache:semantic:v1:"
+"""Prefix of the per-namespace streams; bump the version when the entry layout changes."""
+
+INLINE_SEARCH_MAX_FLOATS = 2**18
+"""A search over more matrix elements than this (1 MiB of float32) runs in a worker thread."""
+
+MAX_CANDIDATES = 16
+"""Most rows above the threshold that the guard examines per lookup (most similar first)."""
+
+# --------------------------------------------------------------------------- the guard
+
+
+def _words(text: str) -> list[str]:
+    """The whitespace-separated words of ``text`` (keeps the long word tables compact)."""
+    return text.split()
+
+
+_FUNCTION_WORDS = frozenset(
+    _words(
+        """a an the this that these those some any each every all both either no of in on at to
+        for from by with about as into onto over under between among through during before
+        after above below up down out off than then and or but nor so if whether because while
+        when where why how what which who whom whose is are was were be been being am do does
+        did done has have had having will would shall should can could may might must i me my
+        mine we us our you your he him his she her it its they them their there here not please
+        yes ok okay hi hello hey thanks per via vs versus"""
+    )
+)
+"""Words that are never entities, even capitalized (title case, all caps)."""
+
+_SENTENCE_OPENERS = frozenset(
+    _words(
+        """show list give tell find get count sum sort compute calculate convert explain
+        describe summarize summarise fetch open send select delete remove archive add multiply
+        divide subtract round write create make read print run use check return display search
+        look help define compare translate generate build update insert set fix name total let
+        given assume suppose consider quick just so also now next why is are does do can could
+        would should will please kindly hey hi hello thanks ok okay"""
+    )
+)
+"""Common first words of a request: capitalized at a sentence start, they are not entities."""
+
+_KNOWN_NAMES = frozenset(
+    _words(
+        """python java javascript typescript ruby rust golang kotlin scala perl php haskell
+        elixir erlang clojure lua bash powershell matlab fortran cobol sql nosql postgresql
+        postgres mysql sqlite mariadb mongodb redis cassandra dynamodb elasticsearch kafka
+        rabbitmq docker kubernetes k8s linux windows macos ubuntu debian fedora android ios numpy
+        pandas scipy matplotlib sklearn scikit-learn pytorch torch tensorflow keras django flask
+        fastapi requests httpx aiohttp asyncio pydantic sqlalchemy celery temporal react vue
+        angular svelte nodejs node deno npm pip conda poetry git github gitlab aws azure gcp json
+        yaml toml csv xml html css http https tcp udp ip dns ssh tls ssl graphql grpc rest oauth
+        jwt"""
+    )
+)
+"""Technology names people often write in lower case; always entities."""
+
+
+def _classes(table: dict[str, str]) -> dict[str, str]:
+    """``{"class": "word word ..."}`` turned into ``{"word": "class", ...}``."""
+    return {word: label for label, text in table.items() for word in _words(text)}
+
+
+_NEGATIONS = _classes(
+    {
+        # "ne" is French ("ne ... pas"), "othersthan" the phrase "other than".
+        "not": "not cannot nicht pas non niet não nao ne",
+        "never": "never jamais nie niemals nunca nooit",
+        "no": """no none nothing nobody noone nowhere neither nor kein keine keinen keinem keiner
+            keines aucun aucune rien nada ninguno ninguna ningún nessuno geen""",
+        "excl": """without except excluding exclude excludes excluded outside ohne sans senza
+            zonder othersthan""",
+    }
+)
+"""Negation word -> its class; ``n't`` counts as ``not``."""
+
+_NEGATING_PREFIXES = ("non-", "non", "un", "in", "im", "il", "ir", "dis")
+
+_DIRECTIONS = _classes(
+    {
+        "gt": "more greater larger bigger higher exceeds exceed exceeding exceeded",
+        "lt": "less fewer smaller lower",
+        "ge": "atleast",
+        "le": "atmost",
+        "max": """most max maximum maximal maximize maximise largest biggest highest greatest top
+            best priciest costliest longest tallest heaviest fastest deepest widest""",
+        "min": """least min minimum minimal minimize minimise smallest lowest fewest bottom worst
+            cheapest shortest lightest slowest shallowest narrowest""",
+        "first": "first earliest oldest initial",
+        "last": "last latest newest recent mostrecent final youngest",
+        "before": "before earlier prior previous preceding until till",
+        "after": "after later since next following subsequent upcoming",
+        "asc": "ascending asc increasing",
+        "desc": "descending desc decreasing",
+        "inc": """increase increased increases raise raised grow grows grew growth rise rises rose
+            up""",
+        "dec": """decrease decreased decreases reduce reduced reduces reduction shrink shrank drop
+            dropped decline declined fall fell down""",
+        "older": "older elder",
+        "younger": "younger",
+        "today": "today",
+        "yesterday": "yesterday",
+        "tomorrow": "tomorrow",
+        "tonight": "tonight",
+        "true": "true",
+        "false": "false",
+        "out": "out",
+        "enabled": "enable enabled enabling",
+        "disabled": "disable disabled disabling",
+        "success": "success successful succeeded succeed passed",
+        "failure": "fail failed failure failures failing",
+        "accept": "accept accepted approve approved allow allowed",
+        "reject": "reject rejected deny denied block blocked",
+    }
+)
+"""Comparison or direction word -> its class."""
+
+_DIRECTIONS_BEFORE_NUMBER = _classes({"gt": "over above", "lt": "under below beneath"})
+"""Words that compare only when a number (or currency sign) follows: "over $20", "under 5"."""
+
+_SYMBOL_DIRECTIONS = {">": "gt", "<": "lt", ">=": "ge", "<=": "le", "\u2265": "ge", "\u2264": "le"}
+
+_WORD_OPERATORS = _classes(
+    {
+        "mul": "times multiplied multiply multiplying product",
+        "add": "plus add added adding",
+        "sub": "minus subtract subtracted subtracting",
+        "div": "divided divide dividing quotient",
+        "pow": "power exponent",
+        "square": "squared",
+        "cube": "cubed",
+        "root": "sqrt root squareroot",
+        "mod": "mod modulo modulus remainder",
+        "log": "log logarithm",
+        "abs": "abs absolute",
+        **{name: name for name in _words("factorial ln exp sin cos tan floor ceil")},
+    }
+)
+"""Operator words, counted when the query holds a number."""
+
+_AGGREGATES = _classes({"mean": "average mean avg", "median": "median", "sum": "sum"})
+"""Aggregates, counted always ("average order value" vs "median order value")."""
+
+_SYMBOL_OPERATORS = {
+    "*": "mul",
+    "\u00d7": "mul",  # multiplication sign
+    "\u00b7": "mul",  # middle dot
+    "x": "mul",
+    "/": "div",
+    "\u00f7": "div",  # division sign
+    "+": "add",
+    "-": "sub",
+    "\u2212": "sub",  # minus sign
+    "**": "pow",
+    "^": "pow",
+    "%": "mod",
+}
+"""Symbols (and ``x``) that are operators when they stand between two operands."""
+
+_NON_COMMUTATIVE = frozenset({"sub", "div", "pow", "mod"})
+
+_UNITS = _classes(
+    {
+        "km": "km kilometer kilometers kilometre kilometres",
+        "m": "meter meters metre metres",
+        "cm": "cm centimeter centimeters centimetre centimetres",
+        "mm": "mm millimeter millimeters millimetre millimetres",
+        "mi": "mile miles",
+        "ft": "ft foot feet",
+        "inch": "inch inches",
+        "yd": "yard yards yd yds",
+        "kg": "kg kilogram kilograms kilo kilos",
+        "g": "gram grams gramme grammes",
+        "mg": "mg milligram milligrams",
+        "lb": "lb lbs pound pounds",
+        "oz": "oz ounce ounces",
+        "t": "ton tons tonne tonnes",
+        "l": "liter liters litre litres",
+        "ml": "ml milliliter milliliters millilitre millilitres",
+        "gal": "gallon gallons gal",
+        "qt": "quart quarts qt",
+        "pt": "pint pints",
+        "cup": "cup cups",
+        "degC": "celsius centigrade °c",
+        "degF": "fahrenheit °f",
+        "K": "kelvin",
+        "deg": "degree degrees",
+        "rad": "radian radians rad",
+        "ms": "millisecond milliseconds",
+        "s": "seconds sec secs",
+        "min": "minute minutes mins",
+        "h": "hour hours hr hrs",
+        "day": "day days",
+        "week": "week weeks wk",
+        "month": "month months",
+        "year": "year years yr yrs",
+        "decade": "decade decades",
+        "century": "century centuries",
+        "bit": "bit bits",
+        "B": "byte bytes",
+        "kB": "kb kilobyte kilobytes",
+        "MB": "mb megabyte megabytes",
+        "GB": "gb gigabyte gigabytes",
+        "TB": "tb terabyte terabytes",
+        "KiB": "kib",
+        "MiB": "mib",
+        "GiB": "gib",
+        "TiB": "tib",
+        "mph": "mph",
+        "kmh": "kph kmh",
+        "knot": "knot knots",
+        "W": "watt watts",
+        "kW": "kw",
+        "kWh": "kwh",
+        "V": "volt volts",
+        "Hz": "hz",
+        "kHz": "khz",
+        "MHz": "mhz",
+        "GHz": "ghz",
+        "%": "percent pct percentage",
+        "USD": "$ usd dollar dollars buck bucks",
+        "EUR": "€ eur euro euros",
+        "GBP": "£ gbp sterling",
+        "JPY": "¥ jpy yen",
+        "INR": "₹ inr rupee rupees",
+        "CHF": "chf franc francs",
+        "CAD": "cad",
+        "AUD": "aud",
+        "CNY": "cny rmb yuan",
+        "BTC": "btc bitcoin bitcoins",
+        "ETH": "eth",
+    }
+)
+"""Unit or currency word (case-folded) -> canonical unit."""
+
+_UNITS_AFTER_NUMBER = _classes(
+    {
+        "m": "m",
+        "s": "s second",
+        "h": "h",
+        "g": "g",
+        "l": "l",
+        "t": "t",
+        "degC": "c",
+        "degF": "f",
+        "K": "k",
+        "B": "b",
+        "mi": "mi",
+        "min": "min",
+        "pt": "pt",
+        "day": "d",
+        "W": "w",
+        "V": "v",
+    }
+)
+"""Abbreviations that are units only right after a number ("5 m", "10 min"); "in" never is
+("0.2 in Python")."""
+
+_NUMBER_WORDS: dict[str, int] = {
+    **{
+        word: value
+        for value, word in enumerate(
+            _words(
+                """zero one two three four five six seven eight nine ten eleven twelve thirteen
+                fourteen fifteen sixteen seventeen eighteen nineteen"""
+            )
+        )
+    },
+    **{
+        word: 10 * (i + 2)
+        for i, word in enumerate(_words("twenty thirty forty fifty sixty seventy eighty ninety"))
+    },
+}
+_SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9}
+_ORDINAL_WORDS = {
+    word: i + 2
+    for i, word in enumerate(_words("second third fourth fifth sixth seventh eighth ninth tenth"))
+}
+_PRONOUN_ONE_AFTER = frozenset(_words("the which this that any each every no some another one"))
+
+_PHRASES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("no", "more", "than"), "atmost"),
+    (("not", "more", "than"), "atmost"),
+    (("no", "less", "than"), "atleast"),
+    (("no", "fewer", "than"), "atleast"),
+    (("not", "less", "than"), "atleast"),
+    (("at", "least"), "atleast"),
+    (("at", "most"), "atmost"),
+    (("most", "recent"), "mostrecent"),
+    (("square", "root"), "squareroot"),
+    (("per", "cent"), "percent"),
+    (("other", "than"), "othersthan"),
+)
+"""Multi-word expressions read as one word (longest first where they overlap)."""
+
+_TOKEN = re.compile(
+    r"""
+    (?P<url>\b(?:https?|ftp)://[^\s<>"'`]+|\bwww\.[^\s<>"'`]+)
+  | (?P<email>\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+)
+  | (?P<ident>\b\d+(?:[.:-]\d+){2,}\b)
+  | (?P<num>(?:(?<![\w)\].])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:st|nd|rd|th)?
+            |(?<![\w.])\.\d+)(?:'s\b)?
+  | (?P<word>°[cf]\b|[^\W\d_]\w*(?:['.-]\w+)*|_+\w*(?:\.\w+)*)
+  | (?P<op>\*\*|<=|>=|!=|==|[*\u00d7\u00b7/\u00f7+^%=<>\u2264\u2265\u2212-])
+  | (?P<cur>[$€£¥₹])
+  | (?P<paren>[()\[\]])
+    """,
+    re.VERBOSE,
+)
+_QUOTED = re.compile(
+    r"\"([^\"]{1,200})\"|“([^”]{1,200})”|`([^`]{1,200})`|(?<!\w)'([^']{1,200})'(?!\w)"
+)
+_SENTENCE_BREAK = re.compile(r"[.!?:;\n]")
+_TRAILING_URL_PUNCTUATION = ".,;:!?)]}'\""
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
+_SUFFIXES = ("n't", "'s", "'re", "'ve", "'ll", "'d", "'m")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFacts:
+    """What the wrong-hit guard compares, extracted from one query by :func:`guard_signature`.
+
+    Attributes:
+        numbers: canonical numbers in order of appearance (``"12"``, ``"-5"``, ``"0.5"``,
+            ``"#3"`` for an ordinal).
+        operators: operator and aggregate classes (``mul``, ``div``, ``mean``, ...).
+        units: canonical units and currencies, first appearances in order.
+        entities: case-folded entities (see the module docstring).
+        negations: negation classes (``not``, ``never``, ``no``, ``excl``).
+        directions: comparison and direction classes (``gt``, ``max``, ``before``, ...).
+        words: every case-folded word and identifier of the query (for entity containment).
+        truncated: the query was longer than :data:`infra.embeddings.MAX_EMBED_CHARS`.
+    """
+
+    numbers: tuple[str, ...] = ()
+    operators: frozenset[str] = frozenset()
+    units: tuple[str, ...] = ()
+    entities: frozenset[str] = frozenset()
+    negations: frozenset[str] = frozenset()
+    directions: frozenset[str] = frozenset()
+    words: frozenset[str] = frozenset()
+    truncated: bool = False
+
+
+class _Token(NamedTuple):
+    kind: str  # url email ident num word op cur paren
+    raw: str
+    low: str
+    sentence_start: bool
+
+
+def _canonical_number(raw: str, ordinal: bool) -> str:
+    text = raw.replace(",", "")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return text
+    if value == 0:
+        value = Decimal(0)
+    canonical = format(value.normalize(), "f")
+    return f"#{canonical}" if ordinal else canonical
+
+
+def _tokens(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    previous_end = 0
+    for match in _TOKEN.finditer(text):
+        kind = "num" if match.group("num") is not None else (match.lastgroup or "word")
+        raw = match.group(0)
+        if kind == "url":
+            raw = raw.rstrip(_TRAILING_URL_PUNCTUATION)
+        gap = text[previous_end : match.start()]
+        starts = not tokens or bool(_SENTENCE_BREAK.search(gap))
+        tokens.append(_Token(kind, raw, raw.casefold(), starts))
+        previous_end = match.end()
+    return tokens
+
+
+def _split_word(low: str) -> tuple[str, bool]:
+    """``low`` without contraction or possessive suffixes, and whether it carried ``n't``."""
+    negated = False
+    for suffix in _SUFFIXES:
+        if low.endswith(suffix) and len(low) > len(suffix):
+            if suffix == "n't":
+                negated = True
+                low = {"ca": "can", "wo": "will", "sha": "shall", "ai": "is"}.get(
+                    low[:-3], low[:-3]
+                )
+            else:
+                low = low[: -len(suffix)]
+            break
+    if low in ("whats", "thats", "hows", "wheres", "whos", "whens", "whys", "heres", "theres"):
+        low = low[:-1]
+    return low, negated
+
+
+def _number_words(words: list[str], start: int) -> tuple[int, int] | None:
+    """A run of number words at ``words[start]``: (value, words consumed), or ``None``."""
+    total = current = 0
+    consumed = 0
+    seen = False
+    i = start
+    while i < len(words):
+        word = words[i]
+        parts = word.split("-") if "-" in word else [word]
+        if not all(p in _NUMBER_WORDS or p in _SCALES for p in parts):
+            if word == "and" and seen and i + 1 < len(words) and words[i + 1] in _NUMBER_WORDS:
+                i += 1
+                consumed += 1
+                continue
+            break
+        for part in parts:
+            if part in _NUMBER_WORDS:
+                current += _NUMBER_WORDS[part]
+            elif part == "hundred":
+                current = (current or 1) * 100
+            else:
+                total += (current or 1) * _SCALES[part]
+                current = 0
+        seen = True
+        i += 1
+        consumed += 1
+    if not seen:
+        return None
+    return total + current, consumed
+
+
+def _is_entity(token: _Token, low: str) -> bool:
+    raw = token.raw
+    if low in _KNOWN_NAMES:
+        return True
+    if low in _FUNCTION_WORDS:
+        return False
+    if any(ch.isdigit() for ch in raw) or "_" in raw or "." in raw:
+        return True
+    if len(raw) >= 2 and raw.isupper():
+        return True
+    if raw[:1].isupper():
+        return not (token.sentence_start and low in _SENTENCE_OPENERS)
+    return False
+
+
+@lru_cache(maxsize=4096)
+def guard_signature(query: str) -> QueryFacts:
+    """The facts of ``query`` that a semantic hit must share (rules in the module docstring).
+
+    Only the first :data:`infra.embeddings.MAX_EMBED_CHARS` characters are read; a longer
+    query is marked ``truncated`` and never passes :func:`guard_allows`.
+
+    Returns:
+        The query's :class:`QueryFacts`. Pure and cached (4,096 most recent queries).
+    """
+    truncated = len(query) > MAX_EMBED_CHARS
+    text = unicodedata.normalize("NFKC", query[:MAX_EMBED_CHARS]).translate(_APOSTROPHES)
+    entities: set[str] = set()
+    words: set[str] = set()
+    for match in _QUOTED.finditer(text):
+        quoted = next(g for g in match.groups() if g is not None)
+        # Its words, tokenized like the rest of the query so containment compares like with
+        # like (numbers, units and URLs inside the quotes have their own rules).
+        folded = " ".join(
+            _split_word(token.low)[0] for token in _tokens(quoted) if token.kind == "word"
+        )
+        if folded:
+            entities.add(folded)
+    tokens = _tokens(text)
+
+    numbers: list[str] = []
+    operators: set[str] = set()
+    word_operators: set[str] = set()
+    units: list[str] = []
+    negations: set[str] = set()
+    directions: set[str] = set()
+
+    # Expand contractions and apply phrases on the word sequence, keeping token alignment.
+    items: list[tuple[_Token, str]] = []
+    for token in tokens:
+        if token.kind != "word":
+            items.append((token, token.low))
+            continue
+        low, negated = _split_word(token.low)
+        items.append((token, low))
+        if negated:
+            negations.add("not")
+    lows = [low for _, low in items]
+
+    def add_unit(unit: str) -> None:
+        if unit and unit not in units:
+            units.append(unit)
+
+    i = 0
+    while i < len(items):
+        token, low = items[i]
+        previous = items[i - 1] if i > 0 else None
+        following = items[i + 1] if i + 1 < len(items) else None
+        if token.kind in ("url", "email", "ident"):
+            value = token.raw if token.kind == "url" else token.low
+            entities.add(value)
+            words.add(value)
+        elif token.kind == "num":
+            raw = token.low.removesuffix("'s")
+            ordinal = raw.endswith(("st", "nd", "rd", "th"))
+            raw = raw[:-2] if ordinal else raw
+            numbers.append(_canonical_number(raw, ordinal))
+        elif token.kind == "cur":
+            add_unit(_UNITS[token.raw])
+        elif token.kind == "op":
+            symbol = token.raw
+            if symbol in _SYMBOL_DIRECTIONS:
+                directions.add(_SYMBOL_DIRECTIONS[symbol])
+            elif symbol == "%" and previous is not None and previous[0].kind == "num":
+                if following is not None and following[0].kind == "num":
+                    operators.add("mod")
+                else:
+                    add_unit("%")
+            elif symbol in _SYMBOL_OPERATORS and _between_operands(items, i):
+                operators.add(_SYMBOL_OPERATORS[symbol])
+        elif token.kind == "word":
+            phrase = _phrase_at(lows, i)
+            if phrase is not None:
+                label, length = phrase
+                low = label
+                i += length - 1
+            run = _number_words(lows, i) if phrase is None else None
+            if run is not None and not (
+                lows[i] == "one" and run[1] == 1 and i > 0 and lows[i - 1] in _PRONOUN_ONE_AFTER
+            ):
+                amount, consumed = run
+                numbers.append(str(amount))
+                words.update(lows[i : i + consumed])
+                i += consumed
+                continue
+            after_number = previous is not None and previous[0].kind == "num"
+            before_number = following is not None and following[0].kind in ("num", "cur")
+            if low == "x" and _between_operands(items, i):
+                operators.add("mul")
+            elif after_number and low in _UNITS_AFTER_NUMBER:
+                add_unit(_UNITS_AFTER_NUMBER[low])
+            elif low in _UNITS:
+                add_unit(_UNITS[low])
+            elif low in _ORDINAL_WORDS:
+                numbers.append(f"#{_ORDINAL_WORDS[low]}")
+            elif low in _NEGATIONS:
+                negations.add(_NEGATIONS[low])
+            elif low in _DIRECTIONS_BEFORE_NUMBER:
+                if before_number:
+                    directions.add(_DIRECTIONS_BEFORE_NUMBER[low])
+            elif low in _DIRECTIONS:
+                directions.add(_DIRECTIONS[low])
+            elif low in _AGGREGATES:
+                operators.add(_AGGREGATES[low])
+            elif low in _WORD_OPERATORS:
+                word_operators.add(_WORD_OPERATORS[low])
+            elif _is_entity(token, low):
+                entities.add(low)
+            words.add(low)
+            if "-" in low or "." in low:
+                words.update(part for part in re.split(r"[-.]", low) if part)
+        i += 1
+
+    if numbers:
+        operators |= word_operators
+    for entity in list(entities):
+        words.update(entity.split())
+    return QueryFacts(
+        numbers=tuple(numbers),
+        operators=frozenset(operators),
+        units=tuple(units),
+        entities=frozenset(entities),
+        negations=frozenset(negations),
+        directions=frozenset(directions),
+        words=frozenset(words),
+        truncated=truncated,
+    )
+
+
+def _phrase_at(lows: list[str], i: int) -> tuple[str, int] | None:
+    for words, label in _PHRASES:
+        if tuple(lows[i : i + len(words)]) == words:
+            return label, len(words)
+    return None
+
+
+def _between_operands(items: list[tuple[_Token, str]], i: int) -> bool:
+    """Whether the token at ``i`` stands between two operands (numbers, parentheses)."""
+    if i == 0 or i + 1 >= len(items):
+        return False
+    before, after = items[i - 1][0], items[i + 1][0]
+    left = before.kind == "num" or before.raw in (")", "]") or before.low in _NUMBER_WORDS
+    right = after.kind in ("num", "cur") or after.raw in ("(", "[") or after.low in _NUMBER_WORDS
+    return left and right
+
+
+def _differ(label: str, mine: Any, theirs: Any, verb: str = "differ") -> str:
+    def show(value: Any) -> str:
+        items = list(value) if isinstance(value, tuple) else sorted(value)
+        return ", ".join(items) if items else "none"
+
+    return f"{label} {verb}: {show(mine)} vs {show(theirs)}"
+
+
+def _missing_entities(facts: QueryFacts, other: QueryFacts) -> list[str]:
+    return sorted(e for e in facts.entities if not set(e.split()) <= other.words)
+
+
+def _prefix_negation(facts: QueryFacts, other: QueryFacts) -> str | None:
+    for word in sorted(facts.words - other.words):
+        for prefix in _NEGATING_PREFIXES:
+            rest = word[len(prefix) :]
+            if word.startswith(prefix) and len(rest) >= 3 and rest in other.words:
+                return f"negations differ: {word} vs {rest}"
+    return None
+
+
+def guard_allows(query: QueryFacts, cached: QueryFacts) -> str | None:
+    """Whether a cached query's answer may serve ``query`` (symmetric).
+
+    Args:
+        query: facts of the new query (:func:`guard_signature`).
+        cached: facts of the cached query.
+
+    Returns:
+        ``None`` when every rule of the module docstring holds, else the first failed rule as
+        a short reason, e.g. ``"numbers differ: 7 vs 8"``.
+    """
+    if query.truncated or cached.truncated:
+        return f"query longer than {MAX_EMBED_CHARS} characters"
+    if sorted(query.numbers) != sorted(cached.numbers):
+        mine = [n for n in query.numbers if n not in cached.numbers]
+        theirs = [n for n in cached.numbers if n not in query.numbers]
+        return _differ("numbers", tuple(mine or query.numbers), tuple(theirs or cached.numbers))
+    if query.operators != cached.operators:
+        return _differ("operators", query.operators, cached.operators)
+    if query.numbers != cached.numbers and (query.operators & _NON_COMMUTATIVE):
+        return _differ("operand order", query.numbers, cached.numbers, "differs")
+    if query.units != cached.units:
+        return _differ("units", query.units, cached.units)
+    missing = _missing_entities(query, cached)
+    extra = _missing_entities(cached, query)
+    if missing or extra:
+        return _differ("entities", tuple(missing), tuple(extra))
+    if query.negations != cached.negations:
+        return _differ("negations", query.negations, cached.negations)
+    prefixed = _prefix_negation(query, cached) or _prefix_negation(cached, query)
+    if prefixed is not None:
+        return prefixed
+    if query.directions != cached.directions:
+        return _differ("comparisons", query.directions, cached.directions)
+    return None
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticHit:
+    """A cached query close enough to the new one, and what it points at.
+
+    Attributes:
+        response_key: the response-cache key the cached query's answer lives under.
+        similarity: cosine similarity of the two queries' embeddings (0..1).
+        cached_query: the cached query as it was asked.
+    """
+
+    response_key: str
+    similarity: float
+    cached_query: str
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticLookup:
+    """Outcome of :meth:`SemanticCache.lookup`.
+
+    Attributes:
+        hit: the match, or ``None`` on a miss.
+        similarity: best similarity among the namespace's live entries (``None`` when there
+            were none or the lookup failed).
+        reason: why the best candidate above the threshold was refused (the guard's reason), or
+            why the lookup could not run (Redis, embedder, query too long); ``None`` otherwise.
+        degraded: Redis or the embedder failed: the lookup ran (partly) uncached.
+        embedder: the embedder's name (``lexical-hashing-v1`` says the match is lexical).
+    """
+
+    hit: SemanticHit | None = None
+    similarity: float | None = None
+    reason: str | None = None
+    degraded: bool = False
+    embedder: str = ""
+
+
+class SemanticStats(NamedTuple):
+    """Size of the semantic level in Redis (all namespaces).
+
+    Attributes:
+        entries: stored queries.
+        size_bytes: Redis's ``MEMORY USAGE`` of the streams, in bytes.
+        streams: namespaces with at least one entry.
+    """
+
+    entries: int
+    size_bytes: int
+    streams: int
+
+
+_ADD_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
+    'q', ARGV[2], 'v', ARGV[3], 'k', ARGV[4], 'x', ARGV[5], 'n', ARGV[6])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[7]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
+return id
+"""
+"""XADD trimmed to exactly ARGV[1] entries; the stream lives as long as its longest-lived entry."""
+
+
+def _parse_id(stream_id: bytes) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class _Namespace:
+    """One process's copy of a namespace's stream: rows ``start..end`` of ``vectors`` are live.
+
+    Rows are appended at the end and dropped from the start (streams trim their oldest
+    entries). Compaction copies into a new array, so a search holding a view of the old one
+    reads consistent rows while another coroutine syncs.
+    """
+
+    dim: int
+    vectors: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    expires_ms: np.ndarray[Any, np.dtype[np.int64]] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+    keys: list[str] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    start: int = 0
+    end: int = 0
+    last_id: tuple[int, int] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vectors.nbytes + self.expires_ms.nbytes)
+
+    def drop_oldest(self, count: int) -> None:
+        self.start = min(self.end, self.start + max(count, 0))
+
+    def drop_expired_prefix(self, now_ms: int) -> None:
+        while self.start < self.end and self.expires_ms[self.start] <= now_ms:
+            self.start += 1
+
+    def append(
+        self, rows: Vectors, expires_ms: list[int], keys: list[str], queries: list[str]
+    ) -> None:
+        count = len(keys)
+        if count == 0:
+            return
+        if self.end + count > len(self.keys) or self.vectors.shape[1] != self.dim:
+            live = self.size
+            capacity = max(16, 2 * (live + count))
+            vectors = np.zeros((capacity, self.dim), dtype=np.float32)
+            expires = np.zeros(capacity, dtype=np.int64)
+            if live:
+                vectors[:live] = self.vectors[self.start : self.end]
+                expires[:live] = self.expires_ms[self.start : self.end]
+            self.keys = self.keys[self.start : self.end] + [""] * (capacity - live)
+            self.queries = self.queries[self.start : self.end] + [""] * (capacity - live)
+            self.vectors, self.expires_ms = vectors, expires
+            self.start, self.end = 0, live
+        stop = self.end + count
+        self.vectors[self.end : stop] = rows
+        self.expires_ms[self.end : stop] = expires_ms
+        self.keys[self.end : stop] = keys
+        self.queries[self.end : stop] = queries
+        self.end = stop
+
+
+class SemanticCache:
+    """Nearest cached query per namespace, shared by every process through Redis.
+
+    See the module docstring for storage, limits and failure behaviour. Safe to share between
+    coroutines of one event loop.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        embedder: Embedder,
+        *,
+        threshold: float,
+        max_entries: int,
+        max_namespaces: int = 256,
+        max_local_bytes: int = 256 * 2**20,
+        breaker_cooldown_s: float = 5.0,
+    ) -> None:
+        """Create the cache; nothing is read until the first lookup.
+
+        Args:
+            redis: an asyncio client returning bytes (``decode_responses=False``), ideally with
+                retries off and short timeouts (:class:`infra.cache.RedisCache`'s client).
+            embedder: embeds queries; its ``name`` is part of every stream key.
+            threshold: cosine similarity at or above which a cached query is a candidate
+                (``semantic_cache_threshold``), in ``(0, 1]``.
+            max_entries: stored queries per namespace (``semantic_cache_max_entries``).
+            max_namespaces: namespaces one process keeps in memory (least recently used
+                evicted first).
+            max_local_bytes: bytes of vectors one process keeps in memory across namespaces.
+            breaker_cooldown_s: after a Redis failure, lookups and adds are misses for this
+                many seconds without calling Redis.
+
+        Raises:
+            ValueError: an argument is out of range, or the client decodes responses.
+        """
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if max_entries < 1 or max_namespaces < 1 or max_local_bytes < 1:
+            raise ValueError("max_entries, max_namespaces and max_local_bytes must be positive")
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the semantic cache needs a Redis client with decode_responses=False")
+        self._redis = redis
+        self.embedder = embedder
+        self.threshold = threshold
+        self.max_entries = max_entries
+        self.max_namespaces = max_namespaces
+        self.max_local_bytes = max_local_bytes
+        self._cooldown_s = breaker_cooldown_s
+        self._open_until = 0.0
+        self._namespaces: OrderedDict[str, _Namespace] = OrderedDict()
+        self._vectors: OrderedDict[str, Vectors] = OrderedDict()
+        self._add = redis.register_script(_ADD_SCRIPT)
+
+    # ----------------------------------------------------------------- keys and state
+
+    def stream_key(self, namespace: str) -> str:
+        """The Redis key of ``namespace``'s stream for this cache's embedder."""
+        digest = hashlib.sha256(f"{self.embedder.name}\n{namespace}".encode()).hexdigest()
+        return SEMANTIC_KEY_PREFIX + digest
+
+    @property
+    def breaker_open(self) -> bool:
+        """Whether Redis calls are being skipped right now (after a failure)."""
+        return time.monotonic() < self._open_until
+
+    @property
+    def local_namespaces(self) -> int:
+        """Namespaces this process holds in memory."""
+        return len(self._namespaces)
+
+    @property
+    def local_bytes(self) -> int:
+        """Bytes of vectors this process holds across namespaces."""
+        return sum(ns.nbytes for ns in self._namespaces.values())
+
+    def _failed(self, op: str, exc: BaseException) -> str:
+        reason = f"redis unreachable ({type(exc).__name__})"
+        if not self.breaker_open:
+            logger.warning(
+                "semantic cache %s failed (%s); misses for %.1fs", op, reason, self._cooldown_s
+            )
+        self._open_until = time.monotonic() + self._cooldown_s
+        return reason
+
+    async def _embed(self, query: str) -> Vectors:
+        """The query's row (shape ``(dim,)``), remembered for the next 128 distinct queries."""
+        memo = self._vectors.get(query)
+        if memo is not None:
+            self._vectors.move_to_end(query)
+            return memo
+        row: Vectors = (await self.embedder.embed([query]))[0]
+        self._vectors[query] = row
+        while len(self._vectors) > 128:
+            self._vectors.popitem(last=False)
+        return row
+
+    def _namespace(self, key: str, dim: int) -> _Namespace:
+        state = self._namespaces.get(key)
+        if state is None or state.dim != dim:
+            state = _Namespace(dim=dim)
+            self._namespaces[key] = state
+        self._namespaces.move_to_end(key)
+        return state
+
+    def _evict(self) -> None:
+        """Drop least recently used namespaces beyond the count or byte budget (not the newest)."""
+        while len(self._namespaces) > 1 and (
+            len(self._namespaces) > self.max_namespaces or self.local_bytes > self.max_local_bytes
+        ):
+            self._namespaces.popitem(last=False)
+
+    async def _sync(self, key: str, state: _Namespace) -> None:
+        """Read entries newer than the last one seen, and drop those Redis trimmed or expired.
+
+        Raises:
+            RedisError, OSError: Redis failed.
+        """
+        low = "-" if state.last_id is None else f"{state.last_id[0]}-{state.last_id[1] + 1}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, min=low, max="+")
+            pipe.xlen(key)
+            new_entries, length = await pipe.execute()
+        rows: list[Vectors] = []
+        expires: list[int] = []
+        keys: list[str] = []
+        queries: list[str] = []
+        zero = np.zeros(state.dim, dtype=np.float32)
+        for entry_id, fields in new_entries:
+            state.last_id = _parse_id(entry_id)
+            vector, expiry, response_key, query = _decode_entry(fields, state.dim)
+            # An undecodable entry keeps its place as a row that matches nothing, so the local
+            # rows stay one-to-one with the stream's entries (trimming counts on it).
+            rows.append(zero if vector is None else vector)
+            expires.append(expiry if vector is not None else 0)
+            keys.append(response_key)
+            queries.append(query)
+        if rows:
+            state.append(np.stack(rows), expires, keys, queries)
+        state.drop_oldest(state.size - int(length))
+        state.drop_expired_prefix(int(time.time() * 1000))
+
+    # ----------------------------------------------------------------- public
+
+    async def lookup(self, namespace: str, query: str) -> SemanticLookup:
+        """The most similar cached query of ``namespace`` that the guard lets serve ``query``.
+
+        Args:
+            namespace: whose entries to search (the caller builds it from owner, model
+                identity and context digest); entries never cross namespaces.
+            query: the new query, as asked.
+
+        Returns:
+            A :class:`SemanticLookup`. Never raises for Redis or embedder failures: those are
+            misses with ``degraded=True``.
+        """
+        name = self.embedder.name
+        if len(query) > MAX_EMBED_CHARS:
+            return SemanticLookup(reason="query too long for the semantic level", embedder=name)
+        if self.breaker_open:
+            return SemanticLookup(
+                reason="redis unreachable (breaker open)", degraded=True, embedder=name
+            )
+        try:
+            vector = await self._embed(query)
+        except ModelError as exc:
+            return SemanticLookup(
+                reason=f"embeddings unavailable ({exc.type})", degraded=True, embedder=name
+            )
+        if not np.any(vector):
+            return SemanticLookup(reason="nothing to compare in the query", embedder=name)
+        key = self.stream_key(namespace)
+        state = self._namespace(key, vector.shape[0])
+        try:
+            async with state.lock:
+                await self._sync(key, state)
+                start, end = state.start, state.end
+                matrix = state.vectors[start:end]
+                expires = state.expires_ms[start:end]
+                keys = state.keys[start:end]
+                queries = state.queries[start:end]
+        except (RedisError, OSError) as exc:
+            return SemanticLookup(reason=self._failed("lookup", exc), degraded=True, embedder=name)
+        finally:
+            self._evict()
+        if not keys:
+            return SemanticLookup(embedder=name)
+        if matrix.size > INLINE_SEARCH_MAX_FLOATS:
+            sims = await asyncio.to_thread(np.matmul, matrix, vector)
+        else:
+            sims = matrix @ vector
+        sims[expires <= int(time.time() * 1000)] = -1.0
+        best = float(sims.max())
+        if best < self.threshold:
+            return SemanticLookup(similarity=best, embedder=name)
+        above = np.flatnonzero(sims >= self.threshold)
+        ranked = above[np.argsort(-sims[above], kind="stable")][:MAX_CANDIDATES]
+        facts = guard_signature(query)
+        first_reason: str | None = None
+        for row in ranked:
+            reason = guard_allows(facts, guard_signature(queries[row]))
+            if reason is None:
+                hit = SemanticHit(
+                    response_key=keys[row],
+                    similarity=float(sims[row]),
+                    cached_query=queries[row],
+                )
+                return SemanticLookup(hit=hit, similarity=best, embedder=name)
+            first_reason = first_reason or reason
+        return SemanticLookup(similarity=best, reason=first_reason, embedder=name)
+
+    async def add(self, namespace: str, query: str, response_key: str, ttl_s: float) -> bool:
+        """Store ``query`` as pointing at ``response_key`` for ``ttl_s`` seconds.
+
+        Args:
+            namespace: as for :meth:`lookup`.
+            query: the query as asked (at most :data:`infra.embeddings.MAX_EMBED_CHARS`
+                characters; longer ones are not stored).
+            response_key: the response-cache key of its answer.
+            ttl_s: seconds the entry lives (at most as long as the answer it points at).
+
+        Returns:
+            ``True`` when stored; ``False`` when the query is too long or empty, the embedder
+            failed, Redis failed or the breaker is open.
+
+        Raises:
+            ValueError: ``ttl_s`` is not positive or ``response_key`` is empty.
+        """
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        if not response_key:
+            raise ValueError("response_key must not be empty")
+        if len(query) > MAX_EMBED_CHARS or self.breaker_open:
+            return False
+        try:
+            vector = await self._embed(query)
+        except ModelError:
+            return False
+        if not np.any(vector):
+            return False
+        ttl_ms = max(1, int(ttl_s * 1000))
+        expires_ms = int(time.time() * 1000) + ttl_ms
+        try:
+            await self._add(
+                keys=[self.stream_key(namespace)],
+                args=[
+                    self.max_entries,
+                    query.encode(),
+                    vector.astype("<f4").tobytes(),
+                    response_key.encode(),
+                    expires_ms,
+                    namespace.encode(),
+                    ttl_ms,
+                ],
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("add", exc)
+            return False
+        return True
+
+    async def _streams(self) -> list[bytes]:
+        found: list[bytes] = []
+        async for key in self._redis.scan_iter(
+            match=f"{SEMANTIC_KEY_PREFIX}*", count=500, _type="stream"
+        ):
+            found.append(key)
+        return found
+
+    async def clear(self, namespace_prefix: str | None = None) -> int:
+        """Delete the namespaces whose name starts with ``namespace_prefix`` (all when ``None``).
+
+        Scans the keyspace for semantic streams (``SCAN``, so its cost grows with the number
+        of Redis keys; meant for administration, e.g. ``DELETE /v1/cache/semantic``).
+
+        Returns:
+            The number of entries deleted.
+
+        Raises:
+            redis.RedisError, OSError: Redis failed (nothing is guaranteed deleted).
+        """
+        deleted = 0
+        for key in await self._streams():
+            if namespace_prefix is not None:
+                first: Any = await self._redis.xrange(key, min="-", max="+", count=1)
+                if not first:
+                    continue
+                stored = bytes(first[0][1].get(b"n", b"")).decode(errors="replace")
+                if not stored.startswith(namespace_prefix):
+                    continue
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xlen(key)
+                pipe.delete(key)
+                length, _ = await pipe.execute()
+            deleted += int(length)
+            self._namespaces.pop(key.decode(), None)
+        self._open_until = 0.0
+        return deleted
+
+    async def stats(self) -> SemanticStats:
+        """Entries and bytes of the semantic level in Redis, across namespaces.
+
+        Raises:
+            redis.RedisError, OSError: Redis failed.
+        """
+        entries = size = streams = 0
+        for key in await self._streams():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(key)
+                pipe.memory_usage(key, samples=0)
+                length, usage = await pipe.execute()
+            if length:
+                streams += 1
+                entries += int(length)
+                size += int(usage or 0)
+        return SemanticStats(entries=entries, size_bytes=size, streams=streams)
+
+
+def _decode_entry(fields: dict[bytes, bytes], dim: int) -> tuple[Vectors | None, int, str, str]:
+    """(vector or ``None`` when unusable, expiry ms, response key, query) of a stream entry."""
+    response_key = fields.get(b"k", b"").decode(errors="replace")
+    query = fields.get(b"q", b"").decode(errors="replace")
+    raw = fields.get(b"v", b"")
+    try:
+        expiry = int(fields.get(b"x", b"0"))
+    except ValueError:
+        return None, 0, response_key, query
+    if len(raw) != 4 * dim or not response_key:
+        return None, 0, response_key, query
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(vector)):
+        return None, 0, response_key, query
+    return vector, expiry, response_key, query
