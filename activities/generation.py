@@ -146,7 +146,9 @@ class ModelActivities:
             shared = await cache.get_json(key)
             return GenerateResult.model_validate(shared) if isinstance(shared, dict) else None
 
-        outcome = await self.coalescer.run(key, compute, load)
+        # The wait heartbeats too: a waiter may wait as long as the holder's whole model call.
+        async with heartbeating(f"{inp.purpose} on {spec.model_id} (shared)"):
+            outcome = await self.coalescer.run(key, compute, load)
         if outcome.role != "waiter":
             return outcome.value
         shared = outcome.value

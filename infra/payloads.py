@@ -43,7 +43,8 @@ class PayloadRecord(SQLModel, table=True):
         sha256: hex SHA-256 of ``data``, the primary key.
         size_bytes: length of ``data``.
         data: the serialized ``temporalio.api.common.v1.Payload``.
-        created_at: when it was first stored (aware UTC), for retention.
+        created_at: when it was last stored (aware UTC; a history that stores the same bytes
+            again refreshes it), for retention.
     """
 
     __tablename__ = "payloads"
@@ -109,8 +110,13 @@ class DatabasePayloadDriver(StorageDriver):
         digests = [hashlib.sha256(b).hexdigest() for b in blobs]
         with translate_errors(), Session(self._engine) as session:
             for digest, blob in zip(digests, blobs, strict=True):
-                if session.get(PayloadRecord, digest) is None:
+                existing = session.get(PayloadRecord, digest)
+                if existing is None:
                     session.add(PayloadRecord(sha256=digest, size_bytes=len(blob), data=blob))
+                else:
+                    # Stored again by a newer history: retention ages a payload from its
+                    # latest use, so a reused payload outlives every history that names it.
+                    existing.created_at = utc_now()
             try:
                 session.commit()
             except IntegrityError:

@@ -180,6 +180,10 @@ ROUTES: list[tuple[str, str, Scope]] = [
     ("POST", "/v1/jobs/{job}/cancel", Scope.APPROVE),
     ("GET", "/v1/tools", Scope.READ),
     ("GET", "/v1/models", Scope.READ),
+    ("GET", "/v1/cache/stats", Scope.READ),
+    ("DELETE", "/v1/cache/tool", Scope.ADMIN),
+    ("GET", "/v1/metrics/summary", Scope.READ),
+    ("GET", "/v1/metrics/cost", Scope.READ),
 ]
 
 

@@ -694,6 +694,25 @@ async def test_same_payload_is_stored_once(driver: DatabasePayloadDriver, engine
     ]
 
 
+async def test_storing_a_payload_again_refreshes_its_age(
+    driver: DatabasePayloadDriver, engine: Engine
+) -> None:
+    """Retention ages payloads from their latest use: a payload a new history stores again must
+    not expire while that history can still be replayed."""
+    payload = _payload(b'{"reused": true}')
+    (claim,) = await driver.store(StorageDriverStoreContext(), [payload])
+    old = datetime.now(UTC) - timedelta(days=90)
+    with Session(engine) as session:
+        record = session.get(PayloadRecord, claim.claim_data["sha256"])
+        assert record is not None
+        record.created_at = old
+        session.commit()
+    await driver.store(StorageDriverStoreContext(), [payload])
+    with Session(engine) as session:
+        record = session.get(PayloadRecord, claim.claim_data["sha256"])
+        assert record is not None and record.created_at > old + timedelta(days=89)
+
+
 async def test_unknown_payload_claim(driver: DatabasePayloadDriver) -> None:
     (known,) = await driver.store(StorageDriverStoreContext(), [_payload(b"1")])
     unknown = StorageDriverClaim(claim_data={"sha256": hashlib.sha256(b"nothing").hexdigest()})

@@ -1,0 +1,180 @@
+"""``GET /v1/cache/stats`` and ``DELETE /v1/cache/{level}`` over real HTTP, real Redis, SQLite.
+
+The app runs under uvicorn with keys on; no Temporal server is needed (these routes read Redis
+and the job records only). The module has its own redis-server: the levels' byte counters are
+per Redis, and these tests compare them with what they wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from api.app import create_app
+from core.auth import Scope
+from core.models import (
+    AgentResult,
+    CacheLevel,
+    CacheReport,
+    JobStatus,
+    Stage,
+    StageTiming,
+)
+from core.settings import Settings
+from infra.cache import RedisCache
+from infra.db import create_tables, make_engine
+from infra.jobs import JobStore
+from infra.keys import KeyStore
+from tests.helpers import free_port, redis_server, serve_asgi
+
+
+@dataclass
+class Api:
+    url: str
+    redis_url: str
+    admin: str
+    reader: str
+    reader_id: str
+    engine: Engine
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp("cache-api")
+    with redis_server() as redis_url:
+        settings = Settings(
+            redis_url=redis_url,
+            database_url=f"sqlite:///{tmp / 'jobs.db'}",
+            temporal_address="127.0.0.1:1",  # never contacted by these routes
+            api_key_pepper="cache-pepper",
+        )
+        engine = make_engine(settings.database_url)
+        create_tables(engine)
+        keys = KeyStore(engine, pepper="cache-pepper")
+        admin = keys.create("root", [Scope.ADMIN])
+        reader = keys.create("reader", [Scope.READ])
+        with serve_asgi(create_app(settings)) as url:
+            yield Api(url, redis_url, admin.secret, reader.secret, reader.key_id, engine)
+        engine.dispose()
+
+
+def call(api: Api, method: str, path: str, key: str | None, **params: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.request(
+        method, f"{api.url}{path}", headers=headers, params=params or None, timeout=10
+    )
+
+
+async def fill(api: Api, level: CacheLevel, names: list[str]) -> None:
+    cache = RedisCache(api.redis_url)
+    try:
+        for name in names:
+            assert await cache.set_level(level, f"{level.prefix}{name}", {"n": name}, 600)
+    finally:
+        await cache.aclose()
+
+
+def test_delete_needs_admin_and_names_the_bad_field(api: Api) -> None:
+    assert call(api, "DELETE", "/v1/cache/tool", None).status_code == 401
+    assert call(api, "DELETE", "/v1/cache/tool", api.reader).status_code == 403
+    bad = call(api, "DELETE", "/v1/cache/nope", api.admin)
+    assert bad.status_code == 422 and "level" in bad.text
+    for params, field in (
+        ({"prefix": "a*b"}, "prefix"),
+        ({"prefix": "x" * 201}, "prefix"),
+        ({"tool": "no_such_tool"}, "tool"),
+        ({"tool": "calculator", "prefix": "calculator:"}, "tool"),
+    ):
+        r = call(api, "DELETE", "/v1/cache/tool", api.admin, **params)
+        assert r.status_code == 422 and field in r.text, (params, r.text)
+    wrong_level = call(api, "DELETE", "/v1/cache/response", api.admin, tool="calculator")
+    assert wrong_level.status_code == 422 and "tool" in wrong_level.text
+
+
+def test_delete_by_tool_and_by_prefix(api: Api) -> None:
+    tag = uuid.uuid4().hex[:8]
+    asyncio.run(
+        fill(
+            api,
+            CacheLevel.TOOL,
+            [f"calculator:1:{tag}a", f"calculator:2:{tag}b", f"http_get:1:{tag}c"],
+        )
+    )
+    r = call(api, "DELETE", "/v1/cache/tool", api.admin, tool="calculator")
+    assert r.status_code == 200 and r.json()["deleted"] >= 2
+    asyncio.run(fill(api, CacheLevel.COMPONENT, [f"selection:{tag}", f"compression:{tag}"]))
+    r = call(api, "DELETE", "/v1/cache/component", api.admin, prefix="selection:")
+    assert r.status_code == 200 and r.json() == {
+        "level": "component",
+        "prefix": "selection:",
+        "deleted": 1,
+    }
+    stats = call(api, "GET", "/v1/cache/stats", api.admin).json()
+    by_level = {level["level"]: level for level in stats["levels"]}
+    assert by_level["component"]["entries"] == 1
+    assert by_level["tool"]["entries"] == 1  # http_get's entry stays
+
+
+def record(engine: Engine, owner: str, report: CacheReport, minutes_ago: float) -> None:
+    ended = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    result = AgentResult(
+        job_id=uuid.uuid4().hex,
+        status=JobStatus.COMPLETED,
+        answer="a",
+        response_cache_hit=bool(report.hits),
+        timings=[StageTiming(stage=Stage.RECORD, duration_ms=1.0)],
+        cache=report,
+    )
+    store = JobStore(engine)
+    store.record(result, revision=1, created_at=ended - timedelta(seconds=1), owner=owner)
+    rec = store.get_job(result.job_id)
+    assert rec is not None
+
+
+def test_stats_count_levels_and_the_periods_savings_per_key(api: Api) -> None:
+    tag = uuid.uuid4().hex[:8]
+    asyncio.run(fill(api, CacheLevel.RESPONSE, [f"v2:{tag}"]))
+    hit = CacheReport(hits={"response": 1}, saved_tokens=120, saved_cost_usd=0.002, saved_ms=900)
+    miss = CacheReport(misses={"response": 1, "semantic": 1})
+    record(api.engine, api.reader_id, hit, minutes_ago=5)
+    record(api.engine, api.reader_id, miss, minutes_ago=10)
+    record(api.engine, "someone-else", hit, minutes_ago=5)
+
+    mine = call(api, "GET", "/v1/cache/stats", api.reader, period="hour")
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    assert body["jobs_considered"] == 2, "a read key sees its own jobs' savings only"
+    response = next(level for level in body["levels"] if level["level"] == "response")
+    assert response["period"]["hits"] == 1 and response["period"]["misses"] == 1
+    assert response["period"]["hit_rate"] == 0.5
+    assert response["period"]["saved_tokens"] == 120
+    assert response["entries"] >= 1 and 0 < response["bytes"] <= response["max_bytes"]
+    everyone = call(api, "GET", "/v1/cache/stats", api.admin, period="hour").json()
+    assert everyone["jobs_considered"] == 3
+    bad = call(api, "GET", "/v1/cache/stats", api.reader, period="month")
+    assert bad.status_code == 422 and "period" in bad.text
+
+
+def test_stats_and_delete_with_redis_down_are_503_naming_no_host(tmp_path: Path) -> None:
+    port = free_port()
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        temporal_address="127.0.0.1:1",
+        auth_disabled=True,
+    )
+    with serve_asgi(create_app(settings)) as url:
+        for method, path in (("GET", "/v1/cache/stats"), ("DELETE", "/v1/cache/tool")):
+            r = httpx.request(method, f"{url}{path}", timeout=10)
+            assert r.status_code == 503, r.text
+            assert "127.0.0.1" not in r.text and str(port) not in r.text
+        ready = httpx.get(f"{url}/readyz", timeout=10).json()
+        assert ready["degraded"] == ["redis"] and "redis" not in ready["down"]
