@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, create_engine, event, inspect, text
+from sqlalchemy import DateTime, Dialect, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -216,10 +216,27 @@ def create_tables(engine: Engine) -> None:
             with translate_errors():
                 SQLModel.metadata.create_all(engine, tables=tables)
                 _add_missing_columns(engine)
+                _add_missing_indexes(engine, tables)
             return
         except (StoreUnavailableError, StoreRejectedError):
             if attempt == attempts:
                 raise
+
+
+def _add_missing_indexes(engine: Engine, tables: list[Table]) -> None:
+    """Create indexes declared after a table was created (``create_all`` skips existing tables).
+
+    One inspection per table; only absent indexes are created (the analytics and retention
+    queries filter and sort on ``jobs.completed_at``).
+    """
+    inspector = inspect(engine)
+    for table in tables:
+        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        missing = [ix for ix in table.indexes if ix.name not in present]
+        if missing:
+            with engine.begin() as conn:
+                for index in missing:
+                    index.create(conn, checkfirst=True)
 
 
 def _add_missing_columns(engine: Engine) -> None:

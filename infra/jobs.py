@@ -64,7 +64,7 @@ class JobRecord(SQLModel, table=True):
     owner: str | None = Field(default=None, index=True, max_length=32)
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
-    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     duration_ms: float | None = None
 
     def to_result(self) -> AgentResult | None:

@@ -13,7 +13,6 @@ the level's namespace) or, on the tool level, by tool name; with neither, the wh
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 from typing import Annotated, Literal
@@ -25,7 +24,13 @@ from api.deps import AdminKey, ReadKey, StateDep
 from api.errors import ApiError
 from api.schemas import CacheDeleted, CacheLevelStats, CachePeriodStats, CacheStats
 from core.models import CacheLevel
-from infra.analytics import Period, cache_period_stats, load_window
+from infra.analytics import (
+    AnalyticsWindow,
+    CacheWindowStats,
+    Period,
+    cache_period_stats,
+    load_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +72,12 @@ async def cache_stats(
             f"the cache is unreachable ({type(exc).__name__}); jobs run uncached meanwhile"
         ) from exc
     owner = None if principal.is_admin else principal.key_id
-    window = await asyncio.to_thread(
-        functools.partial(load_window, state.store.engine, Period(period), owner=owner)
-    )
-    per_period = cache_period_stats(window.samples)
+
+    def read() -> tuple[AnalyticsWindow, CacheWindowStats]:
+        window = load_window(state.store.engine, Period(period), owner=owner)
+        return window, cache_period_stats(window.samples)  # CPU: off the event loop too
+
+    window, per_period = await asyncio.to_thread(read)
     return CacheStats(
         period=period,
         jobs_considered=len(window.samples),

@@ -56,6 +56,8 @@
   }
 
   const tip = (text) => svg("title", { text });
+  const plot = (chart, label, height) =>
+    svg("svg", { viewBox: `0 0 ${W} ${height}`, role: "img", "aria-label": label, "data-chart": chart, class: "plot" });
 
   function apiKey() {
     return sessionStorage.getItem(KEY_STORAGE) || "";
@@ -86,7 +88,8 @@
   }
 
   const isNum = (v) => typeof v === "number" && Number.isFinite(v);
-  const ms = (v) => (isNum(v) ? `${Math.round(v).toLocaleString("en-US")} ms` : "n/a");
+  const num = (n) => n.toLocaleString("en-US");
+  const ms = (v) => (isNum(v) ? `${num(Math.round(v))} ms` : "n/a");
   const pct = (v) => (isNum(v) ? `${(v * 100).toFixed(1)} %` : "n/a");
   function usd(v) {
     if (!isNum(v)) return "n/a";
@@ -98,7 +101,7 @@
     if (name.endsWith("_ms")) return ms(v);
     if (name.endsWith("_usd")) return usd(v);
     if (/(rate|share)$/.test(name)) return pct(v);
-    return Number.isInteger(v) ? v.toLocaleString("en-US") : String(Number(v.toPrecision(4)));
+    return Number.isInteger(v) ? num(v) : String(Number(v.toPrecision(4)));
   }
 
   function bucketLabel(iso, period) {
@@ -120,7 +123,8 @@
   function legend(items) {
     const list = el("ul", { class: "legend" });
     for (const item of items) {
-      const swatch = svg("svg", { width: 12, height: 12, "aria-hidden": "true" }, svg("rect", { width: 12, height: 12, rx: 2, fill: item.color }));
+      const box = svg("rect", { width: 12, height: 12, rx: 2, fill: item.color });
+      const swatch = svg("svg", { width: 12, height: 12, "aria-hidden": "true" }, box);
       list.append(el("li", {}, swatch, ` ${item.name}`));
     }
     return list;
@@ -134,7 +138,7 @@
 
   // Axes with four horizontal grid lines labelled by fmt, and x labels under some buckets.
   function frame(chart, label, maxY, fmt, buckets, period) {
-    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label, "data-chart": chart, class: "plot" });
+    const root = plot(chart, label, H);
     const plotH = H - PAD.top - PAD.bottom;
     for (let i = 0; i <= 4; i += 1) {
       const y = PAD.top + plotH - (plotH * i) / 4;
@@ -145,7 +149,9 @@
     const slot = (W - PAD.left - PAD.right) / Math.max(buckets.length, 1);
     buckets.forEach((b, i) => {
       if (i % step) return;
-      root.append(svg("text", { x: PAD.left + slot * (i + 0.5), y: H - 8, "text-anchor": "middle", class: "tick", text: bucketLabel(b.start, period) }));
+      const x = PAD.left + slot * (i + 0.5);
+      const text = bucketLabel(b.start, period);
+      root.append(svg("text", { x, y: H - 8, "text-anchor": "middle", class: "tick", text }));
     });
     const y = (v) => PAD.top + plotH - (plotH * v) / maxY;
     const x = (i) => PAD.left + slot * (i + 0.5);
@@ -155,7 +161,8 @@
   function latencyChart(buckets, period) {
     const values = buckets.flatMap((b) => LINES.map((l) => b[l.key])).filter(isNum);
     const maxY = niceMax(Math.max(0, ...values));
-    const f = frame("latency", "Response time percentiles over time, in ms", maxY, (v) => `${Math.round(v).toLocaleString("en-US")}`, buckets, period);
+    const label = "Response time percentiles over time, in ms";
+    const f = frame("latency", label, maxY, (v) => num(Math.round(v)), buckets, period);
     for (const line of LINES) {
       let d = "";
       let pen = false;
@@ -168,7 +175,8 @@
         }
         d += `${pen ? "L" : "M"}${f.x(i).toFixed(1)},${f.y(v).toFixed(1)} `;
         pen = true;
-        group.append(svg("circle", { cx: f.x(i).toFixed(1), cy: f.y(v).toFixed(1), r: 3, fill: line.color, "data-value": v.toFixed(1) }, tip(`${line.name} ${bucketLabel(b.start, period)}: ${ms(v)}`)));
+        const dot = { cx: f.x(i).toFixed(1), cy: f.y(v).toFixed(1), r: 3, fill: line.color, "data-value": v.toFixed(1) };
+        group.append(svg("circle", dot, tip(`${line.name} ${bucketLabel(b.start, period)}: ${ms(v)}`)));
       });
       const values = buckets.map((b) => (isNum(b[line.key]) ? b[line.key].toFixed(1) : "")).join(",");
       group.prepend(svg("path", { d: d.trim() || "M0,0", class: "line", stroke: line.color, "data-values": values }));
@@ -181,7 +189,8 @@
     const keys = [...TIERS];
     for (const b of buckets) for (const k of Object.keys(b.cost_usd_by_tier)) if (!keys.includes(k)) keys.push(k);
     const maxY = niceMax(Math.max(0, ...buckets.map((b) => b.cost_usd)));
-    const f = frame("cost", "Cost per bucket stacked by tier, in USD", maxY, (v) => Number(v.toPrecision(3)).toString(), buckets, period);
+    const label = "Cost per bucket stacked by tier, in USD";
+    const f = frame("cost", label, maxY, (v) => String(Number(v.toPrecision(3))), buckets, period);
     const width = Math.max(2, f.slot * 0.7);
     buckets.forEach((b, i) => {
       let base = 0;
@@ -189,7 +198,17 @@
         const v = b.cost_usd_by_tier[tier] || 0;
         if (v <= 0) continue;
         const top = f.y(base + v);
-        f.root.append(svg("rect", { x: (f.x(i) - width / 2).toFixed(1), y: top.toFixed(1), width: width.toFixed(1), height: Math.max(0.5, f.y(base) - top).toFixed(1), fill: TIER_COLORS[tier] || "#5b6474", "data-tier": tier, "data-usd": v, "data-bucket": i }, tip(`${tier} ${bucketLabel(b.start, period)}: ${usd(v)}`)));
+        const bar = {
+          x: (f.x(i) - width / 2).toFixed(1),
+          y: top.toFixed(1),
+          width: width.toFixed(1),
+          height: Math.max(0.5, f.y(base) - top).toFixed(1),
+          fill: TIER_COLORS[tier] || "#5b6474",
+          "data-tier": tier,
+          "data-usd": v,
+          "data-bucket": i,
+        };
+        f.root.append(svg("rect", bar, tip(`${tier} ${bucketLabel(b.start, period)}: ${usd(v)}`)));
         base += v;
       }
     });
@@ -202,14 +221,24 @@
     const left = 110;
     const right = 150;
     const height = rows.length * rowH + 10;
-    const root = svg("svg", { viewBox: `0 0 ${W} ${height}`, role: "img", "aria-label": label, "data-chart": chart, class: "plot" });
+    const root = plot(chart, label, height);
     const span = W - left - right;
     rows.forEach((row, i) => {
       const y = 6 + i * rowH;
       root.append(svg("text", { x: left - 8, y: y + 17, "text-anchor": "end", class: "label", text: row.label }));
       root.append(svg("rect", { x: left, y: y + 4, width: span, height: 18, class: "track" }));
       const v = isNum(row.value) ? row.value : 0;
-      root.append(svg("rect", { x: left, y: y + 4, width: (span * v).toFixed(1), height: 18, fill: row.color || color, [attr]: row.key, "data-value": isNum(row.value) ? row.value.toFixed(4) : "", class: "bar" }, tip(`${row.label}: ${row.note}`)));
+      const bar = {
+        x: left,
+        y: y + 4,
+        width: (span * v).toFixed(1),
+        height: 18,
+        fill: row.color || color,
+        [attr]: row.key,
+        "data-value": isNum(row.value) ? row.value.toFixed(4) : "",
+        class: "bar",
+      };
+      root.append(svg("rect", bar, tip(`${row.label}: ${row.note}`)));
       root.append(svg("text", { x: left + span + 8, y: y + 17, class: "value", text: row.note }));
     });
     if (isNum(rule)) {
@@ -224,7 +253,8 @@
     const rows = keys.map((k) => {
       const s = cache.levels[k] || { hits: 0, misses: 0, hit_rate: null };
       const n = s.hits + s.misses;
-      return { key: k, label: k, value: s.hit_rate, note: n ? `${pct(s.hit_rate)} of ${n.toLocaleString("en-US")}` : "no lookups" };
+      const note = n ? `${pct(s.hit_rate)} of ${num(n)}` : "no lookups";
+      return { key: k, label: k, value: s.hit_rate, note };
     });
     return [hbars("cache", "Cache hit rate per level", rows, "data-level", "#2456c9", 0.3)];
   }
@@ -232,7 +262,8 @@
   function tierChart(tiers) {
     const rows = [...TIERS, "none"].map((k) => {
       const s = tiers[k] || { jobs: 0, share: null };
-      return { key: k, label: k, value: s.share, color: TIER_COLORS[k], note: `${s.jobs.toLocaleString("en-US")} jobs · ${pct(s.share)}` };
+      const note = `${num(s.jobs)} jobs · ${pct(s.share)}`;
+      return { key: k, label: k, value: s.share, color: TIER_COLORS[k], note };
     });
     return [hbars("tiers", "Jobs per answering tier", rows, "data-tier", null, 0.4)];
   }
@@ -240,7 +271,13 @@
   // ------------------------------------------------------------------ panels
 
   function card(label, value, note) {
-    return el("div", { class: "card" }, el("div", { class: "card-label", text: label }), el("div", { class: "card-value", text: value }), el("div", { class: "card-note muted", text: note || "" }));
+    return el(
+      "div",
+      { class: "card" },
+      el("div", { class: "card-label", text: label }),
+      el("div", { class: "card-value", text: value }),
+      el("div", { class: "card-note muted", text: note || "" }),
+    );
   }
 
   function renderCards(summary, cost) {
@@ -248,12 +285,16 @@
     const large = summary.tiers.large || { share: null, jobs: 0 };
     const w = summary.window;
     $("cards").replaceChildren(
-      card("Jobs", w.jobs.toLocaleString("en-US"), w.sampled ? `latest ${w.jobs.toLocaleString("en-US")} of ${w.jobs_in_period.toLocaleString("en-US")}` : "ended in the period"),
+      card("Jobs", num(w.jobs), w.sampled ? `latest ${num(w.jobs)} of ${num(w.jobs_in_period)}` : "ended in the period"),
       card("p95 response", ms(rt.p95_ms), `p50 ${ms(rt.p50_ms)} · p99 ${ms(rt.p99_ms)}`),
       card("Cost", usd(summary.cost.total_usd), `≈ ${usd(cost.monthly_cost_usd)} per 30 days`),
       card("Cache hit rate", pct(summary.cache.hit_rate), `saved ${usd(summary.cache.saved_cost_usd)}`),
-      card("Large tier", pct(large.share), `${large.jobs.toLocaleString("en-US")} jobs`),
+      card("Large tier", pct(large.share), `${num(large.jobs)} jobs`),
     );
+  }
+
+  function head(title, badgeClass, badge) {
+    return el("div", { class: "advice-head" }, el("strong", { text: title }), el("span", { class: badgeClass, text: badge }));
   }
 
   function figures(dict) {
@@ -271,7 +312,7 @@
       return;
     }
     box.replaceChildren(...items.map((s) => el("li", { "data-rule": s.rule, class: `impact-${s.impact}` },
-      el("div", { class: "advice-head" }, el("strong", { text: s.rule + (s.subject ? ` (${s.subject})` : "") }), el("span", { class: "badge", text: `${s.impact} impact · ${s.area.replace(/_/g, " ")}` })),
+      head(s.rule + (s.subject ? ` (${s.subject})` : ""), "badge", `${s.impact} impact · ${s.area.replace(/_/g, " ")}`),
       el("p", { text: s.message }),
       figures(s.figures))));
   }
@@ -283,10 +324,13 @@
       box.replaceChildren(el("li", { class: "muted", text: "No strategy applies to this period." }));
       return;
     }
-    box.replaceChildren(...cost.strategies.map((s) => el("li", { "data-strategy": s.strategy, "data-savings-usd": s.estimated_monthly_savings_usd },
-      el("div", { class: "advice-head" }, el("strong", { text: s.strategy.replace(/_/g, " ") }), el("span", { class: "badge savings", text: `saves ≈ ${usd(s.estimated_monthly_savings_usd)} / month` })),
-      el("p", { text: `${s.description}. Because ${s.condition}.` }),
-      el("code", { class: "formula", text: s.formula }))));
+    box.replaceChildren(...cost.strategies.map((s) => {
+      const saves = s.estimated_monthly_savings_usd;
+      return el("li", { "data-strategy": s.strategy, "data-savings-usd": saves },
+        head(s.strategy.replace(/_/g, " "), "badge savings", `saves ≈ ${usd(saves)} / month`),
+        el("p", { text: `${s.description}. Because ${s.condition}.` }),
+        el("code", { class: "formula", text: s.formula }));
+    }));
   }
 
   function render(period, summary, series, cost) {
@@ -294,7 +338,8 @@
     if (w.jobs === 0) {
       content.hidden = true;
       emptyNote.hidden = false;
-      emptyNote.textContent = `No job ended in the last ${PERIOD_WORDS[period]}${summary.scope === "own" ? " among this key's jobs" : ""}. Charts appear once jobs finish.`;
+      const whose = summary.scope === "own" ? " among this key's jobs" : "";
+      emptyNote.textContent = `No job ended in the last ${PERIOD_WORDS[period]}${whose}. Charts appear once jobs finish.`;
       return;
     }
     emptyNote.hidden = true;
@@ -339,7 +384,7 @@
     render(p, summary, series, cost);
     const w = summary.window;
     const scope = summary.scope === "all" ? "every job" : "this key's jobs";
-    const sampled = w.sampled ? ` · sampled: the latest ${w.jobs.toLocaleString("en-US")} jobs` : "";
+    const sampled = w.sampled ? ` · sampled: the latest ${num(w.jobs)} jobs` : "";
     statusLine.textContent = `Last ${PERIOD_WORDS[p]}, ${scope}${sampled} · refreshed ${new Date().toLocaleTimeString()}`;
   }
 
