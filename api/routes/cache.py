@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from api.deps import AdminKey, ReadKey, StateDep
 from api.errors import ApiError
+from api.openapi import error_responses
 from api.schemas import CacheDeleted, CacheLevelStats, CachePeriodStats, CacheStats
 from core.models import CacheLevel
 from infra.analytics import (
@@ -53,7 +54,7 @@ class CacheRequestInvalidError(ApiError):
     status_code = 422
 
 
-@router.get("/stats")
+@router.get("/stats", responses=error_responses(401, 403, 422, 503))
 async def cache_stats(
     state: StateDep,
     principal: ReadKey,
@@ -102,7 +103,7 @@ async def cache_stats(
     )
 
 
-@router.delete("/{level}")
+@router.delete("/{level}", responses=error_responses(401, 403, 422, 503))
 async def delete_cache(
     state: StateDep,
     principal: AdminKey,
