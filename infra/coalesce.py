@@ -45,6 +45,7 @@ redis-py's default retry policy every poll against a down Redis would take secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -372,19 +373,25 @@ class Coalescer:
             return Coalesced(stored, "waiter", self._elapsed_ms(started))
         waited_ms = self._elapsed_ms(started)
         self._count(role)
-        renewer = asyncio.create_task(asyncio.sleep(0))
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._renew_loop(lock_key, token, done))
         try:
             value = await compute()
         finally:
-            renewer.cancel()
-            # asyncio.wait does not re-raise the renewer's cancellation, only our own.
-            await asyncio.wait([renewer])
+            # Stopped by an event, not by cancelling it: redis-py can swallow a cancel that
+            # lands inside a call, which left a cancelled renewer renewing for ever. The wait is
+            # bounded for the same reason.
+            done.set()
+            await asyncio.wait([renewer], timeout=self._lease_s)
             await self._release(lock_key, done_key, token)
         return Coalesced(value, role, waited_ms)
 
-    async def _renew_loop(self, lock_key: str, token: str) -> None:
+    async def _renew_loop(self, lock_key: str, token: str, done: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self._lease_s / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self._lease_s / 3)
+            if done.is_set():
+                return
             try:
                 renewed = await self._renew(keys=[lock_key], args=[token, self._lease_ms])
             except _REDIS_ERRORS as exc:

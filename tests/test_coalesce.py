@@ -404,3 +404,25 @@ async def test_redis_stopped_and_restarted_mid_run(prefix: str) -> None:
         server.close()
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_holder_always_stops_renewing_and_releases(
+    clients: tuple[Redis, Redis], prefix: str
+) -> None:
+    """Many short leases renewed while computing: every holder returns and frees its lock (a
+    renewer stopped by cancelling could swallow the cancel inside a Redis call and renew for
+    ever)."""
+    a, _ = clients
+    coalescer = Coalescer(a, prefix=prefix, lease_s=0.03, poll_s=0.01)
+
+    async def compute() -> str:
+        await asyncio.sleep(0.02)
+        return "v"
+
+    async def load() -> str | None:
+        return None
+
+    for i in range(100):
+        outcome = await asyncio.wait_for(coalescer.run(f"short-{i}", compute, load), 2.0)
+        assert outcome.value == "v"
+        assert await a.exists(_lock(prefix, f"short-{i}")) == 0
