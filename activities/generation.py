@@ -119,6 +119,9 @@ class ModelActivities:
     ) -> GenerateResult:
         """Run ``call_model`` once across identical generations in flight; share the text.
 
+        Identical means the same key (owner), model, messages and token limit: one key never
+        receives, nor learns of, another key's generation.
+
         The holder stores its result on the component level for
         :data:`SHARED_GENERATION_TTL_S`; a waiter reports it with ``coalesced`` usage (no
         tokens, no cost; the wait as latency) and, when it streams, publishes the text as one
@@ -127,7 +130,7 @@ class ModelActivities:
         assert self.cache is not None and self.coalescer is not None
         cache = self.cache
         identity = json.dumps(
-            [spec.provider, spec.model_id, spec.base_url, spec.temperature, max_tokens]
+            [inp.owner, spec.provider, spec.model_id, spec.base_url, spec.temperature, max_tokens]
             + [[m.role, m.content] for m in messages],
             separators=(",", ":"),
             ensure_ascii=False,

@@ -96,6 +96,9 @@ log = logging.getLogger(__name__)
 
 _M = TypeVar("_M", bound=BaseModel)
 
+SEMANTIC_ADD_TIMEOUT_S = 1.0
+"""Most seconds filing an answer on the semantic level may take inside ``record_job``."""
+
 COMPONENT_VERSION = "c1"
 """Part of every component-level key: bump it when selection or compression code changes what
 it returns for the same input."""
@@ -205,6 +208,11 @@ class StageActivities:
         self.semantic_ttl_s = semantic_ttl_s
         self.component_cache_ttl_s = component_cache_ttl_s
         self.model_identity = catalog.fingerprint()
+        # Selection also carries prices, windows and timeouts: its component key covers the
+        # whole catalog (API keys left out), so a price change never serves an old estimate.
+        self.catalog_digest = hashlib.sha256(
+            catalog.model_dump_json(exclude={"models": {"__all__": {"api_key"}}}).encode()
+        ).hexdigest()
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
@@ -254,6 +262,9 @@ class StageActivities:
         namespace = semantic_namespace(inp)
         if hit is None and self.semantic is not None:
             found = await self.semantic.lookup(namespace, inp.query)
+            if found.degraded:
+                report.degraded = True
+                report.degraded_reason = found.reason
             entry = None
             if found.hit is not None:
                 entry = _cached_response(await self.cache.get_json(found.hit.response_key))
@@ -390,7 +401,7 @@ class StageActivities:
         identity = getattr(self.router, "identity", None)
         if self.llm_router_timeout_s is not None or not callable(identity):
             return await self.route(inp), None
-        payload = f"{identity()}|{self.model_identity}|{inp.model_dump_json()}"
+        payload = f"{identity()}|{self.catalog_digest}|{inp.model_dump_json()}"
         return await self._component(
             "selection", payload, lambda: self.route(inp), SelectModelResult
         )
@@ -637,11 +648,16 @@ class StageActivities:
         assert self.semantic is not None
         semantic_ttl = min(ttl, self.semantic_ttl_s)
         if await self.semantic.add(namespace, query, response_key, semantic_ttl):
-            # Under the semantic level's byte limit: the stream's growth, about one vector plus
-            # the query and the key.
-            added = 4 * self.semantic.embedder.dim + len(query.encode()) + len(response_key) + 64
+            # Under the semantic level's byte limit: the stream's size now, about one vector
+            # plus a query and a key per entry (the stream trims itself to its entry limit).
+            stream = self.semantic.stream_key(namespace)
+            try:
+                entries = int(await self.cache.client.xlen(stream))
+            except (RedisError, OSError):
+                return
+            per_entry = 4 * self.semantic.embedder.dim + len(query.encode()) + len(response_key)
             await self.cache.track_level(
-                CacheLevel.SEMANTIC, self.semantic.stream_key(namespace), added, semantic_ttl
+                CacheLevel.SEMANTIC, stream, entries * (per_entry + 64), semantic_ttl
             )
 
     def answer_ttl_s(self, result: AgentResult) -> tuple[int | None, str | None]:
@@ -668,6 +684,11 @@ class StageActivities:
             if tool is None or not tool.metadata.cacheable:
                 return None, f"tool {r.name}'s results are not cacheable"
             ttl = min(ttl, tool.metadata.cache_ttl_s)
+            if isinstance(r, ToolSuccess) and r.expires_in_s is not None:
+                # A result that came from the tool level has aged: only its remaining life.
+                ttl = min(ttl, int(r.expires_in_s))
+        if ttl <= 0:
+            return None, "a tool result it used expires now"
         return ttl, None
 
     async def _cache_answer(self, inp: RecordJobInput, result: AgentResult) -> AgentResult:
@@ -705,9 +726,17 @@ class StageActivities:
             if not report.stored:
                 reason = self.cache.degraded_reason or "the response level refused the entry"
             elif self.semantic is not None and inp.query and inp.semantic_namespace:
-                await self._add_semantic(
-                    inp.semantic_namespace, inp.query, inp.response_cache_key, ttl
-                )
+                # Bounded: a slow embeddings endpoint must not hold the record (a local
+                # activity with a 5 s budget); the answer is on the response level already.
+                try:
+                    await asyncio.wait_for(
+                        self._add_semantic(
+                            inp.semantic_namespace, inp.query, inp.response_cache_key, ttl
+                        ),
+                        SEMANTIC_ADD_TIMEOUT_S,
+                    )
+                except TimeoutError:
+                    log.warning("semantic entry of job %s not added in time", result.job_id)
         if reason is not None and report.not_stored_reason is None:
             report.not_stored_reason = reason
         self._note_degradation(report)

@@ -103,11 +103,16 @@ class ToolActivities:
         meta = tool.metadata
         key = tool_cache_key(tool.name, params, meta.version) if meta.cacheable else None
         if key is not None:
-            cached = await self.cache.get_level(CacheLevel.TOOL, key)
+            cached, remaining_s = await self.cache.get_level_ttl(CacheLevel.TOOL, key)
             if isinstance(cached, dict):
                 hit = ToolSuccess.model_validate(cached)
                 return hit.model_copy(
-                    update={"call_id": call.id, "cache_hit": True, "latency_ms": elapsed_ms()}
+                    update={
+                        "call_id": call.id,
+                        "cache_hit": True,
+                        "latency_ms": elapsed_ms(),
+                        "expires_in_s": remaining_s,
+                    }
                 )
 
         async def execute() -> ToolResult:
@@ -127,7 +132,12 @@ class ToolActivities:
             except Exception as exc:  # a tool bug is reported on the job, never fatal to it
                 log.exception("tool %s raised unexpectedly", tool.name)
                 return failure(type(exc).__name__, str(exc) or type(exc).__name__)
-            success = ToolSuccess(call_id=call.id, name=call.name, value=value)
+            success = ToolSuccess(
+                call_id=call.id,
+                name=call.name,
+                value=value,
+                expires_in_s=meta.cache_ttl_s if meta.cacheable else None,
+            )
             if key is not None:
                 await self.cache.set_level(
                     CacheLevel.TOOL, key, success.model_dump(mode="json"), ttl_s=meta.cache_ttl_s

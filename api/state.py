@@ -184,11 +184,12 @@ class AppState:
         Raises:
             RedisError, OSError: Redis is down.
         """
-        semantic = semantic_from_settings(
-            self.settings.model_copy(update={"semantic_cache": True}), self.cache
+        # clear() scans every embedder's streams; the lexical one opens no client to close.
+        settings = self.settings.model_copy(
+            update={"semantic_cache": True, "embeddings_model": None}
         )
+        semantic = semantic_from_settings(settings, self.cache)
         assert semantic is not None
         deleted = await semantic.clear(namespace_prefix)
-        if namespace_prefix is None:
-            await self.cache.delete_level(CacheLevel.SEMANTIC)
+        await self.cache.prune_level(CacheLevel.SEMANTIC)  # the byte count follows
         return deleted

@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, str] = {
     "peer": "pydantic-ai's Temporal integration vs agentflow, same agent",
     "streaming": "Time to first event/draft/token/answer: SSE vs polling every 250 ms",
     "routing": "Learned router vs cue table vs fixed tiers on held-out labelled prompts",
+    "semantic": "Semantic cache: hit and wrong-hit rates, lookup latency vs an exact GET",
+    "cache_levels": "Hit latency per cache level vs a plain GET, and the work a hit replaces",
 }
 """Benchmark name -> what it compares; each is the module ``benchmarks.bench_<name>``."""
 

@@ -19,8 +19,11 @@ one after another, each with a fresh query text (no embedding memo):
 - ``semantic lookup, hit``: a stored query reworded (case, punctuation), so it hits;
 - ``semantic lookup, near-miss``: a stored question with a store number that is not stored, so
   many rows pass the threshold and the guard refuses them all (the slowest path);
+- ``semantic lookup, hit, BLAS limited to 1 thread``: the same with OpenBLAS held to one
+  thread (``threadpoolctl``): a 1,024-wide matrix-vector product is too small to gain from
+  threads, and on a busy machine waiting for a second BLAS thread can cost milliseconds;
 - ``cold lookup``: the first lookup of a process that holds nothing yet (it reads the whole
-  stream).
+  stream, 256 entries per ``XRANGE``).
 
 Also: the lexical embedding alone (one query per call, in the event loop's worker thread and
 without it) and the guard's extraction for one query. Single process, the machine's other load
@@ -36,7 +39,7 @@ import statistics
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +49,7 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from threadpoolctl import ThreadpoolController
 
 from benchmarks.context import BenchContext
 from benchmarks.report import RESULTS_DIR, BenchResult, stamp, write_result
@@ -129,9 +133,9 @@ def _stored(questions: list[str], i: int) -> str:
     return f"{questions[i % len(questions)]} for store {i}?"
 
 
-async def _timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+async def _timed(awaitable: Awaitable[Any]) -> tuple[float, Any]:
     started = time.perf_counter()
-    value = await call()
+    value = await awaitable
     return (time.perf_counter() - started) * 1000, value
 
 
@@ -234,6 +238,7 @@ async def run(ctx: BenchContext) -> BenchResult:
     with private_redis() as url:
         exact = RedisCache(url, timeout_s=settings.redis_timeout_s)
         await exact.set_json("agentflow:response:v1:bench", {"answer": "x" * 400}, ttl_s=3600)
+        blas = ThreadpoolController()
         client = Redis.from_url(
             url, retry=Retry(NoBackoff(), 0), socket_timeout=2.0, socket_connect_timeout=2.0
         )
@@ -248,20 +253,26 @@ async def run(ctx: BenchContext) -> BenchResult:
                 cold = SemanticCache(
                     client, embedder, threshold=threshold, max_entries=UPPER_BOUND_ENTRIES
                 )
-                cold_ms, _ = await _timed(lambda: cold.lookup(ns, "warm-up question"))  # noqa: B023
+                cold_ms, first = await _timed(cold.lookup(ns, "warm-up question"))
+                if first.degraded:
+                    raise RuntimeError(f"cold lookup degraded: {first.reason}")
                 cache = SemanticCache(
                     client, embedder, threshold=threshold, max_entries=UPPER_BOUND_ENTRIES
                 )
                 await cache.lookup(ns, "warm-up question")
-                get_ms, hit_ms, miss_ms = [], [], []
+                get_ms, hit_ms, miss_ms, single_ms = [], [], [], []
                 hits = 0
                 for i in range(ctx.warmup + samples):
                     target = rng.randrange(size)
                     hit_text = _stored(questions, target).lower().rstrip("?") + "!"
                     miss_text = _stored(questions, size + 7 + i)  # a store number never stored
-                    g, _ = await _timed(lambda: exact.get_json("agentflow:response:v1:bench"))
-                    h, found = await _timed(lambda: cache.lookup(ns, hit_text))  # noqa: B023
-                    m, missed = await _timed(lambda: cache.lookup(ns, miss_text))  # noqa: B023
+                    g, _ = await _timed(exact.get_json("agentflow:response:v1:bench"))
+                    h, found = await _timed(cache.lookup(ns, hit_text))
+                    m, missed = await _timed(cache.lookup(ns, miss_text))
+                    with blas.limit(limits=1, user_api="blas"):
+                        one, _ = await _timed(cache.lookup(ns, hit_text + " "))
+                    if found.degraded or missed.degraded:
+                        raise RuntimeError(f"lookup degraded: {found.reason or missed.reason}")
                     if missed.hit is not None and missed.hit.response_key.endswith(
                         str(size + 7 + i)
                     ):
@@ -270,6 +281,7 @@ async def run(ctx: BenchContext) -> BenchResult:
                         get_ms.append(g)
                         hit_ms.append(h)
                         miss_ms.append(m)
+                        single_ms.append(one)
                         hits += found.hit is not None and found.hit.response_key == f"resp-{target}"
                 stats = await cache.stats()
                 case = f"{size:,} entries"
@@ -283,6 +295,7 @@ async def run(ctx: BenchContext) -> BenchResult:
                     redis_mib=round(stats.size_bytes / 2**20, 2),
                 )
                 result.add(case, "semantic lookup, near-miss (guard refuses)", miss_ms)
+                result.add(case, "semantic lookup, hit, BLAS limited to 1 thread", single_ms)
                 result.add(case, "cold lookup (reads the whole stream)", [cold_ms])
                 result.notes.append(
                     f"{size:,} entries: filled in {fill_s:.1f} s "

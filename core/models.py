@@ -647,6 +647,8 @@ class GenerateInput(BaseModel):
     revision_base: int = 0
     """Added to the activity's attempt number to make the ``revision`` of its token events: each
     attempt (and the escalation tier's, whose base is higher) streams under a new revision."""
+    owner: str | None = None
+    """Key id of the job's API key: coalesced generations are shared within one key only."""
 
 
 class GenerateResult(BaseModel):
@@ -725,6 +727,9 @@ class ToolSuccess(BaseModel):
     latency_ms: float = 0.0
     coalesced: bool = False
     """An identical call in flight (in any worker) produced this result; this job ran nothing."""
+    expires_in_s: float | None = None
+    """How long this result stays valid, in seconds: the remaining TTL of a cached result,
+    the tool's TTL of a fresh one (an answer built on it is cached no longer)."""
 
 
 class ToolFailure(BaseModel):

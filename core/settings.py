@@ -136,11 +136,13 @@ class Settings(BaseSettings):
     wrong-hit guard must pass too)."""
     semantic_cache_ttl_s: int = Field(default=3600, gt=0)
     """How long a semantic entry (a pointer to a response entry) lives, in seconds."""
-    semantic_cache_max_entries: int = Field(default=2000, ge=10, le=20000)
-    """Most queries the semantic level keeps per owner and model identity; the nearest-neighbour
-    search is a numpy matrix product over them."""
+    semantic_cache_max_entries: int = Field(default=2000, ge=10, le=5000)
+    """Most queries the semantic level keeps per owner and inputs; the nearest-neighbour search
+    is a numpy matrix product over them (about 4 KiB each in Redis with the lexical embedding;
+    a process's first lookup of a namespace reads its whole stream, 0.3 s at 2,000)."""
     semantic_cache_max_bytes: int = Field(default=32 * 2**20, ge=2**16)
-    """Byte limit of the semantic level."""
+    """Byte limit of the semantic level in Redis (its streams, tracked by size), and of the
+    vectors each process mirrors."""
     embeddings_model: str | None = None
     """Model id of the OpenAI-compatible embeddings endpoint (``OPENAI_BASE_URL``); unset: the
     offline lexical embedding (character n-grams hashed by scikit-learn), labelled as such."""

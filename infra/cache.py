@@ -68,6 +68,14 @@ redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 return value
 """
 
+# The same, also returning the entry's remaining time to live in ms.
+_GET_TTL_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+redis.call('LPUSH', KEYS[2], value and '1' or '0')
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+return {value, redis.call('PTTL', KEYS[1])}
+"""
+
 # Store a value in a level with a byte limit. The index is a sorted set of entry keys scored by
 # expiry (ms); sizes holds each entry's bytes and total the level's sum. Expired entries are
 # dropped from the bookkeeping first (bounded per write); then, while the level is over its
@@ -77,7 +85,9 @@ _SET_SCRIPT = """
 local key, idx, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
+-- Redis's clock, not a worker's: workers whose clocks differ still agree on what expired.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local maxb = tonumber(ARGV[4])
 local purge = tonumber(ARGV[5])
 local function forget(k)
@@ -92,18 +102,22 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, pur
 end
 local size
 if ARGV[6] == 'track' then
-  -- An entry another structure owns (a semantic stream): add its growth to the bookkeeping.
+  -- An entry another structure owns (a semantic stream): record its current size, and move its
+  -- expiry only later (a short-lived addition never shortens the whole stream's life).
   size = tonumber(value)
   if size > maxb then return -1 end
-  redis.call('HINCRBY', sizes, key, size)
+  redis.call('DECRBY', total, tonumber(redis.call('HGET', sizes, key) or '0'))
+  redis.call('HSET', sizes, key, size)
+  redis.call('ZADD', idx, 'GT', now + ttl * 1000, key)
+  redis.call('ZADD', idx, 'NX', now + ttl * 1000, key)
 else
   size = string.len(value) + string.len(key)
   if size > maxb then return -1 end
   if redis.call('HEXISTS', sizes, key) == 1 then forget(key) end
   redis.call('SET', key, value, 'EX', ttl)
   redis.call('HSET', sizes, key, size)
+  redis.call('ZADD', idx, now + ttl * 1000, key)
 end
-redis.call('ZADD', idx, now + ttl * 1000, key)
 local t = redis.call('INCRBY', total, size)
 local evicted = 0
 while t > maxb do
@@ -239,6 +253,7 @@ class RedisCache:
         self.level_max_bytes = {**DEFAULT_LEVEL_MAX_BYTES, **(level_max_bytes or {})}
         self.on_lookup = on_lookup
         self._get_script = self._client.register_script(_GET_SCRIPT)
+        self._get_ttl_script = self._client.register_script(_GET_TTL_SCRIPT)
         self._set_script = self._client.register_script(_SET_SCRIPT)
         self._delete_script = self._client.register_script(_DELETE_SCRIPT)
 
@@ -388,6 +403,77 @@ class RedisCache:
         self._lookup_done(level, "hit")
         return value
 
+    async def get_level_ttl(
+        self, level: CacheLevel, key: str
+    ) -> tuple[JsonValue | None, float | None]:
+        """Like :meth:`get_level`, also returning the entry's remaining TTL in seconds.
+
+        An answer built on a cached tool result must not outlive that result: the remaining
+        TTL, not the tool's full TTL, bounds it.
+        """
+        if self.breaker_open:
+            self.stats.skipped += 1
+            self.stats.misses += 1
+            self._lookup_done(level, "skipped")
+            return None, None
+        try:
+            raw: Any = await self._get_ttl_script(
+                keys=[key, _meta(level, "recent")], args=[RECENT_LOOKUPS]
+            )
+        except (RedisError, OSError) as exc:
+            self._failed("GET", exc)
+            self.stats.misses += 1
+            self._lookup_done(level, "error")
+            return None, None
+        self._succeeded()
+        data, pttl = raw[0], int(raw[1])
+        value: JsonValue | None = None
+        if data is not None:
+            try:
+                value = json.loads(data)
+            except ValueError:
+                logger.warning("undecodable cache value at %s; treated as a miss", key)
+        if value is None:
+            self.stats.misses += 1
+            self._lookup_done(level, "miss")
+            return None, None
+        self.stats.hits += 1
+        self._lookup_done(level, "hit")
+        return value, (pttl / 1000 if pttl > 0 else None)
+
+    async def prune_level(self, level: CacheLevel, *, batch: int = 500) -> int:
+        """Drop the bookkeeping of entries that no longer exist (deleted by their owner).
+
+        Returns:
+            How many were dropped.
+
+        Raises:
+            RedisError: Redis is down.
+        """
+        index = _meta(level, "index")
+        pruned = 0
+        members: list[str] = []
+
+        async def flush() -> int:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in members:
+                    pipe.exists(name)
+                present = await pipe.execute()
+            gone = [m for m, p in zip(members, present, strict=True) if not p]
+            if gone:
+                await self._delete_batch(level, gone)
+            return len(gone)
+
+        async for member in self._client.zscan_iter(index, count=batch):
+            name = member[0]
+            members.append(name.decode() if isinstance(name, bytes) else str(name))
+            if len(members) >= batch:
+                pruned += await flush()
+                members = []
+        if members:
+            pruned += await flush()
+        return pruned
+
     async def set_level(self, level: CacheLevel, key: str, value: JsonValue, ttl_s: int) -> bool:
         """Store ``value`` at ``key`` in ``level`` for ``ttl_s`` seconds within the level's bytes.
 
@@ -436,26 +522,26 @@ class RedisCache:
         )
         return int(result)
 
-    async def track_level(self, level: CacheLevel, key: str, added_bytes: int, ttl_s: int) -> bool:
-        """Count ``added_bytes`` more for ``key``, an entry another structure wrote.
+    async def track_level(self, level: CacheLevel, key: str, size_bytes: int, ttl_s: int) -> bool:
+        """Record ``key``, an entry another structure wrote, at ``size_bytes`` now.
 
         The semantic level's streams are written by :class:`infra.semantic.SemanticCache`;
         tracking them here puts them under the level's byte limit (a stream is evicted whole,
-        closest to expiry first) and in :meth:`level_stats`. The entry's expiry moves to
-        ``ttl_s`` from now.
+        closest to expiry first) and in :meth:`level_stats`. The entry's expiry moves to ``ttl_s``
+        from now unless it was later already.
 
         Returns:
             Whether it was counted (``False``: Redis down, or larger than the level).
 
         Raises:
-            ValueError: ``ttl_s`` not positive or ``added_bytes`` negative.
+            ValueError: ``ttl_s`` not positive or ``size_bytes`` negative.
         """
-        if ttl_s <= 0 or added_bytes < 0:
-            raise ValueError("ttl_s must be positive and added_bytes non-negative")
+        if ttl_s <= 0 or size_bytes < 0:
+            raise ValueError("ttl_s must be positive and size_bytes non-negative")
         if self.breaker_open:
             return False
         try:
-            evicted = await self._run_set(level, key, str(added_bytes), ttl_s, "track")
+            evicted = await self._run_set(level, key, str(size_bytes), ttl_s, "track")
         except (RedisError, OSError) as exc:
             self._failed("TRACK", exc)
             return False
@@ -653,4 +739,5 @@ def semantic_from_settings(settings: Settings, cache: RedisCache) -> SemanticCac
         embedder_from_settings(settings),
         threshold=settings.semantic_cache_threshold,
         max_entries=settings.semantic_cache_max_entries,
+        max_local_bytes=settings.semantic_cache_max_bytes,
     )

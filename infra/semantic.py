@@ -51,22 +51,25 @@ The guard errs on the side of a miss: a paraphrase that swaps "hours" for "h" or
 
 Storage, shared by every worker and API process through Redis: one Redis stream per namespace
 (``agentflow:cache:semantic:v1:<sha256 of embedder name and namespace>``), one entry per stored
-query (the query, its float32 vector, the response key, the expiry time in ms and the namespace),
-trimmed to exactly ``max_entries`` by ``XADD MAXLEN`` and expiring as a whole after the longest
-TTL of its entries (a small Lua script, so it works on Redis 6.2). Each process keeps a numpy
-copy per namespace and reads only entries newer than the last one it saw, plus ``XLEN`` in the
-same ``MULTI``: streams are trimmed from the oldest end, so the local copy keeps its newest
-``XLEN`` rows. Entries past their expiry are skipped and dropped.
+query (one packed field: expiry in ms, float32 vector, response key, query, namespace), trimmed
+to exactly ``max_entries`` by ``XADD MAXLEN`` and expiring as a whole after the longest TTL of
+its entries (a small Lua script, so it works on Redis 6.2). Each process keeps a numpy copy per
+namespace and reads only entries newer than the last one it saw, 256 per ``XRANGE``, each page
+with ``XLEN`` in the same ``MULTI``: streams are trimmed from the oldest end, so once a page
+reaches the end the local copy keeps its newest ``XLEN`` rows. Entries past their expiry never
+match and are dropped. A stream deleted and re-created is picked up the same way.
 
 Size limits: nearest neighbours are a brute-force float32 matrix-vector product, exact and
-without an index, meant for at most 20,000 rows per namespace (the
-``semantic_cache_max_entries`` bound); a lookup at 2,000 rows of 2,048 dimensions reads 16 MiB
-(about 1-3 ms of one core), and runs in a worker thread above :data:`INLINE_SEARCH_MAX_FLOATS`.
-Each process holds at most ``max_namespaces`` namespaces and ``max_local_bytes`` of vectors
-(least recently used evicted first; the namespace in use is kept even if it alone is larger).
-The Redis side holds ``max_entries`` entries per namespace, each ``4 * dim`` bytes plus the
-query, and every stream expires; the level's total across namespaces is bounded by Redis's own
-``maxmemory`` policy.
+without an index, meant for at most 20,000 rows per namespace (``semantic_cache_max_entries``'s
+upper bound). A lexical row is 4 KiB: 2,000 rows are 8 MiB per namespace in each process that
+looks it up and about 9 MiB in Redis (20,000 rows: about 80 and 88 MiB). The product runs in the
+event loop up to :data:`INLINE_SEARCH_MAX_FLOATS` elements (2,048 lexical rows), in a worker
+thread above. The first lookup of a namespace in a process reads the whole stream: with
+redis-py's pure-Python parser about 0.3 s for 2,000 rows and 3.5 s for 20,000 on the
+benchmark's busy 2-core machine (``hiredis`` parses several times faster). Each process holds
+at most ``max_namespaces`` namespaces and ``max_local_bytes`` of vectors (least recently used
+evicted first; the namespace in use stays even if it alone is larger). Every stream expires;
+the level's total across namespaces is bounded by Redis's ``maxmemory`` policy, not by this module.
 
 A cache never fails a job: every ``RedisError`` or ``OSError`` is a miss (``degraded=True``),
 and after one a breaker answers misses at once for ``breaker_cooldown_s``. An embedder failure
@@ -80,6 +83,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import struct
 import time
 import unicodedata
 from collections import OrderedDict
@@ -100,8 +104,14 @@ logger = logging.getLogger(__name__)
 SEMANTIC_KEY_PREFIX = "agentflow:cache:semantic:v1:"
 """Prefix of the per-namespace streams; bump the version when the entry layout changes."""
 
-INLINE_SEARCH_MAX_FLOATS = 2**18
-"""A search over more matrix elements than this (1 MiB of float32) runs in a worker thread."""
+INLINE_SEARCH_MAX_FLOATS = 2**21
+"""A search over more matrix elements than this (8 MiB of float32, about a millisecond) runs in
+a worker thread instead of the event loop."""
+
+SYNC_PAGE_ENTRIES = 256
+"""Entries read per ``XRANGE`` (1 MiB of lexical vectors): a process that loads a large
+namespace reads it in pages, so Redis never builds one huge reply that would stall its other
+clients."""
 
 MAX_CANDIDATES = 16
 """Most rows above the threshold that the guard examines per lookup (most similar first)."""
@@ -802,14 +812,65 @@ class SemanticStats(NamedTuple):
 
 
 _ADD_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
-    'q', ARGV[2], 'v', ARGV[3], 'k', ARGV[4], 'x', ARGV[5], 'n', ARGV[6])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[7]) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'e', ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 return id
 """
 """XADD trimmed to exactly ARGV[1] entries; the stream lives as long as its longest-lived entry."""
+
+_ENTRY_HEADER = struct.Struct("<2sqIIII")
+"""An entry's one field ``e``: magic, expiry (Unix ms), dim, then the byte lengths of the
+response key, the query and the namespace; the float32 vector and those three follow. One field
+instead of five: redis-py's pure-Python parser pays per bulk string, so a process loading a large
+namespace parses about three times fewer."""
+
+_ENTRY_MAGIC = b"S1"
+
+
+def _pack_entry(
+    vector: Vectors, expires_ms: int, response_key: str, query: str, namespace: str
+) -> bytes:
+    key_bytes, query_bytes, ns_bytes = response_key.encode(), query.encode(), namespace.encode()
+    header = _ENTRY_HEADER.pack(
+        _ENTRY_MAGIC,
+        expires_ms,
+        vector.shape[0],
+        len(key_bytes),
+        len(query_bytes),
+        len(ns_bytes),
+    )
+    return b"".join((header, vector.astype("<f4").tobytes(), key_bytes, query_bytes, ns_bytes))
+
+
+class _Entry(NamedTuple):
+    vector: bytes
+    expires_ms: int
+    response_key: str
+    query: str
+    namespace: str
+
+
+def _unpack_entry(fields: dict[bytes, bytes]) -> _Entry | None:
+    """An entry's parts, or ``None`` when it is not one this module wrote."""
+    payload = fields.get(b"e")
+    if payload is None or len(payload) < _ENTRY_HEADER.size:
+        return None
+    magic, expires_ms, dim, key_len, query_len, ns_len = _ENTRY_HEADER.unpack_from(payload)
+    start = _ENTRY_HEADER.size
+    vector_end = start + 4 * dim
+    key_end = vector_end + key_len
+    query_end = key_end + query_len
+    if magic != _ENTRY_MAGIC or query_end + ns_len != len(payload) or key_len == 0:
+        return None
+    return _Entry(
+        vector=payload[start:vector_end],
+        expires_ms=expires_ms,
+        response_key=payload[vector_end:key_end].decode(errors="replace"),
+        query=payload[key_end:query_end].decode(errors="replace"),
+        namespace=payload[query_end:].decode(errors="replace"),
+    )
 
 
 def _parse_id(stream_id: bytes) -> tuple[int, int]:
@@ -827,6 +888,7 @@ class _Namespace:
     """
 
     dim: int
+    max_rows: int
     vectors: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     expires_ms: np.ndarray[Any, np.dtype[np.int64]] = field(
         default_factory=lambda: np.zeros(0, dtype=np.int64)
@@ -861,7 +923,8 @@ class _Namespace:
             return
         if self.end + count > len(self.keys) or self.vectors.shape[1] != self.dim:
             live = self.size
-            capacity = max(16, 2 * (live + count))
+            # Double, but never far beyond what the stream can hold (max_rows).
+            capacity = max(live + count, min(max(16, 2 * (live + count)), self.max_rows))
             vectors = np.zeros((capacity, self.dim), dtype=np.float32)
             expires = np.zeros(capacity, dtype=np.int64)
             if live:
@@ -979,7 +1042,7 @@ class SemanticCache:
     def _namespace(self, key: str, dim: int) -> _Namespace:
         state = self._namespaces.get(key)
         if state is None or state.dim != dim:
-            state = _Namespace(dim=dim)
+            state = _Namespace(dim=dim, max_rows=self.max_entries + SYNC_PAGE_ENTRIES)
             self._namespaces[key] = state
         self._namespaces.move_to_end(key)
         return state
@@ -997,27 +1060,40 @@ class SemanticCache:
         Raises:
             RedisError, OSError: Redis failed.
         """
-        low = "-" if state.last_id is None else f"{state.last_id[0]}-{state.last_id[1] + 1}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xrange(key, min=low, max="+")
-            pipe.xlen(key)
-            new_entries, length = await pipe.execute()
-        rows: list[Vectors] = []
-        expires: list[int] = []
-        keys: list[str] = []
-        queries: list[str] = []
-        zero = np.zeros(state.dim, dtype=np.float32)
-        for entry_id, fields in new_entries:
-            state.last_id = _parse_id(entry_id)
-            vector, expiry, response_key, query = _decode_entry(fields, state.dim)
-            # An undecodable entry keeps its place as a row that matches nothing, so the local
-            # rows stay one-to-one with the stream's entries (trimming counts on it).
-            rows.append(zero if vector is None else vector)
-            expires.append(expiry if vector is not None else 0)
-            keys.append(response_key)
-            queries.append(query)
-        if rows:
-            state.append(np.stack(rows), expires, keys, queries)
+        zero = bytes(4 * state.dim)
+        while True:
+            low = "-" if state.last_id is None else f"{state.last_id[0]}-{state.last_id[1] + 1}"
+            # XLEN in the same MULTI as the page: once a page reaches the stream's end, the
+            # stream is exactly the newest XLEN of the rows read so far (streams trim the
+            # oldest), whatever was added or trimmed between pages.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(key, min=low, max="+", count=SYNC_PAGE_ENTRIES)
+                pipe.xlen(key)
+                page, length = await pipe.execute()
+            vectors: list[bytes] = []
+            expires: list[int] = []
+            keys: list[str] = []
+            queries: list[str] = []
+            for entry_id, fields in page:
+                state.last_id = _parse_id(entry_id)
+                entry = _unpack_entry(fields)
+                if entry is None or len(entry.vector) != len(zero):
+                    # An unusable entry keeps its place as a row that matches nothing, so the
+                    # rows stay one-to-one with the stream's entries (trimming counts on it).
+                    entry = _Entry(zero, 0, "", "", "")
+                vectors.append(entry.vector)
+                expires.append(entry.expires_ms)
+                keys.append(entry.response_key)
+                queries.append(entry.query)
+            if vectors:
+                rows = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(vectors), -1)
+                bad = ~np.isfinite(rows).all(axis=1)
+                if bad.any():
+                    rows = np.where(bad[:, None], np.float32(0), rows)
+                    expires = [0 if b else e for b, e in zip(bad.tolist(), expires, strict=True)]
+                state.append(rows.astype(np.float32), expires, keys, queries)
+            if len(page) < SYNC_PAGE_ENTRIES:
+                break
         state.drop_oldest(state.size - int(length))
         state.drop_expired_prefix(int(time.time() * 1000))
 
@@ -1126,11 +1202,7 @@ class SemanticCache:
                 keys=[self.stream_key(namespace)],
                 args=[
                     self.max_entries,
-                    query.encode(),
-                    vector.astype("<f4").tobytes(),
-                    response_key.encode(),
-                    expires_ms,
-                    namespace.encode(),
+                    _pack_entry(vector, expires_ms, response_key, query, namespace),
                     ttl_ms,
                 ],
             )
@@ -1165,8 +1237,8 @@ class SemanticCache:
                 first: Any = await self._redis.xrange(key, min="-", max="+", count=1)
                 if not first:
                     continue
-                stored = bytes(first[0][1].get(b"n", b"")).decode(errors="replace")
-                if not stored.startswith(namespace_prefix):
+                entry = _unpack_entry(first[0][1])
+                if entry is None or not entry.namespace.startswith(namespace_prefix):
                     continue
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xlen(key)
@@ -1194,20 +1266,3 @@ class SemanticCache:
                 entries += int(length)
                 size += int(usage or 0)
         return SemanticStats(entries=entries, size_bytes=size, streams=streams)
-
-
-def _decode_entry(fields: dict[bytes, bytes], dim: int) -> tuple[Vectors | None, int, str, str]:
-    """(vector or ``None`` when unusable, expiry ms, response key, query) of a stream entry."""
-    response_key = fields.get(b"k", b"").decode(errors="replace")
-    query = fields.get(b"q", b"").decode(errors="replace")
-    raw = fields.get(b"v", b"")
-    try:
-        expiry = int(fields.get(b"x", b"0"))
-    except ValueError:
-        return None, 0, response_key, query
-    if len(raw) != 4 * dim or not response_key:
-        return None, 0, response_key, query
-    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    if not np.all(np.isfinite(vector)):
-        return None, 0, response_key, query
-    return vector, expiry, response_key, query

@@ -146,6 +146,26 @@ async def test_delete_by_prefix_and_by_tool_leaves_the_rest(small_cache: RedisCa
     assert (await small_cache.level_stats(CacheLevel.TOOL)).bytes == 0
 
 
+async def test_tracked_entries_count_their_current_size_and_keep_the_later_expiry(
+    small_cache: RedisCache,
+) -> None:
+    """The semantic level's streams are written elsewhere and tracked here: re-tracking a stream
+    records its size now (not the sum of every report), a short TTL never shortens it, and the
+    bookkeeping of a stream deleted by its owner is pruned."""
+    key = entry_key(CacheLevel.SEMANTIC, "stream-a")
+    await small_cache.client.set(key, "x")  # stands in for the stream
+    for size in (100, 200, 300):
+        assert await small_cache.track_level(CacheLevel.SEMANTIC, key, size, ttl_s=600)
+    assert await small_cache.track_level(CacheLevel.SEMANTIC, key, 300, ttl_s=1)
+    stats = await small_cache.level_stats(CacheLevel.SEMANTIC)
+    assert (stats.entries, stats.bytes) == (1, 300)
+    score = await small_cache.client.zscore("agentflow:{cache:semantic}#index", key)
+    assert score is not None and score > (await small_cache.client.time())[0] * 1000 + 500_000
+    await small_cache.client.delete(key)
+    assert await small_cache.prune_level(CacheLevel.SEMANTIC) == 1
+    assert (await small_cache.level_stats(CacheLevel.SEMANTIC)).bytes == 0
+
+
 async def test_recent_hit_rate_counts_the_last_lookups(small_cache: RedisCache) -> None:
     key = entry_key(CacheLevel.RESPONSE, "hit")
     await small_cache.set_level(CacheLevel.RESPONSE, key, {"a": 1}, 60)
@@ -222,6 +242,9 @@ async def test_answer_ttl_rules(harness_activities: object) -> None:
     calc = ToolSuccess(call_id="c", name="calculator", value=2)
     ttl, _ = stages.answer_ttl_s(completed(tool_results=[calc, http]))
     assert ttl == 300, "an answer on an http_get result lives no longer than the page's 5 min"
+    aged = ToolSuccess(call_id="c", name="calculator", value=2, cache_hit=True, expires_in_s=40)
+    ttl, _ = stages.answer_ttl_s(completed(tool_results=[aged]))
+    assert ttl == 40, "an answer on a cached tool result lives no longer than that result"
     ttl, reason = stages.answer_ttl_s(completed(escalated_to=Tier.MEDIUM))
     assert ttl is None and "escalated" in (reason or "")
     ttl, reason = stages.answer_ttl_s(completed(response_cache_hit=True))

@@ -56,6 +56,7 @@ class ModelCalls:
                     tier=Tier.SMALL,
                     query=inp.request.query,
                     max_tokens=inp.draft_max_tokens,
+                    owner=inp.owner,
                 ),
                 inp,
                 selection,
@@ -97,6 +98,7 @@ class ModelCalls:
             query=inp.request.query,
             context=items,
             stream=inp.stream_tokens,
+            owner=inp.owner,
         )
         try:
             return await self._generate(gen, inp, selection), None
