@@ -637,15 +637,31 @@ class RedisCache:
 # --------------------------------------------------------------------------- response cache keys
 
 
-def normalize_query(text: str) -> str:
-    """Normalize a query for cache lookup.
+_FULLWIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
+"""Full-width ASCII forms (U+FF01-U+FF5E) to ASCII: the only compatibility folding applied."""
 
-    Unicode NFKC, case-folded, runs of whitespace collapsed to one space, surrounding whitespace
-    and trailing ``?``, ``!`` and ``.`` removed: ``"  What is   X? "`` becomes ``"what is x"``.
+_KEEP_CASE = frozenset("[]{}()\\^$|")
+"""A token with one of these (a regular expression, code) keeps its case: ``[A-Z]`` is not
+``[a-z]``."""
+
+
+def normalize_query(text: str) -> str:
+    """Normalize a query for cache lookup, never making two questions one.
+
+    Unicode NFC with full-width ASCII folded (NFKC would turn ``2³`` into ``23``), words
+    case-folded except tokens that look like code or a pattern (``[A-Z]+`` keeps its case), runs
+    of whitespace collapsed to one space, and trailing ``?``, ``.`` and ``!`` removed, except a
+    ``!`` after a digit or ``)`` (a factorial): ``"  What is   X? "`` becomes ``"what is x"``,
+    ``"Compute 10!"`` stays apart from ``"Compute 10."``.
     """
-    normalized = unicodedata.normalize("NFKC", text).casefold()
-    normalized = " ".join(normalized.split())
-    return normalized.rstrip("?!. ").strip()
+    normalized = unicodedata.normalize("NFC", text).translate(_FULLWIDTH)
+    words = [w if _KEEP_CASE.intersection(w) else w.casefold() for w in normalized.split()]
+    normalized = " ".join(words)
+    while normalized and normalized[-1] in "?!. ":
+        if normalized[-1] == "!" and len(normalized) > 1 and normalized[-2] in "0123456789)":
+            break
+        normalized = normalized[:-1]
+    return normalized
 
 
 def _glob_escape(text: str) -> str:

@@ -218,6 +218,10 @@ def test_normalize_query() -> None:
     assert normalize_query("Straße") == "strasse"  # casefold, not lower
     assert normalize_query("x = 1.5") == "x = 1.5"
     assert normalize_query("?") == ""
+    # Never two questions as one: a factorial, a superscript, a pattern's case.
+    assert normalize_query("Compute 10!") != normalize_query("Compute 10.")
+    assert normalize_query("What is 2\u00b3?") != normalize_query("What is 23?")
+    assert normalize_query("regex [A-Z]+") != normalize_query("regex [a-z]+")
 
 
 def test_response_key_shape() -> None:
