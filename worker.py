@@ -17,6 +17,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
+from threadpoolctl import threadpool_limits
 
 from activities import AgentActivities, TokenStreamSettings
 from activities.retention import RetentionActivities
@@ -148,6 +149,10 @@ def main() -> None:
     sys.dont_write_bytecode = False
     settings = get_settings()
     configure_logging(settings)
+    # numpy's BLAS (the semantic level's nearest-neighbour product, the learned router) on one
+    # thread: its default thread per core waits for CPU beside the worker's own threads (a
+    # 1,000-entry lookup went from 12 ms to 6.5 ms on 2 cores).
+    threadpool_limits(1, user_api="blas")
     if settings.tracing_enabled:
         configure_tracing("agentflow-worker")
 

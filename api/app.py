@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threadpool_limits(1, user_api="blas")  # as the worker does (see worker.main)
         engine = make_engine(settings.database_url)
         create_tables(engine)
         cache = cache_from_settings(settings)

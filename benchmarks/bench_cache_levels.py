@@ -14,8 +14,8 @@ produced the way the workers produce them:
   stores it), and the :class:`core.models.CompressContextResult` of ``compress_context`` on
   8,000 tokens of Python reference prose for a 4,000-token budget (``bench_compression``'s
   input);
-- **semantic**: a namespace holding 100 or 1,000 queries (``<example request> for store <i>?``,
-  each pointing at its own stored answer), searched with the offline
+- **semantic**: a namespace holding 100 or 1,000 queries (smoke: 100 only), each ``<example
+  request> for store <i>?`` pointing at its own stored answer, searched with the offline
   :class:`infra.embeddings.LexicalEmbedder` at the settings' threshold.
 
 Per case, the variants run interleaved one call after another (their order rotating each round,
@@ -88,7 +88,7 @@ from core.tokens import count_tokens
 from core.tools import ToolRegistry, tool_cache_key
 from infra.cache import RedisCache, response_cache_key
 from infra.embeddings import LexicalEmbedder
-from infra.semantic import SemanticCache, SemanticLookup
+from infra.semantic import INLINE_SEARCH_MAX_FLOATS, SemanticCache, SemanticLookup
 from infra.tools import builtin_registry
 
 FULL_SAMPLES = 300
@@ -107,7 +107,7 @@ COMPRESSION_INPUT_TOKENS = 8_000
 """Tokens of context compressed into :data:`benchmarks.bench_compression.BUDGET`."""
 
 SEMANTIC_SIZES = (100, 1_000)
-"""Queries stored in the semantic namespace, per case."""
+"""Queries stored in the semantic namespace, per case (a smoke run: the first only)."""
 
 EVICTION_LIMIT_BYTES = 2**20
 """The tool level's byte limit in the eviction case (256 entries of 4 KB)."""
@@ -250,8 +250,14 @@ class _Bench:
         model = type(value)
         miss_prefix = f"{level.prefix}bench-miss:{uuid.uuid4().hex}"
 
+        # run_tools reads the tool level with the entry's remaining TTL; the others without.
+        lookup_name = "get_level_ttl" if level is CacheLevel.TOOL else "get_level"
+
         async def served(i: int) -> BaseModel | None:
-            found = await cache.get_level(level, key)
+            if level is CacheLevel.TOOL:
+                found, _ = await cache.get_level_ttl(level, key)
+            else:
+                found = await cache.get_level(level, key)
             return model.model_validate(found) if isinstance(found, dict) else None
 
         variants = [
@@ -268,7 +274,7 @@ class _Bench:
                 lambda i, out: _expect(out == stored, f"{case}: the hit returned something else"),
             ),
             Variant(
-                f"hit as served (get_level + {model.__name__} validation)",
+                f"hit as served ({lookup_name} + {model.__name__} validation)",
                 served,
                 lambda i, out: _expect(out == value, f"{case}: served something else"),
             ),
@@ -488,6 +494,7 @@ async def run(ctx: BenchContext) -> BenchResult:
     settings = Settings()
     samples = SMOKE_SAMPLES if ctx.smoke else max(FULL_SAMPLES, ctx.repeats * 15)
     warmup = 2 if ctx.smoke else max(FULL_WARMUP, ctx.warmup)
+    sizes = list(SEMANTIC_SIZES[:1] if ctx.smoke else SEMANTIC_SIZES)
     catalog = ModelCatalog.default()
     router = build_router("learned")
     tools = builtin_registry(settings)
@@ -501,7 +508,7 @@ async def run(ctx: BenchContext) -> BenchResult:
             "warmup_rounds": warmup,
             "redis_timeout_s": settings.redis_timeout_s,
             "semantic_threshold": settings.semantic_cache_threshold,
-            "semantic_sizes": list(SEMANTIC_SIZES),
+            "semantic_sizes": sizes,
             "embedder": LexicalEmbedder.name,
             "compression_input_tokens": COMPRESSION_INPUT_TOKENS,
             "compression_budget_tokens": BUDGET,
@@ -536,7 +543,7 @@ async def run(ctx: BenchContext) -> BenchResult:
         try:
             await _reads(bench, catalog, router, tools, requests)
             questions = [r["query"] for r in requests if not any(c.isdigit() for c in r["query"])]
-            for size in SEMANTIC_SIZES:
+            for size in sizes:
                 ctx.progress(f"semantic level, {size:,} entries")
                 await bench.semantic(questions, size)
             ctx.progress("set_level with and without eviction")
@@ -545,8 +552,15 @@ async def run(ctx: BenchContext) -> BenchResult:
             await cache.aclose()
             await evicting.aclose()
     result.params["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
-    _headlines(result)
+    _headlines(result, sizes)
     result.notes += NOTES
+    dim = LexicalEmbedder().dim
+    threaded = [n for n in sizes if n * dim > INLINE_SEARCH_MAX_FLOATS]
+    result.notes.append(
+        f"The semantic search runs in a worker thread above {INLINE_SEARCH_MAX_FLOATS:,} matrix "
+        f"elements ({dim:,} dimensions per entry): here "
+        + (f"at {', '.join(f'{n:,}' for n in threaded)} entries." if threaded else "never.")
+    )
     return result
 
 
@@ -674,9 +688,7 @@ NOTES = [
     "The selection and compression rows call the functions directly; the activities run them "
     "through asyncio.to_thread, which adds a thread hop to the miss path only.",
     "The semantic 'hit as served' row is prepare_job's path: lookup, GET of the answer the hit "
-    "points at (get_json), CachedResponse validation, record_lookup (one more round trip). A "
-    "search over more than 262,144 matrix elements (here 1,000 rows x 2,048) runs in a worker "
-    "thread.",
+    "points at (get_json), CachedResponse validation, record_lookup (one more round trip).",
     "The search's matrix-vector product runs on numpy's BLAS (params.blas_threads: its default "
     "thread pool). It is memory-bound, so extra BLAS threads gain little and, when the cores are "
     "busy with other processes, wait for them: compare 'lookup hit' with the BLAS-capped row.",
@@ -686,7 +698,7 @@ NOTES = [
 """What every run's table needs said next to it."""
 
 
-def _headlines(result: BenchResult) -> None:
+def _headlines(result: BenchResult, semantic_sizes: list[int]) -> None:
     """The headline numbers: hit latencies, ratios to a plain GET and to the work replaced."""
 
     def row(case: str, prefix: str) -> Row:
@@ -711,14 +723,14 @@ def _headlines(result: BenchResult) -> None:
         result.headline(
             f"{what}: work / component hit as served", work / row(case, "hit as").stats.median
         )
-    for size in SEMANTIC_SIZES:
+    for size in semantic_sizes:
         case = f"semantic level: {size:,} entries"
         hit = row(case, "hit as served")
         result.headline(f"semantic hit as served p50, {size:,} entries", hit.stats.median, "ms")
         result.headline(f"semantic hit as served p95, {size:,} entries", hit.stats.p95, "ms")
-    largest = f"semantic level: {SEMANTIC_SIZES[-1]:,} entries"
+    largest = f"semantic level: {semantic_sizes[-1]:,} entries"
     result.headline(
-        f"semantic lookup hit, BLAS 1 thread / default, {SEMANTIC_SIZES[-1]:,} entries",
+        f"semantic lookup hit, BLAS 1 thread / default, {semantic_sizes[-1]:,} entries",
         row(largest, "lookup hit, BLAS").stats.median / row(largest, "lookup hit (").stats.median,
     )
     write = f"tool level write: fresh {TOOL_SIZES[0] // 2**10} KB ToolSuccess"
