@@ -490,8 +490,10 @@ class DevStack:
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
-                "--maxmemory", "256mb",
-                "--maxmemory-policy", "allkeys-lru",
+                # Above the cache levels' own limits (256 MiB together), which evict first;
+                # volatile-lru never evicts the levels' bookkeeping (no TTL) behind their back.
+                "--maxmemory", "512mb",
+                "--maxmemory-policy", "volatile-lru",
             ],
         )  # fmt: skip
         self._wait(

@@ -141,8 +141,7 @@ class Settings(BaseSettings):
     is a numpy matrix product over them (about 4 KiB each in Redis with the lexical embedding;
     a process's first lookup of a namespace reads its whole stream, 0.3 s at 2,000)."""
     semantic_cache_max_bytes: int = Field(default=32 * 2**20, ge=2**16)
-    """Byte limit of the semantic level in Redis (its streams, tracked by size), and of the
-    vectors each process mirrors."""
+    """Byte limit of the semantic level in Redis (its streams, tracked by size)."""
     embeddings_model: str | None = None
     """Model id of the OpenAI-compatible embeddings endpoint (``OPENAI_BASE_URL``); unset: the
     offline lexical embedding (character n-grams hashed by scikit-learn), labelled as such."""

@@ -121,8 +121,11 @@ end
 local t = redis.call('INCRBY', total, size)
 local evicted = 0
 while t > maxb do
-  local victim = redis.call('ZRANGE', idx, 0, 0)[1]
-  if (not victim) or victim == key then break end
+  -- The entry closest to expiry, unless that is the one just written: then the next one.
+  local first = redis.call('ZRANGE', idx, 0, 1)
+  local victim = first[1]
+  if victim == key then victim = first[2] end
+  if not victim then break end
   forget(victim)
   redis.call('DEL', victim)
   t = tonumber(redis.call('GET', total) or '0')
@@ -755,5 +758,4 @@ def semantic_from_settings(settings: Settings, cache: RedisCache) -> SemanticCac
         embedder_from_settings(settings),
         threshold=settings.semantic_cache_threshold,
         max_entries=settings.semantic_cache_max_entries,
-        max_local_bytes=settings.semantic_cache_max_bytes,
     )

@@ -124,6 +124,16 @@ async def test_level_byte_limit_evicts_the_entries_closest_to_expiry(
     assert (await small_cache.level_stats(CacheLevel.RESPONSE)).entries == 3
 
 
+async def test_the_limit_holds_when_each_new_entry_expires_first(small_cache: RedisCache) -> None:
+    """Writes whose TTL keeps shrinking: the new entry is always the soonest to expire, and the
+    level still evicts older ones to stay within its bytes."""
+    for i in range(20):
+        key = entry_key(CacheLevel.TOOL, f"shrinking:{i}")
+        assert await small_cache.set_level(CacheLevel.TOOL, key, "z" * 900, ttl_s=1000 - i)
+    stats = await small_cache.level_stats(CacheLevel.TOOL)
+    assert stats.bytes <= stats.max_bytes and small_cache.stats.evicted >= 15
+
+
 async def test_rewriting_an_entry_does_not_count_its_bytes_twice(small_cache: RedisCache) -> None:
     key = entry_key(CacheLevel.COMPONENT, "selection:abc")
     for _ in range(10):

@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/cache", tags=["cache"])
 
-PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{0,200}$")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 """What a key prefix may contain: the characters agentflow's keys use (tool names, hex digests,
-``:``), at most 200 of them; anything else is refused with 422."""
+``:``), 1 to 200 of them (an empty prefix would be the whole level: leave it out for that);
+anything else is refused with 422."""
 
 
 class CacheUnavailableError(ApiError):
@@ -123,7 +124,7 @@ async def delete_cache(
     """
     if prefix is not None and not PREFIX_PATTERN.fullmatch(prefix):
         raise CacheRequestInvalidError(
-            "prefix: use letters, digits and _ . : - only (at most 200 characters)"
+            "prefix: use 1 to 200 letters, digits and _ . : - (leave it out for the whole level)"
         )
     if tool is not None:
         if level is not CacheLevel.TOOL:
