@@ -60,15 +60,7 @@ RESPONSE_KEY_PREFIX = level_prefix(CacheLevel.RESPONSE) + "v2:"
 """Prefix of response-cache keys; bump the version when the cached answer's shape changes."""
 
 # A lookup that also appends 1 (hit) or 0 (miss) to the level's list of recent lookups, trimmed
-# to RECENT_LOOKUPS: one round trip for both.
-_GET_SCRIPT = """
-local value = redis.call('GET', KEYS[1])
-redis.call('LPUSH', KEYS[2], value and '1' or '0')
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
-return value
-"""
-
-# The same, also returning the entry's remaining time to live in ms.
+# to RECENT_LOOKUPS, and returns the entry's remaining time to live in ms: one round trip.
 _GET_TTL_SCRIPT = """
 local value = redis.call('GET', KEYS[1])
 redis.call('LPUSH', KEYS[2], value and '1' or '0')
@@ -255,7 +247,6 @@ class RedisCache:
         self.last_error: str | None = None
         self.level_max_bytes = {**DEFAULT_LEVEL_MAX_BYTES, **(level_max_bytes or {})}
         self.on_lookup = on_lookup
-        self._get_script = self._client.register_script(_GET_SCRIPT)
         self._get_ttl_script = self._client.register_script(_GET_TTL_SCRIPT)
         self._set_script = self._client.register_script(_SET_SCRIPT)
         self._delete_script = self._client.register_script(_DELETE_SCRIPT)
@@ -377,33 +368,7 @@ class RedisCache:
         Counts the lookup in the level's recent hit rate (same round trip). Never raises for
         Redis trouble: a down Redis, an open breaker or an undecodable value is a miss.
         """
-        if self.breaker_open:
-            self.stats.skipped += 1
-            self.stats.misses += 1
-            self._lookup_done(level, "skipped")
-            return None
-        try:
-            raw: Any = await self._get_script(
-                keys=[key, _meta(level, "recent")], args=[RECENT_LOOKUPS]
-            )
-        except (RedisError, OSError) as exc:
-            self._failed("GET", exc)
-            self.stats.misses += 1
-            self._lookup_done(level, "error")
-            return None
-        self._succeeded()
-        value: JsonValue | None = None
-        if raw is not None:
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                logger.warning("undecodable cache value at %s; treated as a miss", key)
-        if value is None:
-            self.stats.misses += 1
-            self._lookup_done(level, "miss")
-            return None
-        self.stats.hits += 1
-        self._lookup_done(level, "hit")
+        value, _ = await self.get_level_ttl(level, key)
         return value
 
     async def get_level_ttl(
