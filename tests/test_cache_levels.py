@@ -49,7 +49,7 @@ from infra.providers import ProviderRegistry
 from infra.providers.scripted import ScriptedProvider
 from tests import workflow_support
 from tests.helpers import free_port, redis_server
-from tests.workflow_support import SlowParams, agent_worker, slow_echo, wait_for_stage
+from tests.workflow_support import Harness, SlowParams, agent_worker, slow_echo, wait_for_stage
 
 
 def unique(text: str) -> str:
@@ -244,8 +244,8 @@ def completed(**update: object) -> AgentResult:
     return result.model_copy(update=update)
 
 
-async def test_answer_ttl_rules(harness_activities: object) -> None:
-    stages = harness_activities.stages  # type: ignore[attr-defined]
+async def test_answer_ttl_rules(harness: Harness) -> None:
+    stages = harness.activities.stages
     ttl, reason = stages.answer_ttl_s(completed())
     assert ttl == stages.response_cache_ttl_s and reason is None
     http = ToolSuccess(call_id="h", name="http_get", value="page")
@@ -260,19 +260,6 @@ async def test_answer_ttl_rules(harness_activities: object) -> None:
     ttl, reason = stages.answer_ttl_s(completed(response_cache_hit=True))
     assert ttl is None
     assert stages.answer_ttl_s(completed(status=JobStatus.FAILED, answer=None)) == (None, None)
-
-
-@pytest.fixture
-async def harness_activities(
-    client: Client, redis_url: str, settings: Settings, tmp_path: Path
-) -> AsyncIterator[object]:
-    async with agent_worker(
-        client,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        settings=settings,
-    ) as h:
-        yield h.activities
 
 
 async def test_an_answer_built_on_a_failed_tool_is_not_cached(
