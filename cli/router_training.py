@@ -5,8 +5,15 @@
 The same corpus and the pinned library versions (the ``train`` extra) give the same bytes: every
 step is deterministic (lbfgs, fixed cross-validation folds with ``random_state=0``, BLAS on one
 thread), floats are rounded to :data:`SIGNIFICANT_DIGITS` significant digits and keys are
-sorted, and ``--check`` compares a fresh training with the shipped file. A CPU with other BLAS
-kernels could still differ in a last digit; the tests then name the artifact to retrain.
+sorted, and ``--check`` compares a fresh training with the shipped file. Nothing is left to a
+sort's tie-breaking: the vocabularies are chosen by :func:`select_vocabulary` (count, then the
+term), not by scikit-learn's ``max_features``, whose unstable sort kept other n-grams under
+numpy's AVX-512 dispatch than under AVX2. What can still differ between machines is the BLAS
+kernel: measured 2026-12-07, OpenBLAS's Haswell, SkylakeX and Sandybridge kernels gave three
+different artifacts at 17 significant digits and the same bytes at 6; numpy's dispatch levels
+(native AVX-512 down to X86_V2) gave the same bytes even at 17. A kernel whose last bits moved a
+value across a rounding boundary would show in the tests, which then name the artifact to
+retrain.
 
 The model (the issue's recipe): word unigrams and bigrams plus character 2-4-grams inside
 words, each block tf-idf with sublinear tf and l2 norm; the cue router's features and token
@@ -22,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +62,44 @@ them, on the training split)."""
 WORD_MIN_DF, WORD_MAX_FEATURES = 2, 6000
 CHAR_MIN_DF, CHAR_MAX_FEATURES = 3, 12000
 """Vocabulary limits: a term must occur in ``min_df`` training prompts; the most frequent
-``max_features`` are kept."""
+``max_features`` are kept, ties broken by the term itself (:func:`select_vocabulary`)."""
 
 FOLDS = 5
 TARGET_RECALL = 0.90
 """The recommended threshold is the largest whose cross-validated recall of needs-large prompts
 on the training split is at least this (the issue's bar for recall of needs-large)."""
+
+
+def select_vocabulary(
+    documents: Sequence[Sequence[str]], *, min_df: int, max_features: int
+) -> list[str]:
+    """The vocabulary of one tf-idf block, chosen in an order the data alone defines.
+
+    A term is kept when it occurs in at least ``min_df`` documents; of those, the
+    ``max_features`` with the most occurrences over the whole corpus are kept (scikit-learn's
+    ``min_df`` and ``max_features`` rules). Ties in that count are broken by the term, in code
+    point order: scikit-learn picks the top terms with an unstable ``argsort``, and numpy's SIMD
+    sorts break ties differently per instruction set (AVX2 and AVX-512 gave two vocabularies, so
+    two artifacts, from one corpus), so the choice is made here instead.
+
+    Args:
+        documents: each document's terms (the analyzer's output, repeats included).
+        min_df: least number of documents a term must occur in (>= 1).
+        max_features: most terms kept (>= 1).
+
+    Returns:
+        The kept terms in code point order (the column order scikit-learn itself uses).
+    """
+    if min_df < 1 or max_features < 1:
+        raise ValueError("min_df and max_features must be at least 1")
+    occurrences: Counter[str] = Counter()
+    document_frequency: Counter[str] = Counter()
+    for terms in documents:
+        occurrences.update(terms)
+        document_frequency.update(set(terms))
+    eligible = [term for term, df in document_frequency.items() if df >= min_df]
+    eligible.sort(key=lambda term: (-occurrences[term], term))
+    return sorted(eligible[:max_features])
 
 
 def _round(value: float) -> float:
@@ -126,17 +166,20 @@ def _fit_router(train: Sequence[LabelledPrompt], *, c: float) -> FittedRouter:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     texts, dense_raw = _features(train)
+    # Fixed vocabularies: scikit-learn's own max_features choice depends on the CPU.
     word = TfidfVectorizer(
         analyzer=word_terms,
-        min_df=WORD_MIN_DF,
-        max_features=WORD_MAX_FEATURES,
+        vocabulary=select_vocabulary(
+            [word_terms(t) for t in texts], min_df=WORD_MIN_DF, max_features=WORD_MAX_FEATURES
+        ),
         sublinear_tf=True,
         dtype=np.float64,
     )
     char = TfidfVectorizer(
         analyzer=char_terms,
-        min_df=CHAR_MIN_DF,
-        max_features=CHAR_MAX_FEATURES,
+        vocabulary=select_vocabulary(
+            [char_terms(t) for t in texts], min_df=CHAR_MIN_DF, max_features=CHAR_MAX_FEATURES
+        ),
         sublinear_tf=True,
         dtype=np.float64,
     )

@@ -104,6 +104,90 @@ def test_training_reproduces_the_shipped_artifact_byte_for_byte(fitted):
     )
 
 
+def _dispatch_levels() -> list[str]:
+    """Every value of ``NPY_DISABLE_CPU_FEATURES`` that moves numpy down one level on this CPU.
+
+    ``""`` (what the CPU has), then each found dispatch target switched off with all above it:
+    on an AVX-512 machine ``"AVX512_ICL"``, ``"X86_V4 AVX512_ICL"``, ``"X86_V3 X86_V4 ..."``.
+    """
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    found = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    return [""] + [" ".join(found[i:]) for i in range(len(found) - 1, -1, -1)]
+
+
+_TRAIN_SCRIPT = """
+import hashlib
+from cli.router_training import artifact_bytes, train_artifact
+from core.routing_corpus import load_corpus, split_corpus
+print(hashlib.sha256(artifact_bytes(train_artifact(split_corpus(load_corpus())[0]))).hexdigest())
+"""
+
+
+@pytest.mark.timeout(300)
+async def test_training_gives_the_same_bytes_at_every_numpy_dispatch_level() -> None:
+    """The shipped artifact is what training gives whichever SIMD level numpy dispatches.
+
+    numpy's SIMD sorts break ties per instruction set; a vocabulary chosen through one made the
+    artifact depend on the CPU that trained it (an AVX-512 machine built other bytes than an
+    AVX2 one). Each level runs in its own process (the variable is read at numpy's import).
+    """
+    pytest.importorskip("sklearn", reason="training needs the train extra (scikit-learn)")
+    import hashlib
+    import os
+    import sys
+
+    from cli.router_training import artifact_sha256
+
+    async def train(disabled: str) -> str:
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disabled}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _TRAIN_SCRIPT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()[-2000:]
+        return out.decode().strip()
+
+    levels = _dispatch_levels()
+    digests = dict(zip(levels, await asyncio.gather(*map(train, levels)), strict=True))
+    shipped = artifact_sha256(ARTIFACT_PATH.read_bytes())
+    assert digests == dict.fromkeys(levels, shipped), (
+        f"training differs between numpy dispatch levels (shipped {shipped[:16]}): "
+        + ", ".join(f"{level or 'native'}: {d[:16]}" for level, d in digests.items())
+    )
+    assert hashlib.sha256(ARTIFACT_PATH.read_bytes()).hexdigest() == shipped
+
+
+def test_vocabulary_ties_are_broken_by_the_term_not_by_a_sort() -> None:
+    from cli.router_training import select_vocabulary
+
+    # "b", "a" and "c" each occur twice: with room for two, the two smallest terms win,
+    # whichever order the documents (or the terms inside them) come in.
+    documents = [["b", "a", "zz", "zz", "zz"], ["c", "a", "b", "c"], ["zz"]]
+    for order in (documents, documents[::-1], [d[::-1] for d in documents]):
+        assert select_vocabulary(order, min_df=1, max_features=3) == ["a", "b", "zz"]
+    # Kept terms come back in code point order (scikit-learn's column order).
+    assert select_vocabulary(documents, min_df=1, max_features=10) == ["a", "b", "c", "zz"]
+
+
+def test_vocabulary_counts_occurrences_after_the_document_floor() -> None:
+    from cli.router_training import select_vocabulary
+
+    # "x" occurs 5 times but in one document: min_df=2 drops it however frequent it is.
+    documents = [["x"] * 5 + ["y"], ["y", "z"], ["z", "w"], ["w"]]
+    assert select_vocabulary(documents, min_df=2, max_features=10) == ["w", "y", "z"]
+    # Among eligible terms the total count decides before the term does.
+    documents = [["q", "q", "a"], ["q", "a"], ["m", "m"], ["m"]]
+    assert select_vocabulary(documents, min_df=1, max_features=2) == ["m", "q"]
+    with pytest.raises(ValueError):
+        select_vocabulary(documents, min_df=0, max_features=2)
+
+
 def test_json_inference_matches_scikit_learn(corpus_split, fitted):
     held = [p.prompt for p in corpus_split[1]]
     # A prompt past the head/tail cut, and one with no known term, go through the same path.
