@@ -85,7 +85,6 @@ def build_activities(
         stream=TokenStreamSettings(
             batch_ms=settings.stream_token_batch_ms,
             batch_tokens=settings.stream_token_batch_tokens,
-            flush_ms=settings.stream_flush_ms,
         ),
     )
     return activities, cache, providers

@@ -66,7 +66,8 @@ class ModelActivities:
         """Ask the tier's model for a draft or a final answer.
 
         With ``inp.stream`` (a final answer of a job that streams) the text is published as
-        ``token`` events on the job's event stream while the provider produces it, under
+        ``token`` events on the job's token side channel (Redis, :mod:`infra.token_channel`) while
+        the provider produces it, under
         revision ``inp.revision_base + attempt`` (:mod:`activities.token_stream`).
 
         Returns:
@@ -92,7 +93,7 @@ class ModelActivities:
                 async with heartbeating(f"{inp.purpose} on {spec.model_id}"):
                     if streaming:
                         async with TokenPublisher(
-                            inp.job_id, revision, spec.tier, self.stream
+                            inp.job_id, revision, spec.tier, self.stream, self.cache
                         ) as pub:
                             completion = await provider.complete(
                                 spec, messages, max_tokens, on_delta=pub.on_delta
@@ -158,7 +159,9 @@ class ModelActivities:
         observe_coalesced(CacheLevel.COMPONENT)
         revision = inp.revision_base + activity.info().attempt if streaming else 0
         if streaming:
-            async with TokenPublisher(inp.job_id, revision, spec.tier, self.stream) as pub:
+            async with TokenPublisher(
+                inp.job_id, revision, spec.tier, self.stream, self.cache
+            ) as pub:
                 pub.on_delta(shared.text)
         usage = shared.usage.model_copy(
             update={

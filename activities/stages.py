@@ -637,6 +637,7 @@ class StageActivities:
                     idempotency_key=inp.idempotency_key,
                     request_hash=inp.request_hash,
                     owner=inp.owner,
+                    events_json=inp.events_json,
                 )
             )
         except AgentflowError as exc:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
 from api.errors import install_error_handlers
+from api.event_hub import EventHub
 from api.middleware import BodyLimitMiddleware
 from api.routes import cache as cache_routes
 from api.routes import catalog, events, health, jobs, metrics, ui
@@ -57,15 +58,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         create_tables(engine)
         cache = cache_from_settings(settings)
         quotas = Quotas.from_settings(settings)
+        temporal = TemporalGateway(settings, plugin_from_settings(settings, engine))
+        event_hub = EventHub(
+            temporal.client,
+            settings.redis_url,
+            poll_ms=settings.stream_poll_ms,
+            linger_s=settings.sse_linger_s,
+            max_readers=settings.sse_max_readers_per_job,
+        )
         app.state.agentflow = AppState(
             settings=settings,
             store=JobStore(engine),
             cache=cache,
             tools=builtin_registry(settings),
             catalog=load_catalog(settings.catalog_file, settings.openai_base_url),
-            temporal=TemporalGateway(settings, plugin_from_settings(settings, engine)),
+            temporal=temporal,
             keys=KeyStore.from_settings(engine, settings),
             quotas=quotas,
+            event_hub=event_hub,
         )
         if settings.auth_disabled:
             log.warning(
@@ -75,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await event_hub.aclose()
             await quotas.aclose()
             await cache.aclose()
             engine.dispose()

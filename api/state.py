@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ApiError, TemporalUnavailableError
+from api.event_hub import EventHub
 from core import search_attributes
 from core.catalog import ModelCatalog
 from core.models import CacheLevel
@@ -163,7 +164,8 @@ class TemporalGateway:
 class AppState:
     """Everything the routes share.
 
-    Settings, store, cache, tool registry, catalog, Temporal, API keys and the per-key quotas.
+    Settings, store, cache, tool registry, catalog, Temporal, API keys, the per-key quotas and
+    the event hub that every SSE reader of this process shares (:mod:`api.event_hub`).
     """
 
     settings: Settings
@@ -174,6 +176,7 @@ class AppState:
     temporal: TemporalGateway
     keys: KeyStore
     quotas: Quotas
+    event_hub: EventHub
 
     async def semantic_clear(self, namespace_prefix: str | None) -> int:
         """Delete the semantic entries whose namespace starts with ``namespace_prefix``.

@@ -1068,3 +1068,7 @@ class RecordJobInput(BaseModel):
     """The query, with a completed result: the cached answer and its semantic entry keep it."""
     semantic_namespace: str | None = None
     """The semantic level's namespace of the request (from ``prepare_job``)."""
+    events_json: str | None = None
+    """With the terminal projection: the job's whole event stream as a JSON array of
+    ``core.events.JobEvent`` (offsets filled in, the terminal event last), stored so readers of
+    a finished job never need a worker."""

@@ -183,16 +183,22 @@ class Settings(BaseSettings):
     seconds; unset: no reminders."""
 
     stream_tokens: bool = True
-    """Stream each final answer as ``token`` events on the job's event stream (one signal to the
-    workflow per flush); ``false`` publishes only the whole answer in ``final_response``."""
+    """Stream each final answer as ``token`` events on the job's Redis token stream
+    (:mod:`infra.token_channel`; no history cost); ``false`` publishes only the whole answer in
+    ``final_response``."""
     stream_token_batch_ms: float = Field(default=50.0, gt=0, le=5000)
     """A ``token`` event holds the text produced in at most this many milliseconds..."""
     stream_token_batch_tokens: int = Field(default=32, ge=1, le=4096)
     """...or at most this many provider deltas (about one token each), whichever comes first."""
-    stream_flush_ms: float = Field(default=100.0, ge=10, le=10_000)
-    """How often the generation activity sends its buffered events to the workflow, in ms (each
-    send is one signal, so one workflow task and a few history events); the first ``token``
-    event is sent at once."""
+    stream_poll_ms: float = Field(default=150.0, ge=10, le=10_000)
+    """How often the API's event hub reads a running job's durable events (one query per job
+    per API process, whatever the number of readers; a query adds nothing to history), in
+    ms. Token events arrive at once through Redis."""
+    sse_linger_s: float = Field(default=30.0, ge=0, le=3600)
+    """How long the event hub keeps a job's events in memory after its last reader left or
+    it ended, in seconds, for readers that reconnect."""
+    sse_max_readers_per_job: int = Field(default=1000, ge=1, le=100_000)
+    """Most concurrent SSE readers of one job per API process; more get 429."""
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
     """``GET /v1/jobs/{id}/events`` sends an SSE comment this often while no event arrives, so
     proxies keep the connection open."""
@@ -253,6 +259,20 @@ class Settings(BaseSettings):
     daily_budget_usd: float = Field(default=5.0, ge=0)
     """What one API key's jobs may cost per UTC day, in USD (keys may carry their own budget).
     A submission whose estimated cost does not fit what is left gets 402."""
+    analytics_rate_limit_per_minute: int = Field(default=30, ge=1)
+    """Analytics requests (``/v1/metrics/*``, ``GET /v1/cache/stats``) one API key may make per
+    minute, counted apart from its submissions; the next one gets 429 with ``Retry-After``."""
+    analytics_cache_ttl_s: float = Field(default=15.0, ge=0, le=3600)
+    """How long a computed analytics answer is served again for the same key, report and period,
+    in seconds: analytics may be this stale. 0: no cache (concurrent identical requests still
+    share one computation)."""
+    analytics_executor: Literal["process", "thread"] = "process"
+    """Where analytics are computed: ``process`` (a separate process, so their CPU never holds
+    the API's GIL) or ``thread`` (a thread of the API process; in-memory SQLite always uses it)."""
+    analytics_workers: int = Field(default=1, ge=1, le=16)
+    """Analytics computations at once per API process (processes or threads); the others wait."""
+    analytics_nice: int = Field(default=10, ge=0, le=19)
+    """CPU niceness added to the analytics process, so requests of the API come first."""
 
     payload_encryption_keys: dict[str, SecretStr] = Field(default_factory=dict)
     """AES-256-GCM keys for Temporal payloads, by key id (JSON object in the env:

@@ -284,6 +284,13 @@ class RedisCache:
         self._tripped = True
         self._open_until = time.monotonic() + self._cooldown_s
 
+    def record_failure(self, op: str, exc: BaseException) -> None:
+        """Count a failed Redis call made with :attr:`client` and open the breaker.
+
+        ``op`` names the call in the log.
+        """
+        self._failed(op, exc)
+
     def _succeeded(self) -> None:
         if self._tripped:
             logger.info("redis is reachable again; cache resumed")

@@ -42,6 +42,9 @@ class JobRecord(SQLModel, table=True):
             jobs submitted without one (visible to admin keys only).
         created_at: when the workflow started; updated_at / completed_at: aware UTC datetimes.
         duration_ms: ``completed_at - created_at`` in milliseconds, once terminal.
+        events_json: the job's whole event stream as a JSON array (``core.events.JobEvent``,
+            offsets filled in, the terminal event last), stored once with the terminal record;
+            ``None`` before, and for jobs that ended before streams were stored.
     """
 
     __tablename__ = "jobs"
@@ -66,6 +69,7 @@ class JobRecord(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     duration_ms: float | None = None
+    events_json: str | None = Field(default=None, sa_type=Text)
 
     def to_result(self) -> AgentResult | None:
         """The recorded :class:`AgentResult`, or ``None`` when none was recorded yet."""
@@ -160,6 +164,7 @@ class JobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         owner: str | None = None,
+        events_json: str | None = None,
     ) -> JobRecord:
         """Store the projection ``result`` of job ``result.job_id`` (insert or update).
 
@@ -180,6 +185,8 @@ class JobStore:
             idempotency_key: the client's key, if any.
             request_hash: :func:`core.ids.request_hash` of ``request``.
             owner: key id of the submitting API key.
+            events_json: the job's event stream (JSON array), stored with a terminal
+                ``result`` only.
 
         Returns:
             The stored record.
@@ -187,12 +194,26 @@ class JobStore:
         with translate_errors():
             try:
                 return self._record_once(
-                    result, revision, request, created_at, idempotency_key, request_hash, owner
+                    result,
+                    revision,
+                    request,
+                    created_at,
+                    idempotency_key,
+                    request_hash,
+                    owner,
+                    events_json,
                 )
             except IntegrityError:
                 # Two writers raced to insert the same job; the row exists now.
                 return self._record_once(
-                    result, revision, request, created_at, idempotency_key, request_hash, owner
+                    result,
+                    revision,
+                    request,
+                    created_at,
+                    idempotency_key,
+                    request_hash,
+                    owner,
+                    events_json,
                 )
 
     def _record_once(
@@ -204,6 +225,7 @@ class JobStore:
         idempotency_key: str | None,
         request_hash: str | None,
         owner: str | None,
+        events_json: str | None,
     ) -> JobRecord:
         result_json = result.model_dump_json()
         status = result.status
@@ -250,6 +272,8 @@ class JobStore:
             record.error = result.error
             record.updated_at = now
             if status.is_terminal:
+                if events_json is not None:
+                    record.events_json = events_json
                 if record.completed_at is None:
                     record.completed_at = now
                 elapsed = record.completed_at - record.created_at

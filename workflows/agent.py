@@ -33,9 +33,12 @@ path in :mod:`workflows.agent_v1`, unchanged.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from datetime import datetime
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.contrib.workflow_streams import WorkflowStream
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
@@ -323,15 +326,19 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
 
     # ------------------------------------------------------------------ state and projection
 
-    def _enter(self, stage: Stage) -> None:
-        """Close the current stage (timing and ``stage_completed``) and start ``stage``."""
+    def _enter(self, stage: Stage, *, publish: bool = True) -> None:
+        """Close the current stage (timing and ``stage_completed``) and start ``stage``.
+
+        ``publish=False`` records the timing without publishing ``stage_completed``.
+        """
         now = workflow.now()
         job_id = self._progress.job_id
         if self._stage_started is not None:
             elapsed = round((now - self._stage_started).total_seconds() * 1000, 3)
             previous = self._progress.stage
             self._progress.timings.append(StageTiming(stage=previous, duration_ms=elapsed))
-            self._emit(StageCompleted(job_id=job_id, stage=previous, duration_ms=elapsed))
+            if publish:
+                self._emit(StageCompleted(job_id=job_id, stage=previous, duration_ms=elapsed))
         self._progress.stage = stage
         self._stage_started = now
         if stage is not Stage.DONE:
@@ -381,6 +388,12 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
     async def _finish(self, result: AgentResult) -> AgentResult:
         """Record the terminal ``result`` (the last projection) and return it.
 
+        The terminal event (``final_response`` or ``response_error``) is built first and
+        stored with the record together with every event before it (``events_json``), so a
+        reader of a finished job reads its stream from the database and never wakes a worker;
+        it is published after the write, and the record stage's ``stage_completed`` is not
+        published (it would come after the terminal event, where no reader looks).
+
         Once the outcome is decided a cancel request no longer changes it: while the final
         record waits (for example on a regular activity during a database outage) a cancel
         would otherwise end the job CANCELED after its COMPLETED (or REJECTED) record was
@@ -389,43 +402,63 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._enter(Stage.RECORD)
         result = result.model_copy(update={"timings": list(self._progress.timings)})
         self._upsert_search_attributes(result.status)
-        write = self._project(result=result)
+        outcome = self._outcome_event(result)
+        write = self._project(result=result, events_json=self._stored_events(outcome))
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
             workflow.logger.info("cancel requested after the job ended %s; kept", result.status)
             await write
         self._progress.status = result.status
-        self._enter(Stage.DONE)
-        self._emit_outcome(result)
-        # Hand the last events to subscribers waiting in a poll update, and let no update be
-        # cut off by the workflow's end (the stream's long polls are updates).
+        self._enter(Stage.DONE, publish=False)
+        self._events.publish(outcome)
+        # Hand the last events to subscribers waiting in a poll update (API processes from
+        # before the event hub), and let no update be cut off by the workflow's end.
         self._stream.detach_pollers()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result.model_copy(update={"timings": list(self._progress.timings)})
 
-    def _emit_outcome(self, result: AgentResult) -> None:
-        """The job's last event: ``final_response`` or ``response_error``."""
+    def _stored_events(self, outcome: EventBase) -> str:
+        """The job's whole event stream as a JSON array, ``outcome`` last, offsets filled in.
+
+        Read from the stream's own state, so events published by others (token signals of
+        workers from before the token side channel) keep their offsets too.
+        """
+        state = self._stream.get_state()
+        events: list[str] = []
+        offset = state.base_offset
+        for item in state.log:
+            if item.topic == EVENTS_TOPIC:
+                data = json.loads(Payload.FromString(base64.b64decode(item.data)).data)
+                data["offset"] = offset
+                events.append(json.dumps(data, separators=(",", ":")))
+            offset += 1
+        last = outcome.model_copy(update={"offset": offset})
+        events.append(last.model_dump_json())
+        return "[" + ",".join(events) + "]"
+
+    def _outcome_event(self, result: AgentResult) -> FinalResponse | ResponseError:
+        """The job's last event, stamped: ``final_response`` or ``response_error``."""
+        event: FinalResponse | ResponseError
         if result.status is JobStatus.COMPLETED and result.answer is not None:
             final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
-            self._emit(
-                FinalResponse(
-                    job_id=result.job_id,
-                    answer=result.answer,
-                    simulated=result.simulated,
-                    response_cache_hit=result.response_cache_hit,
-                    tier=final.tier if final is not None else None,
-                    escalated_to=result.escalated_to,
-                    usage=result.usage,
-                    total_cost_usd=round(result.total_cost_usd, 8),
-                )
+            event = FinalResponse(
+                job_id=result.job_id,
+                answer=result.answer,
+                simulated=result.simulated,
+                response_cache_hit=result.response_cache_hit,
+                tier=final.tier if final is not None else None,
+                escalated_to=result.escalated_to,
+                usage=result.usage,
+                total_cost_usd=round(result.total_cost_usd, 8),
             )
-            return
-        self._emit(
-            ResponseError(
+        else:
+            event = ResponseError(
                 job_id=result.job_id,
                 status=result.status,
                 error=result.error,
                 error_type=result.error_type,
             )
-        )
+        event.at = workflow.now()
+        event.revision = self._generation_revision
+        return event

@@ -78,7 +78,7 @@ class ApprovalGate:
     _decision: ApprovalDecision | None
     _gate_open: bool
 
-    def _enter(self, stage: Stage) -> None:
+    def _enter(self, stage: Stage, *, publish: bool = True) -> None:
         raise NotImplementedError
 
     def _emit(self, event: EventBase) -> None:

@@ -32,7 +32,7 @@ class ModelCalls:
     _progress: AgentProgress
     _draft_task: asyncio.Task[None] | None
 
-    def _enter(self, stage: Stage) -> None:
+    def _enter(self, stage: Stage, *, publish: bool = True) -> None:
         raise NotImplementedError
 
     def _emit(self, event: EventBase) -> None:

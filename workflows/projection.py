@@ -42,19 +42,23 @@ class JobProjection:
     ) -> AgentResult:
         raise NotImplementedError
 
-    def _project(self, *, result: AgentResult | None = None) -> asyncio.Task[None]:
+    def _project(
+        self, *, result: AgentResult | None = None, events_json: str | None = None
+    ) -> asyncio.Task[None]:
         """Write the job's current state to the database after the previous write finishes.
 
         Writes run one at a time in order, beside the stages; only the final one is awaited.
         The first (RUNNING, written beside ``prepare_job``) carries the request; every write
         carries the start time, the idempotency key, the request hash and the owner; the terminal
-        one also the budget reservation to settle.
+        one also the budget reservation to settle and the job's whole event stream
+        (``events_json``, see ``AgentWorkflow._finish``).
         """
         self._revision += 1
         record = RecordJobInput(
             result=result or self._result(self._progress.status),
             response_cache_key=self._cache_key if result is not None else None,
             revision=self._revision,
+            events_json=events_json,
         )
         inp = self._input
         if inp is not None:

@@ -1,83 +1,75 @@
 """``GET /v1/jobs/{job_id}/events``: the job's event stream as Server-Sent Events.
 
-Each event of the job's stream (:mod:`core.events`) goes out as one SSE message: ``id:`` its
-stream offset, ``event:`` its type, ``data:`` the event as JSON with ``offset`` filled in. A
-client that reconnects with ``Last-Event-ID: n`` (or ``?after=n``) reads from offset ``n + 1``:
-it misses nothing and sees nothing twice. The stream ends after the job's terminal event
-(``final_response`` or ``response_error``), or when the job's workflow closed and its stream is
-drained.
+Each event goes out as one SSE message: ``id:`` the reader's resume cursor, ``event:`` its
+type, ``data:`` the event as JSON (durable events with ``offset`` filled in). The cursor is the
+last durable offset (``"12"``), followed by the last token event's id once the reader has seen
+token events (``"12:1700000000000-0"``, see :mod:`api.event_hub`). A client that reconnects
+with ``Last-Event-ID`` (or ``?after=<offset>``) misses nothing and sees nothing twice. The stream
+ends after the job's terminal event (``final_response`` or ``response_error``) or, when it
+cannot go on, after a ``stream_error`` event that says why: never silently.
 
-Built on FastAPI's own SSE support (``fastapi.sse``): the route is an async generator of
-``ServerSentEvent`` items with ``response_class=EventSourceResponse``; FastAPI encodes them,
-sets ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``, and cancels the generator when
-the client disconnects. Its own keep-alive (``: ping`` after 15 s without an item) is a private
-module constant with no per-route setting, so the route sends its own comment every
-``AGENTFLOW_SSE_KEEPALIVE_S`` while no event arrives (with a value above 15 s, FastAPI's ping
-comes first).
+Where the events come from:
 
-Reading: one ``WorkflowStreamClient.subscribe`` per connection, on the job's one topic
-(:data:`core.events.EVENTS_TOPIC`). It long-polls the workflow with an update while the job runs
-(an update waits for a worker; while workers restart the connection stays open, with
-keep-alives) and drains with a query once the workflow closed. At most one poll answer (the
-library caps it near 1 MB) is held per connection, and the next is fetched only after the
-previous events were handed to the client. A disconnecting client cancels the subscription
-(:func:`open_streams` counts the live ones).
-
-Hazards, and what the route does:
-
-* Checked before the stream starts (so they can still be an HTTP status): an unknown job or
-  another key's job is a 404; Temporal unreachable is a 503; a job whose workflow history is
-  gone and that recorded no outcome is a 409. A closed workflow's stream is read with queries,
-  which only a worker answers (without one the server holds a query for about 30 s and then
-  fails it), so for a closed workflow a worker must answer the stream's offset query within
-  :data:`CHECK_TIMEOUT` first: otherwise 503 with ``Retry-After``.
-* Jobs without a stream (workflows started before streams existed have no poll handler, so the
-  poll update or query fails) and jobs whose history is gone (Temporal's retention) get ONE
+* A finished job whose record holds its stream (every job recorded since streams are stored):
+  the job database. No Temporal call, no worker.
+* A running job: the process's :class:`api.event_hub.EventHub`: one read of the job (a query
+  every ``AGENTFLOW_STREAM_POLL_MS``, plus its Redis token stream) shared by all its readers in
+  this process. Readers hold no update slot, add nothing to the job's history and cannot delay
+  its decision or each other.
+* A finished job recorded before streams were stored: the hub too (its query wakes a worker
+  once per process, not once per reader); with no worker answering within
+  :data:`CHECK_TIMEOUT` the answer is 503 with ``Retry-After``.
+* Jobs without a stream (started before streams existed) and jobs whose history is gone get ONE
   synthesized terminal event built from the job record, preceded by the comment
-  ``: synthesized from the job record ...``; it has no ``id:`` and its ``offset`` is ``null``,
-  since it is not part of any stream. A job without a stream that still runs is waited for
-  (keep-alives meanwhile) and then answered the same way.
-* Temporal lost mid-stream: the stream ends; the client reconnects with ``Last-Event-ID``.
+  ``: synthesized from the job record ...``; it has no ``id:`` and its ``offset`` is ``null``.
+
+Checked before the stream starts (so they can still be an HTTP status): an unknown job or
+another key's job is 404; a ``Last-Event-ID`` this API did not send is 422; more than
+``AGENTFLOW_SSE_MAX_READERS_PER_JOB`` readers of one job in this process is 429; Temporal
+unreachable for a job that needs it is 503; a job whose history is gone and that recorded no
+outcome is 409.
+
+Built on FastAPI's own SSE support (``fastapi.sse``), which cancels the generator when the
+client disconnects; the route sends its own keep-alive comment every
+``AGENTFLOW_SSE_KEEPALIVE_S`` while no event arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Final, TypeVar, cast
+from typing import Annotated, Any, Final, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from temporalio.client import (
-    Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowQueryFailedError,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-)
+from pydantic import BaseModel, TypeAdapter
+from temporalio.client import WorkflowQueryFailedError
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import ReadKey, StateDep
-from api.errors import ApiError, JobStateConflictError, TemporalUnavailableError
-from api.job_views import read_job
+from api.errors import (
+    ApiError,
+    JobNotFoundError,
+    JobStateConflictError,
+    TemporalUnavailableError,
+    TooManyRequestsError,
+    UnprocessableRequestError,
+)
+from api.event_hub import Cursor, FeedFailed, StreamFailure
+from api.job_views import from_record, get_record, read_job
 from api.openapi import error_responses
 from api.routes.jobs import JobIdPath, _read_own_job
 from api.schemas import JobPublic
 from api.state import AppState
+from core.auth import Principal
 from core.errors import StoreUnavailableError
-from core.events import (
-    EVENTS_TOPIC,
-    TERMINAL_EVENTS,
-    FinalResponse,
-    JobEvent,
-    ResponseError,
-)
+from core.events import FinalResponse, JobEvent, ResponseError
 from core.ids import workflow_id_for
 from core.models import JobStatus
 
@@ -99,9 +91,14 @@ KEEPALIVE_COMMENT: Final = "keep-alive"
 
 T = TypeVar("T")
 
-_JOB_EVENT = cast("type[JobEvent]", JobEvent)
-"""``JobEvent`` (an annotated union) where a ``type`` is expected (the pydantic converter
-takes it)."""
+_STORED = TypeAdapter[list[JobEvent]](list[JobEvent])
+"""A stored stream (``JobRecord.events_json``)."""
+
+STREAM_ERROR_EVENT: Final = "stream_error"
+"""The SSE event name of :class:`StreamError`."""
+
+RECORD_WAIT_S: Final = 10.0
+"""How long a reader whose stream stopped waits for the job's record to become terminal."""
 
 _open_streams = 0
 
@@ -111,25 +108,54 @@ def open_streams() -> int:
     return _open_streams
 
 
+class StreamError(BaseModel):
+    """The ``data`` of a ``stream_error`` event: why a stream ended without the job's outcome.
+
+    Attributes:
+        job_id: the job.
+        reason: a :class:`api.event_hub.StreamFailure` value.
+        retry: whether reconnecting with the last id may get further.
+        detail: one sentence for a person.
+    """
+
+    job_id: str
+    reason: str
+    retry: bool
+    detail: str
+
+
+_FAILURE_DETAIL: Final = {
+    StreamFailure.TEMPORAL_UNAVAILABLE: (True, "the job's events could not be read for a while"),
+    StreamFailure.SHUTTING_DOWN: (True, "this API process is stopping"),
+    StreamFailure.CLOSED: (False, "the job's workflow closed without an outcome event"),
+}
+
+
+def stream_error_event(job_id: str, reason: StreamFailure) -> ServerSentEvent:
+    """The ``stream_error`` message for ``reason``."""
+    retry, detail = _FAILURE_DETAIL.get(reason, (False, "the job's stream cannot be read"))
+    data = StreamError(job_id=job_id, reason=reason.value, retry=retry, detail=detail)
+    return ServerSentEvent(event=STREAM_ERROR_EVENT, data=data)
+
+
 @dataclass(frozen=True)
 class JobEventStream:
     """One connection's read of one job's events, decided before the response starts.
 
     Attributes:
         state: the app's shared resources.
-        client: the connected Temporal client.
         job: the job as the calling key sees it (for a synthesized terminal event).
-        from_offset: the first stream offset to send (one past the client's last seen).
-        has_stream: False when the job has no stream to read (Temporal no longer has its
-            workflow, or the closed workflow has no stream handler): the stream is then
-            one synthesized terminal event.
+        cursor: where the reader resumes (:class:`api.event_hub.Cursor`).
+        source: ``stored`` (the record's stream), ``hub`` (the process's event hub) or
+            ``synthesized`` (one terminal event from the record).
+        stored: the stored stream's JSON (``source == "stored"``).
     """
 
     state: AppState
-    client: Client
     job: JobPublic
-    from_offset: int
-    has_stream: bool
+    cursor: Cursor
+    source: str
+    stored: str | None = None
 
     async def messages(self) -> AsyncIterator[ServerSentEvent]:
         """The SSE messages of this connection, with a keep-alive comment while idle."""
@@ -143,85 +169,85 @@ class JobEventStream:
         global _open_streams
         _open_streams += 1
         try:
-            if not self.has_stream:
+            if self.source == "stored":
+                async for message in self._stored():
+                    yield message
+            elif self.source == "hub":
+                async for message in self._from_hub():
+                    yield message
+            else:
                 async for message in self._synthesized(wait_for_close=False):
                     yield message
-                return
-            async for message in self._subscribed():
-                yield message
         finally:
             _open_streams -= 1
 
-    async def _subscribed(self) -> AsyncIterator[ServerSentEvent]:
-        """The stream's events from ``from_offset`` until a terminal one (or the drained end)."""
+    async def _stored(self) -> AsyncIterator[ServerSentEvent]:
+        """The finished job's stream from its record (no Temporal call, no worker)."""
+        assert self.stored is not None
+        text = self.stored
+        if len(text) > 256 * 1024:
+            events = await asyncio.to_thread(_STORED.validate_json, text)
+        else:
+            events = _STORED.validate_json(text)
+        cursor = self.cursor
+        for event in events:
+            if event.offset is None or event.offset <= cursor.offset:
+                continue
+            cursor = Cursor(event.offset, cursor.token)
+            yield ServerSentEvent(id=str(cursor), event=event.type.value, data=event)
+
+    async def _from_hub(self) -> AsyncIterator[ServerSentEvent]:
+        """The running job's events through the process's hub (shared with its readers)."""
+        hub = self.state.event_hub
         job_id = self.job.job_id
-        workflow_id = workflow_id_for(job_id)
-        # A reader polls no more often than the generation activity sends its token batches.
-        cooldown = timedelta(milliseconds=self.state.settings.stream_flush_ms)
-        stream = WorkflowStreamClient.create(self.client, workflow_id)
-        next_offset = self.from_offset
-        while True:
-            try:
-                async for item in stream.subscribe(
-                    [EVENTS_TOPIC],
-                    from_offset=next_offset,
-                    result_type=_JOB_EVENT,
-                    poll_cooldown=cooldown,
-                ):
-                    if item.offset < next_offset:
-                        continue  # never send an offset twice, whatever the reader returns
-                    event: JobEvent = item.data
-                    event.offset = item.offset
-                    next_offset = item.offset + 1
-                    yield ServerSentEvent(id=str(item.offset), event=event.type.value, data=event)
-                    if event.type in TERMINAL_EVENTS:
-                        return
-                return  # the workflow closed and its stream is drained
-            except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
-                if isinstance(exc.__cause__, asyncio.CancelledError):
-                    raise exc.__cause__ from None  # the client left: never swallow that
-                # The poll was not accepted in time (no worker for a while); ask again from
-                # where this connection is: the keep-alives hold the connection meanwhile.
-                await asyncio.sleep(cooldown.total_seconds())
-            except (WorkflowUpdateFailedError, WorkflowQueryFailedError):
-                # The workflow has no poll handler: it was started before event streams.
-                log.info("job %s has no event stream; answering from its record", job_id)
+        try:
+            feed = hub.attach(job_id)
+        except OverflowError:
+            yield ServerSentEvent(comment="too many readers of this job in this process")
+            yield stream_error_event(job_id, StreamFailure.TEMPORAL_UNAVAILABLE)
+            return
+        try:
+            async for entry, cursor in hub.read(feed, self.cursor):
+                event = entry.event
+                yield ServerSentEvent(id=str(cursor), event=event.type.value, data=event)
+        except FeedFailed as failed:
+            if failed.reason in (StreamFailure.NO_STREAM, StreamFailure.GONE):
+                log.info("job %s has no readable stream; answering from its record", job_id)
                 async for message in self._synthesized(wait_for_close=True):
                     yield message
                 return
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:  # history gone since the check
-                    async for message in self._synthesized(wait_for_close=False):
-                        yield message
-                    return
-                log.warning("event stream of job %s ended: Temporal failed: %s", job_id, exc)
+            if failed.reason is StreamFailure.CLOSED:
+                async for message in self._synthesized(wait_for_close=True):
+                    yield message
                 return
+            yield stream_error_event(job_id, failed.reason)
+        finally:
+            hub.detach(feed)
 
     async def _synthesized(self, *, wait_for_close: bool) -> AsyncIterator[ServerSentEvent]:
-        """One terminal event from the job record, once the job ended (nothing if it did not)."""
+        """One terminal event from the job record, once the job ended (else ``stream_error``).
+
+        With ``wait_for_close`` the record is read again until it is terminal, for up to
+        :data:`RECORD_WAIT_S` (the workflow writes it just before it closes).
+        """
         job_id = self.job.job_id
-        if wait_for_close:
-            handle = self.client.get_workflow_handle(workflow_id_for(job_id))
-            try:
-                await handle.result()
-            except WorkflowFailureError:
-                pass  # it ended; how is in its record
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    log.warning("event stream of job %s ended: Temporal failed: %s", job_id, exc)
-                    return
         job = self.job
-        if wait_for_close:
+        deadline = time.monotonic() + (RECORD_WAIT_S if wait_for_close else 0.0)
+        while True:
+            if job.status.is_terminal:
+                break
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
             try:
                 job = await read_job(self.state, job_id)
             except (ApiError, StoreUnavailableError) as exc:
-                log.warning(
-                    "event stream of job %s ended: its record is unreadable: %s", job_id, exc
-                )
-                return
+                log.warning("event stream of job %s: its record is unreadable: %s", job_id, exc)
+                continue
         event = synthesize_terminal_event(job)
         if event is None:
-            log.warning("job %s ended without a recorded outcome; no terminal event", job_id)
+            log.warning("job %s ended without a recorded outcome; stream_error sent", job_id)
+            yield stream_error_event(job_id, StreamFailure.CLOSED)
             return
         yield ServerSentEvent(comment=SYNTHESIZED_COMMENT, event=event.type.value, data=event)
 
@@ -306,13 +332,13 @@ async def open_event_stream(
     principal: ReadKey,
     state: StateDep,
     last_event_id: Annotated[
-        int | None,
+        str | None,
         Header(
             alias="Last-Event-ID",
-            ge=0,
-            le=MAX_OFFSET,
-            description="The last event id (offset) the client saw; the stream resumes after it. "
-            "Browsers' EventSource sends it when reconnecting. Wins over `after`.",
+            max_length=64,
+            description="The last event id the client saw (`12`, or `12:<token id>` once it "
+            "saw token events); the stream resumes after it. Browsers' EventSource sends it "
+            "when reconnecting. Wins over `after`.",
         ),
     ] = None,
     after: Annotated[
@@ -320,7 +346,7 @@ async def open_event_stream(
         Query(
             ge=0,
             le=MAX_OFFSET,
-            description="The same as `Last-Event-ID`, for clients that cannot set headers.",
+            description="The last durable offset seen, for clients that cannot set headers.",
         ),
     ] = None,
 ) -> JobEventStream:
@@ -328,42 +354,96 @@ async def open_event_stream(
 
     Raises:
         JobNotFoundError: unknown job, or another key's (404).
-        TemporalUnavailableError: Temporal cannot be reached, or the workflow is closed and no
-            worker answers its stream's offset query (503).
+        UnprocessableRequestError: a ``Last-Event-ID`` this API never sends (422).
+        TooManyRequestsError: the job has ``AGENTFLOW_SSE_MAX_READERS_PER_JOB`` readers in this
+            process (429).
+        TemporalUnavailableError: Temporal cannot be reached, or a finished job's stream is not
+            stored and no worker answers its offset query (503).
         JobStateConflictError: the workflow's history is gone and the job recorded no outcome
             (409).
     """
-    job = await _read_own_job(state, principal, job_id)
+    if last_event_id is not None:
+        try:
+            cursor = Cursor.parse(last_event_id)
+        except ValueError:
+            raise UnprocessableRequestError(
+                "Last-Event-ID is not an event id this API sent (expected `<offset>` or "
+                "`<offset>:<token id>`)"
+            ) from None
+        if cursor.offset > MAX_OFFSET:
+            raise UnprocessableRequestError("Last-Event-ID: the offset is out of range") from None
+    else:
+        cursor = Cursor(-1 if after is None else after)
+    job, stored = await _own_job_and_stream(state, principal, job_id)
+    if stored is not None:
+        return JobEventStream(state, job, cursor, "stored", stored)
+    if state.event_hub.readers(job_id) >= state.event_hub.max_readers:
+        raise TooManyRequestsError(
+            f"job {job_id} has {state.event_hub.max_readers} readers in this process; "
+            "try again later",
+            headers={"Retry-After": "5"},
+        )
     client = await state.temporal.client()
-    last_seen = last_event_id if last_event_id is not None else after
-    from_offset = 0 if last_seen is None else last_seen + 1
     handle = client.get_workflow_handle(workflow_id_for(job_id))
-    try:
-        description = await handle.describe(rpc_timeout=CHECK_TIMEOUT)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise TemporalUnavailableError("could not read the job's workflow; try again") from exc
-        if not job.status.is_terminal:
+    if not job.status.is_terminal:
+        try:
+            await handle.describe(rpc_timeout=CHECK_TIMEOUT)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise TemporalUnavailableError(
+                    "could not read the job's workflow; try again"
+                ) from exc
             raise JobStateConflictError(
                 f"job {job_id} has no workflow history left and no recorded outcome; "
                 "its events cannot be read"
             ) from exc
-        return JobEventStream(state, client, job, from_offset, has_stream=False)
-    if description.status == WorkflowExecutionStatus.RUNNING:
-        return JobEventStream(state, client, job, from_offset, has_stream=True)
-    # Closed: the whole stream is read with queries, which only a worker answers.
+        return JobEventStream(state, job, cursor, "hub")
+    # Finished, but recorded before streams were stored: the closed workflow's stream is read
+    # with queries, which only a worker answers.
+    try:
+        await handle.describe(rpc_timeout=CHECK_TIMEOUT)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise TemporalUnavailableError("could not read the job's workflow; try again") from exc
+        return JobEventStream(state, job, cursor, "synthesized")
     stream = WorkflowStreamClient.create(client, handle.id)
     try:
         await asyncio.wait_for(stream.get_offset(), CHECK_TIMEOUT.total_seconds())
     except WorkflowQueryFailedError:  # no stream handler: started before event streams
-        return JobEventStream(state, client, job, from_offset, has_stream=False)
+        return JobEventStream(state, job, cursor, "synthesized")
     except (TimeoutError, RPCError) as exc:
         raise TemporalUnavailableError(
             f"no worker answered within {CHECK_TIMEOUT.total_seconds():g} s to read the events of "
             f"job {job_id}; try again",
             headers={"Retry-After": "5"},
         ) from exc
-    return JobEventStream(state, client, job, from_offset, has_stream=True)
+    return JobEventStream(state, job, cursor, "hub")
+
+
+async def _own_job_and_stream(
+    state: AppState, principal: Principal, job_id: str
+) -> tuple[JobPublic, str | None]:
+    """The job as the key sees it, and its stored stream when it has one.
+
+    From the job's record alone when there is one (no progress query per reader); through
+    :func:`api.job_views.read_job` otherwise (a job not yet recorded, or the database down).
+
+    Raises:
+        JobNotFoundError: unknown, or another key's job (404, revealing nothing).
+        JobStateConflictError: no record, no workflow history (409).
+    """
+    try:
+        record = await get_record(state, job_id)
+    except StoreUnavailableError:
+        record = None
+    if record is None:
+        return await _read_own_job(state, principal, job_id), None
+    if not principal.owns(record.owner):
+        raise JobNotFoundError(f"job {job_id} not found")
+    job = from_record(state, record)
+    if job.status.is_terminal and record.events_json:
+        return job, record.events_json
+    return job, None
 
 
 def _json_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
