@@ -52,8 +52,8 @@ from temporalio.contrib.workflow_streams import PollInput, PollResult
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.events import EVENTS_TOPIC, TERMINAL_EVENTS, JobEvent, StageStarted
-from core.models import Stage
 from core.ids import workflow_id_for
+from core.models import Stage
 from infra.token_channel import TOKEN_FIELD, token_stream_key
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class StreamFailure(StrEnum):
     """The events could not be read for :data:`GIVE_UP_S`; reconnect with the last id."""
     SHUTTING_DOWN = "shutting_down"
     """The API process is stopping; reconnect with the last id."""
+    CURSOR_PAST_END = "cursor_past_end"
+    """The reader's ``Last-Event-ID`` names an offset past the job's terminal event."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ class EventHub:
         """The feed's entries after ``cursor``, each with the reader's cursor after it.
 
         Ends after the terminal event; raises :class:`FeedFailed` when the feed stopped
-        without one.
+        without one, or when the cursor was already past it.
         """
         index = 0
         while True:
@@ -323,8 +325,8 @@ class EventHub:
                     return
             if feed.failure is not None:
                 raise FeedFailed(feed.failure)
-            if feed.ended:
-                return
+            if feed.ended:  # and its terminal event was at or before the reader's cursor
+                raise FeedFailed(StreamFailure.CURSOR_PAST_END)
             await changed.wait()
 
     # ------------------------------------------------------------------ reading
@@ -443,9 +445,7 @@ class EventHub:
                 token_stream_key(job_id): feed.last_token or "0-0" for job_id, feed in live.items()
             }
             try:
-                answer: Any = await self._redis.xread(
-                    streams, count=1000, block=TOKEN_BLOCK_MS
-                )
+                answer: Any = await self._redis.xread(streams, count=1000, block=TOKEN_BLOCK_MS)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

@@ -395,6 +395,11 @@ async def follow_events(
                             view.note(
                                 "this job has no event stream; its outcome is from its record"
                             )
+                        if message.event == "stream_error":
+                            # The API could not go on (api.routes.events.StreamError): the
+                            # record may still say how the job ended; else reconnect.
+                            view.note(f"the stream stopped: {_stream_error_detail(message.data)}")
+                            break
                         try:
                             event = _EVENT.validate_json(message.data)
                         except ValidationError:
@@ -417,6 +422,17 @@ async def follow_events(
         view.note(f"{problem}; reconnecting{after} in {delay:g} s")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 8.0)
+
+
+def _stream_error_detail(data: str) -> str:
+    """The reason and sentence of a ``stream_error`` event's data (raw text when not JSON)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return data[:200]
+    if not isinstance(body, dict):
+        return data[:200]
+    return f"{body.get('detail', '')} ({body.get('reason', 'unknown')})"
 
 
 async def _ended(client: httpx.AsyncClient, job_id: str) -> FinalResponse | ResponseError | None:

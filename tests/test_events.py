@@ -38,8 +38,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
-from api.routes import events as events_route
 from api.event_hub import Cursor, token_id_after
+from api.routes import events as events_route
 from api.routes.events import _with_keepalive, synthesize_terminal_event
 from api.schemas import JobLinks, JobPublic
 from cli.follow import (

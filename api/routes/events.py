@@ -69,7 +69,7 @@ from api.schemas import JobPublic
 from api.state import AppState
 from core.auth import Principal
 from core.errors import StoreUnavailableError
-from core.events import FinalResponse, JobEvent, ResponseError
+from core.events import TERMINAL_EVENTS, FinalResponse, JobEvent, ResponseError
 from core.ids import workflow_id_for
 from core.models import JobStatus
 
@@ -128,6 +128,7 @@ _FAILURE_DETAIL: Final = {
     StreamFailure.TEMPORAL_UNAVAILABLE: (True, "the job's events could not be read for a while"),
     StreamFailure.SHUTTING_DOWN: (True, "this API process is stopping"),
     StreamFailure.CLOSED: (False, "the job's workflow closed without an outcome event"),
+    StreamFailure.CURSOR_PAST_END: (False, "Last-Event-ID is past the job's last event"),
 }
 
 
@@ -190,11 +191,15 @@ class JobEventStream:
         else:
             events = _STORED.validate_json(text)
         cursor = self.cursor
+        sent_outcome = False
         for event in events:
             if event.offset is None or event.offset <= cursor.offset:
                 continue
             cursor = Cursor(event.offset, cursor.token)
+            sent_outcome = event.type in TERMINAL_EVENTS
             yield ServerSentEvent(id=str(cursor), event=event.type.value, data=event)
+        if not sent_outcome:
+            yield stream_error_event(self.job.job_id, StreamFailure.CURSOR_PAST_END)
 
     async def _from_hub(self) -> AsyncIterator[ServerSentEvent]:
         """The running job's events through the process's hub (shared with its readers)."""
