@@ -17,17 +17,21 @@ interleaved, ``N`` of each:
   answer showing the draft (``progress.draft``) and the first showing status COMPLETED with
   ``result.answer``;
 * **polling, tokens on**: the same poller on a job that streams its tokens with no SSE reader,
-  which separates what publishing tokens costs (signals from the generation activity) from what
-  an SSE reader costs (its long-poll updates) in history, and shows whether streaming slows the
-  answer itself.
+  which separates what publishing tokens costs (Redis stream entries from the generation
+  activity, nothing in history) from what an SSE reader costs (nothing in history: the API's
+  event hub reads a job with queries), and shows whether streaming slows the answer itself.
 
 Every time is from the moment ``POST /v1/jobs`` returned to the moment the client had the bytes
 (the SSE connection is opened after the ``POST``, so its set-up is inside the times). "First
 useful text" is the first draft or token for SSE and the first draft or answer for polling;
 "whole answer" is ``final_response`` (and the last token) for SSE and COMPLETED for polling.
 Each job's history is read after it ended: events, signals, updates, workflow tasks; the event
-stream of the polling jobs is replayed afterwards (through the API, which reads a closed
-workflow with a query, adding nothing to its history) to count their stream events.
+stream of the polling jobs is replayed afterwards (through the API, which reads a finished job's
+stream from its record) to count their stream events.
+
+Then the readers phase: one large-tier job waits at its approval gate with 0, 1, 10, 50 and
+200 SSE readers attached; the decision's latency, the job's history events and how many readers
+got ``final_response`` are recorded.
 
 Each question is new (a random tag), so no job hits the response cache.
 """
@@ -678,6 +682,53 @@ def cost_notes(result: BenchResult, measured: dict[str, dict[str, Measured]]) ->
         )
 
 
+# --------------------------------------------------------------------------- readers
+
+READER_COUNTS: tuple[int, ...] = (0, 1, 10, 50, 200)
+"""SSE readers attached to one gated large-tier job in the readers phase."""
+SMOKE_READER_COUNTS: tuple[int, ...] = (0, 10)
+
+
+async def readers_phase(
+    stack: BenchStack, http: httpx.AsyncClient, api: Api, counts: Sequence[int]
+) -> list[tuple[int, float, int, int]]:
+    """For each count, a large-tier job waiting at its gate with that many readers.
+
+    Returns:
+        ``(readers, decision ms, history events, readers that got final_response)`` per count.
+    """
+    rows: list[tuple[int, float, int, int]] = []
+    for count in counts:
+        body = job_body("large").model_copy(update={"require_approval": True})
+        response = await http.post(
+            f"{api.url}/v1/jobs",
+            content=body.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
+        response.raise_for_status()
+        job_id = JobPublic.model_validate_json(response.content).job_id
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while True:
+            job = JobPublic.model_validate_json(
+                (await http.get(f"{api.url}/v1/jobs/{job_id}")).content
+            )
+            if job.status is JobStatus.AWAITING_APPROVAL:
+                break
+            if time.monotonic() > deadline:
+                raise BenchStackError(f"job {job_id} never reached its gate")
+            await asyncio.sleep(0.1)
+        readers = [asyncio.create_task(read_events(http, api, job_id)) for _ in range(count)]
+        await asyncio.sleep(2.0)  # every reader connected and polling (through the hub)
+        started = time.perf_counter()
+        decision = await http.post(f"{api.url}/v1/jobs/{job_id}/approval", json={"approved": True})
+        decision_ms = (time.perf_counter() - started) * 1000
+        decision.raise_for_status()
+        outcomes = await asyncio.wait_for(asyncio.gather(*readers), JOB_TIMEOUT_S)
+        counts_of, _tier = await finished(stack, job_id)
+        rows.append((count, decision_ms, counts_of.events, sum(ok for _, ok in outcomes)))
+    return rows
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -704,7 +755,8 @@ async def run(ctx: BenchContext) -> BenchResult:
             "api_processes": 2,
             "auth": "disabled",
             "jobs": "one at a time, kinds interleaved",
-            "stream_token_batch_ms_tokens_flush_ms": "settings' defaults",
+            "stream_token_batch_ms_tokens_poll_ms": "settings' defaults",
+            "reader_counts": list(SMOKE_READER_COUNTS if ctx.smoke else READER_COUNTS),
         },
     )
     stack = await ctx.stack()
@@ -713,7 +765,10 @@ async def run(ctx: BenchContext) -> BenchResult:
         stack.workers(1, env={"AGENTFLOW_SIMULATED_LATENCY_SCALE": "1"}, label="streaming") as pool,
         api_process(stack, pool.task_queue, stream_tokens=True) as api_on,
         api_process(stack, pool.task_queue, stream_tokens=False) as api_off,
-        httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=60.0)) as http,
+        httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, read=60.0),
+            limits=httpx.Limits(max_connections=300, max_keepalive_connections=300),
+        ) as http,
     ):
         apis = {True: api_on, False: api_off}
         for tier in TIERS:
@@ -736,6 +791,38 @@ async def run(ctx: BenchContext) -> BenchResult:
                 f"{statistics.median(p.answer_ms for p in by_kind[POLL_OFF].poll):.0f} ms "
                 f"({time.perf_counter() - started:.1f} s)"
             )
+        counts = SMOKE_READER_COUNTS if ctx.smoke else READER_COUNTS
+        reader_rows = await readers_phase(stack, http, api_on, counts)
+    for count, decision_ms, events, ended in reader_rows:
+        result.add(
+            f"large job at its gate, {count} SSE readers",
+            "decision (POST approval) ms",
+            [decision_ms],
+            history_events=events,
+            readers_with_final_response=ended,
+        )
+        ctx.progress(
+            f"{count} readers: decision {decision_ms:.0f} ms, {events} history events, "
+            f"{ended}/{count} readers got final_response"
+        )
+    by_readers = {count: events for count, _, events, _ in reader_rows}
+    if by_readers.get(0):
+        most = max(by_readers)
+        result.headline(
+            f"history events of a gated large-tier job, {most} readers vs none",
+            by_readers[most] / by_readers[0],
+        )
+    result.notes.append(
+        "Readers: "
+        + "; ".join(
+            f"{count} readers: decision {decision_ms:.0f} ms, {events} history events, "
+            f"{ended}/{count} got final_response"
+            for count, decision_ms, events, ended in reader_rows
+        )
+        + ". Before the event hub (each reader a long-poll update): 10 readers made the "
+        "decision 503 after ~14 s, and history was 330 / 600 / 1,405 events with 0 / 1 / 10 "
+        "readers."
+    )
     headlines(result, measured)
     cost_notes(result, measured)
     mismatched = sum(1 for m in measured.values() for s in m[SSE].sse if not s.text_matches)
