@@ -353,3 +353,31 @@ async def test_a_short_streamed_answer_takes_one_attempt_and_one_model_call(
     assert result.answer == "Short."
     final = [u for u in result.usage if u.purpose == "final"]
     assert len(final) == 1 and len(provider.calls) == 1, provider.calls
+
+
+@pytest.mark.devserver
+@pytest.mark.timeout(120)
+async def test_sockets_that_never_read_are_sent_the_outcome_and_closed(
+    stack: tuple[str, EventHub], http: httpx.AsyncClient
+) -> None:
+    """100 connections that read nothing while the job runs: once it ended each holds the whole
+    stream up to final_response and the server closes it (EOF), so none lingers."""
+    url, hub = stack
+    job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
+    sockets = [abandoned_connection(url, job_id) for _ in range(100)]
+    try:
+        await read_until_outcome(http, job_id)
+
+        def drain(sock: socket.socket) -> bytes:
+            sock.settimeout(20)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        received = await asyncio.gather(*(asyncio.to_thread(drain, s) for s in sockets))
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(b"event: final_response" in data for data in received)
+    assert hub.readers(job_id) == 0
