@@ -3,7 +3,9 @@
 ``tests/histories/v1_*.json`` were recorded before the v2 core (nine regular activities, the
 ``approve`` signal): they replay on the v1 path of ``AgentWorkflow`` and prove that jobs of that
 shape still finish after an upgrade. ``v2_*.json`` are recorded from today's shape with
-``make histories`` (``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``). A change that
+``make histories`` (``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``);
+``v2_token_signals_*.json`` were recorded before token events moved to Redis and the terminal
+record stored the job's stream (kept: jobs in flight across that upgrade). A change that
 makes ``AgentWorkflow`` non-deterministic for any of them fails here; such a change needs
 ``workflow.patched``. The Replayer uses the same ``AgentflowPlugin`` as the worker.
 """
