@@ -381,3 +381,43 @@ async def test_sockets_that_never_read_are_sent_the_outcome_and_closed(
             sock.close()
     assert all(b"event: final_response" in data for data in received)
     assert hub.readers(job_id) == 0
+
+
+@pytest.mark.devserver
+@pytest.mark.timeout(120)
+async def test_resume_with_a_token_cursor_loses_and_repeats_no_text(
+    stack: tuple[str, EventHub], http: httpx.AsyncClient
+) -> None:
+    """Drop the connection after a few token events, reconnect with the last id (which names a
+    token position): the text assembled across both connections is exactly the answer."""
+    job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
+    first: list[tuple[str, JobEvent]] = []
+    async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        parser = SseParser()
+        async for line in response.aiter_lines():
+            message = parser.feed(line)
+            if message is None:
+                continue
+            first.append((message.id or "", EVENT.validate_json(message.data)))
+            if sum(e.type is EventType.TOKEN for _, e in first) == 3:
+                break
+    last_id = first[-1][0]
+    assert ":" in last_id, "the cursor names the token position"
+    rest: list[JobEvent] = []
+    async with http.stream(
+        "GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last_id}
+    ) as response:
+        parser = SseParser()
+        async for line in response.aiter_lines():
+            message = parser.feed(line)
+            if message is not None:
+                rest.append(EVENT.validate_json(message.data))
+    events = [e for _, e in first] + rest
+    final = events[-1]
+    assert final.type is EventType.FINAL_RESPONSE
+    tokens = [e for e in events if e.type is EventType.TOKEN]
+    seqs = [(t.revision, t.seq) for t in tokens]  # type: ignore[union-attr]
+    assert len(seqs) == len(set(seqs)), "a token event came twice"
+    assert "".join(t.text for t in tokens) == final.answer  # type: ignore[union-attr]
+    durable = [e.offset for e in events if e.offset is not None]
+    assert durable == list(range(len(durable))), "a durable event lost or repeated"
