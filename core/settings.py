@@ -129,8 +129,12 @@ class Settings(BaseSettings):
     response_cache_max_bytes: int = Field(default=64 * 2**20, ge=2**16)
     """Byte limit of the response level (keys and values); the entries closest to expiry are
     evicted first once it is reached."""
-    semantic_cache: bool = True
-    """Serve an earlier answer to a query with the same meaning (see :mod:`infra.semantic`)."""
+    semantic_cache: bool = False
+    """Serve an earlier answer to a query asked in other words (see :mod:`infra.semantic`).
+    Off by default, so the default set-up never serves another question's answer: a hit needs
+    a similar embedding and the same content words in the same order (only framing, function
+    words, casing and punctuation may differ), which gives no wrong hit on the held-out
+    near-miss split (``data/semantic/``) but also few hits beyond the exact response level."""
     semantic_cache_threshold: float = Field(default=0.9, gt=0, le=1)
     """Cosine similarity at or above which a cached query counts as the same question (the
     wrong-hit guard must pass too)."""

@@ -12,8 +12,11 @@ cosine similarity of two queries is the dot product of their rows.
 - :class:`LexicalEmbedder` needs no network: character n-grams and words hashed by
   scikit-learn's ``HashingVectorizer`` (MurmurHash3, so the same text gives the same row in every
   process and on every machine). It matches **wording, not meaning**: "How do I open a file?"
-  and "how can I open a file" are close, "buy" and "purchase" are not. Its name says so
-  (``lexical-hashing-v1``) wherever the semantic cache reports it.
+  and "how can I open a file" are close, "buy" and "purchase" are not. It cannot see word
+  order at all ("bishop captures knight" and "knight captures bishop" are one row) and puts
+  antonyms that share letters close ("inhale", "exhale"): the semantic cache's guard compares
+  the queries' content-word sequences (:func:`infra.semantic.content_words`), not only these
+  rows. Its name says so (``lexical-hashing-v1``) wherever the semantic cache reports it.
 
 Hazards handled here: a huge query would make the hashing (CPU) or the request (tokens) costly,
 so every text is cut to :data:`MAX_EMBED_CHARS` first; the CPU work of the lexical embedder runs
@@ -205,7 +208,9 @@ class LexicalEmbedder:
     :func:`lexical_normalize`'s output, hashed by scikit-learn's ``HashingVectorizer`` into
     :data:`LEXICAL_N_FEATURES` buckets (no fitting, no vocabulary, no Python ``hash()``), each
     part L2-normalized, the word part weighted by ``word_weight``, the sum L2-normalized again.
-    Robust to casing, punctuation, contractions, filler and word order; blind to synonyms.
+    Robust to casing, punctuation, contractions and filler; blind to synonyms and to word
+    order (a bag of n-grams), which is why the semantic cache never serves a hit on this
+    similarity alone (:func:`infra.semantic.guard_allows`).
     """
 
     name: str = "lexical-hashing-v1"

@@ -2,13 +2,31 @@
 
 A lookup embeds the query (:mod:`infra.embeddings`), finds the cached queries of the same
 namespace whose cosine similarity is at least the threshold, and returns the response key of the
-most similar one that also passes the **wrong-hit guard**: its numbers, operators, units, named
-entities, negations and comparison words must match the query's. Similarity alone cannot tell
-"What is 12 * 7?" from "What is 12 * 8?" (one character apart); the guard can.
+most similar one that also passes the **wrong-hit guard**. Similarity alone cannot tell "What is
+12 * 7?" from "What is 12 * 8?" (one character apart), nor, with the lexical embedding (a bag of
+character n-grams and words), "bishop captures knight" from "knight captures bishop" (the same
+row) or "inhale" from "exhale"; the guard can. It runs for every embedder, the lexical one and an
+OpenAI-compatible embeddings model alike: a real model's vectors put antonyms and swapped roles
+close together too.
+
+The level is off by default (``AGENTFLOW_SEMANTIC_CACHE``); a deployment turns it on. With the
+guard, the held-out near-miss split (``data/semantic/``, written for the tests and never used to
+tune the guard) gets no wrong hit at thresholds 0.85 to 0.95; the price is that only paraphrases
+differing in framing, function words, casing and punctuation hit.
 
 The guard's rules (:func:`guard_signature` extracts the facts, :func:`guard_allows` compares
 them; both queries are read as written, not as embedded):
 
+- **Content words, in order** (:func:`content_words`): after dropping request framing at the
+  start ("could you tell me", "I'd like to know", a leading "what is"), articles, present-tense
+  ``is``/``are``/``do``/``does``, politeness, casing (identifiers and acronyms such as ``IT``
+  keep theirs) and punctuation that only separates, the two word sequences must be equal.
+  Every other difference refuses: an antonym, another entity, a modifier added or dropped, a
+  changed tense or modal, words in another order, another script (NFC only, never
+  transliterated), a symbol (``C#`` is not ``C``). Numbers stay as written (``3.10`` is not
+  ``3.1``); only number words, operator spellings and unit spellings right after a number are
+  written one way. A query with no content word left (a greeting) never hits. The rules below
+  say why in more detail and also compare what the sequence writes one way.
 - **Numbers**: digits and number words, canonical (``12``, ``12.0``, ``twelve`` -> ``12``;
   ``1,200`` -> ``1200``; ``.5`` -> ``0.5``; a leading minus is a sign; ``3rd``, ``third`` ->
   ``#3``). The two multisets must be equal, and in the same order when a non-commutative
@@ -46,8 +64,10 @@ them; both queries are read as written, not as embedded):
   nor matched: the guard reads only that much, so two long queries that differ later could
   otherwise pass.
 
-The guard errs on the side of a miss: a paraphrase that swaps "hours" for "h" or "USD" for
-"dollars" still hits, one that swaps "WWII" for "World War II" does not.
+The guard errs on the side of a miss: "What is the capital of France?", "what's the capital of
+france" and "Tell me the capital of France" hit one another; "Convert 5 km to miles" and
+"convert 5 kilometres to miles" too; a synonym ("purchase" for "buy"), a reordering or "WWII"
+for "World War II" does not.
 
 Storage, shared by every worker and API process through Redis: one Redis stream per namespace
 (``agentflow:cache:semantic:v1:<sha256 of embedder name and namespace>``), one entry per stored
@@ -81,6 +101,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import re
 import struct
@@ -439,6 +460,7 @@ class QueryFacts:
         directions: comparison and direction classes (``gt``, ``max``, ``before``, ...).
         words: every case-folded word and identifier of the query (for entity containment).
         truncated: the query was longer than :data:`infra.embeddings.MAX_EMBED_CHARS`.
+        content: the content-word sequence (:func:`content_words`).
     """
 
     numbers: tuple[str, ...] = ()
@@ -449,6 +471,7 @@ class QueryFacts:
     directions: frozenset[str] = frozenset()
     words: frozenset[str] = frozenset()
     truncated: bool = False
+    content: tuple[str, ...] = ()
 
 
 class _Token(NamedTuple):
@@ -456,6 +479,8 @@ class _Token(NamedTuple):
     raw: str
     low: str
     sentence_start: bool
+    start: int = 0  # offsets of ``raw`` in the text (a URL's trailing punctuation is outside)
+    end: int = 0
 
 
 def _canonical_number(raw: str, ordinal: bool) -> str:
@@ -480,7 +505,8 @@ def _tokens(text: str) -> list[_Token]:
             raw = raw.rstrip(_TRAILING_URL_PUNCTUATION)
         gap = text[previous_end : match.start()]
         starts = not tokens or bool(_SENTENCE_BREAK.search(gap))
-        tokens.append(_Token(kind, raw, raw.casefold(), starts))
+        start = match.start()
+        tokens.append(_Token(kind, raw, raw.casefold(), starts, start, start + len(raw)))
         previous_end = match.end()
     return tokens
 
@@ -547,6 +573,519 @@ def _is_entity(token: _Token, low: str) -> bool:
     if raw[:1].isupper():
         return not (token.sentence_start and low in _SENTENCE_OPENERS)
     return False
+
+
+# --------------------------------------------------------------------------- content words
+
+# The rules above read facts (numbers, entities, negations, ...) as sets, and the lexical
+# embedding reads a bag of character n-grams: neither sees word order or a changed ordinary
+# word ("bishop captures knight" and "knight captures bishop" embed to the same row; "inhale"
+# and "exhale" share most of their n-grams). The content-word sequence is the rule that does:
+# what is left of a query once only framing, a few function words, casing and punctuation are
+# taken away must be the same, word for word and in the same order. Anything this code is
+# unsure of stays in the sequence, so it can only make two queries differ.
+
+_SEQUENCE_FUNCTION_WORDS = frozenset(
+    _words("the an is are am do does please kindly pls plz thanks thx")
+)
+"""Dropped anywhere: articles, present-tense ``be`` and ``do`` (the tense of ``was``, ``did``,
+``will`` and every modal stays), politeness. ``a`` is dropped only as an article (see
+:func:`content_words`): "vitamin A" keeps it."""
+
+_INTERJECTIONS = frozenset(_words("hi hello hey please kindly ok okay so"))
+"""Dropped at the start of a query only ("so" means something later on)."""
+
+_OPENING_PHRASES: tuple[tuple[str, ...], ...] = tuple(
+    tuple(_words(phrase))
+    for phrase in ("quick question", "just wondering", "hi there", "hello there", "hey there")
+)
+"""Openers dropped at the start of a query."""
+
+_EMBEDDING_PHRASES: tuple[tuple[str, ...], ...] = tuple(
+    tuple(_words(phrase))
+    for phrase in (
+        "i was wondering",
+        "i wonder",
+        "i want to know",
+        "i would like to know",
+        "i need to know",
+        "do you know",
+        "does anyone know",
+        "tell me",
+        "let me know",
+    )
+)
+"""Framing dropped at the start of a query that embeds the question after it: "tell me what
+the capital of France is" asks "what is the capital of France"."""
+
+_FOR_ME_VERBS = frozenset(_words("show give find"))
+"""Request verbs whose "me" right after them names the asker: "show me the orders" asks
+"show the orders"."""
+
+_POLITE_MODALS = frozenset(_words("can could would will"))
+"""``<modal> you`` is framing when a request verb follows ("could you explain", "can you tell
+me"); "can you swim" keeps it."""
+
+_REQUEST_VERBS = frozenset(
+    _words(
+        """tell explain show give list describe write find calculate compute summarize summarise
+        translate define help check convert name suggest let"""
+    )
+)
+
+_COPULAS = frozenset(_words("is are"))
+
+_IS_HOSTS = frozenset(_words("what who where when how why that there here it he she this"))
+"""Words after which ``'s`` is ``is`` ("what's"); after any other word it is a possessive."""
+
+_NOT_STEMS = {"ca": "can", "wo": "will", "sha": "shall", "ai": "is"}
+_SEQUENCE_SUFFIXES = (
+    ("n't", "not"),
+    ("'re", "are"),
+    ("'ve", "have"),
+    ("'ll", "will"),
+    ("'d", "would"),
+    ("'m", "am"),
+    ("'s", "is"),
+)
+_FUSED_IS = frozenset(_words("whats thats hows wheres whos whens whys heres theres"))
+
+_SEQUENCE_TEXT: dict[int, str | int] = {
+    **{code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)},  # full-width ASCII
+    0x3000: " ",  # ideographic space
+    0x2019: "'",
+    0x2018: "'",
+}
+"""The only folding applied before the sequence is read (NFKC would turn ``2³`` into ``23``)."""
+
+_IGNORABLE = frozenset(
+    ".,;:!?\"'`"
+    "\u00b4\u00bf\u00a1\u2026"  # acute accent, inverted ? and !, ellipsis
+    "\u201c\u201d\u2018\u2019\u201e\u201a\u00ab\u00bb\u2039\u203a"  # quotation marks
+    "\u2013\u2014"  # en and em dash (not "-": an operator)
+    "\u3001\u3002\uff0c\uff0e\uff01\uff1f\uff1a\uff1b"  # CJK and full-width , . ! ? : ;
+    "\u300c\u300d\u300e\u300f\u3010\u3011\u300a\u300b\u3008\u3009"  # CJK brackets
+    "\u060c\u061b\u061f"  # Arabic comma, semicolon, question mark
+    "\u0964\u0965"  # Devanagari danda and double danda
+)
+"""Punctuation that only separates or ends: dropped when it stands next to whitespace or at an
+end. Every other symbol (``#``, ``&``, ``@``, ``{``, ``°``, combining marks, ...) is kept, and
+so is any punctuation glued between two tokens ("1,5", "a:b")."""
+
+_SEQUENCE_OPERATORS = {
+    "mul": "*",
+    "div": "/",
+    "add": "+",
+    "sub": "-",
+    "pow": "^",
+    "mod": "mod",
+}
+"""Operator classes as written in the sequence: ``12 * 7``, ``12 x 7`` and ``12 times 7`` are
+one sequence; ``15 % 200`` (modulo) is not ``15%`` (percent)."""
+
+_SEQUENCE_COMPARISONS = {"\u2265": ">=", "\u2264": "<="}
+
+_SEQUENCE_UNIT_WORDS = _classes(
+    {
+        "km": "kilometer kilometers kilometre kilometres",
+        "m": "meter meters metre metres",
+        "cm": "centimeter centimeters centimetre centimetres",
+        "mm": "millimeter millimeters millimetre millimetres",
+        "mi": "mile miles",
+        "ft": "foot feet",
+        "inch": "inch inches",
+        "yd": "yard yards",
+        "kg": "kilogram kilograms kilo kilos",
+        "g": "gram grams gramme grammes",
+        "mg": "milligram milligrams",
+        "oz": "ounce ounces",
+        "t": "tonne tonnes",
+        "ton": "ton tons",
+        "l": "liter liters litre litres",
+        "ml": "milliliter milliliters millilitre millilitres",
+        "gal": "gallon gallons",
+        "ms": "millisecond milliseconds",
+        "s": "second seconds",
+        "min": "minute minutes",
+        "h": "hour hours",
+        "day": "day days",
+        "week": "week weeks",
+        "month": "month months",
+        "year": "year years",
+        "%": "percent",
+        "degC": "celsius centigrade",
+        "degF": "fahrenheit",
+        "K": "kelvin kelvins",
+        "B": "byte bytes",
+        "kB": "kilobyte kilobytes",
+        "MB": "megabyte megabytes",
+        "GB": "gigabyte gigabytes",
+        "TB": "terabyte terabytes",
+        "bit": "bit bits",
+        "Mbit": "megabit megabits",
+        "Gbit": "gigabit gigabits",
+        "W": "watt watts",
+        "kW": "kilowatt kilowatts",
+        "V": "volt volts",
+        "Hz": "hertz",
+        "USD": "dollar dollars",
+        "EUR": "euro euros",
+        "JPY": "yen",
+        "CNY": "yuan renminbi",
+        "BTC": "bitcoin bitcoins",
+    }
+)
+"""Unit words (case-folded) right after a number -> unit: only spellings of one and the same
+unit. Ambiguous words stay as written: "pound" (lb or GBP), "rupee", "franc", "buck"; a ton is
+not a tonne."""
+
+_SEQUENCE_UNIT_ABBREVIATIONS = _classes(
+    {
+        "km": "km",
+        "cm": "cm",
+        "mm": "mm",
+        "mi": "mi",
+        "ft": "ft",
+        "yd": "yd yds",
+        "kg": "kg",
+        "g": "g",
+        "mg": "mg",
+        "lb": "lb lbs",
+        "oz": "oz",
+        "l": "l L",
+        "ml": "ml mL",
+        "gal": "gal",
+        "ms": "ms",
+        "s": "sec secs",
+        "min": "min mins",
+        "h": "h hr hrs",
+        "year": "yr yrs",
+        "degC": "°C °c",
+        "degF": "°F °f",
+        "kB": "kB KB",
+        "MB": "MB",
+        "GB": "GB",
+        "TB": "TB",
+        "KiB": "KiB",
+        "MiB": "MiB",
+        "GiB": "GiB",
+        "TiB": "TiB",
+        "Mbit": "Mb Mbit",
+        "Gbit": "Gb Gbit",
+        "W": "W",
+        "kW": "kW",
+        "kWh": "kWh",
+        "V": "V",
+        "Hz": "Hz",
+        "kHz": "kHz",
+        "MHz": "MHz",
+        "GHz": "GHz",
+        "mph": "mph",
+        "USD": "USD usd $",
+        "EUR": "EUR eur €",
+        "GBP": "GBP gbp £",
+        "INR": "INR inr ₹",
+        "CNY": "CNY cny RMB rmb",
+        "CHF": "CHF chf",
+        "BTC": "BTC btc",
+    }
+)
+"""Unit abbreviations and currency signs as written (case matters: ``Mb`` is a megabit, ``MB``
+a megabyte) -> unit. Letters that also mean something else after a number are left out:
+``m`` (metre, minute, million), ``s``, ``t``, ``d``, ``K``, ``B``; so is ``¥`` (yen or yuan)."""
+
+
+class _Piece(NamedTuple):
+    value: str
+    kind: str  # word num op sym cur
+    raw: str  # as written (a word before case folding)
+    sentence_start: bool = False
+
+
+def _keeps_case(raw: str, shouted: bool) -> bool:
+    """Whether a word is compared as written rather than case-folded.
+
+    camelCase and inner capitals (``getUser``, ``iPhone``, ``macOS``) are identifiers, except
+    the well-known technology names people write in any case (``PostgreSQL``, ``JavaScript``);
+    an all-caps word that is also a function word (``IT``, ``US``, ``WHO``) is an acronym,
+    unless the whole query is written in capitals.
+    """
+    if any(a.islower() and b.isupper() for a, b in itertools.pairwise(raw)):
+        return raw.lower() not in _KNOWN_NAMES
+    if shouted or len(raw) < 2 or not raw.isupper():
+        return False
+    return raw.casefold().split("'")[0] in _FUNCTION_WORDS
+
+
+def _expand(word: str) -> list[str]:
+    """A lower-cased word with its contraction spelled out.
+
+    ``what's`` -> ``what is``, ``can't`` and ``cannot`` -> ``can not``, ``france's`` ->
+    ``france`` (a possessive), ``let's`` -> ``let us``.
+    """
+    if word == "cannot":
+        return ["can", "not"]
+    if word == "let's":
+        return ["let", "us"]
+    if word in _FUSED_IS:
+        return [word[:-1], "is"]
+    for suffix, expansion in _SEQUENCE_SUFFIXES:
+        if word.endswith(suffix) and len(word) > len(suffix):
+            stem = word[: -len(suffix)]
+            if suffix == "n't":
+                return [_NOT_STEMS.get(stem, stem), "not"]
+            if suffix == "'s" and stem not in _IS_HOSTS:
+                return [stem]
+            return [stem, expansion]
+    return [word]
+
+
+def _written_number(raw: str) -> str:
+    """A numeral as written, without a trailing ``'s`` (``.5`` gains its ``0``).
+
+    ``1,200`` is not folded into ``1200`` (it is 1.2 in much of Europe), nor ``3.10`` into
+    ``3.1`` (a Python version).
+    """
+    text = raw.lower().removesuffix("'s")
+    if text.startswith("."):
+        return "0" + text
+    if text.startswith("-."):
+        return "-0" + text[1:]
+    return text
+
+
+def _pieces(text: str) -> list[_Piece]:
+    """The query's tokens as pieces, with the symbols between them that mean something."""
+    tokens = _tokens(text)
+    shouted = not any(ch.islower() for ch in text)
+    pieces: list[_Piece] = []
+
+    def gap_symbols(gap: str, glued: bool, after: _Token | None) -> None:
+        if glued and gap:
+            pieces.append(_Piece(gap, "sym", gap))
+            return
+        for position, ch in enumerate(gap):
+            factorial = (
+                position == 0
+                and ch == "!"
+                and after is not None
+                and (after.kind == "num" or after.raw == ")")
+            )
+            if factorial or not (ch.isspace() or ch in _IGNORABLE):
+                pieces.append(_Piece(ch, "sym", ch))
+
+    previous: _Token | None = None
+    for token in tokens:
+        gap = text[previous.end if previous else 0 : token.start]
+        glued = previous is not None and bool(gap) and not any(ch.isspace() for ch in gap)
+        gap_symbols(gap, glued, previous)
+        raw = token.raw
+        if token.kind == "word":
+            if _keeps_case(raw, shouted):
+                pieces.append(_Piece(raw, "word", raw, token.sentence_start))
+            else:
+                for n, word in enumerate(_expand(raw.lower())):
+                    pieces.append(_Piece(word, "word", raw, token.sentence_start and n == 0))
+        elif token.kind == "num":
+            pieces.append(_Piece(_written_number(raw), "num", raw))
+        elif token.kind == "email":
+            pieces.append(_Piece(raw.lower(), "word", raw))
+        elif token.kind in ("url", "ident"):
+            pieces.append(_Piece(raw, "word", raw))
+        elif token.kind == "paren":
+            pieces.append(_Piece(raw, "sym", raw))
+        else:  # op, cur
+            pieces.append(_Piece(raw, token.kind, raw))
+        previous = token
+    gap_symbols(text[previous.end if previous else 0 :], False, previous)
+    return pieces
+
+
+def _number_word(words: list[str], i: int) -> tuple[int, int] | None:
+    """A number written in words at ``words[i]``: (value, words used), or ``None``.
+
+    Only one word (``seven``), or tens and a unit (``twenty-five``, ``twenty five``): longer
+    runs stay words, because adding up any run of number words would read "three twenty" and
+    "five and six" as 23 and 11.
+    """
+    word = words[i]
+    if word in _NUMBER_WORDS:
+        value = _NUMBER_WORDS[word]
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if value >= 20 and 0 < _NUMBER_WORDS.get(following, 0) < 10:
+            return value + _NUMBER_WORDS[following], 2
+        return value, 1
+    tens, _, unit = word.partition("-")
+    if _NUMBER_WORDS.get(tens, 0) >= 20 and 0 < _NUMBER_WORDS.get(unit, 0) < 10:
+        return _NUMBER_WORDS[tens] + _NUMBER_WORDS[unit], 1
+    return None
+
+
+def _operand_before(out: list[_Piece]) -> bool:
+    return bool(out) and (out[-1].kind == "num" or out[-1].value in (")", "]"))
+
+
+def _operand_after(pieces: list[_Piece], i: int) -> bool:
+    if i >= len(pieces):
+        return False
+    piece = pieces[i]
+    return piece.kind == "num" or piece.value in ("(", "[") or piece.value in _NUMBER_WORDS
+
+
+def _canonical(pieces: list[_Piece]) -> list[_Piece]:
+    """Numbers, operators and units written one way; everything else as it came."""
+    out: list[_Piece] = []
+    words = [p.value if p.kind == "word" else "" for p in pieces]
+    currency: str | None = None
+    i = 0
+    while i < len(pieces):
+        piece = pieces[i]
+        value, kind = piece.value, piece.kind
+        after_number = bool(out) and out[-1].kind == "num"
+        if kind == "word":
+            run = _number_word(words, i)
+            pronoun = value == "one" and i > 0 and words[i - 1] in _PRONOUN_ONE_AFTER
+            if run is not None and not pronoun:
+                out.append(_Piece(str(run[0]), "num", piece.raw))
+                i += run[1]
+                continue
+            operator = _WORD_OPERATORS.get(value)
+            if value == "x":
+                operator = "mul"
+            if operator in _SEQUENCE_OPERATORS and _operand_before(out):
+                by = value in ("multiplied", "divided") and i + 1 < len(pieces)
+                skip = 2 if by and words[i + 1] == "by" else 1
+                if _operand_after(pieces, i + skip):
+                    out.append(_Piece(_SEQUENCE_OPERATORS[operator], "op", piece.raw))
+                    i += skip
+                    continue
+            if after_number and value == "per" and i + 1 < len(pieces) and words[i + 1] == "cent":
+                out.append(_Piece("%", "unit", piece.raw))
+                i += 2
+                continue
+            unit = _SEQUENCE_UNIT_ABBREVIATIONS.get(piece.raw) or _SEQUENCE_UNIT_WORDS.get(value)
+            if after_number and unit is not None:
+                out.append(_Piece(unit, "unit", piece.raw))
+                i += 1
+                continue
+            out.append(piece)
+        elif kind == "cur":
+            if i + 1 < len(pieces) and pieces[i + 1].kind == "num":
+                currency = _SEQUENCE_UNIT_ABBREVIATIONS.get(value, value)
+            else:
+                out.append(_Piece(value, "sym", value))
+        elif kind == "num":
+            out.append(piece)
+            if currency is not None:
+                out.append(_Piece(currency, "unit", currency))
+                currency = None
+        elif kind == "op":
+            symbol = _SEQUENCE_COMPARISONS.get(value, value)
+            between = _operand_before(out) and _operand_after(pieces, i + 1)
+            if symbol == "%" and after_number and not between:
+                out.append(_Piece("%", "unit", value))
+            elif between and symbol in _SYMBOL_OPERATORS:
+                out.append(_Piece(_SEQUENCE_OPERATORS[_SYMBOL_OPERATORS[symbol]], "op", value))
+            else:
+                out.append(_Piece(symbol, "sym", value))
+        else:
+            out.append(piece)
+        i += 1
+    return out
+
+
+def _is_word(pieces: list[_Piece], i: int, *values: str) -> bool:
+    return i < len(pieces) and pieces[i].kind == "word" and pieces[i].value in values
+
+
+def _strip_framing(pieces: list[_Piece]) -> list[_Piece]:
+    """``pieces`` without the request framing at their start.
+
+    Greetings and openers, "could you (please) <request verb>", "tell me", "I'd like to know",
+    "do you know", a leading "what is", the "me" of "show me".
+    """
+
+    def phrase_at(start: int, phrases: tuple[tuple[str, ...], ...]) -> int:
+        for phrase in phrases:
+            if all(_is_word(pieces, start + n, word) for n, word in enumerate(phrase)):
+                return len(phrase)
+        return 0
+
+    start = 0
+    embedded = False
+    while start < len(pieces):
+        if _is_word(pieces, start, *_INTERJECTIONS):
+            start += 1
+            continue
+        if _is_word(pieces, start, *_POLITE_MODALS) and _is_word(pieces, start + 1, "you"):
+            verb = start + 2 + _is_word(pieces, start + 2, "please")
+            if _is_word(pieces, verb, *_REQUEST_VERBS):
+                start = verb
+                continue
+        if length := phrase_at(start, _OPENING_PHRASES):
+            start += length
+            continue
+        if length := phrase_at(start, _EMBEDDING_PHRASES):
+            start, embedded = start + length, True
+            continue
+        break
+    # "What is the capital of France?" asks what "Tell me the capital of France" asks, and
+    # "tell me what the capital of France is" too; "what does X return" keeps its "what".
+    if _is_word(pieces, start, "what") and (embedded or _is_word(pieces, start + 1, *_COPULAS)):
+        start += 1
+    if _is_word(pieces, start, *_FOR_ME_VERBS) and _is_word(pieces, start + 1, "me"):
+        return [pieces[start], *pieces[start + 2 :]]
+    return pieces[start:]
+
+
+def content_words(query: str) -> tuple[str, ...]:
+    """The query's content-word sequence: what a semantic hit's query must repeat exactly.
+
+    The text is read as written (its first :data:`infra.embeddings.MAX_EMBED_CHARS`
+    characters): Unicode NFC with only full-width ASCII folded, never transliterated (a
+    Cyrillic letter is never the Latin one it looks like), lower-cased but not case-folded
+    (``Maße`` is not ``Masse``), except identifiers and the acronyms that are also function
+    words (``getUser``, ``IT``, ``US``), which keep their case. Then, and only then:
+
+    - contractions are spelled out (``what's`` -> ``what is``, ``can't`` -> ``can not``) and a
+      possessive ``'s`` is dropped;
+    - request framing at the start is dropped (greetings, "could you (please) <verb>", "tell
+      me", "I'd like to know", "do you know", a leading "what is");
+    - articles (``a`` only before another word and not as a capital letter mid-sentence),
+      ``is``/``are``/``am``/``do``/``does`` and politeness are dropped anywhere;
+    - punctuation that only separates (``.,;:!?``, quotes, dashes) is dropped; other symbols
+      stay, in place (``C#`` is not ``C``), and so does punctuation glued between two tokens;
+    - numbers stay as written (``1,200`` is not ``1200``, ``3.10`` is not ``3.1``), except
+      that a number word becomes digits (``seven`` -> ``7``, ``twenty-five`` -> ``25``);
+      operators between operands are written one way (``12 times 7`` -> ``12 * 7``); a unit
+      right after a number is written one way (``5 kilometres`` -> ``5 km``, ``$20`` -> ``20
+      USD``), but only among spellings of the very same unit.
+
+    Every other word stays, in order: word order, tense (``was``, ``did``), modals, pronouns,
+    prepositions, negations, every noun, verb, adjective and adverb.
+
+    Returns:
+        The sequence; empty when nothing is left (a greeting), which no hit may rely on.
+    """
+    text = unicodedata.normalize("NFC", query[:MAX_EMBED_CHARS]).translate(_SEQUENCE_TEXT)
+    pieces = _strip_framing(_canonical(_pieces(text)))
+    shouted = not any(ch.islower() for ch in text)
+    kept: list[str] = []
+    for i, piece in enumerate(pieces):
+        if piece.kind == "word":
+            value = piece.value
+            if value in _SEQUENCE_FUNCTION_WORDS:
+                continue
+            if value == "thank" and _is_word(pieces, i + 1, "you"):
+                continue
+            if value == "you" and _is_word(pieces, i - 1, "thank"):
+                continue
+            if value == "a" and (piece.raw == "a" or piece.sentence_start or shouted):
+                following = pieces[i + 1] if i + 1 < len(pieces) else None
+                if following is not None and following.kind in ("word", "num"):
+                    continue
+        kept.append(piece.value)
+    return tuple(kept)
 
 
 @lru_cache(maxsize=4096)
@@ -680,6 +1219,7 @@ def guard_signature(query: str) -> QueryFacts:
         directions=frozenset(directions),
         words=frozenset(words),
         truncated=truncated,
+        content=content_words(query),
     )
 
 
@@ -755,7 +1295,35 @@ def guard_allows(query: QueryFacts, cached: QueryFacts) -> str | None:
         return prefixed
     if query.directions != cached.directions:
         return _differ("comparisons", query.directions, cached.directions)
+    if not query.content or not cached.content:
+        return "no content words to compare"
+    if query.content != cached.content:
+        return _sequence_difference(query.content, cached.content)
     return None
+
+
+def _sequence_difference(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
+    """The content rule's reason, naming only the differing stretch of each sequence.
+
+    ``"word order differs: ..."`` when both hold the same words, else ``"content words differ:
+    ..."``; at most eight words of each stretch.
+    """
+    head = 0
+    while head < min(len(mine), len(theirs)) and mine[head] == theirs[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(mine), len(theirs)) - head and mine[-1 - tail] == theirs[-1 - tail]:
+        tail += 1
+    mine_part = mine[head : len(mine) - tail]
+    theirs_part = theirs[head : len(theirs) - tail]
+
+    def show(part: tuple[str, ...]) -> str:
+        if not part:
+            return "nothing"
+        return " ".join(part[:8]) + (" ..." if len(part) > 8 else "")
+
+    label = "word order differs" if sorted(mine) == sorted(theirs) else "content words differ"
+    return f"{label}: {show(mine_part)} vs {show(theirs_part)}"
 
 
 # --------------------------------------------------------------------------- the cache

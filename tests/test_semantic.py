@@ -1,5 +1,6 @@
-"""The semantic cache level: the wrong-hit guard's rules, the pair set's rates, Redis sharing and
-failures, and the OpenAI-compatible embedder against a real loopback HTTP server.
+"""The semantic cache level: the wrong-hit guard's rules, the held-out near-miss split and the
+development pairs, Redis sharing and failures, and the OpenAI-compatible embedder against a real
+loopback HTTP server.
 
 Everything runs against the session's real redis-server (a fresh key namespace per test, and
 separate logical databases for the tests that scan or clear every semantic stream).
@@ -14,6 +15,7 @@ import math
 import subprocess
 import sys
 import time
+import unicodedata
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -48,22 +50,38 @@ from infra.embeddings import (
 from infra.semantic import (
     SEMANTIC_KEY_PREFIX,
     SemanticCache,
+    content_words,
     guard_allows,
     guard_signature,
 )
 from tests.helpers import ROOT, free_port, serve_asgi
 
 PAIRS_FILE = Path(__file__).parent / "data" / "semantic_pairs.jsonl"
+"""Development pairs: the guard and the lexical normalization were written looking at them."""
+HELDOUT_FILE = ROOT / "data" / "semantic" / "heldout_near_misses.jsonl"
+"""Held-out near-miss pairs, written for the tests and never used to tune the guard."""
+HELDOUT_CARD = ROOT / "data" / "semantic" / "DATA_CARD.md"
+HELDOUT_KINDS = (
+    "swapped_order",
+    "antonym",
+    "dropped_modifier",
+    "added_modifier",
+    "different_entity",
+    "number_unit",
+    "negation",
+    "direction_conversion",
+    "other_script",
+)
 DEFAULT_THRESHOLD: float = Settings.model_fields["semantic_cache_threshold"].default
-PARAPHRASE_FLOOR = 0.70
-"""Least share of the paraphrases that must hit with the lexical embedding at the default
-threshold. A lexical embedding cannot see synonyms (about a third of the set), so 1.0 is out of
-reach; the raw character n-grams without the normalization (contractions, number and operator
-spelling, filler, stopwords) hit 0.61 of them, so a floor of 0.70 fails when that normalization
-breaks. Measured: 0.75."""
-SURFACE_FLOOR = 0.90
-"""Least share of the casing, punctuation and contraction paraphrases that must hit: exactly
-the variation the lexical normalization exists for."""
+PARAPHRASE_FLOOR = 0.40
+"""Least share of the development paraphrases that must hit with the lexical embedding at the
+default threshold. The guard refuses every synonym and every reordering (60 of the 126) by
+design; a floor of 0.40 fails when framing, contractions or punctuation stop passing. Measured:
+0.46."""
+SURFACE_FLOOR = 0.80
+"""Least share of the casing, punctuation and contraction paraphrases that must hit: the
+variation the guard lets through. Measured: 0.83 (30 of 36; among the refused: a capital "A"
+mid-sentence, "len()" for "len", "isn't my script" for "is my script not")."""
 SECRET = "sk-test-embeddings-secret-0123456789"
 HANG_S = 4.0
 """How long the ``hang`` model takes to answer (the embedder's timeout is far shorter)."""
@@ -104,6 +122,10 @@ def _ns() -> str:
 
 def _load_pairs() -> list[dict[str, str]]:
     return [json.loads(line) for line in PAIRS_FILE.read_text().splitlines() if line.strip()]
+
+
+def _load_heldout() -> list[dict[str, str]]:
+    return [json.loads(line) for line in HELDOUT_FILE.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- basic behaviour
@@ -151,11 +173,69 @@ async def test_most_similar_passing_candidate_wins(redis: Redis, lexical: Lexica
     await loose.add(ns, "List products priced over $20", "over-20", ttl_s=60)
     found = await loose.lookup(ns, "list the products priced over $20.")
     assert found.hit is not None and found.hit.response_key == "over-20"
-    found = await loose.lookup(ns, "List products priced under $20!")
+    found = await loose.lookup(ns, "List products priced under $20?")  # "20!" is a factorial
     assert found.hit is not None and found.hit.response_key == "under-20"
 
 
-# --------------------------------------------------------------------------- the pair set
+# --------------------------------------------------------------------------- the held-out split
+
+
+def test_heldout_split_is_large_varied_and_well_formed() -> None:
+    pairs = _load_heldout()
+    kinds = Counter(p["kind"] for p in pairs)
+    assert len(pairs) >= 300
+    assert set(kinds) == set(HELDOUT_KINDS)
+    assert min(kinds.values()) >= 30, kinds
+    assert len({p["id"] for p in pairs}) == len(pairs)
+    assert len({(p["a"], p["b"]) for p in pairs}) == len(pairs)
+    for pair in pairs:
+        assert {"id", "a", "b", "kind"} <= set(pair) and pair["a"] != pair["b"], pair
+    # Written one by one, not from a few skeletons: their first four words are almost all
+    # different (a template set would repeat a handful of openings).
+    openings = Counter(" ".join(p["a"].split()[:4]).casefold() for p in pairs)
+    assert len(openings) >= 0.9 * len(pairs) and openings.most_common(1)[0][1] <= 8, openings
+    # Held out from the development pairs the guard was written against.
+    dev = {(p["a"], p["b"]) for p in _load_pairs()} | {(p["b"], p["a"]) for p in _load_pairs()}
+    assert not dev & {(p["a"], p["b"]) for p in pairs}
+    assert "never used for tuning" in HELDOUT_CARD.read_text()
+
+
+def test_the_guard_refuses_every_heldout_pair_in_both_directions() -> None:
+    """Whatever the similarity: the guard alone refuses each near-miss, both ways round."""
+    allowed = [
+        f"{p['id']} ({p['kind']}): {p['a']!r} vs {p['b']!r}"
+        for p in _load_heldout()
+        for a, b in ((p["a"], p["b"]), (p["b"], p["a"]))
+        if _reason(a, b) is None
+    ]
+    assert allowed == [], "the guard let near-misses through:\n" + "\n".join(allowed)
+
+
+@pytest.mark.parametrize("threshold", [DEFAULT_THRESHOLD, 0.5])
+async def test_no_heldout_near_miss_is_served_through_redis(redis: Redis, threshold: float) -> None:
+    """End to end on the real level: store ``a``, look up ``b`` (and the other way round), each
+    pair in its own namespace. At the default threshold, and at 0.5, where far more pairs reach
+    the guard."""
+    cache = SemanticCache(redis, LexicalEmbedder(), threshold=threshold, max_entries=10)
+    run = uuid.uuid4().hex
+    served: list[str] = []
+    reached_guard = 0
+    for pair in _load_heldout():
+        for direction, (stored, asked) in enumerate(
+            ((pair["a"], pair["b"]), (pair["b"], pair["a"]))
+        ):
+            ns = f"heldout:{run}:{pair['id']}:{direction}"
+            assert await cache.add(ns, stored, f"key-{pair['id']}", ttl_s=60)
+            found = await cache.lookup(ns, asked)
+            assert not found.degraded
+            reached_guard += found.reason is not None
+            if found.hit is not None:
+                served.append(f"{pair['id']}: {stored!r} -> {asked!r} ({found.similarity:.3f})")
+    assert served == [], "near-misses served a cached answer:\n" + "\n".join(served)
+    assert reached_guard > 0  # the similarity alone would have served these
+
+
+# --------------------------------------------------------------------------- the development pairs
 
 
 def test_pair_file_is_large_enough_and_well_formed() -> None:
@@ -210,23 +290,21 @@ async def test_pair_set_rates_at_the_default_threshold(redis: Redis) -> None:
         'Find the book "Pride and Prejudice, 2nd edition" for $20 at "https://x.org"',
         "What's 1,200.50 * -3 ** 2 in EUR, not USD?",
         "Show orders after 2024-01-05 from alice@example.com, except 'cancelled' ones",
-        "",
+        "Какая столица Австрии?",
     ],
 )
 def test_guard_always_allows_the_same_query(query: str) -> None:
     assert _reason(query, query) is None
-    for pair in _load_pairs():
+    for pair in _load_pairs() + _load_heldout():
         assert _reason(pair["a"], pair["a"]) is None and _reason(pair["b"], pair["b"]) is None
 
 
-def test_guard_refuses_every_near_miss_it_covers_and_is_symmetric() -> None:
-    """The guard's categories are refused whatever the similarity; content words are not its
-    job (the threshold handles them, see the rates test)."""
+def test_guard_refuses_every_development_near_miss_and_is_symmetric() -> None:
     for pair in _load_pairs():
         a, b = guard_signature(pair["a"]), guard_signature(pair["b"])
         forward, backward = guard_allows(a, b), guard_allows(b, a)
         assert (forward is None) == (backward is None), pair["id"]
-        if pair["kind"] == "near_miss" and pair["category"] != "content_word":
+        if pair["kind"] == "near_miss":
             assert forward is not None, f"{pair['id']}: {pair['a']!r} vs {pair['b']!r}"
 
 
@@ -240,18 +318,122 @@ def _reason(a: str, b: str) -> str | None:
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        ("What is 12 * 7?", "What is 12.0 * 7?"),
-        ("What is 1,200 / 4?", "What is 1200 / 4?"),
+        ("What is the capital of France?", "what's the capital of france"),
+        ("What is the capital of France?", "Tell me the capital of France"),
+        ("What is the capital of France?", "Hey, could you please tell me the capital of France?"),
+        ("What is the capital of France?", "Tell me what the capital of France is."),
+        ("What's the capital of France, please?", "What is the capital of France?"),
+        ("How do I open a file in Python?", "how do i open the file in python"),
+        ("Which orders haven't shipped?", "Which orders have not shipped?"),
+        ("Which customers can't log in?", "Which customers cannot log in?"),
+        ("Could you explain Python decorators?", "Explain Python decorators"),
+        ("Show me the top 5 products", "Show the top 5 products"),
+        ("I'd like to know who wrote Hamlet", "Who wrote Hamlet?"),
+        ("WHO WROTE HAMLET", "Who wrote Hamlet?"),
+        ("Москва — столица России?", "москва столица россии"),
+        ("東京の人口は\uff1f", "東京の人口は?"),  # full-width question mark
+    ],
+)
+def test_framing_function_words_casing_and_punctuation_still_hit(a: str, b: str) -> None:
+    assert _reason(a, b) is None
+    assert _reason(b, a) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Does the bishop capture the knight?", "Does the knight capture the bishop?"),
+        ("Convert a list to a tuple", "Convert a tuple to a list"),
+        ("Flights from Paris to Rome", "Flights to Rome from Paris"),
+        ("Is 3 a factor of 12?", "Is 12 a factor of 3?"),
+    ],
+)
+def test_word_order_refuses(a: str, b: str) -> None:
+    reason = _reason(a, b)
+    assert reason is not None and reason.startswith("word order differs"), reason
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I inhale properly?", "How do I exhale properly?"),  # antonym
+        ("What is the capital of Austria?", "What is the capital of Australia?"),  # entity
+        ("Can I take ibuprofen when pregnant?", "Can I take ibuprofen?"),  # dropped modifier
+        ("Is coffee safe?", "Is decaf coffee safe?"),  # added modifier
+        ("Who is the president of France?", "Who was the president of France?"),  # tense
+        ("Can I park here?", "Should I park here?"),  # modal
+        ("What is the largest planet?", "What is the biggest planet?"),  # a synonym too
+        ("How do I reset my password?", "How do I reset your password?"),  # pronoun
+        ("What is C#?", "What is C?"),  # a symbol
+        ("What foods contain vitamin A?", "What foods contain vitamin?"),  # "A" is no article
+        ("What does IT stand for?", "What does it stand for?"),  # an acronym keeps its case
+        ("What does getUser return?", "What does getuser return?"),  # so does an identifier
+        ("Was bedeutet Maße?", "Was bedeutet Masse?"),  # lower-cased, not case-folded
+    ],
+)
+def test_any_content_word_difference_refuses(a: str, b: str) -> None:
+    reason = _reason(a, b)
+    assert reason is not None, (a, b)
+    assert _reason(b, a) is not None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Какая столица Австрии?", "Какая столица Австралии?"),
+        ("Is p\u0430ypal.com safe?", "Is paypal.com safe?"),  # a Cyrillic a in a Latin word
+        ("Who is Пушкин?", "Who is Pushkin?"),  # never transliterated
+        ("东京的人口是多少?", "京都的人口是多少?"),
+        ("What does the kanji 日 mean?", "What does the kanji 曰 mean?"),
+        ("What is \u03b1 in statistics?", "What is a in statistics?"),  # Greek alpha
+    ],
+)
+def test_other_scripts_are_compared_as_written(a: str, b: str) -> None:
+    assert _reason(a, b) is not None
+    assert content_words(a) != content_words(b)
+
+
+def test_scripts_are_compared_after_nfc() -> None:
+    composed, decomposed = "Où est le café ?", unicodedata.normalize("NFD", "Où est le café ?")
+    assert composed != decomposed
+    assert content_words(composed) == content_words(decomposed)
+    assert _reason(composed, decomposed) is None
+
+
+def test_a_query_with_no_content_words_never_hits() -> None:
+    assert content_words("Hi!") == ()
+    reason = _reason("Hi!", "Hello!")
+    assert reason is not None and reason.startswith("no content words")
+    assert _reason("Thanks!", "Thanks!") is not None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
         ("What is 7 squared?", "What is seven squared?"),
         ("Show the top twenty-five products", "Show the top 25 products"),
         ("What is .5 + 1?", "What is 0.5 + 1?"),
-        ("What is 3 + 4?", "What is 4 + 3?"),  # commutative: order is free
-        ("Show the 3rd row", "Show the third row"),
-        ("Which one is cheaper, a or b?", "Which is cheaper, a or b?"),  # "one" as a pronoun
+        ("What is 12 * 7?", "What is 12 times 7?"),
     ],
 )
-def test_numbers_that_are_equal(a: str, b: str) -> None:
+def test_number_spellings_that_hit(a: str, b: str) -> None:
     assert _reason(a, b) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What is 12 * 7?", "What is 12.0 * 7?"),
+        ("What is 1,200 / 4?", "What is 1200 / 4?"),  # 1,200 is 1.2 in much of Europe
+        ("What's new in Python 3.10?", "What's new in Python 3.1?"),
+        ("What is 3 + 4?", "What is 4 + 3?"),
+        ("Show the 3rd row", "Show the third row"),
+        ("What is three twenty?", "What is twenty three?"),
+        ("How much is five and six?", "How much is eleven?"),
+    ],
+)
+def test_numbers_are_compared_as_written(a: str, b: str) -> None:
+    assert _reason(a, b) is not None
 
 
 @pytest.mark.parametrize(
@@ -285,7 +467,6 @@ def test_operand_order_matters_for_non_commutative_operators(a: str, b: str) -> 
     [
         ("What is 12 * 7?", "What is 12 + 7?", False),
         ("What is 12 * 7?", "What is 12 x 7?", True),
-        ("What is 12 * 7?", "What is 12 times 7?", True),
         ("What is 9 - 4?", "What is 9 minus 4?", True),
         ("What is 2 ** 8?", "What is 2 ^ 8?", True),
         ("What is 2 ** 8?", "What is 2 * 8?", False),
@@ -294,6 +475,7 @@ def test_operand_order_matters_for_non_commutative_operators(a: str, b: str) -> 
         ("What is 3 squared?", "What is 3 cubed?", False),
         ("What is the average price?", "What is the median price?", False),
         ("Pages 10-20 of the report", "Pages 10-20 of the report", True),
+        ("What is 10!", "What is 10?", False),  # a factorial
     ],
 )
 def test_operators(a: str, b: str, same: bool) -> None:
@@ -312,14 +494,13 @@ def test_operators(a: str, b: str, same: bool) -> None:
         ("Show revenue in dollars", "Show revenue in euros", False),
         ("What is 15% of 240?", "What is 15 percent of 240?", True),
         ("Run it for 5 m", "Run it for 5 min", False),
-        ("What is 0.1 + 0.2 in Python?", "In Python, what is 0.1 + 0.2?", True),
+        ("Download 100 MB", "Download 100 Mb", False),  # megabyte, megabit
+        ("Convert 3 tons to kg", "Convert 3 tonnes to kg", False),
     ],
 )
 def test_units_and_currencies(a: str, b: str, same: bool) -> None:
     reason = _reason(a, b)
     assert (reason is None) is same, reason
-    if not same:
-        assert reason is not None and reason.startswith("units differ")
 
 
 @pytest.mark.parametrize(
@@ -347,16 +528,12 @@ def test_units_and_currencies(a: str, b: str, same: bool) -> None:
 def test_entities(a: str, b: str, same: bool) -> None:
     reason = _reason(a, b)
     assert (reason is None) is same, reason
-    if not same:
-        assert reason is not None and reason.startswith("entities differ")
 
 
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [
         ("Which orders have shipped?", "Which orders have not shipped?", False),
-        ("Which orders haven't shipped?", "Which orders have not shipped?", True),
-        ("Which customers can't log in?", "Which customers cannot log in?", True),
         ("Show orders with a discount", "Show orders without a discount", False),
         ("Customers who ever ordered", "Customers who never ordered", False),
         ("Products with reviews", "Products with no reviews", False),
@@ -370,34 +547,27 @@ def test_entities(a: str, b: str, same: bool) -> None:
 def test_negations(a: str, b: str, same: bool) -> None:
     reason = _reason(a, b)
     assert (reason is None) is same, reason
-    if not same:
-        assert reason is not None and reason.startswith("negations differ")
+    assert (_reason(b, a) is None) is same
 
 
 @pytest.mark.parametrize(
-    ("a", "b", "same"),
+    ("a", "b"),
     [
-        ("Products priced over $20", "Products priced under $20", False),
-        ("Products priced over $20", "Products priced above $20", True),
-        ("Iterate over a list", "Iterate over a list", True),
-        ("More than 3 orders", "Fewer than 3 orders", False),
-        ("At least 3 orders", "At most 3 orders", False),
-        ("What is the largest planet?", "What is the biggest planet?", True),
-        ("What is the largest planet?", "What is the smallest planet?", False),
-        ("Orders before 2024", "Orders after 2024", False),
-        ("Sort by price ascending", "Sort by price descending", False),
-        ("Show the first 5 rows", "Show the last 5 rows", False),
-        ("Round 2.5 up", "Round 2.5 down", False),
-        ("Orders shipped today", "Orders shipped yesterday", False),
-        ("Price where x > 5", "Price where x < 5", False),
-        ("Show the 10 most recent orders", "Show the 10 newest orders", True),
+        ("Products priced over $20", "Products priced under $20"),
+        ("More than 3 orders", "Fewer than 3 orders"),
+        ("At least 3 orders", "At most 3 orders"),
+        ("What is the largest planet?", "What is the smallest planet?"),
+        ("Orders before 2024", "Orders after 2024"),
+        ("Sort by price ascending", "Sort by price descending"),
+        ("Show the first 5 rows", "Show the last 5 rows"),
+        ("Round 2.5 up", "Round 2.5 down"),
+        ("Orders shipped today", "Orders shipped yesterday"),
+        ("Price where x > 5", "Price where x < 5"),
     ],
 )
-def test_comparisons_and_directions(a: str, b: str, same: bool) -> None:
+def test_comparisons_and_directions(a: str, b: str) -> None:
     reason = _reason(a, b)
-    assert (reason is None) is same, reason
-    if not same:
-        assert reason is not None and reason.startswith("comparisons differ")
+    assert reason is not None and reason.startswith("comparisons differ"), reason
 
 
 def test_guard_refuses_queries_longer_than_it_reads() -> None:
@@ -414,6 +584,10 @@ def test_guard_on_huge_input_is_fast() -> None:
     facts = guard_signature(text)
     assert time.perf_counter() - started < 1.0
     assert facts.truncated
+
+
+def test_the_level_is_off_by_default() -> None:
+    assert Settings.model_fields["semantic_cache"].default is False
 
 
 # --------------------------------------------------------------------------- sharing and limits
@@ -690,6 +864,13 @@ def _embeddings_app(server: EmbeddingServer) -> FastAPI:
                     "model": model,
                     "usage": {"prompt_tokens": 3, "total_tokens": 3},
                 }
+            case "same-vector":
+                # A model that finds every text alike: only the guard tells them apart.
+                data = [
+                    {"object": "embedding", "index": i, "embedding": [1.0] + [0.0] * 7}
+                    for i in range(len(inputs))
+                ]
+                return {"object": "list", "data": data, "model": model}
             case "server-error":
                 return leaky(500)
             case "unauthorized":
@@ -823,6 +1004,33 @@ async def test_semantic_cache_over_the_openai_embedder(
     assert down.hit is None and down.degraded
     assert down.reason == "embeddings unavailable (ModelUnavailable)"
     assert await failing.add(ns, "What is the capital of France?", "k", ttl_s=60) is False
+
+
+async def test_the_guard_holds_for_an_openai_compatible_model(
+    embedding_server: EmbeddingServer, redis: Redis
+) -> None:
+    """A configured embeddings model keeps the guard: with a model that puts every pair at
+    similarity 1.0, no held-out near-miss is served and a paraphrase still is."""
+    cache = SemanticCache(
+        redis, _openai(embedding_server, "same-vector"), threshold=0.99, max_entries=10
+    )
+    run = uuid.uuid4().hex
+    served: list[str] = []
+    for pair in _load_heldout():
+        ns = f"heldout-openai:{run}:{pair['id']}"
+        assert await cache.add(ns, pair["a"], f"key-{pair['id']}", ttl_s=60)
+        found = await cache.lookup(ns, pair["b"])
+        assert not found.degraded and found.similarity == pytest.approx(1.0, abs=1e-5)
+        assert found.embedder == "openai:same-vector"
+        if found.hit is not None:
+            served.append(f"{pair['id']}: {pair['a']!r} -> {pair['b']!r}")
+    assert served == [], "near-misses served a cached answer:\n" + "\n".join(served)
+    ns = _ns()
+    assert await cache.add(ns, "What is the capital of France?", "paris", ttl_s=60)
+    found = await cache.lookup(ns, "Tell me the capital of France, please")
+    assert found.hit is not None and found.hit.response_key == "paris"
+    found = await cache.lookup(ns, "What is the capital of Germany?")
+    assert found.hit is None and found.reason is not None
 
 
 def test_embedder_from_settings(embedding_server: EmbeddingServer) -> None:
