@@ -162,7 +162,11 @@ async def agent_worker(
         coalescer=Coalescer(cache.client, lease_s=5, available=lambda: not cache.breaker_open)
         if coalesce
         else None,
-        semantic=semantic_from_settings(settings, cache) if semantic else None,
+        semantic=(
+            semantic_from_settings(settings.model_copy(update={"semantic_cache": True}), cache)
+            if semantic
+            else None
+        ),
     )
     task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(
