@@ -9,6 +9,7 @@ workflow is still running and the record (if any) fills in, with a ``warning``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -229,6 +230,13 @@ async def _without_progress(
         public = from_record(state, record)
         public.warning = "live progress unavailable: Temporal did not answer"
         return public
+    if desc.status is not None and desc.status in CLOSED_STATUS:
+        # The record read before the query may predate the terminal write, which lands just
+        # before the workflow closes: read it again before calling the outcome missing.
+        with contextlib.suppress(StoreUnavailableError):
+            record = await get_record(state, job_id) or record
+        if record is not None and JobStatus(record.status).is_terminal:
+            return from_record(state, record)
     if record is not None:
         public = from_record(state, record)
     else:
