@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "routing": "Learned router vs cue table vs fixed tiers on held-out labelled prompts",
     "semantic": "Semantic cache: hit and wrong-hit rates, lookup latency vs an exact GET",
     "cache_levels": "Hit latency per cache level vs a plain GET, and the work a hit replaces",
+    "analytics": "POST /v1/jobs latency alone vs with 20 concurrent analytics callers",
 }
 """Benchmark name -> what it compares; each is the module ``benchmarks.bench_<name>``."""
 

@@ -9,9 +9,13 @@ the database (no Temporal server is started).
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,10 +47,18 @@ from core.models import (
 from core.settings import Settings
 from infra.analytics import (
     CACHE_HIT_RATE_FLOOR,
+    AnalyticsRateLimitedError,
+    AnalyticsRateLimiter,
+    AnalyticsRunner,
     AnalyticsWindow,
+    CachePeriodReport,
     CallCost,
+    CostAnalysis,
     JobSample,
+    PerformanceSummary,
     Period,
+    Report,
+    TimeSeries,
     analyze_costs,
     cache_period_stats,
     downsize_candidates,
@@ -59,7 +71,7 @@ from infra.analytics import (
 from infra.db import create_tables, make_engine
 from infra.jobs import JobRecord, JobStore
 from infra.keys import KeyStore
-from tests.helpers import serve_asgi
+from tests.helpers import free_port, redis_server, serve_asgi
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 CATALOG = ModelCatalog.default()  # small 0.0005, medium 0.003, large 0.01 USD per 1k tokens
@@ -796,3 +808,291 @@ def test_cost_and_timeseries_over_http(api: Api) -> None:
     assert len(series["buckets"]) == 24
     assert sum(b["jobs"] for b in series["buckets"]) == 10
     assert sum(b["cost_usd"] for b in series["buckets"]) == pytest.approx(0.1061)
+
+
+# --------------------------------------------------------------------------- serving
+#
+# The routes compute off the event loop (a separate process by default), share one computation
+# among concurrent identical requests, cache answers per (owner, report, period) for the TTL,
+# and limit each key's analytics calls per minute. Observables: ``window.end`` (taken when a
+# computation starts, so equal ends mean one computation), the ``X-Analytics-Source`` header,
+# and the runner's ``computations`` counter.
+
+
+def recent_day_jobs(prefix: str) -> list[Job]:
+    """:func:`day_jobs` and :func:`outside_jobs` moved so that their day ends now."""
+    shift = datetime.now(UTC) - NOW
+    jobs = day_jobs(prefix) + outside_jobs(prefix)
+    for job in jobs:
+        job.ended_h -= shift / timedelta(hours=1)
+    return jobs
+
+
+def copy_job(engine: Engine, template: str, count: int, prefix: str) -> None:
+    """Insert ``count`` copies of job ``template`` (ids ``<prefix><n>``) in one statement."""
+    table = JobRecord.__table__  # type: ignore[attr-defined]
+    names = [c.name for c in table.columns]
+    values = [
+        ":prefix || n.i" if name == "job_id" else "NULL" if name == "idempotency_key" else name
+        for name in names
+    ]
+    statement = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+        f"INSERT INTO jobs ({', '.join(names)}) "
+        f"SELECT {', '.join(values)} FROM n, jobs WHERE jobs.job_id = :template"
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(statement), {"count": count, "prefix": prefix, "template": template}
+        )
+
+
+@dataclass
+class Served:
+    url: str
+    admin: str
+    alice: str
+    bob: str
+
+
+@contextmanager
+def serve_metrics(
+    redis_url: str, tmp: Path, *, copies: int = 0, **analytics: Any
+) -> Iterator[Served]:
+    """The real app (keys on) over a SQLite file with alice's day of jobs (plus ``copies``)."""
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp / 'jobs.db'}",
+        temporal_address="127.0.0.1:1",
+        api_key_pepper="metrics-pepper",
+        **analytics,
+    )
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    keys = KeyStore(engine, pepper="metrics-pepper")
+    admin = keys.create("root", [Scope.ADMIN])
+    alice = keys.create("alice", [Scope.READ])
+    bob = keys.create("bob", [Scope.READ])
+    seed(engine, recent_day_jobs("s"), owner=alice.key_id)
+    if copies:
+        copy_job(engine, "s5", copies, "copy-")
+    engine.dispose()
+    with serve_asgi(create_app(settings)) as url:
+        yield Served(url, admin.secret, alice.secret, bob.secret)
+
+
+def call(served: Served, path: str, key: str) -> httpx.Response:
+    return httpx.get(f"{served.url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def test_analytics_calls_are_limited_per_key_with_a_429_naming_the_limit(
+    redis_url: str, tmp_path: Path
+) -> None:
+    with serve_metrics(
+        redis_url, tmp_path, analytics_rate_limit_per_minute=3, analytics_cache_ttl_s=300
+    ) as served:
+        for path in ("/v1/metrics/summary", "/v1/metrics/cost", "/v1/cache/stats"):
+            assert call(served, path, served.alice).status_code == 200
+        # The fourth analytics call of the minute, whichever route: refused, nothing computed.
+        for path in ("/v1/metrics/summary", "/v1/metrics/timeseries", "/v1/cache/stats"):
+            refused = call(served, path, served.alice)
+            assert refused.status_code == 429, refused.text
+            assert 1 <= int(refused.headers["Retry-After"]) <= 60
+            detail = refused.json()["detail"]
+            assert "analytics rate limit of 3 requests per minute" in detail
+            assert "AGENTFLOW_ANALYTICS_RATE_LIMIT_PER_MINUTE" in detail
+        # Per key: bob and the admin still have their own three.
+        assert call(served, "/v1/metrics/summary", served.bob).status_code == 200
+        assert call(served, "/v1/metrics/summary", served.admin).status_code == 200
+
+
+def test_a_second_call_within_the_ttl_is_not_computed_again(redis_url: str, tmp_path: Path) -> None:
+    with serve_metrics(redis_url, tmp_path, analytics_cache_ttl_s=300) as served:
+        first = call(served, "/v1/metrics/cost?period=day", served.alice)
+        second = call(served, "/v1/metrics/cost?period=day", served.alice)
+        assert first.headers["X-Analytics-Source"] == "computed"
+        assert second.headers["X-Analytics-Source"] == "cached"
+        assert second.json() == first.json()  # window.end included: the same computation
+        assert second.headers["Cache-Control"] == "private, max-age=300"
+        assert 0 <= int(second.headers["Age"]) <= 300
+        # Another period or report is another computation.
+        week = call(served, "/v1/metrics/cost?period=week", served.alice)
+        assert week.headers["X-Analytics-Source"] == "computed"
+        assert week.json()["window"]["end"] != first.json()["window"]["end"]
+        summary = call(served, "/v1/metrics/summary?period=day", served.alice)
+        assert summary.headers["X-Analytics-Source"] == "computed"
+        assert summary.json()["window"]["jobs"] == 10
+
+
+def test_without_a_ttl_every_call_computes(redis_url: str, tmp_path: Path) -> None:
+    with serve_metrics(redis_url, tmp_path, analytics_cache_ttl_s=0) as served:
+        answers = [call(served, "/v1/metrics/summary", served.alice) for _ in range(2)]
+        assert [a.headers["X-Analytics-Source"] for a in answers] == ["computed", "computed"]
+        assert answers[0].json()["window"]["end"] != answers[1].json()["window"]["end"]
+        assert answers[1].headers["Cache-Control"] == "no-store"
+
+
+def test_the_cache_never_serves_one_keys_figures_to_another(redis_url: str, tmp_path: Path) -> None:
+    with serve_metrics(redis_url, tmp_path, analytics_cache_ttl_s=300) as served:
+        alice = call(served, "/v1/metrics/summary", served.alice)
+        assert (alice.json()["scope"], alice.json()["window"]["jobs"]) == ("own", 10)
+        # Same report and period, within the TTL: bob and the admin get their own figures.
+        bob = call(served, "/v1/metrics/summary", served.bob)
+        assert bob.headers["X-Analytics-Source"] == "computed"
+        assert (bob.json()["scope"], bob.json()["window"]["jobs"]) == ("own", 0)
+        assert bob.json()["cost"]["total_usd"] == 0
+        admin = call(served, "/v1/metrics/summary", served.admin)
+        assert admin.headers["X-Analytics-Source"] == "computed"
+        assert (admin.json()["scope"], admin.json()["window"]["jobs"]) == ("all", 10)
+        again = call(served, "/v1/metrics/summary", served.alice)
+        assert again.headers["X-Analytics-Source"] == "cached"
+        assert again.json() == alice.json()
+        bob_stats = call(served, "/v1/cache/stats", served.bob).json()
+        alice_stats = call(served, "/v1/cache/stats", served.alice).json()
+        assert (bob_stats["jobs_considered"], alice_stats["jobs_considered"]) == (0, 10)
+
+
+@pytest.fixture(scope="module")
+def big(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """An app over 12,000 of alice's jobs and no cache: each cost report takes a while."""
+    with serve_metrics(
+        redis_url,
+        tmp_path_factory.mktemp("big"),
+        copies=BIG_COPIES,
+        analytics_cache_ttl_s=0,
+        analytics_rate_limit_per_minute=1_000,
+        analytics_nice=0,  # the default 10 only slows this test on a busy machine
+    ) as served:
+        yield served
+
+
+BIG_COPIES = 12_000
+
+
+async def test_concurrent_identical_calls_share_one_computation(big: Served) -> None:
+    headers = {"Authorization": f"Bearer {big.alice}"}
+    async with httpx.AsyncClient(base_url=big.url, headers=headers, timeout=60) as http:
+        answers = await asyncio.gather(
+            *(http.get("/v1/metrics/cost?period=week") for _ in range(20))
+        )
+    assert [a.status_code for a in answers] == [200] * 20
+    sources = Counter(a.headers["X-Analytics-Source"] for a in answers)
+    assert sources == {"computed": 1, "shared": 19}
+    assert len({a.json()["window"]["end"] for a in answers}) == 1
+    assert answers[0].json()["window"]["jobs"] == BIG_COPIES + 11
+
+
+async def test_the_event_loop_answers_while_analytics_compute(big: Served) -> None:
+    headers = {"Authorization": f"Bearer {big.alice}"}
+    async with httpx.AsyncClient(base_url=big.url, headers=headers, timeout=60) as http:
+        report = asyncio.create_task(http.get("/v1/metrics/cost?period=week"))
+        await asyncio.sleep(0.1)  # the report is being computed now
+        answered_meanwhile = 0
+        while not report.done():
+            health = await http.get("/healthz")
+            assert health.status_code == 200
+            if not report.done():
+                answered_meanwhile += 1
+            await asyncio.sleep(0.05)
+        assert (await report).status_code == 200
+    # Computed on the loop, nothing else would have been answered until the report was.
+    assert answered_meanwhile >= 3
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@pytest.fixture
+def recent(sqlite_engine: Engine) -> Engine:
+    """Alice's day of jobs ending now (the runner's windows end at the wall clock), and bob's."""
+    seed(sqlite_engine, recent_day_jobs("a"), owner="alice")
+    seed(sqlite_engine, [Job("b0", 1.5, 50, S, [(S, "final", 0.0009, 1800)])], "bob")
+    table = JobRecord.__table__  # type: ignore[attr-defined]
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            table.update()
+            .where(table.c.job_id == "b0")
+            .values(completed_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+    return sqlite_engine
+
+
+async def test_the_runner_caches_for_its_ttl_and_counts_computations(recent: Engine) -> None:
+    now = [1000.0]
+    runner = AnalyticsRunner(
+        recent,
+        str(recent.url),
+        CATALOG,
+        cache_ttl_s=10,
+        executor="thread",
+        clock=lambda: now[0],
+    )
+    try:
+        first = await runner.get(Report.SUMMARY, Period.WEEK, "alice")
+        now[0] += 9.9
+        second = await runner.get(Report.SUMMARY, Period.WEEK, "alice")
+        assert (first.source, second.source, runner.computations) == ("computed", "cached", 1)
+        assert second.value is first.value
+        assert first.expect(PerformanceSummary).window.jobs == 11
+        with pytest.raises(TypeError, match="CostAnalysis"):
+            first.expect(CostAnalysis)
+        other = await runner.get(Report.SUMMARY, Period.WEEK, "bob")
+        assert (other.expect(PerformanceSummary).window.jobs, runner.computations) == (1, 2)
+        now[0] += 0.2  # 10.1 s after the first computation started: stale
+        third = await runner.get(Report.SUMMARY, Period.WEEK, "alice")
+        assert (third.source, runner.computations) == ("computed", 3)
+    finally:
+        await runner.aclose()
+
+
+async def test_the_runner_matches_the_pure_functions(recent: Engine) -> None:
+    runner = AnalyticsRunner(recent, str(recent.url), CATALOG, executor="process", nice=0)
+    try:
+        assert runner.executor == "process"
+        cost = (await runner.get(Report.COST, Period.DAY, "alice")).expect(CostAnalysis)
+        series = (await runner.get(Report.TIMESERIES, Period.DAY, None)).expect(TimeSeries)
+        stats = (await runner.get(Report.CACHE, Period.DAY, "alice")).expect(CachePeriodReport)
+    finally:
+        await runner.aclose()
+    window = load_window(recent, Period.DAY, owner="alice", now=cost.window.end)
+    assert cost == analyze_costs(window, CATALOG)
+    assert cost.total_cost_usd == pytest.approx(0.1061)
+    assert series == time_series(load_window(recent, Period.DAY, now=series.window.end))
+    assert sum(b.jobs for b in series.buckets) == 11
+    assert stats.stats == cache_period_stats(
+        load_window(recent, Period.DAY, owner="alice", now=stats.window.end).samples
+    )
+
+
+def test_an_in_memory_database_is_computed_in_a_thread() -> None:
+    engine = make_engine("sqlite://")
+    runner = AnalyticsRunner(engine, "sqlite://", CATALOG, executor="process")
+    assert runner.executor == "thread"
+
+
+async def test_the_limit_is_not_enforced_while_redis_is_down() -> None:
+    limiter = AnalyticsRateLimiter(f"redis://127.0.0.1:{free_port()}/0", 1, timeout_s=0.2)
+    try:
+        for _ in range(3):
+            await limiter.hit("k")  # fails open: logged, not raised
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_refused_key_is_refused_from_memory_until_its_window_frees() -> None:
+    skew = [0.0]  # the limiter's clock runs ahead of the wall clock by this, in seconds
+    with redis_server() as url:
+        limiter = AnalyticsRateLimiter(url, 1, timeout_s=0.2, clock=lambda: time.time() + skew[0])
+        await limiter.hit("k")
+        with pytest.raises(AnalyticsRateLimitedError) as refused:
+            await limiter.hit("k")
+        assert refused.value.limit == 1 and 1 <= refused.value.retry_after_s <= 60
+    # Redis is gone: an unknown key passes (fail open), the refused one is still refused.
+    try:
+        await limiter.hit("other")
+        with pytest.raises(AnalyticsRateLimitedError):
+            await limiter.hit("k")
+        skew[0] = 61  # its window has freed a slot: Redis is asked again (and is down)
+        await limiter.hit("k")
+    finally:
+        await limiter.aclose()

@@ -12,26 +12,20 @@ the level's namespace) or, on the tool level, by tool name; with neither, the wh
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from redis.exceptions import RedisError
 
 from api.deps import AdminKey, ReadKey, StateDep
 from api.errors import ApiError
 from api.openapi import error_responses
+from api.routes.metrics import AnalyticsDep, serve_analytics
 from api.schemas import CacheDeleted, CacheLevelStats, CachePeriodStats, CacheStats
 from core.models import CacheLevel
-from infra.analytics import (
-    AnalyticsWindow,
-    CacheWindowStats,
-    Period,
-    cache_period_stats,
-    load_window,
-)
+from infra.analytics import CachePeriodReport, Period, Report
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +49,19 @@ class CacheRequestInvalidError(ApiError):
     status_code = 422
 
 
-@router.get("/stats", responses=error_responses(401, 403, 422, 503))
+@router.get("/stats", responses=error_responses(401, 403, 422, 429, 503))
 async def cache_stats(
     state: StateDep,
     principal: ReadKey,
+    analytics: AnalyticsDep,
+    response: Response,
     period: Annotated[Literal["hour", "day", "week"], Query()] = "day",
 ) -> CacheStats:
     """Entries, bytes and recent hit rate per level, plus the period's hits and savings.
+
+    The period's figures are analytics (:mod:`api.routes.metrics`): computed off the event
+    loop, counted against the key's analytics limit (429 over it) and possibly up to the
+    analytics cache TTL old (``Age`` header, in seconds).
 
     Raises:
         CacheUnavailableError: Redis is down (503); the job-record figures need no Redis, but a
@@ -73,16 +73,12 @@ async def cache_stats(
         raise CacheUnavailableError(
             f"the cache is unreachable ({type(exc).__name__}); jobs run uncached meanwhile"
         ) from exc
-    owner = None if principal.is_admin else principal.key_id
-
-    def read() -> tuple[AnalyticsWindow, CacheWindowStats]:
-        window = load_window(state.store.engine, Period(period), owner=owner)
-        return window, cache_period_stats(window.samples)  # CPU: off the event loop too
-
-    window, per_period = await asyncio.to_thread(read)
+    answer, _ = await serve_analytics(analytics, principal, Report.CACHE, Period(period), response)
+    report = answer.expect(CachePeriodReport)
+    window, per_period = report.window, report.stats
     return CacheStats(
         period=period,
-        jobs_considered=len(window.samples),
+        jobs_considered=window.jobs,
         sampled=window.sampled,
         degraded_jobs=per_period.degraded_jobs,
         coalesced=per_period.coalesced,
