@@ -43,6 +43,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Final, cast
 
+from google.protobuf.message import DecodeError
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -54,7 +55,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.events import EVENTS_TOPIC, TERMINAL_EVENTS, JobEvent, StageStarted
 from core.ids import workflow_id_for
 from core.models import Stage
-from infra.token_channel import TOKEN_FIELD, token_stream_key
+from infra.token_channel import TOKEN_FIELD, TOKEN_STREAM_PREFIX, token_stream_key
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,13 @@ RETRY_S: Final = 1.0
 GIVE_UP_S: Final = 120.0
 """A job whose events could not be read for this long ends its readers' streams with
 ``stream_error`` (``temporal_unavailable``); they may reconnect."""
+
+IDLE_POLL_S: Final = 1.0
+"""Longest interval between two polls of a job with nothing new, in seconds (the poll backs
+off from ``AGENTFLOW_STREAM_POLL_MS`` while nothing happens)."""
+
+TRANSIENT: Final = frozenset({"temporal_unavailable", "internal"})
+"""Failures a new reader retries (its attach starts a new read)."""
 
 CLOSED_CHECK_S: Final = 5.0
 """How often a feed that saw no terminal event asks Temporal whether the workflow closed."""
@@ -97,6 +105,10 @@ class StreamFailure(StrEnum):
     """The workflow closed without a terminal event (terminated, timed out)."""
     TEMPORAL_UNAVAILABLE = "temporal_unavailable"
     """The events could not be read for :data:`GIVE_UP_S`; reconnect with the last id."""
+    INTERNAL = "internal"
+    """Reading the events failed unexpectedly (logged); reconnect with the last id."""
+    TOO_MANY_READERS = "too_many_readers"
+    """The job has ``AGENTFLOW_SSE_MAX_READERS_PER_JOB`` readers in this process; retry later."""
     SHUTTING_DOWN = "shutting_down"
     """The API process is stopping; reconnect with the last id."""
     CURSOR_PAST_END = "cursor_past_end"
@@ -177,6 +189,7 @@ class JobFeed:
     readers: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
     @property
@@ -270,6 +283,10 @@ class EventHub:
         feed = self._feeds.get(job_id)
         return feed.readers if feed else 0
 
+    def watching(self, job_id: str) -> bool:
+        """Whether this process reads ``job_id`` now (or keeps what it read)."""
+        return job_id in self._feeds
+
     def feeds(self) -> int:
         """Jobs this process reads now."""
         return len(self._feeds)
@@ -287,6 +304,12 @@ class EventHub:
         elif feed.readers >= self.max_readers:
             raise OverflowError(job_id)
         feed.readers += 1
+        if self._closing:
+            feed.failure = StreamFailure.SHUTTING_DOWN
+            return feed
+        transient = feed.failure is not None and feed.failure.value in TRANSIENT
+        if transient and feed.task is not None and feed.task.done():
+            feed.failure = None  # a new reader tries again
         if not feed.done and (feed.task is None or feed.task.done()):
             # New, or its reading stopped after its readers left and before the sweep.
             feed.task = asyncio.create_task(self._read_durable(feed), name=f"feed-{job_id}")
@@ -332,10 +355,26 @@ class EventHub:
     # ------------------------------------------------------------------ reading
 
     async def _read_durable(self, feed: JobFeed) -> None:
-        """Poll the job's stream with queries until its terminal event (or a failure)."""
+        """Poll the job's stream with queries until its terminal event (or a failure).
+
+        Any error this loop does not expect ends the feed with ``internal`` (its readers get
+        ``stream_error`` and may reconnect, which starts a new read), never silently.
+        """
+        try:
+            await self._poll_until_done(feed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reading the events of job %s failed", feed.job_id)
+            feed.failure = StreamFailure.INTERNAL
+        finally:
+            feed.notify()
+
+    async def _poll_until_done(self, feed: JobFeed) -> None:
         handle = None
         failing_since: float | None = None
         last_closed_check = time.monotonic()
+        interval = self._poll_s
         while not feed.done and not self._closing:
             if feed.readers == 0 and time.monotonic() - feed.idle_since > self._linger_s:
                 break
@@ -353,21 +392,14 @@ class EventHub:
                 failing_since = None
             except asyncio.CancelledError:
                 raise
-            except WorkflowQueryFailedError:
-                feed.failure = StreamFailure.NO_STREAM
-                break
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
+            except (WorkflowQueryFailedError, RPCError, RuntimeError, OSError) as exc:
+                if isinstance(exc, WorkflowQueryFailedError) and _unknown_query(exc):
+                    feed.failure = StreamFailure.NO_STREAM  # started before event streams
+                    break
+                if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
                     feed.failure = StreamFailure.GONE
                     break
-                failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > GIVE_UP_S:
-                    feed.failure = StreamFailure.TEMPORAL_UNAVAILABLE
-                    break
-                log.info("events of job %s unreadable for now: %s", feed.job_id, exc.status)
-                await asyncio.sleep(RETRY_S)
-                continue
-            except Exception as exc:  # Temporal not connected yet, and the like
+                # No worker, Temporal unreachable, a query failing during a bad deploy: retry.
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > GIVE_UP_S:
                     feed.failure = StreamFailure.TEMPORAL_UNAVAILABLE
@@ -378,15 +410,21 @@ class EventHub:
             added = self._take(feed, result)
             if added:
                 feed.notify()
+                interval = self._poll_s
             if feed.done or result.more_ready:
                 continue
-            if not added and time.monotonic() - last_closed_check > CLOSED_CHECK_S:
-                last_closed_check = time.monotonic()
-                if await self._closed_without_outcome(handle, feed):
-                    feed.failure = StreamFailure.CLOSED
-                    break
-            await asyncio.sleep(self._poll_s)
-        feed.notify()
+            if not added:
+                # Nothing new (a job waiting at its gate): poll less often, up to
+                # IDLE_POLL_S; a token event arriving through Redis wakes the poll at once.
+                interval = min(interval * 2, max(self._poll_s, IDLE_POLL_S))
+                if time.monotonic() - last_closed_check > CLOSED_CHECK_S:
+                    last_closed_check = time.monotonic()
+                    if await self._closed_without_outcome(handle, feed):
+                        feed.failure = StreamFailure.CLOSED
+                        break
+            feed.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.wake.wait(), interval)
 
     def _take(self, feed: JobFeed, result: PollResult) -> bool:
         added = False
@@ -394,7 +432,7 @@ class EventHub:
             try:
                 payload = Payload.FromString(base64.b64decode(item.data))
                 event = _EVENT.validate_json(payload.data)
-            except (ValueError, ValidationError) as exc:
+            except (ValueError, ValidationError, DecodeError) as exc:
                 log.warning("job %s: undecodable event at %d: %s", feed.job_id, item.offset, exc)
                 feed.next_offset = max(feed.next_offset, item.offset + 1)
                 continue
@@ -419,7 +457,7 @@ class EventHub:
                 result_type=PollResult,
                 rpc_timeout=QUERY_TIMEOUT,
             )
-        except (RPCError, WorkflowQueryFailedError):
+        except (RPCError, WorkflowQueryFailedError, RuntimeError, OSError):
             return True
         if self._take(feed, last):
             feed.notify()
@@ -453,7 +491,8 @@ class EventHub:
                 await asyncio.sleep(RETRY_S)
                 continue
             for key, items in answer or []:
-                job_id = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1]
+                name = key.decode() if isinstance(key, bytes) else key
+                job_id = name.removeprefix(TOKEN_STREAM_PREFIX)
                 feed = live.get(job_id)
                 if feed is None:
                     continue
@@ -466,6 +505,8 @@ class EventHub:
                         feed.last_token = token_id
                         continue
                     feed.add_token(token_id, event, len(data or b""))
+                if feed.held:
+                    feed.wake.set()  # read the durable events leading to these tokens now
                 feed.notify()
 
     async def _sweep(self) -> None:
@@ -494,6 +535,12 @@ class EventHub:
                     await task
         if self._redis is not None:
             await self._redis.aclose()
+
+
+def _unknown_query(exc: WorkflowQueryFailedError) -> bool:
+    """Whether a query failed because the workflow has no such query handler."""
+    text = str(exc).lower()
+    return "known queries" in text or ("handler" in text and "not found" in text)
 
 
 class FeedFailed(Exception):

@@ -67,6 +67,9 @@ SERVICE_START_TIMEOUT_S = 60.0
 """How long to wait for the API to report ready, in seconds."""
 WORKER_POLL_TIMEOUT_S = 30.0
 """How long to wait for the worker to poll its task queue, in seconds."""
+SHUTDOWN_GRACE_S = 5
+"""Seconds the API waits for open connections (event streams) when it stops, then closes them."""
+
 STOP_TIMEOUT_S = 15.0
 """How long a child gets to exit after SIGTERM before it is killed, in seconds."""
 LOG_TAIL_LINES = 30
@@ -600,6 +603,8 @@ class DevStack:
             [
                 sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
                 "--host", "127.0.0.1", "--port", str(self.api_port),
+                # Open event streams must not hold a shutdown: they resume on reconnect.
+                "--timeout-graceful-shutdown", str(SHUTDOWN_GRACE_S),
             ],
             env=env,
         )  # fmt: skip

@@ -388,7 +388,6 @@ async def follow_events(
                         message = parser.feed(line)
                         if message is None:
                             continue
-                        failures, delay = 0, RECONNECT_FIRST_S
                         if message.id is not None:
                             last_id = message.id or None  # an empty id resets it
                         if any(c.startswith("synthesized") for c in message.comments):
@@ -405,6 +404,7 @@ async def follow_events(
                         except ValidationError:
                             view.note(f"skipped an event this CLI does not know: {message.event}")
                             continue
+                        failures, delay = 0, RECONNECT_FIRST_S  # a real event: progress
                         view.show(event)
                         if isinstance(event, FinalResponse | ResponseError):
                             return event

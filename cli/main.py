@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.devstack import DevStack, DevStackError
+from cli.devstack import SHUTDOWN_GRACE_S, DevStack, DevStackError
 from cli.follow import SubmitOptions, parse_tool_option, submit
 from cli.keys import keys_app
 from cli.retention import retention_app
@@ -293,7 +293,14 @@ def api() -> None:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run("api.app:create_app", factory=True, host=settings.api_host, port=settings.api_port)
+    # Open event streams (SSE) must not hold a shutdown: clients resume with Last-Event-ID.
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ Every method is synchronous and thread-safe, and raises
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import Engine, Text, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.ids import workflow_id_for
@@ -141,7 +143,8 @@ class JobStore:
             offset: records skipped first (>= 0), for paging.
             owner: keep only jobs submitted by this key id; ``None`` for every job.
         """
-        statement = select(JobRecord)
+        # The stored event stream is read one job at a time (its events route), never listed.
+        statement = select(JobRecord).options(defer(cast(Any, JobRecord.events_json)))
         if owner is not None:
             statement = statement.where(col(JobRecord.owner) == owner)
         if status is not None:

@@ -83,6 +83,20 @@ with workflow.unsafe.imports_passed_through():
 PATCH_CORE_V2 = "agentflow-core-v2"
 """``workflow.patched`` id of this shape; histories without it replay on the v1 path."""
 
+PATCH_KEEP_RECORDED_OUTCOME = "agentflow-keep-recorded-outcome"
+"""``workflow.patched`` id of ignoring a cancel that arrives after the outcome was recorded
+(checked only when such a cancel arrives, so other histories carry no marker)."""
+
+STREAM_PUBLISH_SIGNAL = "__temporal_workflow_stream_publish"
+"""The workflow stream's publish signal (registered by ``WorkflowStream``)."""
+
+MAX_STORED_EVENTS_CHARS = 512 * 1024
+"""Largest event stream stored with the terminal record, in characters (about bytes)."""
+
+
+def _drop_late_publish(*_args: object) -> None:
+    """Signal handler that ignores publishes after the job's outcome was decided."""
+
 
 @workflow.defn(name="AgentWorkflow")
 class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, ApprovalGate):
@@ -403,6 +417,9 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         result = result.model_copy(update={"timings": list(self._progress.timings)})
         self._upsert_search_attributes(result.status)
         outcome = self._outcome_event(result)
+        # From here on nothing else joins the stream (a late token signal from a worker of an
+        # older release, say), so the outcome's offset is the one stored with the record.
+        workflow.set_signal_handler(STREAM_PUBLISH_SIGNAL, _drop_late_publish)
         write = self._project(result=result, events_json=self._stored_events(outcome))
         try:
             await asyncio.shield(write)
@@ -415,11 +432,20 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         # Hand the last events to subscribers waiting in a poll update (API processes from
         # before the event hub), and let no update be cut off by the workflow's end.
         self._stream.detach_pollers()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        try:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        except asyncio.CancelledError:
+            # The outcome is recorded and published: a cancel now must not record a second,
+            # contradicting one (histories from before this rule re-raise as they did).
+            if not workflow.patched(PATCH_KEEP_RECORDED_OUTCOME):
+                raise
+            workflow.logger.info("cancel requested after the job ended %s; kept", result.status)
         return result.model_copy(update={"timings": list(self._progress.timings)})
 
-    def _stored_events(self, outcome: EventBase) -> str:
+    def _stored_events(self, outcome: EventBase) -> str | None:
         """The job's whole event stream as a JSON array, ``outcome`` last, offsets filled in.
+
+        ``None`` past :data:`MAX_STORED_EVENTS_CHARS`.
 
         Read from the stream's own state, so events published by others (token signals of
         workers from before the token side channel) keep their offsets too.
@@ -435,7 +461,12 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
             offset += 1
         last = outcome.model_copy(update={"offset": offset})
         events.append(last.model_dump_json())
-        return "[" + ",".join(events) + "]"
+        stored = "[" + ",".join(events) + "]"
+        if len(stored) > MAX_STORED_EVENTS_CHARS:
+            # Kept out of the record's input (and its history, if the write falls back to a
+            # regular activity); readers of the finished job then read the closed workflow.
+            return None
+        return stored
 
     def _outcome_event(self, result: AgentResult) -> FinalResponse | ResponseError:
         """The job's last event, stamped: ``final_response`` or ``response_error``."""

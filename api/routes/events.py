@@ -126,6 +126,8 @@ class StreamError(BaseModel):
 
 _FAILURE_DETAIL: Final = {
     StreamFailure.TEMPORAL_UNAVAILABLE: (True, "the job's events could not be read for a while"),
+    StreamFailure.INTERNAL: (True, "reading the job's events failed"),
+    StreamFailure.TOO_MANY_READERS: (True, "the job has too many readers; try again later"),
     StreamFailure.SHUTTING_DOWN: (True, "this API process is stopping"),
     StreamFailure.CLOSED: (False, "the job's workflow closed without an outcome event"),
     StreamFailure.CURSOR_PAST_END: (False, "Last-Event-ID is past the job's last event"),
@@ -207,9 +209,8 @@ class JobEventStream:
         job_id = self.job.job_id
         try:
             feed = hub.attach(job_id)
-        except OverflowError:
-            yield ServerSentEvent(comment="too many readers of this job in this process")
-            yield stream_error_event(job_id, StreamFailure.TEMPORAL_UNAVAILABLE)
+        except OverflowError:  # more came in since the check before the stream
+            yield stream_error_event(job_id, StreamFailure.TOO_MANY_READERS)
             return
         try:
             async for entry, cursor in hub.read(feed, self.cursor):
@@ -404,7 +405,10 @@ async def open_event_stream(
             ) from exc
         return JobEventStream(state, job, cursor, "hub")
     # Finished, but recorded before streams were stored: the closed workflow's stream is read
-    # with queries, which only a worker answers.
+    # with queries, which only a worker answers (checked once per process: a job the hub
+    # already reads needs no check).
+    if state.event_hub.watching(job_id):
+        return JobEventStream(state, job, cursor, "hub")
     try:
         await handle.describe(rpc_timeout=CHECK_TIMEOUT)
     except RPCError as exc:
@@ -468,9 +472,11 @@ def _json_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 _STREAM_DESCRIPTION = (
-    "The job's events as Server-Sent Events: `id` is the stream offset, `event` the type, "
-    "`data` the event JSON (`core.events.JobEvent`, with `offset`). Keep-alive comments while "
-    "idle; the stream closes after `final_response` or `response_error`."
+    "The job's events as Server-Sent Events: `id` is the reader's resume cursor (`<offset>` or "
+    "`<offset>:<token id>`), `event` the type, `data` the event JSON (`core.events.JobEvent`; "
+    "durable events with `offset`). Keep-alive comments while idle; the stream closes after "
+    "`final_response` or `response_error`, or after a `stream_error` event saying why it "
+    "cannot go on."
 )
 
 
@@ -478,20 +484,20 @@ _STREAM_DESCRIPTION = (
     "/{job_id}/events",
     response_class=EventSourceResponse,
     response_description=_STREAM_DESCRIPTION,
-    responses=_json_error_responses(401, 403, 404, 409, 422, 503),
+    responses=_json_error_responses(401, 403, 404, 409, 422, 429, 503),
 )
 async def stream_job_events(
     stream: Annotated[JobEventStream, Depends(open_event_stream)],
 ) -> AsyncIterator[JobEvent]:
     """Follow a job live: every event it published, then each new one as it happens.
 
-    Resume after a dropped connection with `Last-Event-ID: <last id seen>` (or `?after=`):
-    nothing is missed and nothing repeats. A finished job replays all its events and closes. A
-    job without an event stream (started before streams existed, or whose workflow history is
-    gone) gets one terminal event built from its record, after the comment
-    `: synthesized from the job record ...`, with no `id` and `offset: null`. When Temporal is
-    lost mid-stream the stream ends; reconnect with `Last-Event-ID`. A finished job's events are
-    read by a worker: with none running the answer is 503.
+    Resume after a dropped connection with `Last-Event-ID: <last id seen>` (or `?after=` with
+    the last offset): nothing is missed and nothing repeats. A finished job replays its durable
+    events from its record (no worker needed) and closes. A job without an event stream
+    (started before streams existed, or whose workflow history is gone) gets one terminal event
+    built from its record, after the comment `: synthesized from the job record ...`, with no
+    `id` and `offset: null`. A stream that cannot go on ends with a `stream_error` event
+    (`reason`, `retry`, `detail`); reconnect with `Last-Event-ID` when `retry` is true.
     """
     # The messages are ServerSentEvent items (FastAPI sends those as they are); the annotation
     # gives OpenAPI the schema of each message's `data`.
