@@ -16,8 +16,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 DEV_EXTRAS := -e '.[dev]'
 BENCH_EXTRAS := -e '.[dev,bench]'
 
+# Bytecode is compiled at install (UV_COMPILE_BYTECODE; pip compiles by default): machines
+# like this one set PYTHONDONTWRITEBYTECODE=1, so without it every process (the CLI, the API,
+# each worker a test starts) compiles the modules it imports from source again.
 define venv_install
-if test -x $(BIN)/uv && $(BIN)/uv pip install --quiet --python $(BIN)/python $(1); then :; \
+if test -x $(BIN)/uv && UV_COMPILE_BYTECODE=1 $(BIN)/uv pip install --quiet --python $(BIN)/python $(1); then :; \
 else $(BIN)/python -m pip install --quiet --upgrade pip && \
 	$(BIN)/python -m pip install --quiet $(1); fi
 endef
