@@ -9,11 +9,13 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from infra.cache import RedisCache
 from infra.coalesce import MAX_KEY_CHARS, Coalesced, Coalescer, make_client
 from tests.helpers import ROOT, free_port, redis_server
 
@@ -35,26 +37,54 @@ def prefix() -> str:
 class Shared:
     """A Redis-backed result store plus a counter of computes, as a caller would use them."""
 
-    def __init__(self, client: Redis, key: str, *, compute_s: float, store: bool = True) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        key: str,
+        *,
+        compute_s: float,
+        store: bool = True,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         self.client = client
         self.key = key
         self.compute_s = compute_s
         self.store = store
+        self.gate = gate  # when given, the first compute waits for it before its compute_s
         self.computes = 0
         self.compute_started: list[float] = []
 
     async def compute(self) -> str:
         self.computes += 1
         self.compute_started.append(time.monotonic())
+        if self.gate is not None and self.computes == 1:
+            await self.gate.wait()
         await asyncio.sleep(self.compute_s)
         value = f"value-{self.computes}"
         if self.store:
-            await self.client.set(self.key, value, ex=30)
+            # As a cache does: a store that fails (Redis away, or a pooled connection the
+            # restart closed) is skipped, and the result is not shared.
+            with contextlib.suppress(RedisError):
+                await self.client.set(self.key, value, ex=30)
         return value
 
     async def load(self) -> str | None:
         raw = await self.client.get(self.key)
         return raw.decode() if isinstance(raw, bytes) else raw
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def _cancel(tasks: list[asyncio.Task[Coalesced[str]]]) -> None:
+    """Cancel what a failed test left running, so it cannot slow the next test."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _lock(prefix: str, key: str) -> str:
@@ -362,6 +392,8 @@ async def test_known_down_redis_is_not_asked(clients: tuple[Redis, Redis], prefi
 
 
 async def test_redis_stopped_and_restarted_mid_run(prefix: str) -> None:
+    """Redis down for longer than a lease: the waiter re-checks for about one lease, then
+    computes on its own; the holder keeps computing; the same clients work once it is back."""
     port = free_port()
     server = contextlib.ExitStack()
     url = server.enter_context(redis_server(port))
@@ -389,7 +421,8 @@ async def test_redis_stopped_and_restarted_mid_run(prefix: str) -> None:
         waiter_result = await asyncio.wait_for(waiter, timeout=5)
         assert (waiter_result.role, waiter_result.value) == ("uncoordinated", "v")
         assert len(compute_started) == 2
-        assert compute_started[1] - stopped_at < 0.5  # fell back on its next poll
+        # Backed off for about one lease (a blip would have ended by then), no longer.
+        assert 0.6 * 0.9 <= compute_started[1] - stopped_at < 0.6 + 0.5
         holder_result = await holder  # renewals and release fail quietly
         assert (holder_result.role, holder_result.value) == ("holder", "v")
 
@@ -426,3 +459,155 @@ async def test_a_holder_always_stops_renewing_and_releases(
         outcome = await asyncio.wait_for(coalescer.run(f"short-{i}", compute, load), 2.0)
         assert outcome.value == "v"
         assert await a.exists(_lock(prefix, f"short-{i}")) == 0
+
+
+async def test_a_redis_blip_does_not_stampede_the_waiters(prefix: str) -> None:
+    """200 waiters on four workers, Redis restarted (losing every key) for about 0.3 s while
+    the holder computes: the holder re-asserts its lock, the waiters back off and re-check, and
+    the call is computed a few times at most, not once per waiter."""
+    port = free_port()
+    server = contextlib.ExitStack()
+    url = server.enter_context(redis_server(port))
+    clients = [make_client(url) for _ in range(5)]
+    lease_s = 2.0
+    tasks: list[asyncio.Task[Coalesced[str]]] = []
+    try:
+        holder_side = Coalescer(clients[0], prefix=prefix, lease_s=lease_s)
+        waiter_sides = [Coalescer(c, prefix=prefix, lease_s=lease_s) for c in clients[1:]]
+        # The holder computes until the test says so: through the blip and a lease beyond.
+        finish = asyncio.Event()
+        shared = Shared(clients[0], prefix + "result", compute_s=0.1, gate=finish)
+        holder = asyncio.create_task(holder_side.run("k", shared.compute, shared.load))
+        tasks.append(holder)
+        await asyncio.sleep(0.1)
+        waiters = [
+            asyncio.create_task(waiter_sides[i % 4].run("k", shared.compute, shared.load))
+            for i in range(200)
+        ]
+        tasks += waiters
+        await wait_until(lambda: sum(w.waiting for w in waiter_sides) == 200)
+        await asyncio.sleep(0.3)  # every waiter has read the holder's lock
+        assert shared.computes == 1
+
+        down_at = time.monotonic()
+        await asyncio.to_thread(server.close)  # SIGTERM; the server keeps nothing on disk
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(server.enter_context, redis_server(port))
+        down_s = time.monotonic() - down_at
+        # Longer than any waiter's grace: a holder that did not take its lock again would be
+        # taken over by now.
+        await asyncio.sleep(1.25 * lease_s)
+        finish.set()
+
+        results = await asyncio.wait_for(asyncio.gather(holder, *waiters), timeout=4 * lease_s)
+    finally:
+        await _cancel(tasks)
+        server.close()
+        for c in clients:
+            await c.aclose()
+
+    roles = collections.Counter(r.role for r in results)
+    print(f"Redis down {down_s * 1000:.0f} ms; {shared.computes} computes; roles {dict(roles)}")
+    assert shared.computes <= 3, roles
+    computed = {f"value-{n}" for n in range(1, shared.computes + 1)}
+    assert all(r.value in computed for r in results)
+    assert results[0].role == "holder"
+    assert holder_side.stats.reasserted_leases == 1  # the holder took its lock again
+
+
+async def test_a_lock_lost_without_an_error_is_taken_again_by_its_holder(
+    clients: tuple[Redis, Redis], prefix: str
+) -> None:
+    """The lock key disappears (evicted, flushed) while its holder computes and Redis never
+    fails: the waiters see it gone long before its lease could have run out, give the holder a
+    lease to take it again, and nobody computes twice."""
+    a, b = clients
+    lease_s = 1.5
+    holder_side = Coalescer(a, prefix=prefix, lease_s=lease_s)
+    waiter_side = Coalescer(b, prefix=prefix, lease_s=lease_s)
+    shared = Shared(a, prefix + "result", compute_s=1.5)
+    holder = asyncio.create_task(holder_side.run("k", shared.compute, shared.load))
+    await asyncio.sleep(0.05)
+    waiters = [
+        asyncio.create_task(waiter_side.run("k", shared.compute, shared.load)) for _ in range(20)
+    ]
+    await wait_until(lambda: waiter_side.waiting == 20)
+    await asyncio.sleep(0.3)
+    assert await a.delete(_lock(prefix, "k")) == 1
+    results = await asyncio.wait_for(asyncio.gather(holder, *waiters), timeout=4 * lease_s)
+
+    assert shared.computes == 1
+    assert collections.Counter(r.role for r in results) == {"holder": 1, "waiter": 20}
+    assert holder_side.stats.reasserted_leases == 1
+    assert waiter_side.stats.blips >= 1
+
+
+class CacheWorker:
+    """One worker wired as worker.py wires it: a RedisCache (with its breaker) as the store,
+    and a coalescer on the cache's client that stops coordinating while the breaker is open."""
+
+    def __init__(self, url: str, key: str, lease_s: float, prefix: str, computes: list[str]):
+        self.cache = RedisCache(url, breaker_cooldown_s=1.5)
+        self.coalescer = Coalescer(
+            self.cache.client,
+            prefix=prefix,
+            lease_s=lease_s,
+            available=lambda: not self.cache.breaker_open,
+        )
+        self.key = key
+        self.computes = computes
+
+    async def compute(self) -> str:
+        value = f"value-{len(self.computes) + 1}"
+        self.computes.append(value)
+        await asyncio.sleep(1.5)
+        await self.cache.set_json(self.key, value, 30)  # skipped while the breaker is open
+        return value
+
+    async def load(self) -> str | None:
+        value = await self.cache.get_json(self.key)
+        return value if isinstance(value, str) else None
+
+    def run(self) -> asyncio.Task[Coalesced[str]]:
+        return asyncio.create_task(self.coalescer.run("k", self.compute, self.load))
+
+
+async def test_a_redis_blip_with_the_caches_breaker_does_not_stampede(prefix: str) -> None:
+    """The same blip with the production wiring: every worker's cache breaker trips during it
+    (other traffic would), so the holder's store is skipped and the waiters cannot read the
+    cache for a while. Still a couple of computes, not one per waiter."""
+    port = free_port()
+    server = contextlib.ExitStack()
+    url = server.enter_context(redis_server(port))
+    lease_s = 3.0
+    computes: list[str] = []
+    workers = [CacheWorker(url, prefix + "result", lease_s, prefix, computes) for _ in range(5)]
+    tasks: list[asyncio.Task[Coalesced[str]]] = []
+    try:
+        holder = workers[0].run()
+        tasks.append(holder)
+        await asyncio.sleep(0.1)
+        waiters = [workers[1 + i % 4].run() for i in range(100)]
+        tasks += waiters
+        await wait_until(lambda: sum(w.coalescer.waiting for w in workers) == 100)
+        await asyncio.sleep(0.3)
+        assert len(computes) == 1
+
+        await asyncio.to_thread(server.close)
+        for w in workers:
+            assert await w.cache.get_json("any") is None  # trips the worker's breaker
+            assert w.cache.breaker_open
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(server.enter_context, redis_server(port))
+
+        results = await asyncio.wait_for(asyncio.gather(holder, *waiters), timeout=4 * lease_s)
+    finally:
+        await _cancel(tasks)
+        server.close()
+        for w in workers:
+            await w.cache.aclose()
+
+    roles = collections.Counter(r.role for r in results)
+    print(f"{len(computes)} computes; roles {dict(roles)}")
+    assert len(computes) <= 3, roles
+    assert all(r.value in computes for r in results)
