@@ -8,17 +8,22 @@ per Redis, and these tests compare them with what they wrote.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import httpx
 import pytest
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy import Engine
+from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from api.errors import validation_issues
 from core.auth import Scope
 from core.models import (
     AgentResult,
@@ -178,3 +183,164 @@ def test_stats_and_delete_with_redis_down_are_503_naming_no_host(tmp_path: Path)
             assert "127.0.0.1" not in r.text and str(port) not in r.text
         ready = httpx.get(f"{url}/readyz", timeout=10).json()
         assert ready["degraded"] == ["redis"] and "redis" not in ready["down"]
+
+
+# ---------------------------------------------------------------------------- no echo in a 422
+
+
+@pytest.fixture(scope="module")
+def hostile_api(
+    env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """The app with a Temporal it can reach (the session's), so every route validates its input:
+    a job route whose Temporal is unreachable answers 503 before it looks at the body."""
+    tmp = tmp_path_factory.mktemp("hostile-422")
+    with redis_server() as redis_url:
+        settings = Settings(
+            redis_url=redis_url,
+            database_url=f"sqlite:///{tmp / 'jobs.db'}",
+            temporal_address=env.client.service_client.config.target_host,
+            task_queue=f"hostile-{uuid.uuid4()}",  # no worker: nothing valid is sent
+            api_key_pepper="hostile-pepper",
+        )
+        engine = make_engine(settings.database_url)
+        create_tables(engine)
+        keys = KeyStore(engine, pepper="hostile-pepper")
+        admin = keys.create("root", [Scope.ADMIN])
+        with serve_asgi(create_app(settings)) as url:
+            yield Api(url, redis_url, admin.secret, "", "", engine)
+        engine.dispose()
+
+
+MARKER = f"<img src=x onerror=alert('{uuid.uuid4().hex[:12]}')>"
+"""A hostile value no 422 may contain (no ``/``, so it stays one path segment)."""
+
+
+def _tool_call(**fields: Any) -> dict[str, Any]:
+    return {"id": "c1", "name": "calculator", "parameters": {"expression": "1+1"}, **fields}
+
+
+HOSTILE_422 = [
+    # (method, path, query params, JSON body, the field the 422 must name)
+    ("DELETE", "/v1/cache/tool", {"tool": MARKER}, None, "tool"),
+    ("DELETE", "/v1/cache/tool", {"prefix": MARKER}, None, "prefix"),
+    ("DELETE", "/v1/cache/tool", {"prefix": MARKER * 20}, None, "prefix"),
+    ("DELETE", "/v1/cache/tool", {"tool": MARKER * 5}, None, "tool"),
+    ("DELETE", f"/v1/cache/{MARKER}", {}, None, "level"),
+    ("GET", "/v1/cache/stats", {"period": MARKER}, None, "period"),
+    ("GET", "/v1/metrics/summary", {"period": MARKER}, None, "period"),
+    ("GET", "/v1/jobs", {"limit": MARKER}, None, "limit"),
+    ("GET", "/v1/jobs", {"status": MARKER}, None, "status"),
+    ("GET", f"/v1/jobs/{MARKER}", {}, None, "job_id"),
+    ("POST", "/v1/jobs", {}, {"query": "q", "model_tier": MARKER}, "model_tier"),
+    ("POST", "/v1/jobs", {}, {"query": "q", "max_context_tokens": MARKER}, "max_context_tokens"),
+    ("POST", "/v1/jobs", {}, {"query": "q", "tool_calls": [_tool_call(name=MARKER)]}, "name"),
+    (
+        "POST",
+        "/v1/jobs",
+        {},
+        {"query": "q", "tool_calls": [_tool_call(id=MARKER), _tool_call(id=MARKER)]},
+        "id",
+    ),
+    (
+        "POST",
+        "/v1/jobs",
+        {},
+        {
+            "query": "q",
+            "tool_calls": [
+                _tool_call(name="python_docs_search", parameters={"query": "x", "top_k": MARKER})
+            ],
+        },
+        "top_k",
+    ),
+    (
+        "POST",
+        "/v1/jobs",
+        {},
+        {"query": "q", "tool_calls": [_tool_call(parameters={"expression": [MARKER]})]},
+        "expression",
+    ),
+    ("POST", "/v1/jobs/abc/approval", {}, {"approved": MARKER}, "approved"),
+    (
+        "POST",
+        "/v1/jobs/abc/approval",
+        {},
+        {"approved": True, "calls": [{"call_id": MARKER, "action": MARKER}]},
+        "action",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body", "field"),
+    HOSTILE_422,
+    ids=[f"{c[0]} {c[1][:16]} {c[4]}" for c in HOSTILE_422],
+)
+def test_no_422_echoes_the_clients_value(
+    hostile_api: Api,
+    method: str,
+    path: str,
+    params: dict[str, str],
+    body: Any,
+    field: str,
+) -> None:
+    r = httpx.request(
+        method,
+        f"{hostile_api.url}{path}",
+        headers={"Authorization": f"Bearer {hostile_api.admin}"},
+        params=params or None,
+        json=body,
+        timeout=30,
+    )
+    assert r.status_code == 422, r.text
+    assert field in r.text, r.text  # the field is named
+    assert MARKER not in r.text and "onerror" not in r.text, r.text  # its value never is
+
+
+def test_invalid_json_is_a_422_without_the_text(hostile_api: Api) -> None:
+    raw = '{"query": "' + MARKER + '", "metadata": {'
+    r = httpx.post(
+        f"{hostile_api.url}/v1/jobs",
+        headers={
+            "Authorization": f"Bearer {hostile_api.admin}",
+            "Content-Type": "application/json",
+        },
+        content=raw.encode(),
+        timeout=30,
+    )
+    assert r.status_code == 422 and "body" in r.text, r.text
+    assert "onerror" not in r.text, r.text
+
+
+class _A(BaseModel):
+    kind: Literal["a"]
+
+
+class _B(BaseModel):
+    kind: Literal["b"]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        (Annotated[_A | _B, Field(discriminator="kind")], {"kind": "zq"}),
+        (Annotated[_A | _B, Field(discriminator="kind")], {"kind": MARKER}),
+        (uuid.UUID, "zq"),
+        (uuid.UUID, MARKER),
+        (datetime, MARKER),
+        (int, MARKER),
+    ],
+)
+def test_validation_issues_cut_pydantics_own_quotes_of_the_value(
+    annotation: Any, value: Any
+) -> None:
+    """Pydantic messages that quote the input (a discriminator's tag, a UUID's bad character)
+    lose the quote; the issue still names the type of error."""
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(annotation).validate_python(value)
+    issues = validation_issues(caught.value.errors())
+    text = json.dumps(issues)
+    assert "zq" not in text and "onerror" not in text and "`z`" not in text, text
+    assert "`<`" not in text, text
+    assert all(issue["type"] and issue["msg"] for issue in issues)

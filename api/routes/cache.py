@@ -128,7 +128,8 @@ async def delete_cache(
         if prefix is not None:
             raise CacheRequestInvalidError("tool: give either prefix or tool, not both")
         if state.tools.get(tool) is None:
-            raise CacheRequestInvalidError(f"tool: no tool named {tool!r}")
+            # The value is never echoed (README): only the field, and where the names are.
+            raise CacheRequestInvalidError("tool: no such tool (GET /v1/tools lists them)")
         prefix = f"{tool}:"
     try:
         if level is CacheLevel.SEMANTIC:
