@@ -35,6 +35,7 @@ from api.errors import (
     TemporalUnavailableError,
     TooManyRequestsError,
     UnprocessableRequestError,
+    tool_call_issue,
 )
 from api.job_views import (
     MEMO_OWNER,
@@ -453,10 +454,11 @@ def _check_call_decisions(state: AppState, job: JobPublic, body: ApprovalCreate)
         call = planned.get(choice.call_id)
         if call is None:
             raise UnprocessableRequestError(
-                f"{where}.call_id: {choice.call_id!r} is not a planned call of job {job.job_id}"
+                f"{where}.call_id: not a planned call of job {job.job_id} (its "
+                "progress.approval_request.calls lists them)"
             )
         if choice.call_id in seen:
-            raise UnprocessableRequestError(f"{where}.call_id: {choice.call_id!r} is decided twice")
+            raise UnprocessableRequestError(f"{where}.call_id: the same call is decided twice")
         seen.add(choice.call_id)
         if (choice.action == "edit") != (choice.parameters is not None):
             raise UnprocessableRequestError(
@@ -466,7 +468,8 @@ def _check_call_decisions(state: AppState, job: JobPublic, body: ApprovalCreate)
             try:
                 state.tools.validate(call.model_copy(update={"parameters": choice.parameters}))
             except ToolCallInvalidError as exc:
-                raise UnprocessableRequestError(f"{where}.parameters: {exc.message}") from None
+                issue = tool_call_issue(exc)["msg"]
+                raise UnprocessableRequestError(f"{where}.parameters: {issue}") from None
 
 
 async def _not_running(state: AppState, job_id: str, exc: RPCError) -> Exception:
