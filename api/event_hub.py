@@ -183,6 +183,7 @@ class JobFeed:
     token_bytes: int = 0
     tokens_dropped: bool = False
     generating: bool = False
+    tokens_since_poll: bool = False
     held: list[Entry] = field(default_factory=list)
     ended: bool = False
     failure: StreamFailure | None = None
@@ -282,6 +283,12 @@ class EventHub:
         """Readers of ``job_id`` attached in this process now."""
         feed = self._feeds.get(job_id)
         return feed.readers if feed else 0
+
+    def wake(self, job_id: str) -> None:
+        """Read ``job_id``'s events now (its state just changed through this process)."""
+        feed = self._feeds.get(job_id)
+        if feed is not None:
+            feed.wake.set()
 
     def watching(self, job_id: str) -> bool:
         """Whether this process reads ``job_id`` now (or keeps what it read)."""
@@ -410,12 +417,17 @@ class EventHub:
             added = self._take(feed, result)
             if added:
                 feed.notify()
-                interval = self._poll_s
+            busy = added or feed.tokens_since_poll
+            feed.tokens_since_poll = False
             if feed.done or result.more_ready:
                 continue
-            if not added:
+            if busy:
+                # Something is happening (durable events, or the answer streaming through
+                # Redis): the outcome may come any moment, so poll at the base rate.
+                interval = self._poll_s
+            else:
                 # Nothing new (a job waiting at its gate): poll less often, up to
-                # IDLE_POLL_S; a token event arriving through Redis wakes the poll at once.
+                # IDLE_POLL_S; a token event held for its durable events wakes the poll.
                 interval = min(interval * 2, max(self._poll_s, IDLE_POLL_S))
                 if time.monotonic() - last_closed_check > CLOSED_CHECK_S:
                     last_closed_check = time.monotonic()
@@ -505,6 +517,7 @@ class EventHub:
                         feed.last_token = token_id
                         continue
                     feed.add_token(token_id, event, len(data or b""))
+                feed.tokens_since_poll = True
                 if feed.held:
                     feed.wake.set()  # read the durable events leading to these tokens now
                 feed.notify()

@@ -414,6 +414,7 @@ async def decide_job(
         ) from exc
     except RPCError as exc:
         raise await _not_running(state, job_id, exc) from exc
+    state.event_hub.wake(job_id)  # this process's readers see the decision without delay
     return ApprovalPublic(
         job_id=outcome.job_id,
         approved=outcome.approved,
@@ -497,6 +498,7 @@ async def cancel_job(
         raise JobStateConflictError(f"job {job_id} already ended as {job.status.value}")
     try:
         await temporal.get_workflow_handle(workflow_id_for(job_id)).cancel()
+        state.event_hub.wake(job_id)
     except RPCError as exc:
         raise await _not_running(state, job_id, exc) from exc
     return CancelAccepted(job_id=job_id)
