@@ -22,10 +22,9 @@ from api.errors import JobNotFoundError, TemporalUnavailableError
 from api.schemas import JobLinks, JobPublic, JobUsage
 from api.state import AppState
 from core.errors import StoreUnavailableError
-from core.ids import workflow_id_for
-from core.models import AgentProgress, JobStatus
+from core.ids import PROGRESS_QUERY, workflow_id_for
+from core.models import AgentProgress, AgentResult, JobStatus
 from infra.jobs import JobRecord
-from workflows.agent import AgentWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +186,10 @@ async def read_job(state: AppState, job_id: str) -> JobPublic:
         public = from_record(state, record)
         public.warning = f"live progress unavailable: {exc.message}"
         return public
-    handle = client.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
+    handle = client.get_workflow_handle(workflow_id_for(job_id), result_type=AgentResult)
     try:
         progress = await asyncio.wait_for(
-            handle.query(AgentWorkflow.get_progress), timeout=QUERY_TIMEOUT_S
+            handle.query(PROGRESS_QUERY, result_type=AgentProgress), timeout=QUERY_TIMEOUT_S
         )
     except (RPCError, TimeoutError, WorkflowQueryFailedError, StoreUnavailableError) as exc:
         # A query fails when no worker answers, and also when its (large) answer cannot be

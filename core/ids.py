@@ -16,6 +16,16 @@ from core.models import AgentRequest
 WORKFLOW_ID_PREFIX = "agent-"
 """Every job's workflow id starts with this."""
 
+AGENT_WORKFLOW_TYPE = "AgentWorkflow"
+"""The workflow type of every job (``workflows.agent.AgentWorkflow``): the API starts and reads
+jobs by these names, so it never imports workflow (or activity) code."""
+
+PROGRESS_QUERY = "get_progress"
+"""The job's progress query (returns ``core.models.AgentProgress``)."""
+
+DECIDE_UPDATE = "decide"
+"""The job's approval update (takes ``ApprovalDecision``, returns ``DecisionResult``)."""
+
 
 def workflow_id_for(job_id: str) -> str:
     """The workflow id of a job: ``agent-<job_id>``."""

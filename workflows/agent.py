@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         StageCompleted,
         StageStarted,
     )
+    from core.ids import AGENT_WORKFLOW_TYPE, DECIDE_UPDATE, PROGRESS_QUERY
     from core.models import (
         AgentProgress,
         AgentResult,
@@ -98,7 +99,7 @@ def _drop_late_publish(*_args: object) -> None:
     """Signal handler that ignores publishes after the job's outcome was decided."""
 
 
-@workflow.defn(name="AgentWorkflow")
+@workflow.defn(name=AGENT_WORKFLOW_TYPE)
 class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, ApprovalGate):
     """Runs one agent request; the workflow id is ``agent-<job_id>``."""
 
@@ -121,12 +122,12 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
 
     # ------------------------------------------------------------------ handlers
 
-    @workflow.query
+    @workflow.query(name=PROGRESS_QUERY)
     def get_progress(self) -> AgentProgress:
         """Current status and stage, draft, tool plan and results so far, tier, usage, timings."""
         return self._progress
 
-    @workflow.update
+    @workflow.update(name=DECIDE_UPDATE)
     async def decide(self, decision: ApprovalDecision) -> DecisionResult:
         """Decide the job, and optionally single planned calls, while it waits at the gate.
 

@@ -60,9 +60,17 @@ from api.visibility import correct_open_statuses, list_open_jobs
 from core import search_attributes
 from core.auth import ANONYMOUS_KEY_ID, Principal
 from core.errors import ErrorType, StoreUnavailableError
-from core.ids import job_id_for, request_hash, scoped_idempotency_key, workflow_id_for
+from core.ids import (
+    AGENT_WORKFLOW_TYPE,
+    DECIDE_UPDATE,
+    job_id_for,
+    request_hash,
+    scoped_idempotency_key,
+    workflow_id_for,
+)
 from core.models import (
     AgentRequest,
+    AgentResult,
     AgentWorkflowInput,
     ApprovalPolicy,
     BudgetReservation,
@@ -72,7 +80,6 @@ from core.models import (
 from core.settings import Settings
 from core.tools import ToolCallInvalidError
 from infra.quotas import BudgetExceededError, RateLimitedError, estimate_cost_usd
-from workflows.agent import AgentWorkflow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -196,7 +203,7 @@ async def create_job(
     settings = state.settings
     try:
         handle = await temporal.start_workflow(
-            AgentWorkflow.run,
+            AGENT_WORKFLOW_TYPE,
             AgentWorkflowInput(
                 job_id=job_id,
                 request=request,
@@ -222,10 +229,11 @@ async def create_job(
             },
             static_summary=body.query[:200],
             search_attributes=search_attributes.at_start(owner) if indexed else None,
+            result_type=AgentResult,
         )
     except WorkflowAlreadyStartedError:
         # The key's workflow already closed; REJECT_DUPLICATE keeps it from running twice.
-        handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
+        handle = temporal.get_workflow_handle(workflow_id_for(job_id), result_type=AgentResult)
     except RPCError as exc:
         await _release(state, budget)
         raise TemporalUnavailableError("could not start the job's workflow; try again") from exc
@@ -366,7 +374,7 @@ async def decide_job(
     job = await _read_own_job(state, principal, job_id)
     _check_call_decisions(state, job, body)
     decision = body.decision(reviewer=principal.identity)
-    handle = temporal.get_workflow_handle_for(AgentWorkflow.run, workflow_id_for(job_id))
+    handle = temporal.get_workflow_handle(workflow_id_for(job_id), result_type=AgentResult)
     update_id = "decide-" + hashlib.sha256(decision.model_dump_json().encode()).hexdigest()[:32]
 
     loop = asyncio.get_running_loop()
@@ -383,7 +391,10 @@ async def decide_job(
                 raise TimeoutError
             try:
                 return await asyncio.wait_for(
-                    handle.execute_update(AgentWorkflow.decide, decision, id=update_id), remaining
+                    handle.execute_update(
+                        DECIDE_UPDATE, decision, id=update_id, result_type=DecisionResult
+                    ),
+                    remaining,
                 )
             except WorkflowUpdateRPCTimeoutOrCancelledError:
                 pass

@@ -18,11 +18,14 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, JsonValue
-from rank_bm25 import BM25Okapi
 
 from core.tools import Tool, ToolMetadata
+
+if TYPE_CHECKING:  # rank_bm25 loads numpy: only the worker, which searches, imports it
+    from rank_bm25 import BM25Okapi
 
 SNIPPET_MAX_CHARS = 600
 """Longest snippet returned per result, in characters."""
@@ -101,6 +104,8 @@ class DocsIndex:
 def docs_index() -> DocsIndex:
     """The process-wide docs index, built on first use (about 30 ms) and cached."""
     from pydoc_data.topics import topics as all_topics
+
+    from rank_bm25 import BM25Okapi
 
     names = sorted(all_topics)
     texts = [str(all_topics[name]) for name in names]
