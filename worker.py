@@ -19,9 +19,9 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 from threadpoolctl import threadpool_limits
 
-from activities import AgentActivities, TokenStreamSettings
 from activities.retention import RetentionActivities
 from activities.routing import router_from_settings
+from activities.wiring import AgentActivities, TokenStreamSettings
 from core.catalog import load_catalog
 from core.logs import configure_logging
 from core.metrics import default_metrics, observe_cache, serve_worker_metrics, temporal_runtime

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from temporalio.testing import ActivityEnvironment
 
-from activities import AgentActivities
+from activities.wiring import AgentActivities
 from core.models import (
     AgentRequest,
     AgentResult,

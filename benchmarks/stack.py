@@ -48,8 +48,16 @@ from cli.devstack import (
     search_attribute_args,
     temporal_answers,
 )
-from core.ids import workflow_id_for
-from core.models import AgentRequest, AgentResult, AgentWorkflowInput, ApprovalDecision, JobStatus
+from core.ids import DECIDE_UPDATE, PROGRESS_QUERY, workflow_id_for
+from core.models import (
+    AgentProgress,
+    AgentRequest,
+    AgentResult,
+    AgentWorkflowInput,
+    ApprovalDecision,
+    DecisionResult,
+    JobStatus,
+)
 from core.settings import PROJECT_ROOT, Settings
 from core.telemetry import configure_tracing
 from infra.db import create_tables, make_engine
@@ -370,12 +378,12 @@ async def _decide_at_gate(
     """
     while not outcome.done():
         try:
-            progress = await handle.query(AgentWorkflow.get_progress)
+            progress = await handle.query(PROGRESS_QUERY, result_type=AgentProgress)
         except Exception:  # first workflow task not completed yet: ask again
             progress = None
         if progress is not None:
             if progress.status is JobStatus.AWAITING_APPROVAL:
-                await handle.execute_update(AgentWorkflow.decide, decision)
+                await handle.execute_update(DECIDE_UPDATE, decision, result_type=DecisionResult)
                 return
             if progress.status.is_terminal:
                 return

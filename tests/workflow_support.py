@@ -17,7 +17,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities import AgentActivities
+from activities.wiring import AgentActivities
 from core.catalog import ModelCatalog
 from core.errors import ToolTransientError
 from core.models import AgentProgress, AgentRequest, AgentResult, AgentWorkflowInput, Stage
