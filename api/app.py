@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         create_tables(engine)
         cache = cache_from_settings(settings)
         quotas = Quotas.from_settings(settings)
-        temporal = TemporalGateway(settings, plugin_from_settings(settings, engine))
+        # A client only: the API starts and reads jobs by name and never loads workflow code.
+        temporal = TemporalGateway(
+            settings, plugin_from_settings(settings, engine, worker_side=False)
+        )
         event_hub = EventHub(
             temporal.client,
             settings.redis_url,

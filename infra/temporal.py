@@ -180,6 +180,9 @@ class AgentflowPlugin(SimplePlugin):
             client call through the global tracer provider, which must be replay-safe: see
             :func:`core.telemetry.configure_tracing`). Off, it is left out: spans that no
             exporter reads cost about 12 ms of worker CPU per job.
+        register_workflows: register agentflow's workflows on workers built from a client
+            with this plugin (worker side); ``False`` for a client that only starts and reads
+            workflows by name (the API), which then never imports workflow code.
     """
 
     def __init__(
@@ -191,10 +194,14 @@ class AgentflowPlugin(SimplePlugin):
         activities: Sequence[Callable[..., Any]] | None = None,
         sandboxed: bool = True,
         tracing: bool = True,
+        register_workflows: bool = True,
     ) -> None:
-        from workflows.agent import AgentWorkflow  # the workflow imports activities and core
-        from workflows.retention import RetentionWorkflow
+        workflow_classes: list[type] = []
+        if register_workflows:  # worker side: the workflows import activities and core
+            from workflows.agent import AgentWorkflow
+            from workflows.retention import RetentionWorkflow
 
+            workflow_classes = [AgentWorkflow, RetentionWorkflow]
         self._otel = OpenTelemetryPlugin(add_temporal_spans=True) if tracing else None
         runner = workflow_runner(sandboxed=sandboxed)
         super().__init__(
@@ -205,7 +212,7 @@ class AgentflowPlugin(SimplePlugin):
                 payload_codec=payload_codec,
             ),
             activities=list(activities) if activities else None,
-            workflows=[AgentWorkflow, RetentionWorkflow],
+            workflows=workflow_classes or None,
             workflow_runner=lambda _existing: runner,
         )
 
@@ -263,6 +270,7 @@ def plugin_from_settings(
     engine: Any,
     *,
     activities: Sequence[Callable[..., Any]] | None = None,
+    worker_side: bool = True,
 ) -> AgentflowPlugin:
     """The plugin the settings describe, storing large payloads through ``engine``.
 
@@ -272,6 +280,7 @@ def plugin_from_settings(
             ``payload_encryption_key_id``).
         engine: the job database's SQLAlchemy engine (payloads live beside job records).
         activities: activity callables, for a worker.
+        worker_side: register the workflows (see ``AgentflowPlugin.register_workflows``).
 
     Raises:
         ValueError: the encryption settings are invalid (the message names the setting; see
@@ -287,6 +296,7 @@ def plugin_from_settings(
         activities=activities,
         sandboxed=settings.workflow_sandbox,
         tracing=settings.tracing_enabled,
+        register_workflows=worker_side,
     )
 
 
