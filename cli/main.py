@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.db import db_app
 from cli.devstack import SHUTDOWN_GRACE_S, DevStack, DevStackError
 from cli.follow import SubmitOptions, parse_tool_option, submit
 from cli.keys import keys_app
@@ -46,6 +47,7 @@ console = Console()
 app.add_typer(keys_app)
 app.add_typer(router_app)
 app.add_typer(retention_app)
+app.add_typer(db_app)
 
 ApproveOpt = Annotated[
     bool,

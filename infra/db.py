@@ -11,27 +11,26 @@ Hazards this module handles:
   :class:`core.errors.StoreUnavailableError` (retryable). Any other database error (bad data, a
   NUL byte on PostgreSQL, a constraint) becomes :class:`core.errors.StoreRejectedError`
   (non-retryable): retrying the same statement cannot succeed.
-- The worker and the API create tables on start-up, racing on a fresh database; a lost race is
-  retried once per table.
-- Columns added after a table was first created are added in place (``ALTER TABLE ... ADD
-  COLUMN``), so an existing ``data/agentflow.db`` keeps working after an upgrade.
+- The schema is created and changed by Alembic revisions (:mod:`infra.migrations`), which also
+  serialize the worker and the API when both start on a fresh database and adopt a database
+  created before migrations, so an existing ``data/agentflow.db`` keeps working.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, Table, create_engine, event, inspect, text
+from sqlalchemy import DateTime, Dialect, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import SQLModel
 
 from core.errors import StoreRejectedError, StoreUnavailableError
 
@@ -143,6 +142,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _set_wal(cursor: sqlite3.Cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the file busy.
+
+    Switching to WAL, or opening a WAL file that another connection is recovering, answers
+    ``SQLITE_BUSY`` at once without calling the busy handler, so processes opening one fresh
+    database together can fail here although the busy timeout has not passed.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def make_engine(database_url: str, *, connect_args: dict[str, Any] | None = None) -> Engine:
     """Create the engine for ``database_url``.
 
@@ -175,7 +193,7 @@ def make_engine(database_url: str, *, connect_args: dict[str, Any] | None = None
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
@@ -196,68 +214,18 @@ TABLES = ("jobs", "payloads", "blobs", "api_keys")
 
 
 def create_tables(engine: Engine) -> None:
-    """Create agentflow's tables when missing and add columns that newer versions define.
+    """Bring the database to the newest schema revision (see :mod:`infra.migrations`).
+
+    The one call every process makes at start-up: a database already at head costs one query; a
+    fresh one is created, and one from before migrations is adopted, then upgraded. Concurrent
+    callers are serialized by a lock.
 
     Raises:
-        StoreUnavailableError: the database is unreachable (retryable).
+        StoreUnavailableError: the database is unreachable or stayed locked (retryable).
+        StoreRejectedError: the database refused a migration statement (non-retryable).
     """
-    # Importing the table modules registers their tables on SQLModel.metadata.
-    import infra.jobs
-    import infra.keys
-    import infra.payloads  # noqa: F401
+    # Alembic loads only when a process opens the database, not when infra.db is imported.
+    from infra.migrations import upgrade
 
-    tables = [SQLModel.metadata.tables[name] for name in TABLES]
-    # The worker and the API start together and both create the tables; on a fresh database
-    # one can lose the check-then-create race ("table already exists"). A second pass sees the
-    # winner's tables and creates nothing (one more pass per table that can race).
-    attempts = 2 * len(tables) + 1
-    for attempt in range(1, attempts + 1):
-        try:
-            with translate_errors():
-                SQLModel.metadata.create_all(engine, tables=tables)
-                _add_missing_columns(engine)
-                _add_missing_indexes(engine, tables)
-            return
-        except (StoreUnavailableError, StoreRejectedError):
-            if attempt == attempts:
-                raise
-
-
-def _add_missing_indexes(engine: Engine, tables: list[Table]) -> None:
-    """Create indexes declared after a table was created (``create_all`` skips existing tables).
-
-    One inspection per table; only absent indexes are created (the analytics and retention
-    queries filter and sort on ``jobs.completed_at``).
-    """
-    inspector = inspect(engine)
-    for table in tables:
-        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
-        missing = [ix for ix in table.indexes if ix.name not in present]
-        if missing:
-            with engine.begin() as conn:
-                for index in missing:
-                    index.create(conn, checkfirst=True)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """``ALTER TABLE ... ADD COLUMN`` for model columns an older database lacks.
-
-    Only nullable columns or columns with a server default are added, which is how every column
-    added after the first release is declared; indexes declared on them are created too.
-    """
-    inspector = inspect(engine)
-    for name in TABLES:
-        table = SQLModel.metadata.tables[name]
-        present = {c["name"] for c in inspector.get_columns(name)}
-        missing = [c for c in table.columns if c.name not in present]
-        if not missing:
-            continue
-        with engine.begin() as conn:
-            for column in missing:
-                ddl = CreateColumn(column).compile(dialect=engine.dialect)
-                conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {ddl}"))
-            # Indexes on the added columns (create_all made them only for new tables).
-            added = {c.name for c in missing}
-            for index in table.indexes:
-                if {c.name for c in index.columns} & added:
-                    index.create(conn, checkfirst=True)
+    with translate_errors():
+        upgrade(engine)
