@@ -30,8 +30,9 @@ from core.telemetry import configure_tracing
 from core.tokens import encoding
 from infra.cache import RedisCache, cache_from_settings, semantic_from_settings
 from infra.coalesce import Coalescer
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobStore
+from infra.migrations import create_tables
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
 from infra.retention import RetentionStore, ensure_retention_schedule

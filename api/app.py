@@ -26,9 +26,10 @@ from core.logs import configure_logging
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
 from infra.cache import cache_from_settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobStore
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from infra.quotas import Quotas
 from infra.temporal import plugin_from_settings
 from infra.tools import builtin_registry

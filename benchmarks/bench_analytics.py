@@ -617,8 +617,9 @@ async def run_case(
 async def run(ctx: BenchContext) -> BenchResult:
     """Seed the job database, then run every case (two in a smoke run)."""
     from core.auth import Scope
-    from infra.db import create_tables, make_engine
+    from infra.db import make_engine
     from infra.keys import KeyStore
+    from infra.migrations import create_tables
 
     stack = await ctx.stack()
     jobs = SMOKE_JOBS if ctx.smoke else JOBS

@@ -55,8 +55,9 @@ from core.models import (
 )
 from core.settings import Settings
 from infra.cache import RedisCache
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobStore
+from infra.migrations import create_tables
 from infra.providers import ProviderRegistry
 from worker import build_activities
 from workflows.policies import TOOL_FANOUT_WIDTH

@@ -60,7 +60,8 @@ from core.models import (
 )
 from core.settings import PROJECT_ROOT, Settings
 from core.telemetry import configure_tracing
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
+from infra.migrations import create_tables
 from infra.temporal import plugin_from_settings
 from infra.tools import builtin_registry, ensure_example_database
 from workflows.agent import AgentWorkflow

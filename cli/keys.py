@@ -16,7 +16,7 @@ from rich.table import Table
 from core.auth import Scope
 from core.errors import StoreUnavailableError
 from core.settings import get_settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
 
 keys_app = typer.Typer(
@@ -28,6 +28,8 @@ console = Console()
 
 
 def _store() -> KeyStore:
+    from infra.migrations import create_tables  # Alembic: only for commands that use it
+
     settings = get_settings()
     engine = make_engine(settings.database_url)
     try:

@@ -24,7 +24,7 @@ from temporalio.service import RPCError
 from core.errors import StoreUnavailableError
 from core.retention import RETENTION_MANUAL_WORKFLOW_ID, RetentionInput, RetentionResult
 from core.settings import Settings, get_settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.retention import RetentionStore, ensure_retention_schedule
 from infra.temporal import connect, plugin_from_settings, temporal_target
 
@@ -37,6 +37,8 @@ console = Console()
 
 
 def _engine(settings: Settings) -> Engine:
+    from infra.migrations import create_tables  # Alembic: only for commands that use it
+
     engine = make_engine(settings.database_url)
     try:
         create_tables(engine)

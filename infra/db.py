@@ -211,21 +211,3 @@ def make_engine(database_url: str, *, connect_args: dict[str, Any] | None = None
 
 TABLES = ("jobs", "payloads", "blobs", "api_keys")
 """The tables agentflow owns: job records, externally stored payloads, legacy blobs, API keys."""
-
-
-def create_tables(engine: Engine) -> None:
-    """Bring the database to the newest schema revision (see :mod:`infra.migrations`).
-
-    The one call every process makes at start-up: a database already at head costs one query; a
-    fresh one is created, and one from before migrations is adopted, then upgraded. Concurrent
-    callers are serialized by a lock.
-
-    Raises:
-        StoreUnavailableError: the database is unreachable or stayed locked (retryable).
-        StoreRejectedError: the database refused a migration statement (non-retryable).
-    """
-    # Alembic loads only when a process opens the database, not when infra.db is imported.
-    from infra.migrations import upgrade
-
-    with translate_errors():
-        upgrade(engine)

@@ -90,7 +90,7 @@ class KeyStore:
     """API keys in the job database (table ``api_keys``).
 
     Args:
-        engine: the job database (tables created by :func:`infra.db.create_tables`).
+        engine: the job database (tables created by :func:`infra.migrations.create_tables`).
         pepper: the server secret for HMAC-SHA256 digests (``AGENTFLOW_API_KEY_PEPPER``);
             ``None`` stores plain SHA-256 digests.
     """

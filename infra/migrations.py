@@ -1,7 +1,7 @@
 """Schema migrations: bring the job database to the newest Alembic revision.
 
 The revisions live in the top-level ``migrations`` package; this module runs them (``agentflow
-db upgrade``, and :func:`infra.db.create_tables` at start-up) and reports where a database is.
+db upgrade``, and :func:`create_tables` at start-up) and reports where a database is.
 
 Hazards this module handles:
 
@@ -35,7 +35,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel
 
 import migrations
-from infra.db import TABLES, make_engine
+from infra.db import TABLES, make_engine, translate_errors
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 """The Alembic script folder (``env.py``, ``script.py.mako``, ``versions/``)."""
@@ -205,3 +205,18 @@ def _adopt_legacy(conn: Connection) -> None:
         for index in table.indexes:
             if index.name not in indexes:
                 index.create(conn)
+
+
+def create_tables(engine: Engine) -> None:
+    """Bring the database to the newest schema revision (see :mod:`infra.migrations`).
+
+    The one call every process makes at start-up: a database already at head costs one query; a
+    fresh one is created, and one from before migrations is adopted, then upgraded. Concurrent
+    callers are serialized by a lock.
+
+    Raises:
+        StoreUnavailableError: the database is unreachable or stayed locked (retryable).
+        StoreRejectedError: the database refused a migration statement (non-retryable).
+    """
+    with translate_errors():
+        upgrade(engine)

@@ -13,7 +13,8 @@ from temporalio.testing import WorkflowEnvironment
 from core import search_attributes
 from core.settings import Settings
 from core.telemetry import configure_tracing
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
+from infra.migrations import create_tables
 from infra.payloads import DatabasePayloadDriver
 from infra.temporal import AgentflowPlugin
 from infra.tools.sql_query import ensure_example_database

@@ -68,9 +68,10 @@ from infra.analytics import (
     summarize,
     time_series,
 )
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobRecord, JobStore
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from tests.helpers import free_port, redis_server, serve_asgi
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)

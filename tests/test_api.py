@@ -23,7 +23,8 @@ from api.app import create_app
 from core.catalog import ModelSpec
 from core.ids import job_id_for
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
+from infra.migrations import create_tables
 from infra.providers import ChatMessage, ProviderRegistry, ScriptedProvider
 from infra.temporal import AgentflowPlugin, plugin_from_settings
 from infra.tools.sql_query import ensure_example_database

@@ -31,8 +31,9 @@ from core.catalog import ModelCatalog
 from core.models import AgentRequest, ContextItem, Tier
 from core.settings import Settings
 from core.tokens import count_tokens
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from infra.quotas import (
     BudgetExceededError,
     QuotaDefaults,

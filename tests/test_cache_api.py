@@ -35,9 +35,10 @@ from core.models import (
 )
 from core.settings import Settings
 from infra.cache import RedisCache
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobStore
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from tests.helpers import free_port, redis_server, serve_asgi
 
 

@@ -55,8 +55,9 @@ from infra.codec import (
     codec_from_settings,
     generate_key,
 )
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from infra.payloads import DatabasePayloadDriver
 from infra.providers import ProviderRegistry, SimulatedProvider
 from infra.temporal import AgentflowPlugin

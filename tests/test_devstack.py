@@ -20,8 +20,9 @@ from rich.console import Console
 from cli.devstack import DevStack
 from core.auth import Scope
 from core.settings import PROJECT_ROOT, Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from tests.helpers import free_port
 
 EXAMPLES = PROJECT_ROOT / "examples" / "requests.jsonl"

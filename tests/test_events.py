@@ -65,9 +65,10 @@ from core.events import (
 )
 from core.models import AgentResult, JobStatus, ModelUsage, Stage, Tier
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobStore
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from infra.providers import ProviderRegistry
 from infra.providers.simulated import SimulatedProvider
 from infra.temporal import AgentflowPlugin, plugin_from_settings

@@ -33,8 +33,9 @@ from api.app import create_app
 from api.routes.health import WRITE_CHECK_REUSE_S
 from core.auth import Scope
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from tests.helpers import serve_asgi
 
 pytestmark = pytest.mark.devserver

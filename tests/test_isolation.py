@@ -47,7 +47,8 @@ from core.models import (
     ToolSuccess,
 )
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
+from infra.migrations import create_tables
 from infra.temporal import plugin_from_settings
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import serve_asgi, worker_process

@@ -20,12 +20,13 @@ from sqlalchemy import Engine, MetaData, Table, inspect, select, text
 from sqlmodel import SQLModel
 
 from core.models import AgentResult, JobStatus
-from infra.db import TABLES, create_tables, make_engine
+from infra.db import TABLES, make_engine
 from infra.jobs import JobStore
 from infra.keys import ApiKeyRecord
 from infra.migrations import (
     BASELINE_REVISION,
     VERSION_TABLE,
+    create_tables,
     current_revision,
     head_revision,
     target_metadata,

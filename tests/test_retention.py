@@ -38,8 +38,9 @@ from core.retention import (
     RetentionResult,
 )
 from core.settings import Settings, get_settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobRecord
+from infra.migrations import create_tables
 from infra.payloads import BlobRecord, PayloadRecord
 from infra.retention import ExpiredRows, RetentionStore, ensure_retention_schedule
 from tests.helpers import free_port

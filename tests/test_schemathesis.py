@@ -54,8 +54,9 @@ from api.app import create_app
 from api.middleware import BODY_METHODS
 from core.auth import Scope
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from tests.helpers import serve_asgi
 
 LONG = os.environ.get("AGENTFLOW_SCHEMATHESIS_LONG", "") not in ("", "0")

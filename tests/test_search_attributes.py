@@ -30,8 +30,9 @@ from core import search_attributes as sa
 from core.auth import Scope
 from core.models import JobStatus, Tier
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from infra.temporal import AgentflowPlugin
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, serve_asgi

@@ -46,8 +46,9 @@ from core.models import (
     Tier,
     ToolCall,
 )
-from infra.db import UTCDateTime, create_tables, make_engine
+from infra.db import UTCDateTime, make_engine
 from infra.jobs import JobRecord, JobStore
+from infra.migrations import create_tables
 from infra.payloads import (
     BlobRecord,
     DatabasePayloadDriver,

@@ -32,8 +32,9 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from core.auth import Scope
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from infra.quotas import Quotas
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import serve_asgi

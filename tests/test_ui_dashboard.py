@@ -28,8 +28,9 @@ from api.app import create_app
 from core.auth import Scope
 from core.models import JobStatus, Tier
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.keys import KeyStore
+from infra.migrations import create_tables
 from tests.helpers import serve_asgi
 from tests.test_analytics import NOW, Job, seed
 

@@ -22,7 +22,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.models import AgentRequest, AgentWorkflowInput, JobStatus, Stage
 from core.settings import Settings
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
+from infra.migrations import create_tables
 from infra.temporal import plugin_from_settings
 from tests.helpers import worker_process
 from workflows.agent import AgentWorkflow

@@ -25,8 +25,9 @@ from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
 from infra.cache import RedisCache, semantic_from_settings
 from infra.coalesce import Coalescer
-from infra.db import create_tables, make_engine
+from infra.db import make_engine
 from infra.jobs import JobStore
+from infra.migrations import create_tables
 from infra.providers import ProviderRegistry, SimulatedProvider
 from infra.quotas import Quotas
 from infra.tools import builtin_registry
