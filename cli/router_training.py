@@ -27,7 +27,6 @@ scikit-learn, numpy and scipy are imported inside the functions: serving never n
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from activities.learned_router import (
     router_text,
     word_terms,
 )
+from core.canonical import canonical_json
 from core.models import TaskType, Tier
 from core.routing_corpus import LabelledPrompt, corpus_digest
 
@@ -318,7 +318,7 @@ def recommended_threshold(probabilities: Sequence[float], needs_large: Sequence[
 
 def artifact_bytes(artifact: dict[str, Any]) -> bytes:
     """The artifact's canonical serialization (sorted keys, compact, trailing newline)."""
-    text = json.dumps(artifact, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = canonical_json(artifact)
     return (text + "\n").encode("utf-8")
 
 

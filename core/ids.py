@@ -8,9 +8,9 @@ policy returns the existing run instead of starting a second one.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 
+from core.canonical import canonical_digest
 from core.models import AgentRequest
 
 WORKFLOW_ID_PREFIX = "agent-"
@@ -66,7 +66,4 @@ def request_hash(request: AgentRequest) -> str:
     Two requests that compare equal hash the same, so a retried submit with the same idempotency
     key can be told apart from a different request reusing the key.
     """
-    canonical = json.dumps(
-        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return canonical_digest(request.model_dump(mode="json"))

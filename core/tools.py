@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
+from core.canonical import canonical_json
 from core.models import CacheLevel, ToolCall, ToolSpecPublic
 
 
@@ -172,9 +173,7 @@ def canonical_parameters(params: BaseModel) -> str:
     Two calls that mean the same thing (``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1.0}`` after
     validation, or with a default spelled out) produce the same string.
     """
-    return json.dumps(
-        params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    return canonical_json(params.model_dump(mode="json"))
 
 
 def tool_cache_key(tool_name: str, params: BaseModel, version: str = "1") -> str:

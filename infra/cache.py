@@ -31,6 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from core.canonical import canonical_digest, canonical_json
 from core.models import CacheLevel, ResponseCacheKeyInput
 from core.settings import Settings
 
@@ -644,10 +645,6 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
-def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def response_cache_key(inp: ResponseCacheKeyInput) -> str:
     """Redis key of a final answer: ``agentflow:{cache:response}:v2:<sha256 hex>``.
 
@@ -662,7 +659,7 @@ def response_cache_key(inp: ResponseCacheKeyInput) -> str:
     }
     if inp.owner is not None:
         fields["owner"] = inp.owner
-    payload = _canonical_json(fields)
+    payload = canonical_json(fields)
     return RESPONSE_KEY_PREFIX + hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -696,7 +693,7 @@ def inputs_digest(inp: ResponseCacheKeyInput) -> str:
     }
     if inp.max_context_tokens is not None:
         payload["max_context_tokens"] = inp.max_context_tokens
-    return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+    return canonical_digest(payload)
 
 
 def cache_from_settings(settings: Settings, *, on_lookup: LookupHook | None = None) -> RedisCache:
