@@ -8,7 +8,6 @@ for them, which counts towards the status table and nothing else.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field
 from rich.table import Table
 
 from core.models import JobStatus
+from core.stats import percentile
 
 REJECTED_BY_API = "REJECTED_BY_API"
 """Pseudo-status of a request the API answered with a 4xx (no job was created)."""
@@ -98,33 +98,6 @@ class Summary(BaseModel):
     def throughput_per_s(self) -> float:
         """Requests per second of wall time (0 when no time passed)."""
         return self.requests / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def percentile(values: Sequence[float], pct: float) -> float | None:
-    """The ``pct``-th percentile of ``values`` with linear interpolation between ranks.
-
-    Same definition as NumPy's default (``method="linear"``): the value at fractional rank
-    ``(n - 1) * pct / 100`` of the sorted values.
-
-    Args:
-        values: the sample (any order, any unit).
-        pct: the percentile, 0 to 100.
-
-    Returns:
-        The percentile in the unit of ``values``, or ``None`` for an empty sample.
-
-    Raises:
-        ValueError: ``pct`` is outside 0..100.
-    """
-    if not 0 <= pct <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {pct}")
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _ratio(part: int, whole: int) -> float | None:

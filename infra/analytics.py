@@ -70,6 +70,7 @@ from typing_extensions import TypedDict
 from core.catalog import ModelCatalog
 from core.models import CacheLevel, CacheReport, JobStatus, Stage, Tier
 from core.settings import Settings
+from core.stats import percentile
 from infra.db import make_engine, translate_errors, utc_now
 from infra.jobs import JobRecord
 
@@ -527,34 +528,6 @@ def load_window(
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile by linear interpolation between closest ranks.
-
-    numpy's default (Hyndman and Fan type 7): with the values sorted as ``x[0..n-1]``, the rank
-    is ``h = (n - 1) * q / 100`` and the result ``x[floor h] + (h - floor h) * (x[floor h + 1] -
-    x[floor h])``. For ``[100, 200, 300, 400]`` the p50 is 250 and the p95 385.
-
-    Args:
-        values: the sample (any order).
-        q: the percentile, 0 to 100.
-
-    Returns:
-        The percentile, or ``None`` for an empty sample.
-
-    Raises:
-        ValueError: ``q`` is outside 0..100.
-    """
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is outside 0..100")
-    if not values:
-        return None
-    xs = sorted(values)
-    rank = (len(xs) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(xs) - 1)
-    return xs[low] + (rank - low) * (xs[high] - xs[low])
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -45,6 +45,7 @@ from core.models import (
     ToolSuccess,
 )
 from core.settings import Settings
+from core.stats import percentile
 from infra.analytics import (
     CACHE_HIT_RATE_FLOOR,
     AnalyticsRateLimitedError,
@@ -64,7 +65,6 @@ from infra.analytics import (
     downsize_candidates,
     duplicates,
     load_window,
-    percentile,
     summarize,
     time_series,
 )
