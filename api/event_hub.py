@@ -389,13 +389,7 @@ class EventHub:
                 if handle is None:
                     client = await self._client()
                     handle = client.get_workflow_handle(workflow_id_for(feed.job_id))
-                self.queries += 1
-                result = await handle.query(
-                    POLL_QUERY,
-                    PollInput(topics=[EVENTS_TOPIC], from_offset=feed.next_offset),
-                    result_type=PollResult,
-                    rpc_timeout=QUERY_TIMEOUT,
-                )
+                result = await self._poll(handle, feed)
                 failing_since = None
             except asyncio.CancelledError:
                 raise
@@ -438,6 +432,17 @@ class EventHub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(feed.wake.wait(), interval)
 
+    async def _poll(self, handle: Any, feed: JobFeed) -> PollResult:
+        """One poll query: the job's retained events from the feed's next offset."""
+        self.queries += 1
+        result: PollResult = await handle.query(
+            POLL_QUERY,
+            PollInput(topics=[EVENTS_TOPIC], from_offset=feed.next_offset),
+            result_type=PollResult,
+            rpc_timeout=QUERY_TIMEOUT,
+        )
+        return result
+
     def _take(self, feed: JobFeed, result: PollResult) -> bool:
         added = False
         for item in result.items:
@@ -462,13 +467,7 @@ class EventHub:
         if description.status == WorkflowExecutionStatus.RUNNING:
             return False
         try:
-            self.queries += 1
-            last = await handle.query(
-                POLL_QUERY,
-                PollInput(topics=[EVENTS_TOPIC], from_offset=feed.next_offset),
-                result_type=PollResult,
-                rpc_timeout=QUERY_TIMEOUT,
-            )
+            last = await self._poll(handle, feed)
         except (RPCError, WorkflowQueryFailedError, RuntimeError, OSError):
             return True
         if self._take(feed, last):
