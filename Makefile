@@ -61,7 +61,7 @@ dev: $(STAMP) ## Start the dev stack only (Temporal, Redis, worker, API)
 TEST_WORKERS ?= 2
 
 test: $(STAMP) ## The whole test suite (time-skipping server, dev server, Redis, SQLite, PostgreSQL)
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: $(STAMP) ## Everything except the tests that start a Temporal dev server
 	$(BIN)/pytest -q -m "not devserver"
