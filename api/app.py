@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="agentflow",
-        version="0.1.0",
+        version="0.2.0",
         description="Durable LLM agent requests on Temporal.",
         lifespan=lifespan,
     )

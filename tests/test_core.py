@@ -144,9 +144,10 @@ async def test_only_one_of_six_concurrent_decisions_counts(harness: Harness) -> 
 
 
 async def test_a_signal_before_the_gate_does_not_approve(harness: Harness) -> None:
-    """v1 let an ``approve`` signal sent early pre-approve the job; v2 waits at its gate."""
+    """v1's ``approve`` signal (retired in 0.2.0) sent early does nothing: the job waits at its
+    gate for the ``decide`` update."""
     handle = await harness.start(AgentRequest(query=unique("Deploy it"), require_approval=True))
-    await handle.signal(AgentWorkflow.approve, ApprovalDecision(approved=True, reviewer="early"))
+    await handle.signal("approve", ApprovalDecision(approved=True, reviewer="early"))
     progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     assert progress.status is JobStatus.AWAITING_APPROVAL and progress.approval is None
     decided = await handle.execute_update(

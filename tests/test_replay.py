@@ -1,8 +1,8 @@
 """Replay: recorded histories must replay against today's workflow code.
 
-``tests/histories/v1_*.json`` were recorded before the v2 core (nine regular activities, the
-``approve`` signal): they replay on the v1 path of ``AgentWorkflow`` and prove that jobs of that
-shape still finish after an upgrade. ``v2_*.json`` are recorded from today's shape with
+The v1 shape (before the v2 core: nine regular activities, the ``approve`` signal) is retired:
+``tests/histories_retired/v1_happy_path.json`` shows that its histories no longer replay.
+``v2_*.json`` are recorded from today's shape with
 ``make histories`` (``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``);
 ``v2_token_signals_*.json`` were recorded before token events moved to Redis and the terminal
 record stored the job's stream (kept: jobs in flight across that upgrade). A change that
@@ -29,9 +29,8 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 def test_histories_are_checked_in() -> None:
     names = {p.stem for p in HISTORIES}
-    v1 = {"happy_path", "parallel_tools", "approved", "expired", "escalated", "select_with_plan"}
-    assert {f"v1_{n}" for n in v1} <= names
     assert {"v2_happy_path", "v2_approved", "v2_expired", "v2_escalated"} <= names
+    assert not any(name.startswith("v1_") for name in names), "v1 is retired (CHANGELOG 0.2.0)"
 
 
 @pytest.mark.parametrize(
@@ -40,6 +39,18 @@ def test_histories_are_checked_in() -> None:
 async def test_recorded_history_replays(name: str, text: str, plugin: AgentflowPlugin) -> None:
     history = WorkflowHistory.from_json(f"agent-{name}", text)
     await Replayer(workflows=[], plugins=[plugin]).replay_workflow(history)
+
+
+async def test_a_retired_v1_history_no_longer_replays(plugin: AgentflowPlugin) -> None:
+    """The v1 shape is retired (``PATCH_CORE_V2`` deprecated, its code removed): a v1 history
+    fails replay as non-deterministic, which is why CHANGELOG 0.2.0 says to let v1 jobs end
+    before upgrading."""
+    path = Path(__file__).parent / "histories_retired" / "v1_happy_path.json"
+    history = WorkflowHistory.from_json("agent-v1", path.read_text())
+    result = await Replayer(workflows=[], plugins=[plugin]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert result.replay_failure is not None
 
 
 async def test_run_then_replay(harness: Harness, plugin: AgentflowPlugin) -> None:

@@ -26,8 +26,11 @@ Stages 1-3 run in the first workflow task, beside the job's first projection (RU
 workflow is deterministic: no clock but ``workflow.now()``, no I/O, settings arrive in the input
 or from activity results.
 
-Versioning: histories recorded before this shape (no ``agentflow-core-v2`` marker) take the v1
-path in :mod:`workflows.agent_v1`, unchanged.
+Versioning (README, "Changing workflow code"): a change to what the workflow commands is made
+behind ``workflow.patched``; once no execution from before it can be open, the old branch goes
+and the patch is deprecated (``workflow.deprecate_patch``), then removed a release later. The v1
+shape (before ``agentflow-core-v2``) is retired this way: its code and histories are gone, and
+``PATCH_CORE_V2`` is deprecated (CHANGELOG.md says which release to pass through).
 """
 
 from __future__ import annotations
@@ -74,7 +77,6 @@ with workflow.unsafe.imports_passed_through():
         ToolFailure,
     )
     from workflows import policies
-    from workflows.agent_v1 import LegacyAgentRun
     from workflows.approval_gate import ApprovalGate, approval_reasons
     from workflows.failures import root_cause
     from workflows.model_calls import ModelCalls
@@ -82,7 +84,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tool_fanout import ToolFanout
 
 PATCH_CORE_V2 = "agentflow-core-v2"
-"""``workflow.patched`` id of this shape; histories without it replay on the v1 path."""
+"""The v2 shape's patch id, deprecated (``workflow.deprecate_patch``): histories recorded since
+v2 carry its marker and still replay; v1 histories (without it) no longer do. Remove the call in
+the release after 0.2.0, when no execution started before 0.2.0 can be open."""
 
 PATCH_KEEP_RECORDED_OUTCOME = "agentflow-keep-recorded-outcome"
 """``workflow.patched`` id of ignoring a cancel that arrives after the outcome was recorded
@@ -100,7 +104,7 @@ def _drop_late_publish(*_args: object) -> None:
 
 
 @workflow.defn(name=AGENT_WORKFLOW_TYPE)
-class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, ApprovalGate):
+class AgentWorkflow(JobProjection, ToolFanout, ModelCalls, ApprovalGate):
     """Runs one agent request; the workflow id is ``agent-<job_id>``."""
 
     def __init__(self) -> None:
@@ -163,24 +167,6 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
         self._refuse_unless_waiting()
         self._refuse_bad_calls(decision)
 
-    @workflow.signal
-    def approve(self, decision: ApprovalDecision) -> None:
-        """The v1 approval channel, kept for jobs started before the ``decide`` update.
-
-        Only those jobs act on it (the first decision wins); a job started since logs and ignores
-        it, so a signal can never approve a job ahead of its gate. Use ``decide``. The shape is
-        asked of ``workflow.patched`` here too, because a signal can be handled before ``run``
-        has started (the answer is the same wherever it is asked first).
-        """
-        if workflow.patched(PATCH_CORE_V2):
-            workflow.logger.warning(
-                "ignoring an 'approve' signal from %s: use the 'decide' update", decision.reviewer
-            )
-        elif self._decision is None:
-            self._decision = decision
-        else:
-            workflow.logger.info("ignoring a second approval decision from %s", decision.reviewer)
-
     # ------------------------------------------------------------------ run
 
     @workflow.run
@@ -196,8 +182,7 @@ class AgentWorkflow(LegacyAgentRun, JobProjection, ToolFanout, ModelCalls, Appro
             asyncio.CancelledError: the workflow was cancelled; recorded as CANCELED first.
         """
         self._progress = AgentProgress(job_id=inp.job_id)
-        if not workflow.patched(PATCH_CORE_V2):
-            return await self._v1_run(inp)
+        workflow.deprecate_patch(PATCH_CORE_V2)
         self._input = inp
         self._progress.query = inp.request.query
         self._progress.started_at = workflow.info().start_time
