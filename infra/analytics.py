@@ -46,7 +46,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -56,13 +56,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, make_url
 from typing_extensions import TypedDict
@@ -73,6 +67,7 @@ from core.settings import Settings
 from core.stats import percentile
 from infra.db import make_engine, translate_errors, utc_now
 from infra.jobs import JobRecord
+from infra.quotas import RedisWindow
 
 log = logging.getLogger(__name__)
 
@@ -1840,31 +1835,11 @@ class AnalyticsRateLimiter:
         self.limit_per_minute = limit_per_minute
         self._item = RateLimitItemPerMinute(limit_per_minute)
         self._clock = clock
-        self._redis: Redis = Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        pool: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
-        storage = RedisStorage(
-            "async+" + redis_url, implementation="redispy", key_prefix=RATE_LIMIT_KEY_PREFIX, **pool
-        )
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._window = RedisWindow(redis_url, RATE_LIMIT_KEY_PREFIX, timeout_s=timeout_s)
+        self._limiter = self._window.limiter
+        self._call = self._window.call
         self._refused_until: dict[str, float] = {}
         """Key id -> when (``clock`` seconds) its window frees a slot, for keys refused."""
-
-    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``operation``; after a connection failure, reconnect and run it once more.
-
-        A restarted Redis leaves every pooled connection dead; without the second try each
-        would let one request through unlimited after Redis is back.
-        """
-        try:
-            return await operation()
-        except (RedisConnectionError, OSError):
-            await self._redis.connection_pool.disconnect()
-            return await operation()
 
     async def hit(self, key_id: str) -> None:
         """Count one analytics request of ``key_id``.
@@ -1901,7 +1876,7 @@ class AnalyticsRateLimiter:
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
-        await self._redis.aclose()
+        await self._window.aclose()
 
 
 @dataclass

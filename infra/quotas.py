@@ -152,6 +152,55 @@ class QuotaDefaults:
     daily_budget_usd: float
 
 
+class RedisWindow:
+    """A Redis client with a ``limits`` moving-window limiter on its pool, and one reconnect.
+
+    Shared by the submission quotas (:class:`Quotas`) and the analytics limit
+    (``infra.analytics.AnalyticsRateLimiter``): one way to build the client (retries off, short
+    timeouts) and one recovery after a Redis restart.
+
+    Args:
+        redis_url: the Redis the caches use.
+        key_prefix: the limiter's key prefix.
+        timeout_s: socket timeout of each Redis call, in seconds.
+    """
+
+    def __init__(self, redis_url: str, key_prefix: str, *, timeout_s: float = 0.5) -> None:
+        self.redis: Redis = Redis.from_url(
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # The limiter shares the pool, so one reconnect (:meth:`call`) serves both.
+        pool: dict[str, Any] = {"connection_pool": self.redis.connection_pool}
+        storage = RedisStorage(
+            "async+" + redis_url, implementation="redispy", key_prefix=key_prefix, **pool
+        )
+        self.limiter = MovingWindowRateLimiter(storage)
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis ``operation``; after a connection failure, reconnect and run it again.
+
+        A Redis restart leaves every pooled connection dead, and each fails on its next use
+        (redis-py's own retry did not recover them). Unchecked, each would let one request
+        through without its limit after Redis is back, so the pool is dropped and the call
+        repeated once. A Redis that is really down fails both tries fast (connection refused).
+
+        Raises:
+            RedisError | OSError: the second try failed too.
+        """
+        try:
+            return await operation()
+        except (RedisConnectionError, OSError):
+            await self.redis.connection_pool.disconnect()
+            return await operation()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self.redis.aclose()
+
+
 class Quotas:
     """Rate limits and daily budgets for API keys, kept in Redis.
 
@@ -173,18 +222,10 @@ class Quotas:
     ) -> None:
         self._defaults = defaults
         self._clock = clock
-        self._redis: Redis = Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        # The limiter shares the pool, so one reconnect (:meth:`_call`) serves both.
-        pool: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
-        self._storage = RedisStorage(
-            "async+" + redis_url, implementation="redispy", key_prefix="agentflow:ratelimit", **pool
-        )
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._window = RedisWindow(redis_url, "agentflow:ratelimit", timeout_s=timeout_s)
+        self._redis = self._window.redis
+        self._limiter = self._window.limiter
+        self._call = self._window.call
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
@@ -197,23 +238,6 @@ class Quotas:
             ),
             timeout_s=settings.redis_timeout_s,
         )
-
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis ``operation``; after a connection failure, reconnect and run it again.
-
-        A Redis restart leaves every pooled connection dead, and each fails on its next use
-        (redis-py's own retry did not recover them). Unchecked, each would let one submission
-        through without its quotas after Redis is back, so the pool is dropped and the call
-        repeated once. A Redis that is really down fails both tries fast (connection refused).
-
-        Raises:
-            RedisError | OSError: the second try failed too.
-        """
-        try:
-            return await operation()
-        except (RedisConnectionError, OSError):
-            await self._redis.connection_pool.disconnect()
-            return await operation()
 
     def budget_for(self, principal: Principal) -> float:
         """The key's daily budget in USD."""
