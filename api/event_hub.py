@@ -77,9 +77,6 @@ IDLE_POLL_S: Final = 1.0
 """Longest interval between two polls of a job with nothing new, in seconds (the poll backs
 off from ``AGENTFLOW_STREAM_POLL_MS`` while nothing happens)."""
 
-TRANSIENT: Final = frozenset({"temporal_unavailable", "internal"})
-"""Failures a new reader retries (its attach starts a new read)."""
-
 CLOSED_CHECK_S: Final = 5.0
 """How often a feed that saw no terminal event asks Temporal whether the workflow closed."""
 
@@ -87,8 +84,8 @@ TOKEN_BLOCK_MS: Final = 250
 """Longest one ``XREAD`` blocks; a job watched meanwhile joins the next read."""
 
 MAX_FEED_BYTES: Final = 8 * 2**20
-"""Token text one feed keeps in memory, in bytes; past it tokens are dropped (the whole answer
-comes in ``final_response``) and readers are told with a comment."""
+"""Token text one feed keeps in memory, in bytes; past it token events are dropped (the whole
+answer comes in ``final_response``)."""
 
 _EVENT: Final = TypeAdapter[JobEvent](cast("type[JobEvent]", JobEvent))
 _CURSOR: Final = re.compile(r"^(-1|0|[1-9][0-9]{0,15})(?::([0-9]{1,20}-[0-9]{1,20}))?$")
@@ -113,6 +110,10 @@ class StreamFailure(StrEnum):
     """The API process is stopping; reconnect with the last id."""
     CURSOR_PAST_END = "cursor_past_end"
     """The reader's ``Last-Event-ID`` names an offset past the job's terminal event."""
+
+
+TRANSIENT: Final = frozenset({StreamFailure.TEMPORAL_UNAVAILABLE, StreamFailure.INTERNAL})
+"""Failures a new reader retries (its attach starts a new read)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,6 @@ class JobFeed:
     next_offset: int = 0
     last_token: str | None = None
     token_bytes: int = 0
-    tokens_dropped: bool = False
     generating: bool = False
     tokens_since_poll: bool = False
     held: list[Entry] = field(default_factory=list)
@@ -226,7 +226,6 @@ class JobFeed:
         if self.ended:
             return
         if self.token_bytes + size > MAX_FEED_BYTES:
-            self.tokens_dropped = True
             return
         self.token_bytes += size
         entry = Entry(event=event, token=token_id)
@@ -314,7 +313,7 @@ class EventHub:
         if self._closing:
             feed.failure = StreamFailure.SHUTTING_DOWN
             return feed
-        transient = feed.failure is not None and feed.failure.value in TRANSIENT
+        transient = feed.failure in TRANSIENT
         if transient and feed.task is not None and feed.task.done():
             feed.failure = None  # a new reader tries again
         if not feed.done and (feed.task is None or feed.task.done()):

@@ -97,6 +97,9 @@ _STORED = TypeAdapter[list[JobEvent]](list[JobEvent])
 STREAM_ERROR_EVENT: Final = "stream_error"
 """The SSE event name of :class:`StreamError`."""
 
+FROM_RECORD: Final = frozenset({StreamFailure.NO_STREAM, StreamFailure.GONE, StreamFailure.CLOSED})
+"""Feed failures answered with the job's outcome from its record (``stream_error`` if none)."""
+
 RECORD_WAIT_S: Final = 10.0
 """How long a reader whose stream stopped waits for the job's record to become terminal."""
 
@@ -217,12 +220,9 @@ class JobEventStream:
                 event = entry.event
                 yield ServerSentEvent(id=str(cursor), event=event.type.value, data=event)
         except FeedFailed as failed:
-            if failed.reason in (StreamFailure.NO_STREAM, StreamFailure.GONE):
-                log.info("job %s has no readable stream; answering from its record", job_id)
-                async for message in self._synthesized(wait_for_close=True):
-                    yield message
-                return
-            if failed.reason is StreamFailure.CLOSED:
+            if failed.reason in FROM_RECORD:
+                log.info("job %s: no readable stream (%s); answering from its record", job_id,
+                         failed.reason.value)  # fmt: skip
                 async for message in self._synthesized(wait_for_close=True):
                     yield message
                 return
