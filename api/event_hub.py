@@ -108,8 +108,18 @@ class StreamFailure(StrEnum):
     """The job has ``AGENTFLOW_SSE_MAX_READERS_PER_JOB`` readers in this process; retry later."""
     SHUTTING_DOWN = "shutting_down"
     """The API process is stopping; reconnect with the last id."""
+    ALREADY_ENDED = "already_ended"
+    """The reader's ``Last-Event-ID`` is the job's terminal event: nothing more will come (a
+    browser's ``EventSource`` reconnecting after the end gets this)."""
     CURSOR_PAST_END = "cursor_past_end"
     """The reader's ``Last-Event-ID`` names an offset past the job's terminal event."""
+
+
+def past_the_end(cursor_offset: int, terminal_offset: int) -> StreamFailure:
+    """Why a reader whose cursor is at or past the terminal event gets nothing more."""
+    if cursor_offset == terminal_offset:
+        return StreamFailure.ALREADY_ENDED
+    return StreamFailure.CURSOR_PAST_END
 
 
 TRANSIENT: Final = frozenset({StreamFailure.TEMPORAL_UNAVAILABLE, StreamFailure.INTERNAL})
@@ -331,22 +341,29 @@ class EventHub:
     async def read(self, feed: JobFeed, cursor: Cursor) -> AsyncIterator[tuple[Entry, Cursor]]:
         """The feed's entries after ``cursor``, each with the reader's cursor after it.
 
+        A cursor without a token part (``"12"``, or ``?after=12``) has seen no token event after
+        durable offset 12's place in the feed, and every token event before it: token events
+        are sent only once the feed has passed that offset, so they never run ahead of the
+        durable position the reader claims.
+
         Ends after the terminal event; raises :class:`FeedFailed` when the feed stopped
-        without one, or when the cursor was already past it.
+        without one, or when the cursor was already at or past it.
         """
         index = 0
+        tokens_live = cursor.token is not None or cursor.offset < 0
         while True:
             changed = feed.changed  # before scanning: an append after this sets it
             while index < len(feed.entries):
                 entry = feed.entries[index]
                 index += 1
                 if entry.offset is not None:
+                    tokens_live = tokens_live or entry.offset >= cursor.offset
                     if entry.offset <= cursor.offset:
                         continue
                     cursor = Cursor(entry.offset, cursor.token)
                 else:
                     assert entry.token is not None
-                    if not token_id_after(entry.token, cursor.token):
+                    if not tokens_live or not token_id_after(entry.token, cursor.token):
                         continue
                     cursor = Cursor(cursor.offset, entry.token)
                 yield entry, cursor
@@ -354,8 +371,8 @@ class EventHub:
                     return
             if feed.failure is not None:
                 raise FeedFailed(feed.failure)
-            if feed.ended:  # and its terminal event was at or before the reader's cursor
-                raise FeedFailed(StreamFailure.CURSOR_PAST_END)
+            if feed.ended:  # its terminal event was at or before the reader's cursor
+                raise FeedFailed(past_the_end(cursor.offset, feed.next_offset - 1))
             await changed.wait()
 
     # ------------------------------------------------------------------ reading

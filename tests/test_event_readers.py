@@ -261,11 +261,30 @@ async def test_a_cursor_past_the_end_gets_a_stream_error_not_silence(
     stack: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     job_id = await submit(http, query="What is a Python set?", model_tier="small")
-    await read_until_outcome(http, job_id)
+    events = await read_until_outcome(http, job_id)
     response = await http.get(
         f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "9007199254740991"}
     )
     assert response.status_code == 200
+    assert "event: stream_error" in response.text and "cursor_past_end" in response.text
+    # A browser's EventSource reconnects after the end with the terminal event's id: it is
+    # told the job ended, not that its id is wrong.
+    last = events[-1].offset
+    response = await http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(last)})
+    assert "event: stream_error" in response.text and "already_ended" in response.text
+
+
+@pytest.mark.devserver
+async def test_a_cursor_past_the_end_of_a_running_job_gets_no_token_events(
+    stack: tuple[str, EventHub], http: httpx.AsyncClient
+) -> None:
+    """Token events never run ahead of the durable position a reader claims."""
+    job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
+    response = await http.get(
+        f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "9007199254740991"}
+    )
+    assert response.status_code == 200
+    assert "event: token" not in response.text
     assert "event: stream_error" in response.text and "cursor_past_end" in response.text
 
 

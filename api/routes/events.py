@@ -61,7 +61,7 @@ from api.errors import (
     TooManyRequestsError,
     UnprocessableRequestError,
 )
-from api.event_hub import Cursor, FeedFailed, StreamFailure
+from api.event_hub import Cursor, FeedFailed, StreamFailure, past_the_end
 from api.job_views import from_record, get_record, read_job
 from api.openapi import error_responses
 from api.routes.jobs import JobIdPath, _read_own_job
@@ -133,6 +133,7 @@ _FAILURE_DETAIL: Final = {
     StreamFailure.TOO_MANY_READERS: (True, "the job has too many readers; try again later"),
     StreamFailure.SHUTTING_DOWN: (True, "this API process is stopping"),
     StreamFailure.CLOSED: (False, "the job's workflow closed without an outcome event"),
+    StreamFailure.ALREADY_ENDED: (False, "the job ended; its last event was already sent"),
     StreamFailure.CURSOR_PAST_END: (False, "Last-Event-ID is past the job's last event"),
 }
 
@@ -204,7 +205,8 @@ class JobEventStream:
             sent_outcome = event.type in TERMINAL_EVENTS
             yield ServerSentEvent(id=str(cursor), event=event.type.value, data=event)
         if not sent_outcome:
-            yield stream_error_event(self.job.job_id, StreamFailure.CURSOR_PAST_END)
+            last = events[-1].offset if events and events[-1].offset is not None else -1
+            yield stream_error_event(self.job.job_id, past_the_end(cursor.offset, last))
 
     async def _from_hub(self) -> AsyncIterator[ServerSentEvent]:
         """The running job's events through the process's hub (shared with its readers)."""
