@@ -11,16 +11,18 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
+from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 from threadpoolctl import threadpool_limits
 
 from activities.retention import RetentionActivities
-from activities.routing import router_from_settings
 from activities.wiring import AgentActivities, TokenStreamSettings
 from core.catalog import load_catalog
 from core.logs import configure_logging
@@ -28,6 +30,7 @@ from core.metrics import default_metrics, observe_cache, serve_worker_metrics, t
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
 from core.tokens import encoding
+from domain.routing import router_from_settings
 from infra.cache import RedisCache, cache_from_settings, semantic_from_settings
 from infra.coalesce import Coalescer
 from infra.db import make_engine
@@ -36,8 +39,9 @@ from infra.migrations import create_tables
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
 from infra.retention import RetentionStore, ensure_retention_schedule
-from infra.temporal import connect, plugin_from_settings, temporal_target
+from infra.temporal import AgentflowPlugin, connect, plugin_from_settings, temporal_target
 from infra.tools import builtin_registry
+from workflows.registry import all_workflows
 
 log = logging.getLogger("agentflow.worker")
 
@@ -91,6 +95,22 @@ def build_activities(
     return activities, cache, providers
 
 
+def worker_plugin(
+    settings: Settings, engine: Engine, activities: Sequence[Callable[..., Any]] = ()
+) -> AgentflowPlugin:
+    """The worker side's plugin: the client plugin plus every workflow and ``activities``.
+
+    The API builds its client with :func:`infra.temporal.plugin_from_settings` alone and never
+    imports workflow code; workers, the Replayer in the tests and the benchmarks use this one.
+
+    Raises:
+        ValueError: the encryption settings are invalid (the message names the setting).
+    """
+    return plugin_from_settings(
+        settings, engine, activities=list(activities), workflows=all_workflows()
+    )
+
+
 def build_worker(client: Client, settings: Settings) -> Worker:
     """A worker for the settings' task queue.
 
@@ -117,9 +137,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(providers.aclose)
         retention = RetentionActivities(RetentionStore(engine))
-        plugin = plugin_from_settings(
-            settings, engine, activities=[*activities.all(), *retention.all()]
-        )
+        plugin = worker_plugin(settings, engine, [*activities.all(), *retention.all()])
         if settings.worker_metrics_port is not None:
             stack.callback(serve_worker_metrics(settings.worker_metrics_port).close)
         default_metrics().watch_cache_degraded(lambda: cache.breaker_open)

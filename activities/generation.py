@@ -21,11 +21,10 @@ from core.catalog import ModelCatalog, ModelSpec
 from core.errors import ModelError
 from core.metrics import observe_coalesced
 from core.models import CacheLevel, GenerateInput, GenerateResult
+from core.providers import ChatMessage, usage_of
 from infra.cache import RedisCache
 from infra.coalesce import Coalescer
 from infra.providers import ProviderRegistry, build_messages
-from infra.providers.base import ChatMessage
-from infra.usage import usage_of
 
 SHARED_GENERATION_TTL_S = 30
 """How long a generation stays on the component level for identical calls to share, in seconds:

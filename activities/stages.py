@@ -1,8 +1,8 @@
 """The short stages of a job, run as local activities inside the workflow task.
 
 Each method is a thin wrapper: it turns a contract into a call on a cache, the job store or one of
-the stage modules (:mod:`activities.planner`, :mod:`activities.selection`,
-:mod:`activities.compression`), and domain errors into ``ApplicationError`` at the boundary.
+the stage modules (:mod:`domain.planner`, :mod:`domain.selection`,
+:mod:`domain.compression`), and domain errors into ``ApplicationError`` at the boundary.
 
 CPU stays off the worker's event loop, where one slow call would stall every other job on the
 worker: ``select_model`` and ``compress_context`` are synchronous activities that the worker runs
@@ -30,19 +30,7 @@ from pydantic import BaseModel, JsonValue
 from redis.exceptions import RedisError
 from temporalio import activity
 
-from activities.compression import compress_context
 from activities.errors import to_application_error
-from activities.llm_router import LlmRouter
-from activities.model_planner import plan_with_model
-from activities.planner import plan_tools_by_rules
-from activities.routing import (
-    LearnedRouter,
-    Router,
-    build_router,
-    fit_context_window,
-    prompt_tokens_estimate,
-    select_with,
-)
 from core.catalog import ModelCatalog
 from core.errors import AgentflowError, BlobNotFoundError
 from core.metrics import observe_job
@@ -76,7 +64,20 @@ from core.models import (
     ToolResult,
     ToolSuccess,
 )
+from core.providers import usage_of
 from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
+from domain.compression import compress_context
+from domain.llm_router import LlmRouter
+from domain.model_planner import plan_with_model
+from domain.planner import plan_tools_by_rules
+from domain.routing import (
+    LearnedRouter,
+    Router,
+    build_router,
+    fit_context_window,
+    prompt_tokens_estimate,
+    select_with,
+)
 from infra.cache import (
     RedisCache,
     inputs_digest,
@@ -87,7 +88,6 @@ from infra.jobs import JobStore
 from infra.payloads import read_legacy_blob
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
-from infra.usage import usage_of
 
 if TYPE_CHECKING:
     from infra.semantic import SemanticCache
@@ -475,7 +475,7 @@ class StageActivities:
 
     @activity.defn(name="select_model")
     def select_model(self, inp: SelectModelInput) -> SelectModelResult:
-        """Pick a tier with this worker's router (see :mod:`activities.routing`).
+        """Pick a tier with this worker's router (see :mod:`domain.routing`).
 
         The router's choice is fitted to the catalog's context windows. Also returns each
         tier's attempt timeout from this worker's catalog (seconds), so the workflow can give

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from activities.generation import ModelActivities
-from activities.routing import Router
 from activities.stages import StageActivities
 from activities.token_stream import TokenStreamSettings
 from activities.tool_calls import ToolActivities
 from core.catalog import ModelCatalog
 from core.tools import ToolRegistry
+from domain.routing import Router
 from infra.cache import RedisCache
 from infra.coalesce import Coalescer
 from infra.jobs import JobStore

@@ -60,9 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache = cache_from_settings(settings)
         quotas = Quotas.from_settings(settings)
         # A client only: the API starts and reads jobs by name and never loads workflow code.
-        temporal = TemporalGateway(
-            settings, plugin_from_settings(settings, engine, worker_side=False)
-        )
+        temporal = TemporalGateway(settings, plugin_from_settings(settings, engine))
         event_hub = EventHub(
             temporal.client,
             settings.redis_url,

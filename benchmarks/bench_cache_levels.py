@@ -31,7 +31,7 @@ and end is kept in the parameters:
   ``check_response_cache`` and the component level do with the value);
 - ``get_level miss``: a key that is not stored (a fresh one per round);
 - for the component level, **the work a hit replaces**: the learned router's selection
-  (:func:`activities.routing.select_with` plus the attempt timeouts and the cost estimate, as
+  (:func:`domain.routing.select_with` plus the attempt timeouts and the cost estimate, as
   ``select_model``; queries cycle over ``examples/requests.jsonl``), and ``compress_context``,
   both called directly (the activities run them in a worker thread, which adds a hop);
 - for the semantic level: the lookup alone on a hit (a reworded stored query: other case and
@@ -65,8 +65,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, JsonValue
 from threadpoolctl import ThreadpoolController
 
-from activities.compression import compress_context
-from activities.routing import Router, build_router, prompt_tokens_estimate, select_with
 from benchmarks.bench_compression import BUDGET, QUERY, build_items, load_corpus
 from benchmarks.bench_semantic import private_redis
 from benchmarks.context import BenchContext
@@ -86,6 +84,8 @@ from core.models import (
 from core.settings import PROJECT_ROOT, Settings
 from core.tokens import count_tokens
 from core.tools import ToolRegistry, tool_cache_key
+from domain.compression import compress_context
+from domain.routing import Router, build_router, prompt_tokens_estimate, select_with
 from infra.cache import RedisCache, response_cache_key
 from infra.embeddings import LexicalEmbedder
 from infra.semantic import INLINE_SEARCH_MAX_FLOATS, SemanticCache, SemanticLookup

@@ -1,6 +1,6 @@
 """Benchmark 6: context compression against plain truncation.
 
-Compares :func:`activities.compression.compress_context` (the pure function behind the
+Compares :func:`domain.compression.compress_context` (the pure function behind the
 ``compress_context`` activity, called in-process: no Temporal, no blob store) with what a
 hand-rolled pipeline would do instead: concatenate the context items in order, tokenize, keep the
 first ``budget`` cl100k_base tokens, decode. Both get the same items and the same 4,000-token
@@ -38,11 +38,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from activities.compression import compress_context
 from benchmarks.context import BenchContext
 from benchmarks.report import BenchResult, plot
 from core.models import ContextItem, Importance
 from core.tokens import count_tokens, encoding, truncate_to_tokens
+from domain.compression import compress_context
 
 BUDGET = 4000
 """Token budget (cl100k_base) for the output of both variants."""

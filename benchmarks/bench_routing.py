@@ -29,9 +29,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from activities.learned_router import RouterPrediction, shipped_model
-from activities.planner import plan_tools_by_rules
-from activities.routing import CueRouter, LearnedRouter, select_with
 from benchmarks.context import BenchContext
 from benchmarks.report import BenchResult
 from cli.router import RouterScore, evaluate, label_costs
@@ -40,6 +37,9 @@ from core.models import SelectModelInput, Tier
 from core.routing_corpus import load_corpus, load_examples, split_corpus
 from core.settings import PROJECT_ROOT, Settings
 from core.tools import ToolRegistry
+from domain.learned_router import RouterPrediction, shipped_model
+from domain.planner import plan_tools_by_rules
+from domain.routing import CueRouter, LearnedRouter, select_with
 from infra.tools import builtin_registry
 
 SECOND_THRESHOLD = 0.5

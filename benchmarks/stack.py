@@ -62,8 +62,8 @@ from core.settings import PROJECT_ROOT, Settings
 from core.telemetry import configure_tracing
 from infra.db import make_engine
 from infra.migrations import create_tables
-from infra.temporal import plugin_from_settings
 from infra.tools import builtin_registry, ensure_example_database
+from worker import worker_plugin
 from workflows.agent import AgentWorkflow
 
 START_TIMEOUT_S = 60.0
@@ -168,7 +168,7 @@ class BenchStack:
         create_tables(self.engine)
         # Same converter and payload storage as the workers (same DATABASE_URL, same threshold
         # from the environment), so results stored outside history can be read back.
-        plugin = plugin_from_settings(Settings(database_url=self.database_url), self.engine)
+        plugin = worker_plugin(Settings(database_url=self.database_url), self.engine)
         self.client = await Client.connect(self.temporal_address, plugins=[plugin])
         self.console.print(
             f"[dim]stack: Temporal {self.temporal_address}, Redis {self.redis_url}, "

@@ -23,14 +23,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from activities.learned_router import ARTIFACT_PATH, RouterModel, RouterPrediction, shipped_model
-from activities.routing import PROMPT_OVERHEAD_TOKENS, LearnedRouter
-from activities.selection import estimate_response_length
 from core.catalog import ModelCatalog
 from core.models import Tier
 from core.routing_corpus import LabelledPrompt, load_corpus, split_corpus
 from core.settings import get_settings
 from core.tokens import count_tokens
+from domain.learned_router import ARTIFACT_PATH, RouterModel, RouterPrediction, shipped_model
+from domain.routing import PROMPT_OVERHEAD_TOKENS, LearnedRouter
+from domain.selection import estimate_response_length
 
 router_app = typer.Typer(name="router", help="Train, check and calibrate the learned router.")
 console = Console()

@@ -19,7 +19,7 @@ The model (the issue's recipe): word unigrams and bigrams plus character 2-4-gra
 words, each block tf-idf with sublinear tf and l2 norm; the cue router's features and token
 counts, standardized; logistic regression with balanced class weights; calibrated with
 ``CalibratedClassifierCV(method="sigmoid", ensemble=False)`` on five stratified folds. The
-inference side is :mod:`activities.learned_router`.
+inference side is :mod:`domain.learned_router`.
 
 scikit-learn, numpy and scipy are imported inside the functions: serving never needs them.
 """
@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from activities.learned_router import (
+from core.canonical import canonical_json
+from core.models import TaskType, Tier
+from core.routing_corpus import LabelledPrompt, corpus_digest
+from domain.learned_router import (
     ARTIFACT_FORMAT,
     CHAR_NGRAMS,
     DENSE_FEATURES,
@@ -43,9 +46,6 @@ from activities.learned_router import (
     router_text,
     word_terms,
 )
-from core.canonical import canonical_json
-from core.models import TaskType, Tier
-from core.routing_corpus import LabelledPrompt, corpus_digest
 
 SIGNIFICANT_DIGITS = 6
 """Floats in the artifact keep this many significant digits (keeps it small and stable)."""
@@ -119,7 +119,7 @@ class FittedRouter:
     """A trained router: the artifact and the scikit-learn objects it was taken from.
 
     Attributes:
-        artifact: the JSON-ready artifact (:class:`activities.learned_router.RouterArtifact`).
+        artifact: the JSON-ready artifact (:class:`domain.learned_router.RouterArtifact`).
         predict_proba: ``prompts -> (P(large), P(small), task type)`` lists computed by
             scikit-learn itself (the reference the JSON inference is checked against).
     """
@@ -136,7 +136,7 @@ def train_artifact(train: Sequence[LabelledPrompt], *, c: float = C) -> dict[str
         c: inverse regularization strength.
 
     Returns:
-        The artifact (:class:`activities.learned_router.RouterArtifact` layout).
+        The artifact (:class:`domain.learned_router.RouterArtifact` layout).
 
     Raises:
         ImportError: scikit-learn is not installed (``pip install -e '.[train]'``).

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     """Who picks the tier: ``learned`` (the calibrated classifier shipped in
     ``core/data/router.json``), ``cue`` (the seed's keyword table, the old baseline) or ``llm``
     (the small tier classifies the prompt when it is a real model, falling back to ``learned``
-    on any failure). See :mod:`activities.routing`."""
+    on any failure). See :mod:`domain.routing`."""
     router_large_threshold: float | None = Field(default=None, gt=0, lt=1)
     """The cost/quality knob: the learned router sends a prompt to the large tier when
     P(needs large) is above it. Lower sends more prompts to large (higher recall of prompts that
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     router_tool_answered_max_p_large: float = Field(default=1.0, ge=0, le=1)
     """Routing after planning: when every planned tool answers the question (calculator, SQL,
     docs search, page fetch) and the prompt does not ask to derive something (solve, prove,
-    write or fix code, pasted code: ``activities.routing.asks_to_derive``), the small tier
+    write or fix code, pasted code: ``domain.routing.asks_to_derive``), the small tier
     reports the tool's result unless P(needs large) is above this. 1.0 (the default) always
     lets such a tool answer: the model reads "Compute (1250.50 * 12) / 7" as math (P(large)
     0.91), which is what the calculator makes cheap. 0 turns the rule off."""

@@ -34,7 +34,7 @@ class ToolMetadata:
             returns something else for the same parameters, and old results are never served.
         answers_query: the tool's result answers a question by itself (a computation, a lookup,
             a query, a fetched page), so a model only has to report it; when every planned
-            call's tool does, routing may choose the small tier (:mod:`activities.routing`).
+            call's tool does, routing may choose the small tier (:mod:`domain.routing`).
     """
 
     parallel_safe: bool = True

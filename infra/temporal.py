@@ -2,8 +2,9 @@
 
 :class:`AgentflowPlugin` bundles what must be the same everywhere a payload is written or read:
 the pydantic data converter with external storage of large payloads (on the job database), the
-OpenTelemetry plugin, the workflow sandbox's passthrough modules, the workflows and, on a worker,
-the activities. The API's client, the worker, the Replayer in the tests and the benchmarks all use
+OpenTelemetry plugin, the workflow sandbox's passthrough modules, and on a worker (whose side
+hands them in: :func:`worker.worker_plugin`) the workflows and activities. The API's client,
+the worker, the Replayer in the tests and the benchmarks all use
 it, so a history written by one can be read by the others. With payload encryption on it also
 carries the codec.
 
@@ -180,9 +181,10 @@ class AgentflowPlugin(SimplePlugin):
             client call through the global tracer provider, which must be replay-safe: see
             :func:`core.telemetry.configure_tracing`). Off, it is left out: spans that no
             exporter reads cost about 12 ms of worker CPU per job.
-        register_workflows: register agentflow's workflows on workers built from a client
-            with this plugin (worker side); ``False`` for a client that only starts and reads
-            workflows by name (the API), which then never imports workflow code.
+        workflows: workflow classes to register on workers and replayers built from a client
+            with this plugin (the worker side passes :func:`workflows.registry.all_workflows`);
+            none for a client that only starts and reads workflows by name (the API), which
+            then never imports workflow code. Infrastructure never imports workflows itself.
     """
 
     def __init__(
@@ -194,14 +196,8 @@ class AgentflowPlugin(SimplePlugin):
         activities: Sequence[Callable[..., Any]] | None = None,
         sandboxed: bool = True,
         tracing: bool = True,
-        register_workflows: bool = True,
+        workflows: Sequence[type] = (),
     ) -> None:
-        workflow_classes: list[type] = []
-        if register_workflows:  # worker side: the workflows import activities and core
-            from workflows.agent import AgentWorkflow
-            from workflows.retention import RetentionWorkflow
-
-            workflow_classes = [AgentWorkflow, RetentionWorkflow]
         self._otel = OpenTelemetryPlugin(add_temporal_spans=True) if tracing else None
         runner = workflow_runner(sandboxed=sandboxed)
         super().__init__(
@@ -212,7 +208,7 @@ class AgentflowPlugin(SimplePlugin):
                 payload_codec=payload_codec,
             ),
             activities=list(activities) if activities else None,
-            workflows=workflow_classes or None,
+            workflows=list(workflows) or None,
             workflow_runner=lambda _existing: runner,
         )
 
@@ -270,7 +266,7 @@ def plugin_from_settings(
     engine: Any,
     *,
     activities: Sequence[Callable[..., Any]] | None = None,
-    worker_side: bool = True,
+    workflows: Sequence[type] = (),
 ) -> AgentflowPlugin:
     """The plugin the settings describe, storing large payloads through ``engine``.
 
@@ -280,7 +276,8 @@ def plugin_from_settings(
             ``payload_encryption_key_id``).
         engine: the job database's SQLAlchemy engine (payloads live beside job records).
         activities: activity callables, for a worker.
-        worker_side: register the workflows (see ``AgentflowPlugin.register_workflows``).
+        workflows: workflow classes, for a worker or replayer (see ``AgentflowPlugin``); the
+            worker side builds its plugin with :func:`worker.worker_plugin`.
 
     Raises:
         ValueError: the encryption settings are invalid (the message names the setting; see
@@ -296,7 +293,7 @@ def plugin_from_settings(
         activities=activities,
         sandboxed=settings.workflow_sandbox,
         tracing=settings.tracing_enabled,
-        register_workflows=worker_side,
+        workflows=workflows,
     )
 
 

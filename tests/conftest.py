@@ -20,6 +20,7 @@ from infra.temporal import AgentflowPlugin
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, redis_server
 from tests.workflow_support import Harness, agent_worker
+from workflows.registry import all_workflows
 
 # The OpenTelemetry plugin inside AgentflowPlugin needs a replay-safe global tracer provider
 # before any worker starts (worker.py and the API do the same at start-up).
@@ -69,7 +70,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> AgentflowPlugin:
     """The plugin every test client uses; large payloads go to a session SQLite database."""
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('payloads') / 'payloads.db'}")
     create_tables(engine)
-    return AgentflowPlugin(payload_driver=DatabasePayloadDriver(engine))
+    return AgentflowPlugin(payload_driver=DatabasePayloadDriver(engine), workflows=all_workflows())
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The first-party import graph and its cycles, for ``tests/test_imports.py``.
 
-Run as ``python -m tests.import_graph``: it prints the cycles as JSON. The test runs it in a
+Run as ``python -m tests.import_graph``: it prints the cycles and the imports that break the
+layering as JSON. The test runs it in a
 fresh interpreter because CPython 3.11 can fail ``ast.parse`` with "AST constructor recursion
 depth mismatch" after a RecursionError elsewhere in the same process (the hostile-input tests
 raise some on purpose).
@@ -14,7 +15,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PACKAGES = ("api", "activities", "cli", "core", "infra", "workflows", "migrations")
+PACKAGES = ("api", "activities", "cli", "core", "domain", "infra", "workflows", "migrations")
+
+FORBIDDEN_IMPORTS: dict[str, tuple[str, ...]] = {
+    # Contracts shared by every layer: they depend on nothing first-party above them.
+    "core": ("domain", "infra", "activities", "workflows", "api", "cli", "worker"),
+    # Domain logic: pure Python over contracts, no Temporal, Redis or model client.
+    "domain": (
+        "infra",
+        "activities",
+        "workflows",
+        "api",
+        "cli",
+        "worker",
+        "temporalio",
+        "redis",
+        "openai",
+        "httpx",
+    ),
+    # Infrastructure serves activities and the API; it never reaches up into them.
+    "infra": ("activities", "workflows", "api", "cli", "worker"),
+    # Activities are called by workflows, never the other way round.
+    "activities": ("workflows", "api", "cli", "worker"),
+    # Workflows orchestrate: no I/O layer and no process code.
+    "workflows": ("infra", "api", "cli", "worker"),
+    # The API starts workflows by name and never loads workflow or activity code.
+    "api": ("activities", "workflows", "domain", "cli", "worker"),
+}
+"""Per top-level package, the packages its modules may not import (lazy imports included)."""
 
 
 def _module_name(path: Path) -> str:
@@ -44,10 +72,26 @@ def _imports(path: Path, name: str) -> set[str]:
     return found
 
 
-def find_cycles() -> list[list[str]]:
-    """Every import cycle among first-party modules (each as its sorted members)."""
+def _modules() -> dict[str, Path]:
     modules = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
     modules["worker"] = ROOT / "worker.py"
+    return modules
+
+
+def find_upward_imports() -> list[str]:
+    """Every import that breaks :data:`FORBIDDEN_IMPORTS`, as ``"importer -> imported"``."""
+    found = []
+    for name, path in sorted(_modules().items()):
+        forbidden = FORBIDDEN_IMPORTS.get(name.split(".")[0], ())
+        for imported in sorted(_imports(path, name)):
+            if imported.split(".")[0] in forbidden:
+                found.append(f"{name} -> {imported}")
+    return found
+
+
+def find_cycles() -> list[list[str]]:
+    """Every import cycle among first-party modules (each as its sorted members)."""
+    modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         targets = set()
@@ -92,4 +136,4 @@ def find_cycles() -> list[list[str]]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(find_cycles()))
+    print(json.dumps({"cycles": find_cycles(), "upward": find_upward_imports()}))

@@ -26,10 +26,11 @@ from core.settings import Settings
 from infra.db import make_engine
 from infra.migrations import create_tables
 from infra.providers import ChatMessage, ProviderRegistry, ScriptedProvider
-from infra.temporal import AgentflowPlugin, plugin_from_settings
+from infra.temporal import AgentflowPlugin
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, serve_asgi
 from tests.workflow_support import Harness, agent_worker
+from worker import worker_plugin
 from workflows.agent import AgentWorkflow
 
 pytestmark = pytest.mark.devserver
@@ -66,7 +67,7 @@ def api_plugin(api_settings: Settings) -> Iterator[AgentflowPlugin]:
     engine = make_engine(api_settings.database_url)
     create_tables(engine)
     try:
-        yield plugin_from_settings(api_settings, engine)
+        yield worker_plugin(api_settings, engine)
     finally:
         engine.dispose()
 

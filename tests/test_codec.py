@@ -64,6 +64,7 @@ from infra.temporal import AgentflowPlugin
 from tests.helpers import find_binary, free_port, serve_asgi
 from tests.workflow_support import Harness, agent_worker
 from workflows.agent import AgentWorkflow
+from workflows.registry import all_workflows
 
 UI_ORIGIN = "http://127.0.0.1:8233"
 """The Web UI origin the default ``codec_cors_origins`` allow."""
@@ -282,7 +283,9 @@ async def stack(
     )
     codec = codec_from_settings(codec_settings)
     assert codec is not None
-    plugin = AgentflowPlugin(payload_driver=DatabasePayloadDriver(engine), payload_codec=codec)
+    plugin = AgentflowPlugin(
+        payload_driver=DatabasePayloadDriver(engine), payload_codec=codec, workflows=all_workflows()
+    )
     env = await WorkflowEnvironment.start_local(
         plugins=[plugin],
         dev_server_existing_path=find_binary("temporal"),
@@ -416,7 +419,9 @@ async def test_without_the_codec_the_same_search_finds_plaintext(
     """Control: the same job through a plugin without the codec leaves the query in history."""
     engine = make_engine(f"sqlite:///{tmp_path / 'plain-payloads.db'}")
     create_tables(engine)
-    plain_plugin = AgentflowPlugin(payload_driver=DatabasePayloadDriver(engine))
+    plain_plugin = AgentflowPlugin(
+        payload_driver=DatabasePayloadDriver(engine), workflows=all_workflows()
+    )
     config = stack.env.client.config()
     client = await Client.connect(
         stack.env.client.service_client.config.target_host,

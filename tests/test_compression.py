@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities.compression import (
+from core.errors import ContextBudgetExceededError, ErrorType
+from core.models import BlobRef, CompressContextResult, ContextItem, Importance
+from core.tokens import count_tokens, truncate_to_tokens
+from domain.compression import (
     LEVEL_RATIOS,
     MIN_TRUNCATE_TOKENS,
     compress_context,
     extract_sentences,
 )
-from core.errors import ContextBudgetExceededError, ErrorType
-from core.models import BlobRef, CompressContextResult, ContextItem, Importance
-from core.tokens import count_tokens, truncate_to_tokens
 
 # fmt: off
 WORDS = (

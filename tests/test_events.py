@@ -71,10 +71,11 @@ from infra.keys import KeyStore
 from infra.migrations import create_tables
 from infra.providers import ProviderRegistry
 from infra.providers.simulated import SimulatedProvider
-from infra.temporal import AgentflowPlugin, plugin_from_settings
+from infra.temporal import AgentflowPlugin
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import ROOT, find_binary, free_port, serve_asgi, worker_process
 from tests.workflow_support import agent_worker
+from worker import worker_plugin
 
 EVENT = TypeAdapter[JobEvent](JobEvent)
 
@@ -288,7 +289,7 @@ def api_plugin(api_settings: Settings) -> Iterator[AgentflowPlugin]:
     engine = make_engine(api_settings.database_url)
     create_tables(engine)
     try:
-        yield plugin_from_settings(api_settings, engine)
+        yield worker_plugin(api_settings, engine)
     finally:
         engine.dispose()
 

@@ -30,13 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from activities.planner import TIME_LIMIT_S, find_expressions, plan_tools_by_rules
+from core.arithmetic import MAX_EXPRESSION_DEPTH
 from core.errors import ToolError, ToolTransientError
 from core.models import ToolCall
 from core.settings import PROJECT_ROOT, Settings
 from core.tools import ToolRegistry
+from domain.planner import TIME_LIMIT_S, find_expressions, plan_tools_by_rules
 from infra.tools import builtin_registry, ensure_example_database
-from infra.tools.calculator import MAX_EXPRESSION_DEPTH, evaluate_expression
+from infra.tools.calculator import evaluate_expression
 from infra.tools.http_get import HttpPolicy, fetch_url
 from infra.tools.sql_query import run_query
 

@@ -55,5 +55,21 @@ def test_no_import_cycles_between_first_party_modules() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    cycles = json.loads(out.stdout.strip().splitlines()[-1])
+    cycles = json.loads(out.stdout.strip().splitlines()[-1])["cycles"]
     assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    """Each package imports only what :data:`tests.import_graph.FORBIDDEN_IMPORTS` allows:
+    domain logic without Temporal, Redis or a model client, infrastructure never reaching up
+    into activities or workflows, the API never loading workflow or activity code."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.import_graph"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    upward = json.loads(out.stdout.strip().splitlines()[-1])["upward"]
+    assert upward == [], "imports against the layering:\n" + "\n".join(upward)

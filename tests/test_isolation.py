@@ -49,10 +49,10 @@ from core.models import (
 from core.settings import Settings
 from infra.db import make_engine
 from infra.migrations import create_tables
-from infra.temporal import plugin_from_settings
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import serve_asgi, worker_process
 from tests.workflow_support import Harness, agent_worker
+from worker import worker_plugin
 from workflows.agent import AgentWorkflow
 
 pytestmark = pytest.mark.devserver
@@ -394,7 +394,7 @@ async def test_hostile_sql_keeps_the_worker_under_its_memory_bound(
     engine = make_engine(database_url)
     create_tables(engine)
     client = await Client.connect(
-        target, plugins=[plugin_from_settings(Settings(database_url=database_url), engine)]
+        target, plugins=[worker_plugin(Settings(database_url=database_url), engine)]
     )
 
     async def start(query: str, sql: str) -> WorkflowHandle[AgentWorkflow, AgentResult]:
@@ -513,7 +513,7 @@ async def self_fetch_stack(
         )
         engine = make_engine(settings.database_url)
         create_tables(engine)
-        client = await Client.connect(target, plugins=[plugin_from_settings(settings, engine)])
+        client = await Client.connect(target, plugins=[worker_plugin(settings, engine)])
         try:
             async with agent_worker(
                 client,

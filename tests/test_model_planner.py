@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from activities.model_planner import PlanParseError, parse_plan
 from core.catalog import ModelCatalog, ModelSpec
 from core.models import AgentRequest, AgentResult, JobStatus, Tier, ToolSuccess
 from core.settings import Settings
+from domain.model_planner import PlanParseError, parse_plan
 from infra.providers import ChatMessage, ProviderRegistry, ScriptedProvider, SimulatedProvider
 from tests.workflow_support import agent_worker
 

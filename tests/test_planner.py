@@ -1,4 +1,4 @@
-"""The rules-based tool planner: the rules table of ``activities/planner.py``."""
+"""The rules-based tool planner: the rules table of ``domain/planner.py``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from activities.planner import find_expressions, is_sql, mentions_python, plan_tools_by_rules
 from core.settings import Settings
 from core.tools import ToolRegistry
+from domain.planner import find_expressions, is_sql, mentions_python, plan_tools_by_rules
 from infra.tools import builtin_registry
 from infra.tools.calculator import evaluate_expression
 

@@ -31,13 +31,13 @@ from core.auth import Scope
 from core.catalog import ModelCatalog, ModelSpec
 from core.errors import ModelError, ModelRequestRejectedError, ModelUnavailableError
 from core.models import Tier
+from core.providers import MAX_PROVIDER_MESSAGE_CHARS, REDACTED, redact_secrets
 from core.settings import Settings
 from infra.db import make_engine
 from infra.jobs import JobStore
 from infra.keys import KeyStore
 from infra.migrations import create_tables
 from infra.providers import ChatMessage, OpenAICompatibleProvider, ProviderRegistry
-from infra.providers.base import MAX_PROVIDER_MESSAGE_CHARS, REDACTED, redact_secrets
 from infra.providers.simulated import SimulatedProvider
 from tests.helpers import serve_asgi
 from tests.workflow_support import agent_worker

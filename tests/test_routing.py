@@ -16,7 +16,13 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from activities.learned_router import (
+from cli.router import evaluate, label_costs
+from core.catalog import ModelCatalog, ModelSpec
+from core.errors import ModelUnavailableError
+from core.models import SelectModelInput, TaskType, Tier
+from core.routing_corpus import load_corpus, load_examples, split_corpus
+from core.settings import Settings
+from domain.learned_router import (
     ARTIFACT_PATH,
     HEAD_CHARS,
     TAIL_CHARS,
@@ -26,20 +32,14 @@ from activities.learned_router import (
     shipped_model,
     word_terms,
 )
-from activities.llm_router import LlmRouter, VerdictParseError, parse_verdict
-from activities.routing import (
+from domain.llm_router import LlmRouter, VerdictParseError, parse_verdict
+from domain.routing import (
     CueRouter,
     LearnedRouter,
     fit_context_window,
     router_from_settings,
     select_with,
 )
-from cli.router import evaluate, label_costs
-from core.catalog import ModelCatalog, ModelSpec
-from core.errors import ModelUnavailableError
-from core.models import SelectModelInput, TaskType, Tier
-from core.routing_corpus import load_corpus, load_examples, split_corpus
-from core.settings import Settings
 from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.scripted import ScriptedProvider
 from tests.helpers import serve_asgi
@@ -583,7 +583,7 @@ def test_long_unspaced_words_do_not_fill_the_caches():
     import random
     import string
 
-    from activities.learned_router import MEMO_WORD_CHARS
+    from domain.learned_router import MEMO_WORD_CHARS
 
     model = RouterModel.from_file(ARTIFACT_PATH)
     rng = random.Random(7)
@@ -599,7 +599,7 @@ def test_long_unspaced_words_do_not_fill_the_caches():
 
 def test_length_beyond_the_corpus_does_not_read_as_harder():
     """POLICY.md: length is not difficulty; the size features stop at the corpus's longest."""
-    from activities.learned_router import MAX_SIZE_CHARS, dense_features
+    from domain.learned_router import MAX_SIZE_CHARS, dense_features
 
     ask = "Extract every date in the passage below as a JSON list.\n"
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
@@ -610,7 +610,7 @@ def test_length_beyond_the_corpus_does_not_read_as_harder():
 
 
 def test_tools_do_not_answer_a_prompt_that_asks_to_derive():
-    from activities.routing import asks_to_derive
+    from domain.routing import asks_to_derive
 
     model = shipped_model()
     router = LearnedRouter(model, tool_answered_max_p_large=1.0)
@@ -735,7 +735,7 @@ def test_hostile_prompts_cost_linear_time_not_quadratic(unit: str) -> None:
 
 
 def test_the_linear_arithmetic_cue_matches_what_the_seed_pattern_matched():
-    from activities.selection import TOOL_CUES
+    from domain.selection import TOOL_CUES
 
     arithmetic = TOOL_CUES[-1][0]
     for text in ("What is .5 * 4?", "What is .5% of 200?", "Total: $.99 * 3", "a,12*4", "17 * 23"):

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities.selection import (
+from core.models import SelectionScores, SelectModelInput, TaskType, Tier
+from domain.selection import (
     SELECTION_TABLE,
     Threshold,
     apply_table,
@@ -14,7 +15,6 @@ from activities.selection import (
     estimate_response_length,
     select_model,
 )
-from core.models import SelectionScores, SelectModelInput, TaskType, Tier
 
 
 def scores(**overrides: int) -> SelectionScores:

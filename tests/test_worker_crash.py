@@ -24,8 +24,8 @@ from core.models import AgentRequest, AgentWorkflowInput, JobStatus, Stage
 from core.settings import Settings
 from infra.db import make_engine
 from infra.migrations import create_tables
-from infra.temporal import plugin_from_settings
 from tests.helpers import worker_process
+from worker import worker_plugin
 from workflows.agent import AgentWorkflow
 
 pytestmark = pytest.mark.devserver
@@ -67,7 +67,7 @@ async def test_generation_moves_to_a_new_worker_within_the_heartbeat_timeout(
     worker_settings = Settings(database_url=database_url)
     engine = make_engine(database_url)
     create_tables(engine)
-    client = await Client.connect(target, plugins=[plugin_from_settings(worker_settings, engine)])
+    client = await Client.connect(target, plugins=[worker_plugin(worker_settings, engine)])
     job_id = uuid.uuid4().hex
     request = AgentRequest(
         query=f"Write two sentences about rivers [{job_id[:6]}]", model_tier="medium"

@@ -5,7 +5,7 @@ One module per vendor adapter (:mod:`.simulated`, :mod:`.openai`), the test doub
 (:mod:`.registry`).
 """
 
-from infra.providers.base import (
+from core.providers import (
     ChatMessage,
     Completion,
     DeltaCallback,

@@ -31,9 +31,9 @@ import openai
 
 from core.catalog import ModelSpec
 from core.errors import ModelOutputInvalidError, ModelUnavailableError
+from core.providers import ChatMessage, Completion, DeltaCallback
+from core.providers import prompt_tokens as count_prompt_tokens
 from core.tokens import count_tokens
-from infra.providers.base import ChatMessage, Completion, DeltaCallback
-from infra.providers.base import prompt_tokens as count_prompt_tokens
 from infra.providers.openai_errors import map_openai_error
 
 if TYPE_CHECKING:

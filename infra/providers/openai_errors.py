@@ -28,7 +28,7 @@ Mapping of ``openai`` exceptions (``openai`` 3.x, whose HTTP layer is ``httpx2``
 milliseconds, ``retry-after`` in seconds or as an HTTP date) is honoured on 429 and 5xx answers.
 
 Secrets: the SDK's message quotes the endpoint's error body, which may echo the API key. The
-domain error's message is redacted and cut (:func:`infra.providers.base.redact_secrets`, with
+domain error's message is redacted and cut (:func:`core.providers.redact_secrets`, with
 the request's own credential headers as known secrets). The SDK exception is redacted in place
 too, because callers chain it (``raise ... from exc``) and Temporal serializes the whole cause
 chain, messages included, into history.
@@ -50,7 +50,7 @@ from core.errors import (
     ModelRequestRejectedError,
     ModelUnavailableError,
 )
-from infra.providers.base import redact_secrets
+from core.providers import redact_secrets
 
 _RETRYABLE_4XX = frozenset({408, 409})
 """4xx statuses that mean "try again": request timeout and (transient) conflict."""
@@ -129,7 +129,7 @@ def redact_sdk_error(exc: openai.OpenAIError, secrets: list[str] | None = None) 
 
     Returns:
         The exception's text with secrets replaced and cut to
-        :data:`infra.providers.base.MAX_PROVIDER_MESSAGE_CHARS`; ``exc.args`` (and
+        :data:`core.providers.MAX_PROVIDER_MESSAGE_CHARS`; ``exc.args`` (and
         ``exc.message``, ``exc.body`` where present) now carry only that text.
     """
     safe = redact_secrets(str(exc), [*_request_secrets(exc), *(secrets or [])])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from core.models import ContextItem
-from infra.providers.base import ChatMessage
+from core.providers import ChatMessage
 
 _SYSTEM_DRAFT = (
     "You are a concise assistant. Give a quick, short first answer to the question in two or "

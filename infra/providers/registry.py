@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core.catalog import ModelSpec
-from infra.providers.base import ModelProvider
+from core.providers import ModelProvider
 from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.simulated import SimulatedProvider
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from core.catalog import ModelSpec
+from core.providers import ChatMessage, Completion, DeltaCallback, prompt_tokens, token_pieces
 from core.tokens import count_tokens
-from infra.providers.base import ChatMessage, Completion, DeltaCallback, prompt_tokens, token_pieces
 
 
 class ScriptedStream(NamedTuple):

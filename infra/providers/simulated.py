@@ -11,14 +11,14 @@ import math
 import re
 
 from core.catalog import ModelSpec
-from core.tokens import count_tokens, truncate_to_tokens
-from infra.providers.base import (
+from core.providers import (
     ChatMessage,
     Completion,
     DeltaCallback,
     prompt_tokens,
     token_pieces,
 )
+from core.tokens import count_tokens, truncate_to_tokens
 from infra.providers.prompts import CONTEXT_HEADER
 
 _ITEM_START = re.compile(r"^(?:\[(?P<source>[^\]]*)\] )?\((?:critical|high|medium|low)\) ")

@@ -25,34 +25,28 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import math
-import operator
 import time
-from collections.abc import Callable
 from typing import Any
 
 import simpleeval
 from pydantic import BaseModel, Field, JsonValue, field_validator
 
+from core.arithmetic import (
+    ALLOWED_NODES,
+    CONSTANTS,
+    FUNCTIONS,
+    MAX_EXPRESSION_CHARS,
+    MAX_EXPRESSION_DEPTH,
+    OPERATORS,
+    check_number,
+    expression_depth,
+)
 from core.errors import ToolError
 from core.pyast import parse_expression
 from core.tools import Tool, ToolMetadata
 
-MAX_RESULT_DIGITS = 1000
-"""Largest integer result (and intermediate power) accepted, in decimal digits."""
-MAX_FACTORIAL_ARG = 500
-"""Largest argument of ``factorial``."""
-MAX_EXPRESSION_CHARS = 500
-"""Longest expression accepted, in characters."""
-MAX_EXPRESSION_DEPTH = 100
-"""Deepest syntax tree accepted (the root ``Expression`` node counts as level 1). A left-to-right
-chain like ``1 + 2 + ... + n`` is ``n + 1`` levels deep. The evaluator recurses about two Python
-frames per level and ``ast.unparse`` about four, so this keeps both far below Python's recursion
-limit of 1000 frames."""
 TIME_LIMIT_S = 1.0
 """Evaluation stops with a :class:`ToolError` once it has run this long, in seconds."""
-
-_MAX_RESULT_BITS = int(MAX_RESULT_DIGITS * math.log2(10)) + 1
 
 
 class CalculatorParams(BaseModel):
@@ -81,118 +75,6 @@ class CalculatorParams(BaseModel):
             return ast.unparse(tree)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return text
-
-
-def expression_depth(tree: ast.AST) -> int:
-    """Depth of the syntax tree ``tree`` (a lone node is 1), computed without recursion.
-
-    Args:
-        tree: any parsed node, typically an ``ast.Expression``.
-
-    Returns:
-        The number of nodes on the longest root-to-leaf path, operator and context nodes
-        (``ast.Add``, ``ast.Load``) included.
-    """
-    deepest = 0
-    stack: list[tuple[ast.AST, int]] = [(tree, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-    return deepest
-
-
-def _check_number(value: Any) -> Any:
-    """Refuse results that are not finite real numbers or have too many digits."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        if value.bit_length() > _MAX_RESULT_BITS:
-            raise ToolError(f"result is too large (more than {MAX_RESULT_DIGITS} digits)")
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ToolError("result is not a finite number (overflow or infinity)")
-        return value
-    if isinstance(value, complex):
-        raise ToolError("result is not a real number (e.g. a fractional power of a negative)")
-    raise ToolError(f"result is not a number ({type(value).__name__})")
-
-
-def _safe_pow(base: Any, exponent: Any) -> Any:
-    """``base ** exponent``, refused when the result would exceed the digit limit."""
-    if (
-        isinstance(base, int)
-        and isinstance(exponent, int)
-        and exponent > 0
-        and abs(base) > 1
-        and exponent * math.log10(abs(base)) > MAX_RESULT_DIGITS
-    ):
-        raise ToolError(
-            f"result of {base} ** {exponent} is too large (more than {MAX_RESULT_DIGITS} digits)"
-        )
-    return _check_number(base**exponent)
-
-
-def _checked(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a binary operator or function so its result passes :func:`_check_number`."""
-
-    def wrapper(*args: Any) -> Any:
-        return _check_number(fn(*args))
-
-    return wrapper
-
-
-def _factorial(n: Any) -> int:
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise ToolError("factorial() takes a non-negative integer")
-    if n > MAX_FACTORIAL_ARG:
-        raise ToolError(f"factorial() argument is too large (at most {MAX_FACTORIAL_ARG})")
-    return math.factorial(n)
-
-
-_OPERATORS: dict[type[ast.AST], Callable[..., Any]] = {
-    ast.Add: _checked(operator.add),
-    ast.Sub: _checked(operator.sub),
-    ast.Mult: _checked(operator.mul),
-    ast.Div: _checked(operator.truediv),
-    ast.FloorDiv: _checked(operator.floordiv),
-    ast.Mod: _checked(operator.mod),
-    ast.Pow: _safe_pow,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
-
-_MATH_FUNCTIONS = (  # noqa: SIM905 (a word list reads better than 31 quoted lines)
-    "sqrt cbrt exp log log2 log10 log1p sin cos tan asin acos atan atan2 sinh cosh tanh asinh "
-    "acosh atanh degrees radians hypot floor ceil trunc fabs gcd isqrt copysign fmod"
-).split()
-
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    **{name: _checked(getattr(math, name)) for name in _MATH_FUNCTIONS if hasattr(math, name)},
-    "factorial": _factorial,
-    "pow": _checked(math.pow),
-    "abs": _checked(abs),
-    "round": _checked(round),
-    "min": _checked(min),
-    "max": _checked(max),
-}
-"""Functions the calculator knows, by name."""
-
-CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau}
-"""Named constants the calculator knows."""
-
-ALLOWED_NODES: tuple[type[ast.AST], ...] = (
-    ast.Expression,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.Call,
-    ast.Name,
-    ast.Load,
-    ast.Constant,
-    *_OPERATORS,
-)
-"""The syntax nodes an arithmetic expression may contain (the planner uses the same list)."""
 
 
 def _parse(expression: str) -> ast.Expression:
@@ -256,7 +138,7 @@ class _DeadlineEval(simpleeval.SimpleEval):  # type: ignore[misc]
 
     def __init__(self, time_limit_s: float) -> None:
         super().__init__(
-            operators=dict(_OPERATORS), functions=dict(FUNCTIONS), names=dict(CONSTANTS)
+            operators=dict(OPERATORS), functions=dict(FUNCTIONS), names=dict(CONSTANTS)
         )
         self._time_limit_s = time_limit_s
         self._deadline = time.monotonic() + time_limit_s
@@ -303,7 +185,7 @@ def evaluate_expression(expression: str, *, time_limit_s: float = TIME_LIMIT_S) 
         raise ToolError(f"not a valid arithmetic expression: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise ToolError(f"cannot evaluate {expression.strip()!r}: {exc}") from exc
-    result: int | float = _check_number(value)
+    result: int | float = check_number(value)
     return result
 
 

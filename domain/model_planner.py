@@ -15,8 +15,8 @@ import re
 
 from core.catalog import ModelSpec
 from core.models import ToolCall
+from core.providers import ChatMessage, Completion, ModelProvider
 from core.tools import ToolRegistry
-from infra.providers import ChatMessage, Completion, ModelProvider
 
 MAX_PROPOSALS = 8
 """The most tool calls one planning answer may add."""

@@ -3,11 +3,11 @@
 A :class:`Router` turns a :class:`~core.models.SelectModelInput` into a
 :class:`~core.models.SelectModelResult`. Three exist:
 
-* :class:`CueRouter`: the seed's hand-weighted cue table (:mod:`activities.selection`), kept as
+* :class:`CueRouter`: the seed's hand-weighted cue table (:mod:`domain.selection`), kept as
   the baseline;
 * :class:`LearnedRouter`: the calibrated classifier shipped in ``core/data/router.json``
-  (:mod:`activities.learned_router`) with an operating point, the cost/quality knob;
-* :class:`activities.llm_router.LlmRouter`: the small tier classifies the prompt itself when it
+  (:mod:`domain.learned_router`) with an operating point, the cost/quality knob;
+* :class:`domain.llm_router.LlmRouter`: the small tier classifies the prompt itself when it
   is a real model, falling back to the learned router.
 
 The learned router's rule, in order (``AGENTFLOW_ROUTER_*`` settings):
@@ -33,17 +33,17 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from activities.learned_router import (
+from core.catalog import ModelCatalog
+from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
+from core.settings import Settings
+from domain.learned_router import (
     RouterModel,
     RouterPrediction,
     estimate_tokens,
     head_features,
     router_head,
 )
-from activities.selection import scores_from_features, select_model
-from core.catalog import ModelCatalog
-from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
-from core.settings import Settings
+from domain.selection import scores_from_features, select_model
 
 PROMPT_OVERHEAD_TOKENS = 200
 """Tokens the system prompt and message framing add to every generation prompt."""
@@ -67,7 +67,7 @@ class Router(Protocol):
 
 
 class CueRouter:
-    """The seed's cue table (:func:`activities.selection.select_model`), the baseline."""
+    """The seed's cue table (:func:`domain.selection.select_model`), the baseline."""
 
     name = "cue"
 
@@ -76,7 +76,7 @@ class CueRouter:
         return "cue-v1"
 
     def route(self, inp: SelectModelInput) -> SelectModelResult:
-        """Route with the cue table (its rules are in :mod:`activities.selection`)."""
+        """Route with the cue table (its rules are in :mod:`domain.selection`)."""
         return select_model(inp).model_copy(update={"router": self.name})
 
 
@@ -322,7 +322,7 @@ def build_router(
     """The synchronous router the settings name (``cue`` or ``learned``).
 
     ``llm`` builds the learned router here; the caller wraps it in
-    :class:`activities.llm_router.LlmRouter` when the small tier is a real model.
+    :class:`domain.llm_router.LlmRouter` when the small tier is a real model.
 
     Args:
         kind: ``AGENTFLOW_ROUTER``.
@@ -340,7 +340,7 @@ def build_router(
     if kind not in ("learned", "llm"):
         raise ValueError(f"AGENTFLOW_ROUTER must be cue, learned or llm, not {kind!r}")
     if model is None:
-        from activities.learned_router import shipped_model
+        from domain.learned_router import shipped_model
 
         model = shipped_model()
     return LearnedRouter(
@@ -359,7 +359,7 @@ def router_from_settings(settings: Settings) -> Router:
     """
     model = None
     if settings.router != "cue" and settings.router_artifact is not None:
-        from activities.learned_router import RouterModel
+        from domain.learned_router import RouterModel
 
         model = RouterModel.from_file(settings.router_artifact)
     return build_router(

@@ -51,10 +51,7 @@ import time
 
 from pydantic import JsonValue
 
-from core.models import ToolCall
-from core.pyast import parse_expression
-from core.tools import ToolRegistry
-from infra.tools.calculator import (
+from core.arithmetic import (
     ALLOWED_NODES,
     CONSTANTS,
     FUNCTIONS,
@@ -62,6 +59,9 @@ from infra.tools.calculator import (
     MAX_EXPRESSION_DEPTH,
     expression_depth,
 )
+from core.models import ToolCall
+from core.pyast import parse_expression
+from core.tools import ToolRegistry
 
 MAX_EXPRESSIONS = 3
 """Most calculator calls proposed for one query."""

@@ -37,9 +37,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
-from activities.selection import QueryFeatures, extract_features
 from core.models import TaskType
 from core.tokens import count_tokens
+from domain.selection import QueryFeatures, extract_features
 
 ARTIFACT_PATH = Path(__file__).resolve().parent.parent / "core" / "data" / "router.json"
 """Where the shipped router artifact lives (package data of :mod:`core`)."""
@@ -297,7 +297,7 @@ DENSE_FEATURES: tuple[str, ...] = (
     *(f"policy_{name}" for name in POLICY_CUES),
 )
 """Names of the dense features, in vector order: token counts, the cue router's features
-(:func:`activities.selection.extract_features`) and a few surface statistics, each
+(:func:`domain.selection.extract_features`) and a few surface statistics, each
 ``log1p``-scaled where it is a count."""
 
 
@@ -339,7 +339,7 @@ def dense_features(query: str, cues: QueryFeatures | None = None) -> list[float]
 
     Args:
         query: the prompt.
-        cues: :func:`activities.selection.extract_features` of :func:`router_head` of the
+        cues: :func:`domain.selection.extract_features` of :func:`router_head` of the
             query, with ``tokens`` counted over the whole query, when the caller has them
             (:func:`head_features` computes them).
     """
@@ -371,7 +371,7 @@ def head_features(query: str) -> QueryFeatures:
     """The cue router's features of what the model reads, counting the whole query's tokens.
 
     Returns:
-        :func:`activities.selection.extract_features` of :func:`router_head`, with ``tokens``
+        :func:`domain.selection.extract_features` of :func:`router_head`, with ``tokens``
         for all of ``query`` (:func:`estimate_tokens`, so a long prompt's size is not cut).
     """
     head = router_head(query)

@@ -19,12 +19,11 @@ import time
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from activities.routing import LearnedRouter
 from core.catalog import ModelSpec
 from core.errors import AgentflowError
 from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
-from infra.providers import ChatMessage, Completion, ModelProvider
-from infra.usage import usage_of
+from core.providers import ChatMessage, Completion, ModelProvider, usage_of
+from domain.routing import LearnedRouter
 
 MAX_PROMPT_CHARS = 2500
 """The most prompt characters the classifier sees (first 2,000 and last 500)."""

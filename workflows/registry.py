@@ -1,0 +1,11 @@
+"""The workflows a worker (or a Replayer) registers: one list, so none is forgotten."""
+
+from __future__ import annotations
+
+from workflows.agent import AgentWorkflow
+from workflows.retention import RetentionWorkflow
+
+
+def all_workflows() -> list[type]:
+    """Every agentflow workflow class: ``[AgentWorkflow, RetentionWorkflow]``."""
+    return [AgentWorkflow, RetentionWorkflow]
