@@ -1,0 +1,74 @@
+"""A job's workflow input and the ``prepare_job`` local activity's input and result."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, Field
+
+from core.models.approvals import ApprovalPolicy
+from core.models.cache import CheckResponseCacheResult
+from core.models.requests import AgentRequest
+from core.models.selection import SelectModelResult
+from core.models.tools import PlanToolsResult
+from core.models.usage import BudgetReservation
+
+
+class AgentWorkflowInput(BaseModel):
+    """Everything ``AgentWorkflow`` needs: the request plus the settings that shape the run.
+
+    Settings travel in the input because workflow code must not read the environment.
+    """
+
+    job_id: str
+    request: AgentRequest
+    approval_timeout: timedelta = timedelta(hours=24)
+    model_timeout: timedelta = timedelta(seconds=60)
+    """Start-to-close of one generation attempt in jobs started before per-tier timeouts."""
+    draft_enabled: bool = True
+    draft_max_tokens: int = 256
+    heartbeat_timeout: timedelta = timedelta(seconds=10)
+    """How long a model or tool activity may go without heartbeating before Temporal retries it
+    elsewhere (a lost worker is noticed this fast)."""
+    idempotency_key: str | None = None
+    """The client's key; recorded with the job's first projection."""
+    request_hash: str | None = None
+    """:func:`core.ids.request_hash` of ``request``; recorded with the first projection."""
+    owner: str | None = None
+    """Key id of the API key that submitted the job (:mod:`core.auth`); ``None`` for jobs
+    submitted before keys existed. Recorded with every projection; only that key (or an admin
+    key) sees the job."""
+    budget: BudgetReservation | None = None
+    """The budget reserved for the job at submission, settled with its real cost when it ends."""
+    approval_policy: ApprovalPolicy = Field(default_factory=lambda: ApprovalPolicy())
+    """When the job waits for a human and what a timeout does (from ``AGENTFLOW_APPROVAL_*``)."""
+    stream_tokens: bool = False
+    """Stream the final answer as ``token`` events (``AGENTFLOW_STREAM_TOKENS``); jobs started
+    before streaming existed leave it off, so they replay unchanged."""
+    search_attributes: bool = False
+    """Upsert the ``Agent*`` search attributes as the job moves (:mod:`core.search_attributes`);
+    set by the API only when the namespace has them registered."""
+
+
+class PrepareJobInput(BaseModel):
+    """Input of the ``prepare_job`` local activity: the request as the workflow carries it."""
+
+    request: AgentRequest
+    owner: str | None = None
+    """Key id of the submitting API key (the response cache is per key)."""
+    approval_policy: ApprovalPolicy | None = None
+    """The job's approval policy: a cached answer whose tools or cost the policy gates now is
+    not served (``None``: jobs started before this field; only ``require_approval`` gates)."""
+
+
+class PrepareJobResult(BaseModel):
+    """The front of a job in one local activity: cache lookup, then (on a miss) plan and tier.
+
+    ``plan`` and ``selection`` are ``None`` on a cache hit. ``duration_ms`` holds each part's
+    wall time (``response_cache``, ``tool_plan``, ``model_selection``) for the stage timings.
+    """
+
+    cache: CheckResponseCacheResult
+    plan: PlanToolsResult | None = None
+    selection: SelectModelResult | None = None
+    duration_ms: dict[str, float] = Field(default_factory=dict)
