@@ -26,7 +26,7 @@ from core.models import (
     RequestBase,
     check_client_json,
 )
-from infra.analytics import CostAnalysis, PerformanceSummary, TimeSeries
+from infra.analytics.models import CostAnalysis, PerformanceSummary, TimeSeries
 
 
 class JobCreate(RequestBase):

@@ -46,28 +46,22 @@ from core.models import (
 )
 from core.settings import Settings
 from core.stats import percentile
-from infra.analytics import (
-    CACHE_HIT_RATE_FLOOR,
-    AnalyticsRateLimitedError,
-    AnalyticsRateLimiter,
-    AnalyticsRunner,
-    AnalyticsWindow,
+from infra.analytics.advice import CACHE_HIT_RATE_FLOOR, summarize
+from infra.analytics.limiter import AnalyticsRateLimitedError, AnalyticsRateLimiter
+from infra.analytics.models import (
     CachePeriodReport,
-    CallCost,
     CostAnalysis,
-    JobSample,
     PerformanceSummary,
     Period,
     Report,
     TimeSeries,
-    analyze_costs,
-    cache_period_stats,
-    downsize_candidates,
-    duplicates,
-    load_window,
-    summarize,
-    time_series,
 )
+from infra.analytics.runner import AnalyticsRunner
+from infra.analytics.samples import CallCost, JobSample
+from infra.analytics.stats import cache_period_stats
+from infra.analytics.strategies import analyze_costs, downsize_candidates, duplicates
+from infra.analytics.timeseries import time_series
+from infra.analytics.window import AnalyticsWindow, load_window
 from infra.db import make_engine
 from infra.jobs import JobRecord, JobStore
 from infra.keys import KeyStore

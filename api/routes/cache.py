@@ -25,7 +25,7 @@ from api.openapi import error_responses
 from api.routes.metrics import AnalyticsDep, serve_analytics
 from api.schemas import CacheDeleted, CacheLevelStats, CachePeriodStats, CacheStats
 from core.models import CacheLevel
-from infra.analytics import CachePeriodReport, Period, Report
+from infra.analytics.models import CachePeriodReport, Period, Report
 
 log = logging.getLogger(__name__)
 

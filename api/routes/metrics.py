@@ -3,10 +3,10 @@
 Every route needs a key with the ``read`` scope. A key sees the analytics of the jobs it
 submitted (``scope: own``); an ``admin`` key, or any caller while authentication is off, sees
 every job (``scope: all``). Figures come from :mod:`infra.analytics` (its module docstring
-defines each one), at most :data:`infra.analytics.MAX_JOBS` jobs per request
+defines each one), at most :data:`infra.analytics.window.MAX_JOBS` jobs per request
 (``window.sampled`` says when a period held more).
 
-Analytics must never starve job submissions, so (:class:`infra.analytics.AnalyticsService`):
+Analytics must never starve job submissions, so (:class:`infra.analytics.service.AnalyticsService`):
 
 - each key may make ``AGENTFLOW_ANALYTICS_RATE_LIMIT_PER_MINUTE`` analytics requests a minute
   (these routes and ``GET /v1/cache/stats`` together, apart from its submissions); the next is a
@@ -37,17 +37,10 @@ from api.openapi import error_responses
 from api.schemas import MetricsCostPublic, MetricsSummaryPublic, MetricsTimeseriesPublic
 from api.state import AppState
 from core.auth import Principal
-from infra.analytics import (
-    AnalyticsRateLimitedError,
-    AnalyticsService,
-    AnalyticsUnavailableError,
-    Answer,
-    CostAnalysis,
-    PerformanceSummary,
-    Period,
-    Report,
-    TimeSeries,
-)
+from infra.analytics.limiter import AnalyticsRateLimitedError
+from infra.analytics.models import CostAnalysis, PerformanceSummary, Period, Report, TimeSeries
+from infra.analytics.runner import AnalyticsUnavailableError, Answer
+from infra.analytics.service import AnalyticsService
 
 SOURCE_HEADER = "X-Analytics-Source"
 """Response header: ``computed``, ``shared`` (joined a computation in flight) or ``cached``."""
