@@ -10,6 +10,11 @@ optional extra top-level fields the runner removes before submitting:
 Requests run concurrently, at most ``concurrency`` in flight; each is polled with
 ``GET /v1/jobs/{id}`` (backing off from 50 ms to 500 ms) until it ends. The API refusing a line
 (4xx) or failing (5xx, connection errors) is reported for that line and counted, never raised.
+
+A failed poll is retried by a declared ``tenacity`` policy (:meth:`_Runner._poll`: up to
+:data:`_MAX_CONSECUTIVE_POLL_ERRORS` attempts in a row, continuing the poll's back-off), which
+replaced a hand-written error counter in the poll loop. The poll loop itself stays by hand: it
+waits for a state, not for a failure to pass, and answers the job's approval on the way.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from cli.report import API_ERROR, REJECTED_BY_API, TIMED_OUT, render_summary, summarize
 from core.models import JobStatus
@@ -45,6 +51,10 @@ _POLL_BACKOFF = 1.3
 _MAX_CONSECUTIVE_POLL_ERRORS = 5
 _HTTP_TIMEOUT_S = 30.0
 _TERMINAL_STATUSES = frozenset(s.value for s in JobStatus if s.is_terminal)
+
+
+class PollFailed(Exception):
+    """One ``GET /v1/jobs/{id}`` failed (a transport error, or not 2xx); retryable."""
 
 
 class RunRequest(BaseModel):
@@ -177,7 +187,7 @@ def expected_statuses(request: RunRequest, approve: bool) -> set[str]:
     return {JobStatus.COMPLETED.value}
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_detail(response: httpx.Response) -> str:
     """A short explanation from an API error response (its ``detail`` when JSON)."""
     try:
         detail: Any = response.json().get("detail", response.text)
@@ -236,11 +246,11 @@ class _Runner:
                 line=request.line,
                 status=REJECTED_BY_API,
                 expected=False,
-                error=_error_detail(response),
+                error=error_detail(response),
             )
         if not response.is_success:
             return RequestOutcome(
-                line=request.line, status=API_ERROR, expected=False, error=_error_detail(response)
+                line=request.line, status=API_ERROR, expected=False, error=error_detail(response)
             )
         job: dict[str, Any] = response.json()
         job_id = str(job["job_id"])
@@ -248,7 +258,6 @@ class _Runner:
         deadline = started + self.options.timeout_s
         interval = _POLL_FIRST_S
         approval_sent = False
-        errors = 0
         while True:
             status = str(job.get("status"))
             if status in _TERMINAL_STATUSES:
@@ -285,25 +294,45 @@ class _Runner:
             await asyncio.sleep(interval)
             interval = min(interval * _POLL_BACKOFF, _POLL_MAX_S)
             try:
-                poll = await self.client.get(f"/v1/jobs/{job_id}")
-            except httpx.HTTPError as exc:
-                problem = f"polling failed: {exc!r}"
-            else:
-                if poll.is_success:
-                    job = poll.json()
-                    errors = 0
-                    continue
-                problem = f"polling failed: {_error_detail(poll)}"
-            errors += 1
-            if errors >= _MAX_CONSECUTIVE_POLL_ERRORS:
+                job = await self._poll(job_id, interval)
+            except PollFailed as exc:
                 return RequestOutcome(
                     line=request.line,
                     job_id=job_id,
                     status=API_ERROR,
                     expected=False,
-                    error=problem,
+                    error=str(exc),
                     job=job,
                 )
+
+    async def _poll(self, job_id: str, interval_s: float) -> dict[str, Any]:
+        """The job's JSON from ``GET /v1/jobs/{id}``, retrying failed polls.
+
+        Args:
+            job_id: the job.
+            interval_s: the poll's current interval in seconds: the first wait after a failure
+                (then growing by ``_POLL_BACKOFF`` up to ``_POLL_MAX_S``, as the poll does).
+
+        Raises:
+            PollFailed: :data:`_MAX_CONSECUTIVE_POLL_ERRORS` polls in a row failed (the last).
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(PollFailed),
+            stop=stop_after_attempt(_MAX_CONSECUTIVE_POLL_ERRORS),
+            wait=wait_exponential(multiplier=interval_s, exp_base=_POLL_BACKOFF, max=_POLL_MAX_S),
+            reraise=True,
+        )
+        return await retrying(self._get_job, job_id)
+
+    async def _get_job(self, job_id: str) -> dict[str, Any]:
+        try:
+            poll = await self.client.get(f"/v1/jobs/{job_id}")
+        except httpx.HTTPError as exc:
+            raise PollFailed(f"polling failed: {exc!r}") from exc
+        if not poll.is_success:
+            raise PollFailed(f"polling failed: {error_detail(poll)}")
+        job: dict[str, Any] = poll.json()
+        return job
 
     async def _approve(self, request: RunRequest, job_id: str) -> bool:
         """POST the approval decision; True once the API accepted it.
@@ -324,7 +353,7 @@ class _Runner:
             return True
         if response.status_code != httpx.codes.CONFLICT:
             self.progress.console.print(
-                f"line {request.line}: approval refused: {_error_detail(response)}"
+                f"line {request.line}: approval refused: {error_detail(response)}"
             )
         return False
 

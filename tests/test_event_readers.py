@@ -25,13 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import EventSource
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.token_stream import TokenPublisher, TokenStreamSettings
 from api.app import create_app
 from api.event_hub import EventHub
-from cli.follow import SseParser
 from core.events import EventType, JobEvent
 from core.models import AgentRequest, AgentWorkflowInput, Tier
 from core.settings import Settings
@@ -83,11 +83,7 @@ async def read_until_outcome(http: httpx.AsyncClient, job_id: str) -> list[JobEv
     events: list[JobEvent] = []
     async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
         assert response.status_code == 200, await response.aread()
-        parser = SseParser()
-        async for line in response.aiter_lines():
-            message = parser.feed(line)
-            if message is None:
-                continue
+        async for message in EventSource(response).aiter_sse():
             assert message.event != "stream_error", message.data
             events.append(EVENT.validate_json(message.data))
             if events[-1].type in (EventType.FINAL_RESPONSE, EventType.RESPONSE_ERROR):
@@ -309,11 +305,7 @@ async def test_redis_lost_mid_stream_still_ends_with_the_outcome(
                 )
                 events: list[JobEvent] = []
                 async with c.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-                    parser = SseParser()
-                    async for line in response.aiter_lines():
-                        message = parser.feed(line)
-                        if message is None:
-                            continue
+                    async for message in EventSource(response).aiter_sse():
                         events.append(EVENT.validate_json(message.data))
                         if sum(e.type is EventType.TOKEN for e in events) == 2:
                             redis_stack.close()  # Redis is gone for the rest of the job
@@ -412,12 +404,8 @@ async def test_resume_with_a_token_cursor_loses_and_repeats_no_text(
     job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
     first: list[tuple[str, JobEvent]] = []
     async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-        parser = SseParser()
-        async for line in response.aiter_lines():
-            message = parser.feed(line)
-            if message is None:
-                continue
-            first.append((message.id or "", EVENT.validate_json(message.data)))
+        async for message in EventSource(response).aiter_sse():
+            first.append((message.id, EVENT.validate_json(message.data)))
             if sum(e.type is EventType.TOKEN for _, e in first) == 3:
                 break
     last_id = first[-1][0]
@@ -426,11 +414,8 @@ async def test_resume_with_a_token_cursor_loses_and_repeats_no_text(
     async with http.stream(
         "GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last_id}
     ) as response:
-        parser = SseParser()
-        async for line in response.aiter_lines():
-            message = parser.feed(line)
-            if message is not None:
-                rest.append(EVENT.validate_json(message.data))
+        async for message in EventSource(response).aiter_sse():
+            rest.append(EVENT.validate_json(message.data))
     events = [e for _, e in first] + rest
     final = events[-1]
     assert final.type is EventType.FINAL_RESPONSE

@@ -2,8 +2,8 @@
 
 A real ``temporal server start-dev``, real workers (in-process, and ``python worker.py`` processes
 for the crash test), the real app under uvicorn, real Redis and SQLite. The stream is read as a
-client reads it: Server-Sent Events over HTTP, parsed by the CLI's :class:`cli.follow.SseParser`
-(which has its own tests here).
+client reads it: Server-Sent Events over HTTP, parsed by ``httpx-sse`` as the CLI's
+:mod:`cli.follow.stream` parses it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import EventSource, ServerSentEvent
 from pydantic import TypeAdapter
 from rich.console import Console
 from starlette.applications import Starlette
@@ -42,14 +43,7 @@ from api.event_hub import Cursor, token_id_after
 from api.routes import events as events_route
 from api.routes.events import _with_keepalive, synthesize_terminal_event
 from api.schemas import JobLinks, JobPublic
-from cli.follow import (
-    FollowError,
-    FollowView,
-    SseMessage,
-    SseParser,
-    follow_events,
-    parse_tool_option,
-)
+from cli.follow import FollowError, FollowView, follow_events, parse_tool_option
 from core.auth import Scope
 from core.events import (
     TERMINAL_EVENTS,
@@ -80,50 +74,7 @@ from worker import worker_plugin
 EVENT = TypeAdapter[JobEvent](JobEvent)
 
 
-# ------------------------------------------------------------------------ SSE parsing (unit)
-
-
-def parse(lines: list[str]) -> list[SseMessage]:
-    parser = SseParser()
-    return [m for line in lines if (m := parser.feed(line)) is not None]
-
-
-def test_sse_parser_reads_ids_events_comments_and_multiline_data() -> None:
-    messages = parse(
-        [
-            ": keep-alive",
-            "",  # a comment alone dispatches nothing
-            "id: 0",
-            "event: response_started",
-            'data: {"a": 1}',
-            "",
-            ": synthesized from the job record",
-            "event: final_response",
-            "data: line one",
-            "data:line two",  # no space after the colon is allowed too
-            "retry: 1000",
-            "unknown: ignored",
-            "",
-            "id: 7",
-            "",  # an id without data dispatches nothing
-        ]
-    )
-    assert messages == [
-        SseMessage(event="response_started", data='{"a": 1}', id="0", comments=("keep-alive",)),
-        SseMessage(
-            event="final_response",
-            data="line one\nline two",
-            id=None,
-            comments=("synthesized from the job record",),
-        ),
-    ]
-
-
-def test_sse_parser_defaults_to_message_and_keeps_only_the_last_comments() -> None:
-    lines = [f": ping {i}" for i in range(100)] + ["data: x", ""]
-    (message,) = parse(lines)
-    assert message.event == "message" and message.data == "x"
-    assert message.comments[-1] == "ping 99" and len(message.comments) == 8
+# ------------------------------------------------------------------------------ CLI (unit)
 
 
 def test_tool_option_parsing() -> None:
@@ -360,11 +311,11 @@ async def http(api: str) -> AsyncIterator[httpx.AsyncClient]:
 class Received:
     """One SSE message and the event it carries."""
 
-    message: SseMessage
+    message: ServerSentEvent
     event: JobEvent
 
     @property
-    def key(self) -> tuple[str | None, str, str]:
+    def key(self) -> tuple[str, str, str]:
         return (self.message.id, self.message.event, self.message.data)
 
     @property
@@ -397,11 +348,7 @@ async def read_stream(
         ) as response:
             assert response.status_code == 200, await response.aread()
             assert response.headers["content-type"].startswith("text/event-stream")
-            parser = SseParser()
-            async for line in response.aiter_lines():
-                message = parser.feed(line)
-                if message is None:
-                    continue
+            async for message in EventSource(response).aiter_sse():
                 received.append(Received(message, EVENT.validate_json(message.data)))
                 if stop_after is not None and len(received) >= stop_after:
                     return
@@ -472,12 +419,10 @@ async def test_a_full_job_streams_its_events_in_order(http: httpx.AsyncClient) -
         nonlocal first_event_s
         async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
             assert response.status_code == 200
-            parser = SseParser()
-            async for line in response.aiter_lines():
-                if (message := parser.feed(line)) is not None:
-                    if first_event_s is None:
-                        first_event_s = time.monotonic() - submitted
-                    received.append(Received(message, EVENT.validate_json(message.data)))
+            async for message in EventSource(response).aiter_sse():
+                if first_event_s is None:
+                    first_event_s = time.monotonic() - submitted
+                received.append(Received(message, EVENT.validate_json(message.data)))
 
     await asyncio.wait_for(read(), 60)  # the stream closes by itself after the terminal event
     print(f"first event {first_event_s:.3f} s after submit")
@@ -602,13 +547,11 @@ async def test_a_disconnecting_client_cancels_its_subscription(http: httpx.Async
     job_id = await submit(http, query="What is a Python dict?", require_approval=True)
     comments: list[str] = []
     async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-        parser = SseParser()
         lines = response.aiter_lines()
-        async for line in lines:
-            message = parser.feed(line)
+        async for line in lines:  # the raw lines: comments are part of what is checked
             if line.startswith(":"):
                 comments.append(line)
-            if message is not None and message.event == EventType.APPROVAL_REQUESTED:
+            if line == f"event: {EventType.APPROVAL_REQUESTED.value}":
                 break
         assert events_route.open_streams() == before + 1
         async for line in lines:  # idle now: keep-alives only (1 s apart)
@@ -644,7 +587,9 @@ async def test_a_job_whose_history_is_gone_gets_one_synthesized_event(
     received = await read_stream(http, job_id, timeout_s=10)
     assert len(received) == 1
     (only,) = received
-    assert only.message.id is None and only.message.comments[0].startswith("synthesized")
+    assert only.message.id == "", "no id: the event is not part of any stream"
+    raw = (await http.get(f"/v1/jobs/{job_id}/events")).text
+    assert raw.startswith(": synthesized from the job record")
     assert isinstance(only.event, FinalResponse) and only.event.offset is None
     assert only.event.answer == "recorded answer"
 
@@ -683,7 +628,7 @@ async def test_a_job_started_before_streams_gets_its_outcome_once_it_ends(
         await handle.signal(AgentWorkflowBeforeStreams.finish)
         received = await reading
         assert [r.event.type for r in received] == [EventType.FINAL_RESPONSE]
-        assert received[0].message.id is None
+        assert received[0].message.id == ""
         assert received[0].event.answer == "answer from before streams"  # type: ignore[union-attr]
 
         # Closed now: the stream's poll query is unknown as well; the same one event.
@@ -741,21 +686,18 @@ async def test_worker_killed_mid_stream_loses_and_repeats_no_text(
             job_id = await submit(c, query="Write a paragraph about rivers.", model_tier="large")
             async with c.stream("GET", f"/v1/jobs/{job_id}/events") as response:
                 assert response.status_code == 200
-                parser = SseParser()
-                lines = response.aiter_lines()
-                async for line in lines:
-                    if (message := parser.feed(line)) is not None:
-                        received.append(Received(message, EVENT.validate_json(message.data)))
-                        if sum(isinstance(r.event, TokenDelta) for r in received) >= 3:
-                            break
+                messages = EventSource(response).aiter_sse()
+                async for message in messages:
+                    received.append(Received(message, EVENT.validate_json(message.data)))
+                    if sum(isinstance(r.event, TokenDelta) for r in received) >= 3:
+                        break
                 first.send_signal(signal.SIGKILL)
                 first.wait(timeout=10)
                 with worker_process(env, log):
-                    async for line in lines:  # the same connection: it stays open meanwhile
-                        if (message := parser.feed(line)) is not None:
-                            received.append(Received(message, EVENT.validate_json(message.data)))
-                            if received[-1].event.type in TERMINAL_EVENTS:
-                                break
+                    async for message in messages:  # the same connection: still open
+                        received.append(Received(message, EVENT.validate_json(message.data)))
+                        if received[-1].event.type in TERMINAL_EVENTS:
+                            break
         check_offsets(received)
         final = received[-1].event
         assert isinstance(final, FinalResponse), final
