@@ -19,7 +19,6 @@ Hazards this module handles:
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.types import TypeDecorator
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
 
 from core.errors import StoreRejectedError, StoreUnavailableError
 
@@ -142,23 +142,30 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's ``SQLITE_BUSY`` (any extended code)."""
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    )
+
+
+@retry(
+    retry=retry_if_exception(_is_busy),
+    stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_MS / 1000),
+    wait=wait_fixed(0.01),
+    reraise=True,
+)
 def _set_wal(cursor: sqlite3.Cursor) -> None:
     """``PRAGMA journal_mode=WAL``, retried while another connection holds the file busy.
 
     Switching to WAL, or opening a WAL file that another connection is recovering, answers
     ``SQLITE_BUSY`` at once without calling the busy handler, so processes opening one fresh
-    database together can fail here although the busy timeout has not passed.
+    database together can fail here although the busy timeout has not passed. The retry is a
+    declared ``tenacity`` policy (every 10 ms for up to the busy timeout, then the last
+    ``SQLITE_BUSY`` is raised; any other error at once), which replaced a hand-written loop.
     """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-            if not busy or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+    cursor.execute("PRAGMA journal_mode=WAL")
 
 
 def make_engine(database_url: str, *, connect_args: dict[str, Any] | None = None) -> Engine:
