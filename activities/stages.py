@@ -32,7 +32,7 @@ from temporalio import activity
 
 from activities.errors import to_application_error
 from core.catalog import ModelCatalog
-from core.errors import AgentflowError, BlobNotFoundError
+from core.errors import AgentflowError, BlobNotFoundError, ToolCallInvalidError
 from core.metrics import observe_job
 from core.models import (
     AgentResult,
@@ -65,7 +65,7 @@ from core.models import (
     ToolSuccess,
 )
 from core.providers import usage_of
-from core.tools import ToolCallInvalidError, ToolRegistry, canonical_parameters
+from core.tools import ToolRegistry, canonical_parameters
 from domain.compression import compress_context
 from domain.llm_router import LlmRouter
 from domain.model_planner import plan_with_model

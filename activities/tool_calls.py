@@ -20,7 +20,7 @@ from temporalio import activity
 
 from activities.errors import to_application_error
 from activities.heartbeat import heartbeating
-from core.errors import ToolError, ToolTransientError
+from core.errors import ToolCallInvalidError, ToolError, ToolTransientError
 from core.metrics import observe_coalesced
 from core.models import (
     CacheLevel,
@@ -32,7 +32,7 @@ from core.models import (
     ToolResult,
     ToolSuccess,
 )
-from core.tools import ToolCallInvalidError, ToolRegistry, tool_cache_key
+from core.tools import ToolRegistry, tool_cache_key
 from infra.cache import RedisCache
 from infra.coalesce import Coalescer
 
@@ -99,7 +99,7 @@ class ToolActivities:
         try:
             tool, params = self.tools.validate(call)
         except ToolCallInvalidError as exc:
-            return failure("ToolCallInvalid", exc.message)
+            return failure(str(exc.type), exc.message)
         meta = tool.metadata
         key = tool_cache_key(tool.name, params, meta.version) if meta.cacheable else None
         if key is not None:

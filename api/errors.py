@@ -28,9 +28,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from temporalio.service import RPCError
 
-from core.errors import StoreRejectedError, StoreUnavailableError
+from core.errors import StoreRejectedError, StoreUnavailableError, ToolCallInvalidError
 from core.models import UNPAIRED_SURROGATE
-from core.tools import ToolCallInvalidError
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,14 @@ class ErrorType(StrEnum):
     DECISION_INVALID = "DecisionInvalid"
     """A ``decide`` update's per-call decisions do not fit the job (unknown or repeated call,
     ``edit`` without parameters); non-retryable."""
+    TOOL_CALL_INVALID = "ToolCallInvalid"
+    """A tool call names an unknown tool or carries parameters its model refuses; recorded as the
+    call's ``ToolFailure.error_type`` (the API answers 422 before a job starts)."""
+    RATE_LIMITED = "RateLimited"
+    """An API key made more requests this minute than it may (the API answers 429)."""
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    """A job's estimated cost does not fit its API key's budget left today (the API answers
+    402)."""
 
 
 class AgentflowError(Exception):
@@ -139,3 +147,66 @@ class StoreRejectedError(AgentflowError):
 
     type = ErrorType.STORE_REJECTED
     retryable = False
+
+
+class ToolCallInvalidError(AgentflowError, ValueError):
+    """A tool call names an unknown tool or carries parameters its model refuses (non-retryable).
+
+    Still a ``ValueError`` as it was before it joined this taxonomy, so an ``except ValueError``
+    around tool validation keeps catching it.
+
+    Attributes:
+        call_id: the offending call's id.
+        field: ``name`` (unknown tool), ``parameters`` (validation failed) or ``id`` (a
+            repeated call id).
+    """
+
+    type = ErrorType.TOOL_CALL_INVALID
+    retryable = False
+
+    def __init__(self, call_id: str, field: str, message: str) -> None:
+        """Create the error for ``call_id``; ``field`` is ``name``, ``parameters`` or ``id``."""
+        super().__init__(message)
+        self.call_id = call_id
+        self.field = field
+
+
+class RateLimitedError(AgentflowError):
+    """The key made more requests this minute than it may (429, retryable after the wait).
+
+    Attributes:
+        retry_after_s: whole seconds until the next request fits.
+        limit: the key's requests per minute.
+    """
+
+    type = ErrorType.RATE_LIMITED
+    retryable = True
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        """Create the error for a limit of ``limit`` requests per minute."""
+        super().__init__(
+            f"rate limit of {limit} requests per minute reached; retry in {retry_after_s} s"
+        )
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class BudgetExceededError(AgentflowError):
+    """The job's estimated cost does not fit the key's budget left today (402, non-retryable).
+
+    Attributes:
+        budget_usd / spent_usd / estimate_usd: the figures behind the refusal, in USD.
+    """
+
+    type = ErrorType.BUDGET_EXCEEDED
+    retryable = False
+
+    def __init__(self, budget_usd: float, spent_usd: float, estimate_usd: float) -> None:
+        """Create the error from the key's budget, what is spent today and the job's estimate."""
+        super().__init__(
+            f"daily budget of {budget_usd:.4f} USD reached: {spent_usd:.4f} USD spent or reserved "
+            f"today (UTC), this job may cost up to {estimate_usd:.4f} USD"
+        )
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+        self.estimate_usd = estimate_usd

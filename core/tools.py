@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from core.canonical import canonical_json
+from core.errors import ToolCallInvalidError
 from core.models import CacheLevel, ToolCall, ToolSpecPublic
 
 
@@ -72,22 +73,6 @@ class Tool:
             requires_approval=m.requires_approval,
             timeout_s=m.timeout_s,
         )
-
-
-class ToolCallInvalidError(ValueError):
-    """A tool call names an unknown tool or carries parameters its model refuses.
-
-    Attributes:
-        call_id: the offending call's id.
-        field: ``name`` (unknown tool) or ``parameters`` (validation failed).
-    """
-
-    def __init__(self, call_id: str, field: str, message: str) -> None:
-        """Create the error for ``call_id``; ``field`` is ``name`` or ``parameters``."""
-        super().__init__(message)
-        self.call_id = call_id
-        self.field = field
-        self.message = message
 
 
 class ToolRegistry:

@@ -38,15 +38,15 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from core.auth import Principal
 from core.catalog import ModelCatalog
+from core.errors import BudgetExceededError, RateLimitedError
 from core.models import AgentRequest, BudgetReservation, Tier
 from core.settings import Settings
+from infra.redis_client import REDIS_ERRORS, RedisClients
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,39 +78,6 @@ return 0
 
 BUDGET_KEY_TTL_S = 2 * 86_400
 SETTLED_MARKER_TTL_S = 3 * 86_400
-
-
-class RateLimitedError(Exception):
-    """The key made more requests this minute than it may (429).
-
-    Attributes:
-        retry_after_s: whole seconds until the next request fits.
-        limit: the key's requests per minute.
-    """
-
-    def __init__(self, limit: int, retry_after_s: int) -> None:
-        super().__init__(
-            f"rate limit of {limit} requests per minute reached; retry in {retry_after_s} s"
-        )
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-
-
-class BudgetExceededError(Exception):
-    """The job's estimated cost does not fit the key's budget left today (402).
-
-    Attributes:
-        budget_usd / spent_usd / estimate_usd: the figures behind the refusal, in USD.
-    """
-
-    def __init__(self, budget_usd: float, spent_usd: float, estimate_usd: float) -> None:
-        super().__init__(
-            f"daily budget of {budget_usd:.4f} USD reached: {spent_usd:.4f} USD spent or reserved "
-            f"today (UTC), this job may cost up to {estimate_usd:.4f} USD"
-        )
-        self.budget_usd = budget_usd
-        self.spent_usd = spent_usd
-        self.estimate_usd = estimate_usd
 
 
 def estimate_cost_usd(
@@ -153,29 +120,30 @@ class QuotaDefaults:
 
 
 class RedisWindow:
-    """A Redis client with a ``limits`` moving-window limiter on its pool, and one reconnect.
+    """A ``limits`` moving-window limiter on the process's Redis pool, with one reconnect.
 
     Shared by the submission quotas (:class:`Quotas`) and the analytics limit
-    (``infra.analytics.AnalyticsRateLimiter``): one way to build the client (retries off, short
-    timeouts) and one recovery after a Redis restart.
+    (``infra.analytics.AnalyticsRateLimiter``): one recovery after a Redis restart, and outcomes
+    reported to the process's breaker. The limiter calls Redis even while the breaker is open:
+    skipping it would leave every limit unenforced for a whole cooldown after a blip.
 
     Args:
-        redis_url: the Redis the caches use.
+        redis: the process's Redis (shared; closed by whoever built it), or a URL for a window
+            with clients of its own (closed by :meth:`aclose`).
         key_prefix: the limiter's key prefix.
-        timeout_s: socket timeout of each Redis call, in seconds.
+        timeout_s: with a URL, the socket timeout of each Redis call, in seconds.
     """
 
-    def __init__(self, redis_url: str, key_prefix: str, *, timeout_s: float = 0.5) -> None:
-        self.redis: Redis = Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+    def __init__(
+        self, redis: RedisClients | str, key_prefix: str, *, timeout_s: float = 0.5
+    ) -> None:
+        self._owns_clients = isinstance(redis, str)
+        self.clients = RedisClients(redis, timeout_s=timeout_s) if isinstance(redis, str) else redis
+        self.redis: Redis = self.clients.client
         # The limiter shares the pool, so one reconnect (:meth:`call`) serves both.
-        pool: dict[str, Any] = {"connection_pool": self.redis.connection_pool}
+        pool: dict[str, Any] = {"connection_pool": self.clients.pool}
         storage = RedisStorage(
-            "async+" + redis_url, implementation="redispy", key_prefix=key_prefix, **pool
+            "async+" + self.clients.url, implementation="redispy", key_prefix=key_prefix, **pool
         )
         self.limiter = MovingWindowRateLimiter(storage)
 
@@ -184,37 +152,46 @@ class RedisWindow:
 
         A Redis restart leaves every pooled connection dead, and each fails on its next use
         (redis-py's own retry did not recover them). Unchecked, each would let one request
-        through without its limit after Redis is back, so the pool is dropped and the call
-        repeated once. A Redis that is really down fails both tries fast (connection refused).
+        through without its limit after Redis is back, so the idle pooled connections are
+        dropped and the call repeated once. A Redis that is really down fails both tries fast
+        (connection refused); that failure opens the process's breaker.
 
         Raises:
             RedisError | OSError: the second try failed too.
         """
         try:
-            return await operation()
-        except (RedisConnectionError, OSError):
-            await self.redis.connection_pool.disconnect()
-            return await operation()
+            try:
+                result = await operation()
+            except (RedisConnectionError, OSError):
+                await self.clients.drop_idle_connections()
+                result = await operation()
+        except REDIS_ERRORS as exc:
+            self.clients.breaker.record_failure("rate limit", exc)
+            raise
+        self.clients.breaker.record_success()
+        return result
 
     async def aclose(self) -> None:
-        """Close the connections."""
-        await self.redis.aclose()
+        """Close the connections if this window built them from a URL; shared ones stay open."""
+        if self._owns_clients:
+            await self.clients.aclose()
 
 
 class Quotas:
     """Rate limits and daily budgets for API keys, kept in Redis.
 
     Args:
-        redis_url: the Redis the caches use.
+        redis: the process's Redis (shared; closed by whoever built it), or a URL for quotas
+            with clients of their own (closed by :meth:`aclose`).
         defaults: limits for keys without their own.
-        timeout_s: socket timeout of each Redis call, in seconds.
+        timeout_s: with a URL, the socket timeout of each Redis call, in seconds.
         clock: seconds since the epoch (``time.time``); tests pass a fake clock (and give the
             ``limits`` library's moving window the same one).
     """
 
     def __init__(
         self,
-        redis_url: str,
+        redis: RedisClients | str,
         defaults: QuotaDefaults,
         *,
         timeout_s: float = 0.5,
@@ -222,16 +199,16 @@ class Quotas:
     ) -> None:
         self._defaults = defaults
         self._clock = clock
-        self._window = RedisWindow(redis_url, "agentflow:ratelimit", timeout_s=timeout_s)
+        self._window = RedisWindow(redis, "agentflow:ratelimit", timeout_s=timeout_s)
         self._redis = self._window.redis
         self._limiter = self._window.limiter
         self._call = self._window.call
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Quotas:
-        """Quotas on the settings' Redis with the settings' defaults."""
+    def from_settings(cls, settings: Settings, redis: RedisClients | None = None) -> Quotas:
+        """Quotas with the settings' defaults, on ``redis`` (shared) or the settings' Redis."""
         return cls(
-            settings.redis_url,
+            redis if redis is not None else settings.redis_url,
             QuotaDefaults(
                 rate_limit_per_minute=settings.rate_limit_per_minute,
                 daily_budget_usd=settings.daily_budget_usd,
@@ -334,8 +311,8 @@ class Quotas:
         return float(value) if value is not None else 0.0
 
     async def aclose(self) -> None:
-        """Close the Redis connections."""
-        await self._redis.aclose()
+        """Close the Redis connections if these quotas built them; shared ones stay open."""
+        await self._window.aclose()
 
 
 def _budget_key(key_id: str, day: str) -> str:

@@ -28,19 +28,14 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from core.auth import Principal, Scope
 from core.catalog import ModelCatalog
+from core.errors import BudgetExceededError, RateLimitedError
 from core.models import AgentRequest, ContextItem, Tier
 from core.settings import Settings
 from core.tokens import count_tokens
 from infra.db import make_engine
 from infra.keys import KeyStore
 from infra.migrations import create_tables
-from infra.quotas import (
-    BudgetExceededError,
-    QuotaDefaults,
-    Quotas,
-    RateLimitedError,
-    estimate_cost_usd,
-)
+from infra.quotas import QuotaDefaults, Quotas, estimate_cost_usd
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import free_port, redis_server, serve_asgi
 from tests.workflow_support import agent_worker

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from core.errors import ToolError, ToolTransientError
+from core.errors import ToolCallInvalidError, ToolError, ToolTransientError
 from core.models import ToolCall
 from core.settings import Settings
-from core.tools import ToolCallInvalidError, ToolRegistry, tool_cache_key
+from core.tools import ToolRegistry, tool_cache_key
 from infra.tools import builtin_registry, ensure_example_database
 from infra.tools.calculator import evaluate_expression
 from infra.tools.python_docs import search_python_docs, tokenize

@@ -59,7 +59,13 @@ from api.state import AppState
 from api.visibility import correct_open_statuses, list_open_jobs
 from core import search_attributes
 from core.auth import ANONYMOUS_KEY_ID, Principal
-from core.errors import ErrorType, StoreUnavailableError
+from core.errors import (
+    BudgetExceededError,
+    ErrorType,
+    RateLimitedError,
+    StoreUnavailableError,
+    ToolCallInvalidError,
+)
 from core.ids import (
     AGENT_WORKFLOW_TYPE,
     DECIDE_UPDATE,
@@ -78,8 +84,7 @@ from core.models import (
     JobStatus,
 )
 from core.settings import Settings
-from core.tools import ToolCallInvalidError
-from infra.quotas import BudgetExceededError, RateLimitedError, estimate_cost_usd
+from infra.quotas import estimate_cost_usd
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
