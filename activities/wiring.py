@@ -26,7 +26,7 @@ from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
 
 if TYPE_CHECKING:
-    from infra.semantic import SemanticCache
+    from infra.semantic.store import SemanticCache
 
 
 @dataclass(frozen=True)

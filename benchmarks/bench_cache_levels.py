@@ -88,7 +88,8 @@ from domain.compression import compress_context
 from domain.routing import Router, build_router, prompt_tokens_estimate, select_with
 from infra.cache import RedisCache, response_cache_key
 from infra.embeddings import LexicalEmbedder
-from infra.semantic import INLINE_SEARCH_MAX_FLOATS, SemanticCache, SemanticLookup
+from infra.semantic.results import SemanticLookup
+from infra.semantic.store import INLINE_SEARCH_MAX_FLOATS, SemanticCache
 from infra.tools import builtin_registry
 
 FULL_SAMPLES = 300

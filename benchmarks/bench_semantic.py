@@ -14,7 +14,7 @@
 - the share of the development near-misses that wrongly hit (in-sample).
 
 A pair hits when ``b``'s similarity to ``a`` reaches the threshold and
-:func:`infra.semantic.guard_allows` passes: exactly what a lookup does with one stored query.
+:func:`domain.semantic_guard.guard_allows` passes: exactly what a lookup does with one stored query.
 The "guard alone" row ignores similarity: it bounds what any embedder (an OpenAI-compatible
 model included) could serve, since the guard runs whatever the embedder. The tests run the same
 pairs through Redis.
@@ -66,9 +66,10 @@ from benchmarks.context import BenchContext
 from benchmarks.report import RESULTS_DIR, BenchResult, stamp, write_result
 from cli.devstack import find_redis_server, free_port, redis_answers
 from core.settings import PROJECT_ROOT, Settings
+from domain.semantic_guard import guard_allows, guard_signature
 from infra.cache import RedisCache
 from infra.embeddings import LexicalEmbedder
-from infra.semantic import SemanticCache, guard_allows, guard_signature
+from infra.semantic.store import SemanticCache
 
 PAIRS_FILE = PROJECT_ROOT / "tests" / "data" / "semantic_pairs.jsonl"
 HELDOUT_FILE = PROJECT_ROOT / "data" / "semantic" / "heldout_near_misses.jsonl"

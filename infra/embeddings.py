@@ -15,8 +15,8 @@ cosine similarity of two queries is the dot product of their rows.
   and "how can I open a file" are close, "buy" and "purchase" are not. It cannot see word
   order at all ("bishop captures knight" and "knight captures bishop" are one row) and puts
   antonyms that share letters close ("inhale", "exhale"): the semantic cache's guard compares
-  the queries' content-word sequences (:func:`infra.semantic.content_words`), not only these
-  rows. Its name says so (``lexical-hashing-v1``) wherever the semantic cache reports it.
+  the queries' content-word sequences (:func:`domain.semantic_guard.content_words`), not only
+  these rows. Its name says so (``lexical-hashing-v1``) wherever the semantic cache reports it.
 
 Hazards handled here: a huge query would make the hashing (CPU) or the request (tokens) costly,
 so every text is cut to :data:`MAX_EMBED_CHARS` first; the CPU work of the lexical embedder runs
@@ -37,6 +37,9 @@ import numpy.typing as npt
 
 from core.errors import ModelError, ModelOutputInvalidError, ModelUnavailableError
 
+# The guard reads as much of a query as is embedded: one limit for both.
+from domain.semantic_guard.tokens import MAX_EMBED_CHARS as MAX_EMBED_CHARS
+
 if TYPE_CHECKING:
     import openai
 
@@ -45,9 +48,6 @@ if TYPE_CHECKING:
 # scikit-learn (seconds to import) and the openai SDK are imported where they are first used:
 # importing this module, as every worker and API process does, stays cheap.
 
-MAX_EMBED_CHARS = 2000
-"""Characters of a text that are embedded; the rest is ignored. The semantic cache neither stores
-nor looks up longer queries (see :mod:`infra.semantic`)."""
 
 LEXICAL_N_FEATURES = 2**10
 """Dimension of the lexical rows (1,024 float32 = 4 KiB per row). On the semantic pair set,
@@ -210,7 +210,7 @@ class LexicalEmbedder:
     part L2-normalized, the word part weighted by ``word_weight``, the sum L2-normalized again.
     Robust to casing, punctuation, contractions and filler; blind to synonyms and to word
     order (a bag of n-grams), which is why the semantic cache never serves a hit on this
-    similarity alone (:func:`infra.semantic.guard_allows`).
+    similarity alone (:func:`domain.semantic_guard.guard_allows`).
     """
 
     name: str = "lexical-hashing-v1"

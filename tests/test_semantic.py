@@ -40,6 +40,7 @@ from core.errors import (
     ModelUnavailableError,
 )
 from core.settings import Settings
+from domain.semantic_guard import content_words, guard_allows, guard_signature
 from infra.embeddings import (
     MAX_EMBED_CHARS,
     LexicalEmbedder,
@@ -47,13 +48,7 @@ from infra.embeddings import (
     embedder_from_settings,
     lexical_normalize,
 )
-from infra.semantic import (
-    SEMANTIC_KEY_PREFIX,
-    SemanticCache,
-    content_words,
-    guard_allows,
-    guard_signature,
-)
+from infra.semantic.store import SEMANTIC_KEY_PREFIX, SemanticCache
 from tests.helpers import ROOT, free_port, serve_asgi
 
 PAIRS_FILE = Path(__file__).parent / "data" / "semantic_pairs.jsonl"
