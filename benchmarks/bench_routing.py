@@ -24,6 +24,7 @@ The notes give the confusion matrix and the ten worst misroutes of the recommend
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from core.catalog import ModelCatalog
 from core.models import SelectModelInput, Tier
 from core.routing_corpus import load_corpus, load_examples, split_corpus
 from core.settings import PROJECT_ROOT, Settings
+from core.stats import percentile
 from core.tools import ToolRegistry
 from domain.learned_router import RouterPrediction, shipped_model
 from domain.planner import plan_tools_by_rules
@@ -236,7 +238,8 @@ async def run(ctx: BenchContext) -> BenchResult:
     for name, label in (("predict", "model predict"), ("learned", "learned selection")):
         ordered = sorted(timings[name])
         result.headline(f"{label} p50", statistics.median(ordered), "ms")
-        result.headline(f"{label} p95", ordered[int(0.95 * (len(ordered) - 1))], "ms")
+        p95 = percentile(ordered, 95, method="nearest-rank")
+        result.headline(f"{label} p95", p95 if p95 is not None else math.nan, "ms")
     result.headline(
         "learned selection vs cue table (p50)",
         statistics.median(timings["learned"]) / statistics.median(timings["cue"]),

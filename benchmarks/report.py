@@ -9,7 +9,6 @@ table reads "how many times the baseline" directly.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from core.stats import percentile
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 """Where a full run writes its results (committed, so readers see numbers without running)."""
@@ -42,14 +43,14 @@ class Stats(BaseModel):
     @classmethod
     def of(cls, values: Sequence[float]) -> Stats:
         """Summarize ``values`` (at least one). p95 is the nearest-rank 95th percentile."""
-        if not values:
-            raise ValueError("no measurements to summarize")
         ordered = sorted(values)
-        rank = max(0, math.ceil(0.95 * len(ordered)) - 1)
+        p95 = percentile(ordered, 95, method="nearest-rank")
+        if p95 is None:
+            raise ValueError("no measurements to summarize")
         return cls(
             n=len(ordered),
             median=statistics.median(ordered),
-            p95=ordered[rank],
+            p95=p95,
             min=ordered[0],
             max=ordered[-1],
             mean=statistics.fmean(ordered),

@@ -12,6 +12,7 @@ from limits import RateLimitItemPerMinute
 from redis.exceptions import RedisError
 
 from infra.quotas import RedisWindow
+from infra.redis_client import RedisClients
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,16 @@ class AnalyticsRateLimiter:
     gave), so a client that ignores ``Retry-After`` costs no Redis round trips.
 
     Args:
-        redis_url: the Redis the caches use.
+        redis: the process's Redis (:class:`infra.redis_client.RedisClients`, shared), or a URL
+            for a limiter with clients of its own (closed by :meth:`aclose`).
         limit_per_minute: requests one key may make per minute (>= 1).
-        timeout_s: socket timeout of each Redis call, in seconds.
+        timeout_s: with a URL, the socket timeout of each Redis call, in seconds.
         clock: seconds since the epoch (``time.time``), for ``Retry-After``.
     """
 
     def __init__(
         self,
-        redis_url: str,
+        redis: RedisClients | str,
         limit_per_minute: int,
         *,
         timeout_s: float = 0.5,
@@ -70,7 +72,7 @@ class AnalyticsRateLimiter:
         self.limit_per_minute = limit_per_minute
         self._item = RateLimitItemPerMinute(limit_per_minute)
         self._clock = clock
-        self._window = RedisWindow(redis_url, RATE_LIMIT_KEY_PREFIX, timeout_s=timeout_s)
+        self._window = RedisWindow(redis, RATE_LIMIT_KEY_PREFIX, timeout_s=timeout_s)
         self._limiter = self._window.limiter
         self._call = self._window.call
         self._refused_until: dict[str, float] = {}
@@ -110,5 +112,5 @@ class AnalyticsRateLimiter:
         )
 
     async def aclose(self) -> None:
-        """Close the Redis connections."""
+        """Close the Redis connections if this limiter built them; shared ones stay open."""
         await self._window.aclose()

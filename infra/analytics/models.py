@@ -97,8 +97,8 @@ class CostStats(BaseModel):
     total_usd: float
 
 
-class LevelStats(BaseModel):
-    """One cache level over a set of jobs.
+class LevelWindowStats(BaseModel):
+    """One cache level over a set of jobs (its live size in Redis: :class:`infra.cache.LevelStats`).
 
     Attributes:
         hits / misses: lookups that found an entry / found none.
@@ -132,7 +132,7 @@ class CacheWindowStats(BaseModel):
 
     jobs: int
     reported_jobs: int
-    levels: dict[str, LevelStats]
+    levels: dict[str, LevelWindowStats]
     hits: int
     lookups: int
     hit_rate: float | None

@@ -11,6 +11,7 @@ from core.settings import Settings
 from infra.analytics.limiter import AnalyticsRateLimiter
 from infra.analytics.models import Period, Report
 from infra.analytics.runner import AnalyticsRunner, Answer
+from infra.redis_client import RedisClients
 
 
 @dataclass
@@ -22,9 +23,17 @@ class AnalyticsService:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, engine: Engine, catalog: ModelCatalog
+        cls,
+        settings: Settings,
+        engine: Engine,
+        catalog: ModelCatalog,
+        redis: RedisClients | None = None,
     ) -> AnalyticsService:
-        """The service with the ``analytics_*`` settings, on the settings' database and Redis."""
+        """The service with the ``analytics_*`` settings, on the settings' database.
+
+        The limiter uses ``redis`` (the process's shared pool and breaker) when given, else
+        clients of its own on the settings' Redis.
+        """
         runner = AnalyticsRunner(
             engine,
             settings.database_url,
@@ -35,7 +44,7 @@ class AnalyticsService:
             nice=settings.analytics_nice,
         )
         limiter = AnalyticsRateLimiter(
-            settings.redis_url,
+            redis if redis is not None else settings.redis_url,
             settings.analytics_rate_limit_per_minute,
             timeout_s=settings.redis_timeout_s,
         )

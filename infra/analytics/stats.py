@@ -12,7 +12,7 @@ from typing import Final
 
 from core.models import CacheLevel, CacheReport, Tier
 from core.stats import percentile
-from infra.analytics.models import CacheWindowStats, Distribution, LevelStats, TierShare
+from infra.analytics.models import CacheWindowStats, Distribution, LevelWindowStats, TierShare
 from infra.analytics.samples import JobSample
 from infra.jobs import JobRecord
 
@@ -69,9 +69,9 @@ def cache_period_stats(rows: Iterable[JobSample | JobRecord]) -> CacheWindowStat
         up).
     """
     samples = [s for s in _as_samples(rows) if s.status.is_terminal]
-    levels: defaultdict[str, LevelStats] = defaultdict(LevelStats)
+    levels: defaultdict[str, LevelWindowStats] = defaultdict(LevelWindowStats)
     for key in LEVEL_KEYS:
-        levels[key] = LevelStats()
+        levels[key] = LevelWindowStats()
     coalesced = degraded = reported = 0
     for s in samples:
         for level, (hits, misses) in s.lookups().items():
