@@ -1,4 +1,4 @@
-"""Analytics (infra/analytics.py, /v1/metrics) against hand-computed values over seeded jobs.
+"""Analytics (infra/analytics/, /v1/metrics) against hand-computed values over seeded jobs.
 
 Jobs are written with the real :meth:`infra.jobs.JobStore.record` into a real SQLite file (and
 PostgreSQL for the loader), then their end time is set to when the scenario says they ended.
