@@ -38,6 +38,7 @@ from infra.jobs import JobStore
 from infra.migrations import create_tables
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
+from infra.redis_client import RedisClients
 from infra.retention import RetentionStore, ensure_retention_schedule
 from infra.temporal import AgentflowPlugin, connect, plugin_from_settings, temporal_target
 from infra.tools import builtin_registry
@@ -47,7 +48,11 @@ log = logging.getLogger("agentflow.worker")
 
 
 def build_activities(
-    settings: Settings, store: JobStore, quotas: Quotas | None = None
+    settings: Settings,
+    store: JobStore,
+    quotas: Quotas | None = None,
+    *,
+    redis: RedisClients | None = None,
 ) -> tuple[AgentActivities, RedisCache, ProviderRegistry]:
     """Wire the activities with their clients (no network I/O yet).
 
@@ -55,6 +60,8 @@ def build_activities(
         settings: configuration.
         store: job records.
         quotas: where budgets are settled as jobs end (the caller closes it).
+        redis: the process's one Redis pool and breaker, shared by the caches, coalescing and
+            the quotas (the caller closes it); ``None``: the cache builds and owns its own.
 
     Returns:
         The activities plus the cache and provider registry, which the caller must close.
@@ -65,7 +72,7 @@ def build_activities(
     encoding()  # fail at start-up, not on the first job, if the tokenizer file is missing
     catalog = load_catalog(settings.catalog_file, settings.openai_base_url)
     providers = ProviderRegistry.from_settings(settings)
-    cache = cache_from_settings(settings, on_lookup=observe_cache)
+    cache = cache_from_settings(settings, redis, on_lookup=observe_cache)
     semantic = semantic_from_settings(settings, cache)
     coalescer = Coalescer(
         cache.client,
@@ -131,9 +138,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         engine = make_engine(settings.database_url)
         stack.callback(engine.dispose)
         create_tables(engine)
-        quotas = Quotas.from_settings(settings)
+        redis = RedisClients.from_settings(settings)  # one pool and one breaker per process
+        stack.push_async_callback(redis.aclose)
+        quotas = Quotas.from_settings(settings, redis)
         stack.push_async_callback(quotas.aclose)
-        activities, cache, providers = build_activities(settings, JobStore(engine), quotas)
+        activities, cache, providers = build_activities(
+            settings, JobStore(engine), quotas, redis=redis
+        )
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(providers.aclose)
         retention = RetentionActivities(RetentionStore(engine))

@@ -31,6 +31,7 @@ from infra.jobs import JobStore
 from infra.keys import KeyStore
 from infra.migrations import create_tables
 from infra.quotas import Quotas
+from infra.redis_client import RedisClients
 from infra.temporal import plugin_from_settings
 from infra.tools import builtin_registry
 
@@ -57,13 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         threadpool_limits(1, user_api="blas")  # as the worker does (see worker.main)
         engine = make_engine(settings.database_url)
         create_tables(engine)
-        cache = cache_from_settings(settings)
-        quotas = Quotas.from_settings(settings)
+        redis = RedisClients.from_settings(settings)  # one pool and one breaker per process
+        cache = cache_from_settings(settings, redis)
+        quotas = Quotas.from_settings(settings, redis)
         # A client only: the API starts and reads jobs by name and never loads workflow code.
         temporal = TemporalGateway(settings, plugin_from_settings(settings, engine))
         event_hub = EventHub(
             temporal.client,
-            settings.redis_url,
+            redis,
             poll_ms=settings.stream_poll_ms,
             linger_s=settings.sse_linger_s,
             max_readers=settings.sse_max_readers_per_job,
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await event_hub.aclose()
             await quotas.aclose()
             await cache.aclose()
+            await redis.aclose()
             engine.dispose()
 
     app = FastAPI(

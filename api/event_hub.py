@@ -45,8 +45,6 @@ from typing import Any, Final, cast
 
 from google.protobuf.message import DecodeError
 from pydantic import TypeAdapter, ValidationError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.contrib.workflow_streams import PollInput, PollResult
@@ -55,6 +53,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.events import EVENTS_TOPIC, TERMINAL_EVENTS, JobEvent, StageStarted
 from core.ids import workflow_id_for
 from core.models import Stage
+from infra.redis_client import REDIS_ERRORS, RedisClients
 from infra.token_channel import TOKEN_FIELD, TOKEN_STREAM_PREFIX, token_stream_key
 
 log = logging.getLogger(__name__)
@@ -250,7 +249,8 @@ class EventHub:
 
     Args:
         client: returns the connected Temporal client (raises while Temporal is down).
-        redis_url: the Redis holding token streams; ``None``: no token events.
+        redis: the process's Redis, holding the token streams (not closed by the hub);
+            ``None``: no token events.
         poll_ms: interval of a running job's durable-event query, in ms.
         linger_s: a feed without readers is dropped this long after its last reader left.
         max_readers: most readers of one job in this process.
@@ -259,7 +259,7 @@ class EventHub:
     def __init__(
         self,
         client: ClientGetter,
-        redis_url: str | None,
+        redis: RedisClients | None,
         *,
         poll_ms: float = 150.0,
         linger_s: float = 30.0,
@@ -270,16 +270,7 @@ class EventHub:
         self._linger_s = linger_s
         self.max_readers = max_readers
         self._feeds: dict[str, JobFeed] = {}
-        self._redis: Redis | None = (
-            Redis.from_url(
-                redis_url,
-                max_connections=2,
-                socket_timeout=TOKEN_BLOCK_MS / 1000 + 2.0,
-                socket_connect_timeout=1.0,
-            )
-            if redis_url
-            else None
-        )
+        self._redis = redis
         self._token_task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -506,14 +497,17 @@ class EventHub:
                 if not self._feeds:
                     return
                 continue
-            streams: dict[Any, Any] = {
+            streams = {
                 token_stream_key(job_id): feed.last_token or "0-0" for job_id, feed in live.items()
             }
             try:
-                answer: Any = await self._redis.xread(streams, count=1000, block=TOKEN_BLOCK_MS)
+                answer = await self._redis.xread_blocking(
+                    streams, count=1000, block_ms=TOKEN_BLOCK_MS
+                )
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
+                self._redis.breaker.record_failure("token read", exc)
                 log.info("token events unreadable for now (%s); durable events go on", exc)
                 await asyncio.sleep(RETRY_S)
                 continue
@@ -561,8 +555,6 @@ class EventHub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 def _unknown_query(exc: WorkflowQueryFailedError) -> bool:

@@ -67,8 +67,34 @@ call meanwhile; a blip that lasts longer than a lease, or one that a holder's st
 survive, can add a compute. Exceptions from ``compute`` and from ``load`` (other than Redis
 errors) propagate to the caller unchanged.
 
-The client should have retries off and short socket timeouts (see :func:`make_client`): with
-redis-py's default retry policy every poll against a down Redis would take seconds.
+The client should have retries off and short socket timeouts (the process's
+:class:`infra.redis_client.RedisClients`, or :func:`infra.redis_client.make_client`): with
+redis-py's default retry policy every poll against a down Redis would take seconds. The
+coalescer keeps its own outage clock (how long waiters have seen trouble) and reads the process's
+breaker through ``available``; it does not open the breaker itself, so a failed poll never makes
+the caches skip Redis.
+
+Why not redis-py's ``redis.asyncio.lock.Lock``. It shares the basics (``SET NX PX`` with a
+random token, ``extend``/``reacquire`` and ``release`` as compare-token scripts), but not what
+the hazards above need:
+
+- ``reacquire``/``extend`` fail (``LockNotOwnedError``) when the key has vanished. After Redis
+  restarts empty, the holder must take its lock *again with the same token*, unless it has
+  already released (its done marker), so its waiters find it instead of racing to compute
+  (``_RENEW_LUA`` returns 1 renewed, 2 re-taken, 0 lost).
+- ``release`` only deletes. Waiters must tell a holder that *finished* (compute without sharing
+  its failure) from one that *died* or vanished in a blip (wait out a lease), so the release
+  writes a done marker carrying the token in the same script that deletes the lock.
+- It has no observer: a waiter here reads the lock's token, its remaining lease and the done
+  marker in one round trip (``_POLL_LUA``) and loads the shared result between polls; the Lock's
+  blocking ``acquire`` only retries ``SET NX`` on a fixed sleep, with no jitter, backoff or
+  ``load``.
+- Its token lives in a ``threading.local`` shared by every task of the event loop, so one Lock
+  cannot serve concurrent calls, and its scripts are registered on the class with the first
+  client it sees.
+
+Adapting it would mean replacing all three of its scripts and its acquire loop, so the lock here
+stays hand-written: four short scripts, the same token discipline.
 """
 
 from __future__ import annotations
@@ -84,10 +110,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+
+from infra.redis_client import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +165,6 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return released
 """
 
-_REDIS_ERRORS = (RedisError, OSError)
-
 
 @dataclass(frozen=True)
 class Coalesced(Generic[T]):
@@ -188,39 +211,6 @@ class CoalesceStats:
     blips: int = 0
 
 
-def make_client(
-    url: str,
-    *,
-    timeout_s: float = 0.5,
-    max_connections: int = 64,
-    pool_timeout_s: float = 2.0,
-) -> Redis:
-    """A Redis client fit for coalescing: retries off, short timeouts, a bounded pool.
-
-    The caller owns the client and closes it with ``await client.aclose()`` (which also closes
-    the pool).
-
-    Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
-        timeout_s: connect and socket timeout of each command, in seconds.
-        max_connections: pool size; further callers wait up to ``pool_timeout_s`` for a free
-            connection.
-        pool_timeout_s: how long a command waits for a free pooled connection, in seconds.
-
-    Returns:
-        A client whose commands fail within about ``timeout_s`` when Redis is down or hung.
-    """
-    pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return Redis.from_pool(pool)
-
-
 def _text(raw: object) -> str | None:
     if raw is None:
         return None
@@ -248,17 +238,18 @@ class Coalescer:
         """Configure the coalescer; no Redis command is sent until the first call.
 
         Args:
-            client: the Redis client (retries off, short timeouts: see :func:`make_client`).
-                Not closed by the coalescer.
+            client: the Redis client (retries off, short timeouts: the process's
+                :attr:`infra.redis_client.RedisClients.client`). Not closed by the coalescer.
             lease_s: lock lease in seconds; a holder renews it every ``lease_s / 3``, and a dead
                 holder's lock frees itself after at most this long. Also how long waiters put
                 up with Redis trouble before computing on their own.
             poll_s: how often a waiter looks for the result, in seconds (+-20 % jitter).
             max_wait_s: a waiter computes itself after waiting this many seconds.
             prefix: key prefix of the lock and done-marker keys; no glob characters.
-            available: when given and it returns ``False`` (for example the cache's breaker is
-                open), new calls skip Redis and compute at once (role ``uncoordinated``), and
-                waiters count it as Redis trouble (see the module docstring).
+            available: when given and it returns ``False`` (for example the process's breaker,
+                :attr:`infra.redis_client.RedisBreaker.open`, is open), new calls skip Redis
+                and compute at once (role ``uncoordinated``), and waiters count it as Redis
+                trouble (see the module docstring).
 
         Raises:
             ValueError: a non-positive ``lease_s`` or ``poll_s``, a negative ``max_wait_s``, or a
@@ -332,7 +323,7 @@ class Coalescer:
         token = secrets.token_hex(16)
         try:
             acquired = await self._client.set(lock_key, token, nx=True, px=self._lease_ms)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed("SET", exc)
             return await self._compute_alone(compute, "uncoordinated", started)
         self._redis_ok()
@@ -412,7 +403,7 @@ class Coalescer:
         """``load()``, with Redis errors from the caller's store read as "nothing yet"."""
         try:
             return await load()
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed("load", exc)
             return None
 
@@ -462,7 +453,7 @@ class Coalescer:
                 return
             try:
                 renewed = await self._renew(keys=[lock_key, done_key], args=[token, self._lease_ms])
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._redis_failed("renew", exc)
                 # The lease may still be alive, or Redis may come back empty: try again soon.
                 interval = self._retry_s
@@ -492,7 +483,7 @@ class Coalescer:
     async def _release_now(self, lock_key: str, done_key: str, token: str) -> None:
         try:
             await self._release_script(keys=[lock_key, done_key], args=[token, self._done_ttl_ms])
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed("release", exc)  # the lease expires on its own
             return
         self._redis_ok()
@@ -548,7 +539,7 @@ class Coalescer:
                 # time still holds the lock there is nothing new to load; once the lock is
                 # gone or changed hands, load() (read after the lock) sees what it stored.
                 value = None if holder is not None and holder == seen_token else await load()
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._redis_failed("poll", exc)
                 usable = False
                 holder = done_raw = value = None
@@ -611,7 +602,7 @@ class Coalescer:
             token = secrets.token_hex(16)
             try:
                 acquired = await self._client.set(lock_key, token, nx=True, px=self._lease_ms)
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._redis_failed("SET", exc)
                 if trouble_since is None:
                     trouble_since = self._outage_since or now

@@ -7,17 +7,18 @@ stream per job instead, :func:`token_stream_key`, written by the generation acti
 ``XADD`` (capped at :data:`MAX_TOKEN_ENTRIES` entries, expiring :data:`TOKEN_STREAM_TTL_S` after
 the last write) and read by the API's event hub (:mod:`api.event_hub`) with ``XREAD``.
 
-Degradation: with Redis down (or the cache's circuit breaker open) publishing is skipped and
-logged once per attempt; readers see the job's durable events and ``final_response`` only.
+Degradation: with Redis down (or the process's circuit breaker open,
+:class:`infra.redis_client.RedisBreaker`) publishing is skipped, and a failure opens the breaker
+for every Redis user of the process; readers see the job's durable events and
+``final_response`` only.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from redis.exceptions import RedisError
-
 from infra.cache import RedisCache
+from infra.redis_client import REDIS_ERRORS
 
 TOKEN_STREAM_PREFIX: Final = "agentflow:tokens:"
 """Key prefix of the per-job token streams."""
@@ -42,8 +43,8 @@ def token_stream_key(job_id: str) -> str:
 async def publish_tokens(cache: RedisCache, job_id: str, events_json: list[str]) -> bool:
     """Append ``events_json`` (``TokenDelta`` JSON, in order) to the job's token stream.
 
-    One pipeline: an ``XADD`` per event and one ``EXPIRE``. Skipped while the cache's breaker is
-    open.
+    One pipeline: an ``XADD`` per event and one ``EXPIRE``, on the cache's client (the process's
+    shared pool). Skipped while the process's breaker is open.
 
     Returns:
         ``True`` when written; ``False`` when Redis failed or the breaker was open (never
@@ -60,7 +61,7 @@ async def publish_tokens(cache: RedisCache, job_id: str, events_json: list[str])
                 pipe.xadd(key, {TOKEN_FIELD: data}, maxlen=MAX_TOKEN_ENTRIES, approximate=True)
             pipe.expire(key, TOKEN_STREAM_TTL_S)
             await pipe.execute()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         cache.record_failure("token publish", exc)
         return False
     return True

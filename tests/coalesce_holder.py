@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from infra.coalesce import Coalescer, make_client
+from infra.coalesce import Coalescer
+from infra.redis_client import make_client
 
 
 async def main(url: str, key: str, lease_s: float, prefix: str) -> None:

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from infra.cache import RedisCache
-from infra.coalesce import MAX_KEY_CHARS, Coalesced, Coalescer, make_client
+from infra.coalesce import MAX_KEY_CHARS, Coalesced, Coalescer
+from infra.redis_client import RedisClients, make_client
 from tests.helpers import ROOT, free_port, redis_server
 
 
@@ -543,16 +544,17 @@ async def test_a_lock_lost_without_an_error_is_taken_again_by_its_holder(
 
 
 class CacheWorker:
-    """One worker wired as worker.py wires it: a RedisCache (with its breaker) as the store,
-    and a coalescer on the cache's client that stops coordinating while the breaker is open."""
+    """One worker wired as worker.py wires it: one RedisClients (pool and breaker) shared by a
+    RedisCache as the store and a coalescer that stops coordinating while the breaker is open."""
 
     def __init__(self, url: str, key: str, lease_s: float, prefix: str, computes: list[str]):
-        self.cache = RedisCache(url, breaker_cooldown_s=1.5)
+        self.redis = RedisClients(url, breaker_cooldown_s=1.5)
+        self.cache = RedisCache(self.redis)
         self.coalescer = Coalescer(
-            self.cache.client,
+            self.redis.client,
             prefix=prefix,
             lease_s=lease_s,
-            available=lambda: not self.cache.breaker_open,
+            available=lambda: not self.redis.breaker.open,
         )
         self.key = key
         self.computes = computes
@@ -606,6 +608,7 @@ async def test_a_redis_blip_with_the_caches_breaker_does_not_stampede(prefix: st
         server.close()
         for w in workers:
             await w.cache.aclose()
+            await w.redis.aclose()
 
     roles = collections.Counter(r.role for r in results)
     print(f"{len(computes)} computes; roles {dict(roles)}")

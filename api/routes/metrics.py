@@ -56,7 +56,9 @@ class AnalyticsUnavailableApiError(ApiError):
 async def analytics_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the analytics service for the app's life (after the app's own resources)."""
     state = cast(AppState, app.state.agentflow)
-    service = AnalyticsService.from_settings(state.settings, state.store.engine, state.catalog)
+    service = AnalyticsService.from_settings(
+        state.settings, state.store.engine, state.catalog, state.cache.redis
+    )
     app.state.analytics = service
     try:
         yield
