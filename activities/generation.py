@@ -7,8 +7,6 @@ abandoned), and its start-to-close comes from the tier's attempt timeout in the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +15,7 @@ from temporalio import activity
 from activities.errors import to_application_error
 from activities.heartbeat import heartbeating
 from activities.token_stream import TokenPublisher, TokenStreamSettings
+from core.canonical import canonical_digest
 from core.catalog import ModelCatalog, ModelSpec
 from core.errors import ModelError
 from core.metrics import observe_coalesced
@@ -129,13 +128,10 @@ class ModelActivities:
         """
         assert self.cache is not None and self.coalescer is not None
         cache = self.cache
-        identity = json.dumps(
+        digest = canonical_digest(
             [inp.owner, spec.provider, spec.model_id, spec.base_url, spec.temperature, max_tokens]
-            + [[m.role, m.content] for m in messages],
-            separators=(",", ":"),
-            ensure_ascii=False,
+            + [[m.role, m.content] for m in messages]
         )
-        digest = hashlib.sha256(identity.encode()).hexdigest()
         key = f"{CacheLevel.COMPONENT.prefix}generation:{digest}"
 
         async def compute() -> GenerateResult:
