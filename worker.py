@@ -35,7 +35,7 @@ from infra.cache import RedisCache, cache_from_settings, semantic_from_settings
 from infra.coalesce import Coalescer
 from infra.db import make_engine
 from infra.jobs import JobStore
-from infra.migrations import create_tables
+from infra.migrations import require_schema
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
 from infra.redis_client import RedisClients
@@ -137,7 +137,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.database_url)
         stack.callback(engine.dispose)
-        create_tables(engine)
+        require_schema(engine)  # fails unless at head: `agentflow db upgrade` migrates
         redis = RedisClients.from_settings(settings)  # one pool and one breaker per process
         stack.push_async_callback(redis.aclose)
         quotas = Quotas.from_settings(settings, redis)

@@ -29,7 +29,7 @@ from infra.cache import cache_from_settings
 from infra.db import make_engine
 from infra.jobs import JobStore
 from infra.keys import KeyStore
-from infra.migrations import create_tables
+from infra.migrations import require_schema
 from infra.quotas import Quotas
 from infra.redis_client import RedisClients
 from infra.temporal import plugin_from_settings
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Args:
         settings: configuration; defaults to the environment's (:func:`core.settings.get_settings`).
 
-    The lifespan opens the database engine (creating tables), the Redis cache and a lazily
+    The lifespan opens the database engine (checking its schema), the Redis cache and a lazily
     connected Temporal client, so the API starts and reports 503s while Temporal is down.
     """
     settings = settings or get_settings()
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threadpool_limits(1, user_api="blas")  # as the worker does (see worker.main)
         engine = make_engine(settings.database_url)
-        create_tables(engine)
+        require_schema(engine)  # fails unless at head: `agentflow db upgrade` migrates
         redis = RedisClients.from_settings(settings)  # one pool and one breaker per process
         cache = cache_from_settings(settings, redis)
         quotas = Quotas.from_settings(settings, redis)

@@ -7,35 +7,59 @@ exactly once.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from core.auth import Scope
-from core.errors import StoreUnavailableError
-from core.settings import get_settings
-from infra.db import make_engine
-from infra.keys import KeyStore
+if TYPE_CHECKING:  # pydantic, SQLAlchemy and the store load only when a command runs
+    from rich.console import Console
+
+    from core.auth import Scope
+    from infra.keys import KeyStore
 
 keys_app = typer.Typer(
     name="keys",
     help="Create, list and revoke API keys (stored hashed in the job database).",
     no_args_is_help=True,
 )
-console = Console()
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _scopes(values: list[str]) -> list[Scope]:
+    """``--scope`` values as scopes (typer's enum choices would import pydantic for ``--help``).
+
+    Raises:
+        typer.BadParameter: a value names no scope.
+    """
+    from core.auth import Scope
+
+    try:
+        return [Scope(value) for value in values]
+    except ValueError:
+        names = ", ".join(scope.value for scope in Scope)
+        raise typer.BadParameter(f"scopes are {names}", param_hint="--scope") from None
 
 
 def _store() -> KeyStore:
-    from infra.migrations import create_tables  # Alembic: only for commands that use it
+    """The key store on ``DATABASE_URL``, once its schema is checked (exits 1 when unusable)."""
+    from core.errors import StoreUnavailableError
+    from core.settings import get_settings
+    from infra.db import make_engine
+    from infra.keys import KeyStore
+    from infra.migrations import SchemaOutOfDateError, require_schema
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
     try:
-        create_tables(engine)
-    except StoreUnavailableError as exc:
-        console.print(f"[red]✗ the job database is unavailable: {exc}[/]", highlight=False)
+        require_schema(engine)
+    except (StoreUnavailableError, SchemaOutOfDateError) as exc:
+        engine.dispose()
+        _console().print(f"[red]✗ {exc}[/]", highlight=False)
         raise typer.Exit(1) from exc
     return KeyStore.from_settings(engine, settings)
 
@@ -44,10 +68,11 @@ def _store() -> KeyStore:
 def create(
     name: Annotated[str, typer.Argument(help="What the key is for (shown as its reviewer name).")],
     scope: Annotated[
-        list[Scope],
+        list[str],
         typer.Option(
             "--scope",
             "-s",
+            metavar="[submit|read|approve|admin]",
             help="A scope to grant; repeat for several (submit, read, approve, admin).",
         ),
     ],
@@ -64,12 +89,14 @@ def create(
     ] = False,
 ) -> None:
     """Create a key and print it once; only its digest is stored."""
+    scopes = _scopes(scope)
     created = _store().create(
-        name, scope, rate_limit_per_minute=rate_limit, daily_budget_usd=budget
+        name, scopes, rate_limit_per_minute=rate_limit, daily_budget_usd=budget
     )
     if quiet:
         typer.echo(created.secret)
         return
+    console = _console()
     console.print(f"Created key [bold]{created.key_id}[/] ({name}): {', '.join(scope)}")
     console.print("Store it now; it is not shown again:")
     typer.echo(created.secret)
@@ -80,6 +107,8 @@ def list_keys(
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
 ) -> None:
     """List keys (ids, names, scopes, limits), never their secrets."""
+    from rich.table import Table
+
     table = Table()
     table.add_column("key id", no_wrap=True)
     for column in ("name", "scopes", "req/min", "USD/day", "created", "revoked"):
@@ -94,13 +123,13 @@ def list_keys(
             key.created_at.strftime("%Y-%m-%d %H:%M"),
             key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
         )
-    console.print(table)
+    _console().print(table)
 
 
 @keys_app.command("revoke")
 def revoke(key_id: Annotated[str, typer.Argument(help="The key id (af_...).")]) -> None:
     """Revoke a key: it authenticates nothing from now on."""
     if not _store().revoke(key_id):
-        console.print(f"[red]✗ no active key {key_id}[/]", highlight=False)
+        _console().print(f"[red]✗ no active key {key_id}[/]", highlight=False)
         raise typer.Exit(1)
-    console.print(f"Revoked {key_id}")
+    _console().print(f"Revoked {key_id}")

@@ -9,24 +9,18 @@ start-up too).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy import Engine
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError
 
-from core.errors import StoreUnavailableError
-from core.retention import RETENTION_MANUAL_WORKFLOW_ID, RetentionInput, RetentionResult
-from core.settings import Settings, get_settings
-from infra.db import make_engine
-from infra.retention import RetentionStore, ensure_retention_schedule
-from infra.temporal import connect, plugin_from_settings, temporal_target
+if TYPE_CHECKING:  # Temporal and SQLAlchemy load only when a command runs
+    from sqlalchemy import Engine
+    from temporalio.client import Client
+
+    from core.retention import RetentionInput, RetentionResult
+    from core.settings import Settings
 
 retention_app = typer.Typer(
     name="retention",
@@ -37,18 +31,24 @@ console = Console()
 
 
 def _engine(settings: Settings) -> Engine:
-    from infra.migrations import create_tables  # Alembic: only for commands that use it
+    """The job database, once its schema is checked (exits 1 when unusable)."""
+    from core.errors import StoreUnavailableError
+    from infra.db import make_engine
+    from infra.migrations import SchemaOutOfDateError, require_schema
 
     engine = make_engine(settings.database_url)
     try:
-        create_tables(engine)
-    except StoreUnavailableError as exc:
-        console.print(f"[red]✗ the job database is unavailable: {exc}[/]", highlight=False)
+        require_schema(engine)
+    except (StoreUnavailableError, SchemaOutOfDateError) as exc:
+        engine.dispose()
+        console.print(f"[red]✗ {exc}[/]", highlight=False)
         raise typer.Exit(1) from exc
     return engine
 
 
 async def _client(settings: Settings, engine: Engine) -> Client:
+    from infra.temporal import connect, plugin_from_settings, temporal_target
+
     try:
         return await connect(settings, plugin_from_settings(settings, engine))
     except RuntimeError as exc:
@@ -60,6 +60,11 @@ async def _client(settings: Settings, engine: Engine) -> Client:
 
 
 async def _run_once(settings: Settings, engine: Engine, inp: RetentionInput) -> RetentionResult:
+    from temporalio.client import WorkflowFailureError
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
+
+    from core.retention import RETENTION_MANUAL_WORKFLOW_ID
     from workflows.retention import RetentionWorkflow
 
     client = await _client(settings, engine)
@@ -101,6 +106,13 @@ def run(
     ] = False,
 ) -> None:
     """Run retention once and print the rows deleted per table (or, dry, the rows expired)."""
+    import asyncio
+
+    from core.errors import StoreUnavailableError
+    from core.retention import RetentionInput
+    from core.settings import get_settings
+    from infra.retention import RetentionStore
+
     settings = get_settings()
     days = settings.retention_days if older_than is None else older_than
     if days <= 0:
@@ -136,6 +148,13 @@ def run(
 @retention_app.command("schedule")
 def schedule() -> None:
     """Create or update the retention Schedule from the settings; print its id and interval."""
+    import asyncio
+
+    from temporalio.service import RPCError
+
+    from core.settings import get_settings
+    from infra.retention import ensure_retention_schedule
+
     settings = get_settings()
     engine = _engine(settings)
 

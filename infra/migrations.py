@@ -1,41 +1,48 @@
-"""Schema migrations: bring the job database to the newest Alembic revision.
+"""Schema migrations: bring the job database to the newest Alembic revision, or check it is there.
 
-The revisions live in the top-level ``migrations`` package; this module runs them (``agentflow
-db upgrade``, and :func:`create_tables` at start-up) and reports where a database is.
+The revisions live in the top-level ``migrations`` package. :func:`upgrade` runs them (``agentflow
+db upgrade``, which ``agentflow dev`` runs too; :func:`create_tables` for tests and benchmarks).
+The API, the worker and the CLI commands only call :func:`require_schema` at start: it fails with
+:class:`SchemaOutOfDateError`, naming ``agentflow db upgrade``, unless the database is at head.
+Its one exception is an empty SQLite database, which it creates at head (see there).
 
 Hazards this module handles:
 
-- Several processes (API, worker, CLI) may upgrade one fresh database at the same time. The
-  whole upgrade, its checks included, runs in one transaction under one lock: on SQLite the
-  database's write lock (``BEGIN IMMEDIATE``; SQLite's DDL is transactional), on PostgreSQL a
-  transaction-level advisory lock keyed by the schema. The process that waited finds the schema
-  at head and changes nothing.
+- Several processes may upgrade one fresh database at the same time (two ``agentflow db
+  upgrade``, or the API and the worker creating an empty SQLite file). The whole upgrade, its
+  checks included, runs in one transaction under one lock: on SQLite the database's write lock
+  (``BEGIN IMMEDIATE``; SQLite's DDL is transactional), on PostgreSQL a transaction-level
+  advisory lock keyed by the schema. The process that waited finds the schema at head and
+  changes nothing.
 - Databases created before migrations (``create_all`` plus in-place ``ADD COLUMN`` and
   ``CREATE INDEX`` at every start) have the tables but no ``alembic_version``. They get what the
   old start-up would have added (tables, columns, indexes of the baseline revision), are stamped
   with the baseline, then upgraded.
 - A database already at head costs one query and takes no lock, so starting a process on it
-  stays cheap.
+  stays cheap. Checking loads no Alembic (a third of a second of start-up): the newest revision
+  is read from the file names in ``versions/`` (``NNNN_slug.py``, numbered by ``agentflow db
+  revision``) and the database's from its ``alembic_version`` table.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel
 
 import migrations
 from infra.db import TABLES, make_engine, translate_errors
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 """The Alembic script folder (``env.py``, ``script.py.mako``, ``versions/``)."""
@@ -48,6 +55,27 @@ VERSION_TABLE = "alembic_version"
 
 _PG_LOCK_KEY = "agentflow-migrations:"
 """Prefix of the PostgreSQL advisory lock key; the schema name completes it."""
+
+_REVISION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
+"""A revision file's name: its four-digit revision id, then its slug."""
+
+
+class SchemaOutOfDateError(RuntimeError):
+    """The job database is not at the revision this release needs (a start-up failure).
+
+    Raised before a process serves anything; the message names the database (password hidden)
+    and what to run (``agentflow db upgrade``), or says that a newer release migrated it.
+
+    Attributes:
+        current: the database's revision (``None``: no ``alembic_version`` table).
+        head: the revision this release needs.
+    """
+
+    def __init__(self, message: str, current: str | None, head: str) -> None:
+        """Describe a database at ``current`` where ``head`` is needed."""
+        super().__init__(message)
+        self.current = current
+        self.head = head
 
 
 def target_metadata() -> MetaData:
@@ -70,6 +98,8 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     Returns:
         A new :class:`alembic.config.Config`.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url is not None:
@@ -81,14 +111,26 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 
 @cache
 def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
+
+
+def known_revisions() -> list[str]:
+    """The revision ids in ``migrations/versions``, oldest first (read from the file names).
+
+    Revisions are numbered ``0001``, ``0002``, ... each revising the one before (``agentflow db
+    revision`` writes them so; ``tests/test_migrations.py`` checks Alembic sees the same chain).
+    """
+    found = (_REVISION_FILE.match(p.name) for p in (MIGRATIONS_DIR / "versions").iterdir())
+    return sorted(m.group(1) for m in found if m)
 
 
 def head_revision() -> str:
     """The newest revision id in ``migrations/versions``."""
-    head = _scripts().get_current_head()
-    assert head is not None, "migrations/versions holds no revision"
-    return head
+    revisions = known_revisions()
+    assert revisions, "migrations/versions holds no revision"
+    return revisions[-1]
 
 
 def baseline_schema() -> MetaData:
@@ -112,7 +154,11 @@ def _connect(target: Engine | str) -> Iterator[Connection]:
 
 
 def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """The revision in ``alembic_version`` (what Alembic's ``current`` reads), without Alembic."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
 
 
 def current_revision(target: Engine | str) -> str | None:
@@ -146,6 +192,8 @@ def upgrade(target: Engine | str, revision: str = "head") -> str | None:
         alembic.util.CommandError: the database is at a revision this code does not know (a
             newer release migrated it), or ``revision`` is unknown.
     """
+    from alembic import command
+
     target_rev = head_revision() if revision == "head" else revision
     with _connect(target) as conn:
         if _current(conn) == target_rev:
@@ -208,11 +256,10 @@ def _adopt_legacy(conn: Connection) -> None:
 
 
 def create_tables(engine: Engine) -> None:
-    """Bring the database to the newest schema revision (see :mod:`infra.migrations`).
+    """Bring the database to the newest schema revision: :func:`upgrade` with domain errors.
 
-    The one call every process makes at start-up: a database already at head costs one query; a
-    fresh one is created, and one from before migrations is adopted, then upgraded. Concurrent
-    callers are serialized by a lock.
+    For tests and benchmarks that set up their own database; processes call
+    :func:`require_schema` instead.
 
     Raises:
         StoreUnavailableError: the database is unreachable or stayed locked (retryable).
@@ -220,3 +267,57 @@ def create_tables(engine: Engine) -> None:
     """
     with translate_errors():
         upgrade(engine)
+
+
+def require_schema(engine: Engine) -> str:
+    """Check at start-up that the job database is at the newest revision.
+
+    The API, the worker and the CLI commands that open the database call this; only ``agentflow
+    db upgrade`` (and ``agentflow dev``, which runs it) changes a schema. The one exception, and
+    the only automatic upgrade: an empty SQLite database (no table at all: a fresh checkout's
+    ``data/agentflow.db``, a new file) is created at head here, so ``python worker.py`` and
+    ``agentflow api`` work without a first step. That is safe: there are no rows to migrate or
+    lose, and the creation runs under SQLite's write lock (:func:`upgrade`), so the API and the
+    worker starting together take turns. Any other database behind head (PostgreSQL, a SQLite
+    file with tables) fails instead of being changed by whichever process starts first.
+
+    Args:
+        engine: the job database (:func:`infra.db.make_engine`).
+
+    Returns:
+        The database's revision (the head).
+
+    Raises:
+        SchemaOutOfDateError: the database is not at head (the message says what to run).
+        StoreUnavailableError: the database is unreachable or stayed locked (retryable).
+        StoreRejectedError: the database refused the creation of an empty SQLite file's tables.
+    """
+    head = head_revision()
+    with translate_errors():
+        with _connect(engine) as conn:
+            current = _current(conn)
+            empty = current is None and not inspect(conn).get_table_names()
+        if current == head:
+            return head
+        if empty and engine.dialect.name == "sqlite":
+            upgrade(engine)
+            return head
+    shown = engine.url.render_as_string(hide_password=True)
+    if current is not None and current not in known_revisions():
+        message = (
+            f"the job database {shown} is at revision {current}, which this release does not "
+            f"know (it needs {head}): a newer release migrated it; run that release or a newer one"
+        )
+    else:
+        state = (
+            f"at revision {current}"
+            if current is not None
+            else "empty"
+            if empty
+            else "from before migrations (no alembic_version table)"
+        )
+        message = (
+            f"the job database {shown} is {state}, and this release needs revision {head}: "
+            "run `agentflow db upgrade` (with the same DATABASE_URL) before starting it"
+        )
+    raise SchemaOutOfDateError(message, current, head)

@@ -1,4 +1,10 @@
-"""Alembic migrations on real SQLite files and real PostgreSQL schemas."""
+"""Alembic migrations on real SQLite files and real PostgreSQL schemas.
+
+Policy under test: ``agentflow db upgrade`` (:func:`infra.migrations.upgrade`) is the one thing
+that changes a schema; the API, the worker and the CLI commands only check it at start
+(:func:`infra.migrations.require_schema`) and name ``agentflow db upgrade`` when it is behind,
+except that an empty SQLite database is created at head.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +23,32 @@ import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, Table, inspect, select, text
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
+from typer.testing import CliRunner
 
+from cli.db import db_app, upgrade_database
+from cli.keys import keys_app
 from core.models import AgentResult, JobStatus
+from core.settings import Settings
 from infra.db import TABLES, make_engine
 from infra.jobs import JobStore
 from infra.keys import ApiKeyRecord
 from infra.migrations import (
     BASELINE_REVISION,
     VERSION_TABLE,
+    SchemaOutOfDateError,
+    _scripts,
+    baseline_schema,
     create_tables,
     current_revision,
     head_revision,
+    known_revisions,
+    require_schema,
     target_metadata,
     upgrade,
 )
+from tests.helpers import ROOT
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -295,3 +312,235 @@ def test_two_processes_upgrade_one_fresh_sqlite_file(tmp_path: Path) -> None:
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     assert [out.strip() for out, _ in outputs] == [head_revision()] * 2
     assert current_revision(url) == head_revision()
+
+
+# --------------------------------------------------------------------------- the previous release
+
+
+def _url_of(url_and_args: tuple[str, dict]) -> str:
+    """One URL naming the database, PostgreSQL's schema included (as ``DATABASE_URL`` would)."""
+    url, connect_args = url_and_args
+    if "options" not in connect_args:
+        return url
+    return (
+        make_url(url)
+        .update_query_dict({"options": connect_args["options"]})
+        .render_as_string(hide_password=False)
+    )
+
+
+def _previous_release(engine: Engine) -> datetime:
+    """The schema exactly as the last release before Alembic built it (``create_all`` of its
+    models: the baseline), with a row in each table; returns the rows' timestamp."""
+    old = baseline_schema()
+    old.create_all(engine)
+    created = datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            old.tables["jobs"]
+            .insert()
+            .values(
+                job_id="prev",
+                workflow_id="agent-prev",
+                status=JobStatus.COMPLETED.value,
+                revision=7,
+                query="from the previous release",
+                result_json='{"answer": "42"}',
+                cost_usd=0.5,
+                prompt_tokens=11,
+                completion_tokens=22,
+                response_cache_hit=True,
+                idempotency_key="idem-prev",
+                owner="af_owner",
+                created_at=created,
+                updated_at=created,
+                completed_at=created,
+                events_json="[]",
+            )
+        )
+        conn.execute(
+            old.tables["payloads"]
+            .insert()
+            .values(sha256="b" * 64, size_bytes=3, data=b"xyz", created_at=created)
+        )
+        conn.execute(
+            old.tables["blobs"]
+            .insert()
+            .values(blob_id="blob-1", size_bytes=5, content="hello", created_at=created)
+        )
+        conn.execute(
+            old.tables["api_keys"]
+            .insert()
+            .values(
+                key_id="af_owner",
+                name="ops",
+                scopes="read",
+                secret_hash="h" * 64,
+                hash_scheme="hmac-sha256",
+                created_at=created,
+            )
+        )
+    return created
+
+
+def _rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    with engine.connect() as conn:
+        return {
+            name: [tuple(row) for row in conn.execute(text(f"SELECT * FROM {name} ORDER BY 1"))]
+            for name in TABLES
+        }
+
+
+def test_previous_release_database_upgrades_with_its_rows(
+    url_and_args: tuple[str, dict], bare_engine: Engine
+) -> None:
+    """``agentflow db upgrade`` on the last pre-Alembic schema: stamped, at head, rows intact."""
+    created = _previous_release(bare_engine)
+    before = _rows(bare_engine)
+    assert current_revision(bare_engine) is None
+
+    said = upgrade_database(_url_of(url_and_args))
+
+    assert said.endswith(f"empty -> {head_revision()}")
+    assert current_revision(bare_engine) == head_revision()
+    assert _differences(bare_engine) == []
+    assert _rows(bare_engine) == before
+    job = JobStore(bare_engine).get_job("prev")
+    assert job is not None
+    assert (job.revision, job.owner, job.cost_usd, job.created_at) == (7, "af_owner", 0.5, created)
+    assert upgrade_database(_url_of(url_and_args)).endswith(f"already at {head_revision()}")
+
+
+def test_db_upgrade_command_migrates_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = make_engine(url)
+    _previous_release(engine)
+    before = _rows(engine)
+    monkeypatch.setenv("DATABASE_URL", url)
+    runner = CliRunner()
+
+    behind = runner.invoke(db_app, ["current", "--check"])
+    assert behind.exit_code == 1
+    assert "run agentflow db upgrade" in behind.output
+    result = runner.invoke(db_app, ["upgrade"])
+    assert result.exit_code == 0, result.output
+    assert f"-> {head_revision()}" in result.output
+    assert runner.invoke(db_app, ["current", "--check"]).exit_code == 0
+    assert _rows(engine) == before
+    engine.dispose()
+
+
+# --------------------------------------------------------------------------- start-up checks
+
+
+def test_revisions_read_from_file_names_are_alembic_s_chain() -> None:
+    """The start-up check reads revision ids from file names; Alembic must see the same chain."""
+    chain = [script.revision for script in _scripts().walk_revisions()][::-1]
+    assert known_revisions() == chain
+    assert head_revision() == _scripts().get_current_head()
+    assert all(
+        _scripts().get_revision(rev).down_revision == (chain[i - 1] if i else None)
+        for i, rev in enumerate(chain)
+    )
+
+
+def test_require_schema_accepts_a_database_at_head(bare_engine: Engine) -> None:
+    upgrade(bare_engine)
+    before = _schema(bare_engine)
+    assert require_schema(bare_engine) == head_revision()
+    assert _schema(bare_engine) == before
+
+
+def test_require_schema_creates_an_empty_sqlite_database(tmp_path: Path) -> None:
+    """The one automatic upgrade: a new SQLite file (the README's quick start)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    assert require_schema(engine) == head_revision()
+    assert current_revision(engine) == head_revision()
+    assert _differences(engine) == []
+    engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("url_and_args", ["postgres"], indirect=True)
+def test_require_schema_leaves_an_empty_postgres_schema_alone(bare_engine: Engine) -> None:
+    with pytest.raises(SchemaOutOfDateError, match="agentflow db upgrade") as caught:
+        require_schema(bare_engine)
+    assert "is empty" in str(caught.value)
+    assert (caught.value.current, caught.value.head) == (None, head_revision())
+    assert inspect(bare_engine).get_table_names() == []
+
+
+def test_require_schema_refuses_the_previous_release_and_changes_nothing(
+    bare_engine: Engine,
+) -> None:
+    _previous_release(bare_engine)
+    before = (_schema(bare_engine), _rows(bare_engine))
+    with pytest.raises(SchemaOutOfDateError, match="run `agentflow db upgrade`") as caught:
+        require_schema(bare_engine)
+    assert "before migrations" in str(caught.value)
+    assert "password" not in str(caught.value)
+    assert (_schema(bare_engine), _rows(bare_engine)) == before
+
+
+def test_require_schema_refuses_a_revision_from_a_newer_release(bare_engine: Engine) -> None:
+    upgrade(bare_engine)
+    with bare_engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    with pytest.raises(SchemaOutOfDateError, match="a newer release migrated it"):
+        require_schema(bare_engine)
+
+
+def test_api_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = make_engine(url)
+    _previous_release(engine)
+    engine.dispose()
+    settings = Settings(database_url=url, auth_disabled=True, temporal_address="127.0.0.1:9")
+    with (
+        pytest.raises(SchemaOutOfDateError, match="agentflow db upgrade"),
+        TestClient(create_app(settings)),
+    ):
+        pass
+
+
+def test_worker_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = make_engine(url)
+    _previous_release(engine)
+    engine.dispose()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": url,
+        "TEMPORAL_ADDRESS": "127.0.0.1:9",  # never reached: the schema check comes first
+        "AGENTFLOW_DATA_DIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "run `agentflow db upgrade`" in out.stdout + out.stderr
+    assert current_revision(url) is None
+
+
+def test_cli_commands_refuse_an_old_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = make_engine(url)
+    _previous_release(engine)
+    engine.dispose()
+    monkeypatch.setenv("DATABASE_URL", url)
+    result = CliRunner().invoke(keys_app, ["list"])
+    assert result.exit_code == 1
+    assert "agentflow db upgrade" in result.output
+    assert current_revision(url) is None
