@@ -11,29 +11,33 @@ Commands:
 * ``agentflow worker`` and ``agentflow api``: one piece each, configured from the environment;
 * ``agentflow keys create|list|revoke``: API keys (see :mod:`cli.keys`);
 * ``agentflow retention run|schedule``: delete old job records and payloads now, or create the
-  Temporal Schedule that does it (see :mod:`cli.retention`).
+  Temporal Schedule that does it (see :mod:`cli.retention`);
+* ``agentflow db upgrade|current|revision``: the job database's migrations (see :mod:`cli.db`).
+
+Each command imports what it uses when it runs (this module and the sub-apps' modules import
+typer and little else), so ``agentflow --help`` answers in a fraction of a second and a command
+pays only for its own dependencies.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
+from functools import cache
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from cli.db import db_app
-from cli.devstack import SHUTDOWN_GRACE_S, DevStack, DevStackError
-from cli.follow import SubmitOptions, parse_tool_option, submit
 from cli.keys import keys_app
 from cli.retention import retention_app
 from cli.router import router_app
-from cli.runner import RunOptions, run_file
-from core.settings import get_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cli.devstack.stack import DevStack
 
 app = typer.Typer(
     name="agentflow",
@@ -43,7 +47,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_show_locals=False,  # locals would print settings, API keys included
 )
-console = Console()
 app.add_typer(keys_app)
 app.add_typer(router_app)
 app.add_typer(retention_app)
@@ -74,6 +77,13 @@ TimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=1, help="Seconds each request may take to reach an end."),
 ]
+
+
+@cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
 
 
 def _interrupt_on_sigterm() -> None:
@@ -133,6 +143,12 @@ def dev(
     Redis named by REDIS_URL (or at 127.0.0.1:6379); otherwise starts its own. State and logs go
     to AGENTFLOW_DATA_DIR (default: data/ in the checkout).
     """
+    from cli.devstack.stack import DevStack
+    from cli.devstack.supervisor import DevStackError
+    from cli.runner import RunOptions, run_file
+    from core.settings import get_settings
+
+    console = _console()
     _interrupt_on_sigterm()
     settings = get_settings()
     stack = DevStack(
@@ -175,6 +191,8 @@ def dev(
 
 
 def _print_urls(stack: DevStack) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, title="agentflow dev stack", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("where")
@@ -185,7 +203,7 @@ def _print_urls(stack: DevStack) -> None:
     table.add_row("Redis", stack.redis_url)
     table.add_row("Job database", stack.database_url)
     table.add_row("Logs", str(stack.log_dir))
-    console.print(table)
+    _console().print(table)
 
 
 @app.command("run")
@@ -210,6 +228,8 @@ def run_command(
     Exits 0 when every request ended as expected (COMPLETED; REJECTED when its line says
     "expect_approval": "reject"; AWAITING_APPROVAL with --no-approve), 1 otherwise.
     """
+    from cli.runner import RunOptions, run_file
+
     options = RunOptions(
         api_url=api.rstrip("/"),
         concurrency=concurrency,
@@ -217,7 +237,7 @@ def run_command(
         api_key=api_key,
         timeout_s=timeout,
     )
-    raise typer.Exit(run_file(file, options, out, console))
+    raise typer.Exit(run_file(file, options, out, _console()))
 
 
 @app.command("submit")
@@ -261,6 +281,10 @@ def submit_command(
 
     Exits 0 when the API accepted the job (with --follow: when the job COMPLETED), 1 otherwise.
     """
+    import asyncio
+
+    from cli.follow import SubmitOptions, parse_tool_option, submit
+
     if tier not in ("auto", "small", "medium", "large"):
         raise typer.BadParameter("one of auto, small, medium, large", param_hint="--tier")
     try:
@@ -274,7 +298,7 @@ def submit_command(
         "require_approval": require_approval,
     }
     options = SubmitOptions(api_url=api.rstrip("/"), api_key=api_key, follow=follow)
-    raise typer.Exit(asyncio.run(submit(body, options, console)))
+    raise typer.Exit(asyncio.run(submit(body, options, _console())))
 
 
 @app.command()
@@ -284,8 +308,8 @@ def worker() -> None:
 
     try:
         worker_module.main()
-    except (RuntimeError, ValueError) as exc:  # Temporal unreachable, bad configuration
-        console.print(f"[red]✗ the worker stopped: {exc}[/]", highlight=False)
+    except (RuntimeError, ValueError) as exc:  # Temporal unreachable, bad config, old schema
+        _console().print(f"[red]✗ the worker stopped: {exc}[/]", highlight=False)
         raise typer.Exit(1) from exc
 
 
@@ -293,6 +317,9 @@ def worker() -> None:
 def api() -> None:
     """Run the REST API with uvicorn on AGENTFLOW_API_HOST:AGENTFLOW_API_PORT."""
     import uvicorn
+
+    from cli.devstack.supervisor import SHUTDOWN_GRACE_S
+    from core.settings import get_settings
 
     settings = get_settings()
     # Open event streams (SSE) must not hold a shutdown: clients resume with Last-Event-ID.

@@ -17,23 +17,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from core.catalog import ModelCatalog
-from core.models import Tier
-from core.routing_corpus import LabelledPrompt, load_corpus, split_corpus
-from core.settings import get_settings
-from core.tokens import count_tokens
-from domain.learned_router import ARTIFACT_PATH, RouterModel, RouterPrediction, shipped_model
-from domain.routing import PROMPT_OVERHEAD_TOKENS, LearnedRouter
-from domain.selection import estimate_response_length
+if TYPE_CHECKING:  # numpy, the tokenizer and the corpus load only when a command runs
+    from rich.console import Console
+
+    from core.catalog import ModelCatalog
+    from core.models import Tier
+    from core.routing_corpus import LabelledPrompt
+    from domain.learned_router import RouterModel, RouterPrediction
 
 router_app = typer.Typer(name="router", help="Train, check and calibrate the learned router.")
-console = Console()
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
 
 
 @dataclass
@@ -67,7 +69,9 @@ def label_costs(
     The completion estimate comes from the label's task type, so it is the same whichever
     router is scored (:func:`core.catalog.ModelCatalog.estimate_remaining_cost_usd`).
     """
-    from core.models import TaskType
+    from core.models import TaskType, Tier
+    from core.tokens import PROMPT_OVERHEAD_TOKENS, count_tokens
+    from domain.selection import estimate_response_length
 
     costs = []
     for prompt, task_type in zip(prompts, task_types, strict=True):
@@ -88,6 +92,8 @@ def evaluate(
     name: str, labels: Sequence[Tier], chosen: Sequence[Tier], costs: Sequence[dict[Tier, float]]
 ) -> RouterScore:
     """Score ``chosen`` tiers against ``labels`` (see :class:`RouterScore`)."""
+    from core.models import Tier
+
     n = len(labels)
     confusion = {label: dict.fromkeys(Tier, 0) for label in Tier}
     for label, tier in zip(labels, chosen, strict=True):
@@ -113,20 +119,25 @@ def tiers_at(
     small_threshold: float = 0.5,
 ) -> list[Tier]:
     """The learned router's tiers for ``predictions`` at an operating point (no tools)."""
+    from domain.routing import LearnedRouter
+
     router = LearnedRouter(model, large_threshold=large_threshold, small_threshold=small_threshold)
     return [router.choose(p)[0] for p in predictions]
 
 
 def heldout() -> list[LabelledPrompt]:
     """The held-out split of the shipped corpus."""
+    from core.routing_corpus import load_corpus, split_corpus
+
     return split_corpus(load_corpus())[1]
 
 
 @router_app.command("train")
 def train_command(
     out: Annotated[
-        Path, typer.Option("--out", help="Where to write the artifact.")
-    ] = ARTIFACT_PATH,
+        Path | None,
+        typer.Option("--out", help="Where to write the artifact (default: core/data/router.json)."),
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -136,7 +147,11 @@ def train_command(
 ) -> None:
     """Train on the corpus's training split and write (or check) the artifact."""
     from cli.router_training import artifact_bytes, artifact_sha256, train_artifact
+    from core.routing_corpus import load_corpus, split_corpus
+    from domain.learned_router import ARTIFACT_PATH
 
+    out = out or ARTIFACT_PATH
+    console = _console()
     train, held = split_corpus(load_corpus())
     console.print(f"training on {len(train)} prompts ({len(held)} held out) ...")
     data = artifact_bytes(train_artifact(train))
@@ -170,6 +185,13 @@ def calibrate_command(
     ] = None,
 ) -> None:
     """Print large share vs recall (and accuracy, cost) per threshold on the held-out split."""
+    from rich.table import Table
+
+    from core.catalog import ModelCatalog
+    from core.models import Tier
+    from core.settings import get_settings
+    from domain.learned_router import RouterModel, shipped_model
+
     path = artifact or get_settings().router_artifact
     model = RouterModel.from_file(path) if path is not None else shipped_model()
     prompts = heldout()
@@ -199,6 +221,7 @@ def calibrate_command(
             f"{score.accuracy:.1%}",
             f"{score.cost_ratio:.2f}",
         )
+    console = _console()
     console.print(table)
     console.print(
         f"recommended threshold {recommended:.2f} (chosen on the training split); set "

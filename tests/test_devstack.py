@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from cli.devstack import DevStack
+from cli.devstack.ports import port_in_use, wait_for_port
 from core.auth import Scope
 from core.settings import PROJECT_ROOT, Settings
 from infra.db import make_engine
 from infra.keys import KeyStore
-from infra.migrations import create_tables
+from infra.migrations import baseline_schema, create_tables, current_revision, head_revision
 from tests.helpers import free_port
 
 EXAMPLES = PROJECT_ROOT / "examples" / "requests.jsonl"
@@ -141,3 +144,42 @@ def test_each_dev_session_gets_a_fresh_key_and_revokes_the_last(tmp_path: Path) 
     assert fresh is not None and fresh.scopes == {Scope.SUBMIT, Scope.READ, Scope.APPROVE}
     assert keys.authenticate(other.secret) is not None
     engine.dispose()
+
+
+def test_dev_migrates_the_job_database_before_the_worker_and_api(tmp_path: Path) -> None:
+    """The stack runs `agentflow db upgrade`'s upgrade: a database from before migrations is
+    migrated with its rows (the worker and the API would refuse it)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    old = baseline_schema()
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            old.tables["blobs"]
+            .insert()
+            .values(blob_id="kept", size_bytes=1, content="x", created_at=datetime.now(UTC))
+        )
+    console = Console(record=True, width=200)
+    stack = DevStack(settings=Settings(database_url=url, data_dir=tmp_path), console=console)
+    stack._migrate_database()
+    assert stack.database_url == url
+    assert current_revision(url) == head_revision()
+    output = console.export_text()
+    assert "agentflow db upgrade" in output
+    assert f"empty -> {head_revision()}" in output
+    with engine.connect() as conn:
+        assert conn.execute(old.tables["blobs"].select()).one().blob_id == "kept"
+    engine.dispose()
+
+
+def test_port_helpers_see_a_listener_and_time_out_without_one() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert port_in_use(port)
+        wait_for_port(port, timeout_s=1.0)
+    free = free_port()
+    assert not port_in_use(free)
+    with pytest.raises(TimeoutError, match=f"127.0.0.1:{free}"):
+        wait_for_port(free, timeout_s=0.2)
