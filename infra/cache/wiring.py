@@ -42,7 +42,9 @@ def cache_from_settings(
 
 
 def semantic_from_settings(settings: Settings, cache: RedisCache) -> SemanticCache | None:
-    """The semantic level the settings ask for, on ``cache``'s client (``None``: switched off).
+    """The semantic level the settings ask for (``None``: switched off).
+
+    It uses ``cache``'s client and breaker (the process's :class:`RedisClients`).
 
     The embedder is the OpenAI-compatible endpoint's when ``AGENTFLOW_EMBEDDINGS_MODEL`` is set,
     else the offline lexical one (:func:`infra.embeddings.embedder_from_settings`).
@@ -57,4 +59,5 @@ def semantic_from_settings(settings: Settings, cache: RedisCache) -> SemanticCac
         embedder_from_settings(settings),
         threshold=settings.semantic_cache_threshold,
         max_entries=settings.semantic_cache_max_entries,
+        breaker=cache.redis.breaker,
     )

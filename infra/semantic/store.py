@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 from core.errors import ModelError
 from domain.semantic_guard.facts import guard_allows, guard_signature
 from infra.embeddings import MAX_EMBED_CHARS, Embedder, Vectors
+from infra.redis_client import RedisBreaker
 from infra.semantic.entries import ADD_SCRIPT, Entry, pack_entry, parse_stream_id, unpack_entry
 from infra.semantic.mirror import NamespaceMirror
 from infra.semantic.results import SemanticHit, SemanticLookup, SemanticStats
@@ -90,6 +91,7 @@ class SemanticCache:
         max_namespaces: int = 256,
         max_local_bytes: int = 256 * 2**20,
         breaker_cooldown_s: float = 5.0,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         """Create the cache; nothing is read until the first lookup.
 
@@ -104,7 +106,10 @@ class SemanticCache:
                 evicted first).
             max_local_bytes: bytes of vectors one process keeps in memory across namespaces.
             breaker_cooldown_s: after a Redis failure, lookups and adds are misses for this
-                many seconds without calling Redis.
+                many seconds without calling Redis (when no ``breaker`` is given).
+            breaker: the process's shared breaker (:class:`infra.redis_client.RedisClients`):
+                failures here open it for every Redis user, and this level skips Redis while
+                any user's failure holds it open. ``None``: a breaker of its own.
 
         Raises:
             ValueError: an argument is out of range, or the client decodes responses.
@@ -121,8 +126,7 @@ class SemanticCache:
         self.max_entries = max_entries
         self.max_namespaces = max_namespaces
         self.max_local_bytes = max_local_bytes
-        self._cooldown_s = breaker_cooldown_s
-        self._open_until = 0.0
+        self._breaker = breaker if breaker is not None else RedisBreaker(breaker_cooldown_s)
         self._namespaces: OrderedDict[str, NamespaceMirror] = OrderedDict()
         self._vectors: OrderedDict[str, Vectors] = OrderedDict()
         self._add = redis.register_script(ADD_SCRIPT)
@@ -137,7 +141,7 @@ class SemanticCache:
     @property
     def breaker_open(self) -> bool:
         """Whether Redis calls are being skipped right now (after a failure)."""
-        return time.monotonic() < self._open_until
+        return self._breaker.open
 
     @property
     def local_namespaces(self) -> int:
@@ -150,13 +154,8 @@ class SemanticCache:
         return sum(ns.nbytes for ns in self._namespaces.values())
 
     def _failed(self, op: str, exc: BaseException) -> str:
-        reason = f"redis unreachable ({type(exc).__name__})"
-        if not self.breaker_open:
-            logger.warning(
-                "semantic cache %s failed (%s); misses for %.1fs", op, reason, self._cooldown_s
-            )
-        self._open_until = time.monotonic() + self._cooldown_s
-        return reason
+        self._breaker.record_failure(f"semantic {op}", exc)
+        return f"redis unreachable ({type(exc).__name__})"
 
     async def _embed(self, query: str) -> Vectors:
         """The query's row (shape ``(dim,)``), remembered for the next 128 distinct queries."""
@@ -377,7 +376,7 @@ class SemanticCache:
                 length, _ = await pipe.execute()
             deleted += int(length)
             self._namespaces.pop(key.decode(), None)
-        self._open_until = 0.0
+        self._breaker.record_success()
         return deleted
 
     async def stats(self) -> SemanticStats:
