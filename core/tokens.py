@@ -99,3 +99,56 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
             return candidate
         keep -= 1
     return ""
+
+
+PROMPT_OVERHEAD_TOKENS = 500
+"""Tokens a prompt holds beyond the query and the compressed context, for every estimate.
+
+Where the number comes from: the generation templates (``infra.providers.prompts``) add a
+system prompt of 48 cl100k_base tokens (final answer; 28 for the draft), the ``Context:``
+header, a ``[source] (importance)`` label per context item and the chat format's few tokens per
+message. 500 holds those for a context of a few dozen items. Two copies used to exist: 500 for
+the budget reservation (:func:`infra.quotas.estimate_cost_usd`) and 200 for routing (the
+context-window fit and the expected cost in :func:`domain.routing.prompt_tokens_estimate`).
+The larger is kept because it is the conservative one for budgets: a reservation must not
+under-count, and a routing estimate that is 300 tokens larger only moves a prompt to a larger
+window a little earlier and raises the expected cost that the approval threshold compares.
+"""
+
+ESTIMATE_HEAD_CHARS = 1500
+ESTIMATE_TAIL_CHARS = 500
+""":func:`estimate_tokens` counts text up to this many characters (head plus tail) exactly;
+longer text is sampled: its first 1,500 and last 500 characters (the learned router reads the
+same window, so its count of that window can be reused)."""
+
+
+def estimate_tokens(
+    text: str,
+    *,
+    head_chars: int = ESTIMATE_HEAD_CHARS,
+    tail_chars: int = ESTIMATE_TAIL_CHARS,
+    sample_tokens: int | None = None,
+) -> int:
+    """cl100k_base tokens of ``text``: counted when short, else estimated from a sample.
+
+    The one estimator beside the exact :func:`count_tokens`. Up to ``head_chars + tail_chars``
+    characters the count is exact; past that the sample (``text[:head_chars] + " " +
+    text[-tail_chars:]``) is counted and scaled by the length ratio, because the tokenizer's
+    cost grows faster than linearly on some long runs (20,000 digits took 0.7 s) and the
+    callers (routing, the context estimate) need the size, not the exact count.
+
+    Args:
+        text: the text to size.
+        head_chars: characters of the sample taken from the start.
+        tail_chars: characters of the sample taken from the end.
+        sample_tokens: the sample's token count when the caller has it already (the learned
+            router counts the same window for its features).
+
+    Returns:
+        The count or estimate, in tokens (0 for empty text).
+    """
+    if len(text) <= head_chars + tail_chars:
+        return count_tokens(text) if sample_tokens is None else sample_tokens
+    sample = text[:head_chars] + " " + text[-tail_chars:]
+    counted = count_tokens(sample) if sample_tokens is None else sample_tokens
+    return round(counted * len(text) / max(1, len(sample)))

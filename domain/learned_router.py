@@ -38,7 +38,7 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from core.models import TaskType
-from core.tokens import count_tokens
+from core.tokens import estimate_tokens
 from domain.selection import QueryFeatures, extract_features
 
 ARTIFACT_PATH = Path(__file__).resolve().parent.parent / "core" / "data" / "router.json"
@@ -372,29 +372,17 @@ def head_features(query: str) -> QueryFeatures:
 
     Returns:
         :func:`domain.selection.extract_features` of :func:`router_head`, with ``tokens``
-        for all of ``query`` (:func:`estimate_tokens`, so a long prompt's size is not cut).
+        for all of ``query`` (:func:`core.tokens.estimate_tokens` over the same window, so a
+        long prompt's size is not cut).
     """
     head = router_head(query)
     cues = extract_features(head)
-    return cues if head is query else replace(cues, tokens=estimate_tokens(query, cues.tokens))
-
-
-def estimate_tokens(query: str, head_tokens: int | None = None) -> int:
-    """cl100k_base tokens of ``query``: counted when it is short, else estimated from its head.
-
-    Past :data:`HEAD_CHARS` + :data:`TAIL_CHARS` characters the head's count is scaled by the
-    length ratio: the tokenizer's cost grows faster than linearly on some long runs (20,000
-    digits took 0.7 s), and routing needs the size, not the exact count.
-
-    Args:
-        query: the prompt.
-        head_tokens: the token count of :func:`router_head` of ``query`` when known.
-    """
-    head = router_head(query)
-    counted = count_tokens(head) if head_tokens is None else head_tokens
     if head is query:
-        return counted
-    return round(counted * len(query) / max(1, len(head)))
+        return cues
+    tokens = estimate_tokens(
+        query, head_chars=HEAD_CHARS, tail_chars=TAIL_CHARS, sample_tokens=cues.tokens
+    )
+    return replace(cues, tokens=tokens)
 
 
 @dataclass(frozen=True, slots=True)

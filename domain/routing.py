@@ -36,17 +36,9 @@ from typing import Protocol
 from core.catalog import ModelCatalog
 from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
 from core.settings import Settings
-from domain.learned_router import (
-    RouterModel,
-    RouterPrediction,
-    estimate_tokens,
-    head_features,
-    router_head,
-)
+from core.tokens import PROMPT_OVERHEAD_TOKENS, estimate_tokens
+from domain.learned_router import RouterModel, RouterPrediction, head_features, router_head
 from domain.selection import scores_from_features, select_model
-
-PROMPT_OVERHEAD_TOKENS = 200
-"""Tokens the system prompt and message framing add to every generation prompt."""
 
 DEFAULT_SMALL_THRESHOLD = 0.5
 DEFAULT_TOOL_ANSWERED_MAX_P_LARGE = 1.0
@@ -240,8 +232,9 @@ def asks_to_derive(query: str) -> bool:
 def prompt_tokens_estimate(inp: SelectModelInput) -> int:
     """Prompt tokens of the generation call for ``inp``.
 
-    The query (:func:`estimate_tokens`), the context after compression (``inp.context_tokens``,
-    at most the request's budget) and :data:`PROMPT_OVERHEAD_TOKENS`.
+    The query (:func:`core.tokens.estimate_tokens`), the context after compression
+    (``inp.context_tokens``, at most the request's budget) and
+    :data:`core.tokens.PROMPT_OVERHEAD_TOKENS`.
     """
     return estimate_tokens(inp.query) + inp.context_tokens + PROMPT_OVERHEAD_TOKENS
 

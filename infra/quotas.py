@@ -46,13 +46,11 @@ from core.catalog import ModelCatalog
 from core.errors import BudgetExceededError, RateLimitedError
 from core.models import AgentRequest, BudgetReservation, Tier
 from core.settings import Settings
+from core.tokens import PROMPT_OVERHEAD_TOKENS
 from infra.redis_client import REDIS_ERRORS, RedisClients
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-PROMPT_OVERHEAD_TOKENS = 500
-"""Tokens the prompt templates add around the query and context (system prompt, headings)."""
 
 _RESERVE = """
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
