@@ -1,8 +1,9 @@
 """The short stages of a job, run as local activities inside the workflow task.
 
 Each method is a thin wrapper: it turns a contract into a call on a cache, the job store or one of
-the stage modules (:mod:`domain.planner`, :mod:`domain.selection`,
-:mod:`domain.compression`), and domain errors into ``ApplicationError`` at the boundary.
+the domain modules (:mod:`domain.prepare`, :mod:`domain.cache_guard`, :mod:`domain.planner`,
+:mod:`domain.routing`, :mod:`domain.compression`), and domain errors into ``ApplicationError``
+at the boundary.
 
 CPU stays off the worker's event loop, where one slow call would stall every other job on the
 worker: ``select_model`` and ``compress_context`` are synchronous activities that the worker runs
@@ -19,20 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from temporalio import activity
 
 from activities.errors import to_application_error
 from core.catalog import ModelCatalog
-from core.errors import AgentflowError, BlobNotFoundError, ToolCallInvalidError
+from core.errors import AgentflowError, BlobNotFoundError
 from core.metrics import observe_job
 from core.models import (
     AgentResult,
@@ -46,9 +46,7 @@ from core.models import (
     CompressContextResult,
     ContextItem,
     Importance,
-    JobStatus,
     ModelUsage,
-    PlannedToolCall,
     PlanToolsInput,
     PlanToolsResult,
     PrepareJobInput,
@@ -62,14 +60,24 @@ from core.models import (
     ToolCall,
     ToolFailure,
     ToolResult,
-    ToolSuccess,
 )
 from core.providers import usage_of
-from core.tools import ToolRegistry, canonical_parameters
+from core.tools import ToolRegistry
+from domain.cache_guard import (
+    answer_ttl_s,
+    cached_answer,
+    cached_response,
+    catalog_digest,
+    component_key,
+    count_lookup,
+    gated_by_policy,
+    report_with_tool_lookups,
+)
 from domain.compression import compress_context
 from domain.llm_router import LlmRouter
 from domain.model_planner import plan_with_model
 from domain.planner import plan_tools_by_rules
+from domain.prepare import assemble_plan, response_key_input, selection_input
 from domain.routing import (
     LearnedRouter,
     Router,
@@ -81,7 +89,6 @@ from domain.routing import (
 from infra.cache import (
     RedisCache,
     inputs_digest,
-    level_prefix,
     response_cache_key,
 )
 from infra.jobs import JobStore
@@ -99,48 +106,6 @@ _M = TypeVar("_M", bound=BaseModel)
 SEMANTIC_ADD_TIMEOUT_S = 1.0
 """Most seconds filing an answer on the semantic level may take inside ``record_job``."""
 
-COMPONENT_VERSION = "c1"
-"""Part of every component-level key: bump it when selection or compression code changes what
-it returns for the same input."""
-
-CHARS_PER_TOKEN = 4
-"""Characters per token for the context's cost estimate (no tokenizer pass over the context)."""
-
-
-def _context_tokens_estimate(
-    items: list[ContextItem], max_context_tokens: int, *, tools_planned: bool = False
-) -> int:
-    """Prompt tokens the context will take after compression, at most the budget.
-
-    ASCII text counts :data:`CHARS_PER_TOKEN` characters per token and every other character
-    one token (CJK text is about one token per character), without tokenizing on the event
-    loop. Planned tool results are compressed into the same budget and their size is unknown
-    before they run, so with tools planned the estimate is the whole budget.
-    """
-    if tools_planned:
-        return max_context_tokens
-    tokens = 0
-    for item in items:
-        ascii_chars = len(item.content.encode("ascii", "ignore"))
-        tokens += ascii_chars // CHARS_PER_TOKEN + (len(item.content) - ascii_chars)
-    return min(tokens, max_context_tokens)
-
-
-def _cached_response(raw: JsonValue | None) -> CachedResponse | None:
-    """A response entry, or ``None`` for a miss or an entry of another shape."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return CachedResponse.model_validate(raw)
-    except ValueError:
-        log.warning("undecodable response-cache entry; treated as a miss")
-        return None
-
-
-def _count(report: CacheReport, level: CacheLevel, hit: bool) -> None:
-    counts = report.hits if hit else report.misses
-    counts[level.value] = counts.get(level.value, 0) + 1
-
 
 def semantic_namespace(inp: ResponseCacheKeyInput) -> str:
     """The semantic level's namespace of a request: its owner and :func:`inputs_digest`.
@@ -149,21 +114,6 @@ def semantic_namespace(inp: ResponseCacheKeyInput) -> str:
     can share an answer; the query itself is compared by meaning.
     """
     return f"{inp.owner or '-'}:{inputs_digest(inp)}"
-
-
-def gated_by_policy(tools: list[str], policy: ApprovalPolicy, registry: ToolRegistry) -> str | None:
-    """Why a cached answer built on ``tools`` may not be served under ``policy``, else ``None``.
-
-    The rule (README, "Caches"): a cached answer never bypasses a human gate. A tool that needs
-    approval now (its metadata or ``policy.tools``) gates every answer built on its results,
-    whatever the policy was when the answer was cached. The cost threshold does not apply: a
-    hit calls no model and costs nothing. Requests that ask for approval never reach the cache.
-    """
-    for name in tools:
-        tool = registry.get(name)
-        if name in policy.tools or (tool is not None and tool.metadata.requires_approval):
-            return f"the approval policy gates tool {name}, which the cached answer used"
-    return None
 
 
 class StageActivities:
@@ -208,11 +158,7 @@ class StageActivities:
         self.semantic_ttl_s = semantic_ttl_s
         self.component_cache_ttl_s = component_cache_ttl_s
         self.model_identity = catalog.fingerprint()
-        # Selection also carries prices, windows and timeouts: its component key covers the
-        # whole catalog (API keys left out), so a price change never serves an old estimate.
-        self.catalog_digest = hashlib.sha256(
-            catalog.model_dump_json(exclude={"models": {"__all__": {"api_key"}}}).encode()
-        ).hexdigest()
+        self.catalog_digest = catalog_digest(catalog)
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
@@ -238,7 +184,7 @@ class StageActivities:
             inp = inp.model_copy(update={"model_identity": self.model_identity})
         key = response_cache_key(inp)
         raw = await self.cache.get_level(CacheLevel.RESPONSE, key)
-        hit = _cached_response(raw)
+        hit = cached_response(raw)
         error = None if raw is not None or self.cache.last_error is None else self.cache.last_error
         return CheckResponseCacheResult(
             key=key, hit=hit, error=error, level=CacheLevel.RESPONSE if hit else None
@@ -254,7 +200,7 @@ class StageActivities:
         """
         report = CacheReport()
         checked = await self.check_response_cache(inp)
-        _count(report, CacheLevel.RESPONSE, checked.hit is not None)
+        count_lookup(report, CacheLevel.RESPONSE, checked.hit is not None)
         hit, level, similarity = checked.hit, checked.level, None
         if hit is not None and (why := self._gated(hit, policy)) is not None:
             report.bypassed = why
@@ -267,9 +213,9 @@ class StageActivities:
                 report.degraded_reason = found.reason
             entry = None
             if found.hit is not None:
-                entry = _cached_response(await self.cache.get_json(found.hit.response_key))
+                entry = cached_response(await self.cache.get_json(found.hit.response_key))
             await self.cache.record_lookup(CacheLevel.SEMANTIC, entry is not None)
-            _count(report, CacheLevel.SEMANTIC, entry is not None)
+            count_lookup(report, CacheLevel.SEMANTIC, entry is not None)
             if entry is not None and (why := self._gated(entry, policy)) is not None:
                 report.bypassed = why
                 entry = None
@@ -314,8 +260,7 @@ class StageActivities:
         ``payload`` is the canonical input (it is hashed with ``kind`` and the component
         version into the key). Returns the result and whether it was a hit.
         """
-        digest = hashlib.sha256(f"{COMPONENT_VERSION}|{kind}|{payload}".encode()).hexdigest()
-        key = f"{level_prefix(CacheLevel.COMPONENT)}{kind}:{digest}"
+        key = component_key(kind, payload)
         raw = await self.cache.get_level(CacheLevel.COMPONENT, key)
         if isinstance(raw, dict):
             try:
@@ -352,16 +297,7 @@ class StageActivities:
             durations[stage.value] = round((now - started) * 1000, 3)
             started = now
 
-        key_input = ResponseCacheKeyInput(
-            query=req.query,
-            context=req.context,
-            tool_calls=req.tool_calls,
-            model_tier=req.model_tier,
-            owner=inp.owner,
-            model_identity=self.model_identity,
-            require_approval=req.require_approval,
-            max_context_tokens=req.max_context_tokens,
-        )
+        key_input = response_key_input(req, inp.owner, self.model_identity)
         if req.require_approval:
             # A human gate is never answered from the cache (nor is its answer stored).
             report = CacheReport(bypassed="the request asked for approval")
@@ -374,20 +310,11 @@ class StageActivities:
             return PrepareJobResult(cache=cache, duration_ms=durations)
         plan = await self.plan_tools(PlanToolsInput(query=req.query, tool_calls=req.tool_calls))
         lap(Stage.TOOL_PLAN)
-        selection, selection_hit = await self._route_cached(
-            SelectModelInput(
-                query=req.query,
-                tool_call_names=[p.call.name for p in plan.planned],
-                context_items=len(req.context),
-                pinned_tier=None if req.model_tier == "auto" else Tier(req.model_tier),
-                context_tokens=_context_tokens_estimate(
-                    req.context, req.max_context_tokens, tools_planned=bool(plan.planned)
-                ),
-                tools_answer=self.tools.all_answer_query(p.call.name for p in plan.planned),
-            )
-        )
+        # The context estimate tokenizes (up to the budget): off the event loop.
+        select_input = await asyncio.to_thread(selection_input, req, plan, self.tools)
+        selection, selection_hit = await self._route_cached(select_input)
         if cache.report is not None and selection_hit is not None:
-            _count(cache.report, CacheLevel.COMPONENT, selection_hit)
+            count_lookup(cache.report, CacheLevel.COMPONENT, selection_hit)
         lap(Stage.MODEL_SELECTION)
         return PrepareJobResult(cache=cache, plan=plan, selection=selection, duration_ms=durations)
 
@@ -418,36 +345,8 @@ class StageActivities:
         them earlier; this guards workflows started directly). Planner proposals that duplicate
         an explicit call (same tool, same canonical parameters) are skipped.
         """
-        planned: list[PlannedToolCall] = []
-        rejected: list[str] = []
-        seen: set[tuple[str, str]] = set()
-
-        def add(call: ToolCall, origin: str) -> None:
-            try:
-                tool, params = self.tools.validate(call)
-            except ToolCallInvalidError as exc:
-                rejected.append(f"{origin} call {call.id}: {exc.message}")
-                return
-            identity = (tool.name, canonical_parameters(params))
-            if identity in seen:
-                return
-            seen.add(identity)
-            meta = tool.metadata
-            planned.append(
-                PlannedToolCall(
-                    call=call,
-                    parallel_safe=meta.parallel_safe,
-                    requires_approval=meta.requires_approval,
-                    timeout_s=meta.timeout_s,
-                    origin="request" if origin == "request" else "planner",
-                )
-            )
-
-        for call in inp.tool_calls:
-            add(call, "request")
         proposals, planner, usage = await self._propose(inp.query)
-        for call in proposals:
-            add(call, "planner")
+        planned, rejected = assemble_plan(inp.tool_calls, proposals, self.tools)
         return PlanToolsResult(planned=planned, rejected=rejected, planner=planner, usage=usage)
 
     async def _propose(self, query: str) -> tuple[list[ToolCall], str, ModelUsage | None]:
@@ -664,33 +563,9 @@ class StageActivities:
     def answer_ttl_s(self, result: AgentResult) -> tuple[int | None, str | None]:
         """How long ``result``'s answer may be cached, in seconds, or why it may not be.
 
-        Returns:
-            ``(ttl_s, None)`` when it may be cached; ``(None, reason)`` when not (``reason`` is
-            ``None`` for results that have no fresh answer at all).
+        :func:`domain.cache_guard.answer_ttl_s` with this worker's tools and response TTL.
         """
-        if result.status is not JobStatus.COMPLETED or result.answer is None:
-            return None, None
-        if result.response_cache_hit:
-            return None, "served from the cache"
-        if result.approval is not None or result.approval_record is not None:
-            return None, "the job met the approval gate: a repeat must ask again"
-        failed = sorted({r.name for r in result.tool_results if isinstance(r, ToolFailure)})
-        if failed:
-            return None, f"degraded answer: tool {', '.join(failed)} failed"
-        if result.escalated_to is not None:
-            return None, f"degraded answer: escalated to {result.escalated_to} after a failure"
-        ttl = self.response_cache_ttl_s
-        for r in result.tool_results:
-            tool = self.tools.get(r.name)
-            if tool is None or not tool.metadata.cacheable:
-                return None, f"tool {r.name}'s results are not cacheable"
-            ttl = min(ttl, tool.metadata.cache_ttl_s)
-            if isinstance(r, ToolSuccess) and r.expires_in_s is not None:
-                # A result that came from the tool level has aged: only its remaining life.
-                ttl = min(ttl, int(r.expires_in_s))
-        if ttl <= 0:
-            return None, "a tool result it used expires now"
-        return ttl, None
+        return answer_ttl_s(result, self.tools, self.response_cache_ttl_s)
 
     async def _cache_answer(self, inp: RecordJobInput, result: AgentResult) -> AgentResult:
         """Store a terminal result's answer when it may be cached.
@@ -698,29 +573,10 @@ class StageActivities:
         Returns:
             The result with its complete cache report.
         """
-        report = (result.cache or CacheReport()).model_copy(deep=True)
-        for r in result.tool_results:
-            tool = self.tools.get(r.name)
-            if r.call_id != "plan" and tool is not None and tool.metadata.cacheable:
-                _count(report, CacheLevel.TOOL, r.cache_hit)
-        report.coalesced = sum(
-            1 for r in result.tool_results if isinstance(r, ToolSuccess) and r.coalesced
-        ) + sum(1 for u in result.usage if u.coalesced)
+        report = report_with_tool_lookups(result, self.tools)
         ttl, reason = self.answer_ttl_s(result)
         if ttl is not None and inp.response_cache_key and result.selection is not None:
-            final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
-            cached = CachedResponse(
-                answer=result.answer or "",
-                tier=final.tier if final else result.selection.tier,
-                model=final.model if final else "",
-                simulated=result.simulated,
-                job_id=result.job_id,
-                query=inp.query or "",
-                tools=sorted({r.name for r in result.tool_results}),
-                cost_usd=round(result.total_cost_usd, 8),
-                tokens=sum(u.prompt_tokens + u.completion_tokens for u in result.usage),
-                duration_ms=sum(t.duration_ms for t in result.timings),
-            )
+            cached = cached_answer(result, inp.query)
             report.stored = await self.cache.set_level(
                 CacheLevel.RESPONSE, inp.response_cache_key, cached.model_dump(mode="json"), ttl
             )

@@ -23,7 +23,6 @@ from pydantic import BaseModel
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.stages import gated_by_policy
 from core.catalog import ModelCatalog
 from core.models import (
     AgentRequest,
@@ -44,6 +43,7 @@ from core.models import (
 )
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata
+from domain.cache_guard import gated_by_policy
 from infra.cache import RedisCache, response_cache_key
 from infra.providers import ProviderRegistry
 from infra.providers.scripted import ScriptedProvider
