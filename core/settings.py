@@ -36,8 +36,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TEMPORAL_ADDRESS", "AGENTFLOW_TEMPORAL_ADDRESS"),
     )
     """host:port of the Temporal frontend (gRPC); unset: the envconfig profile's address, else
-    127.0.0.1:7233. API key, TLS and profiles come from ``temporalio.envconfig``
-    (``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE``, ``TEMPORAL_CONFIG_FILE``)."""
+    127.0.0.1:7233. The one owner of ``TEMPORAL_ADDRESS``: the client (``infra.temporal``) and
+    ``agentflow dev`` read this field, never the variable. API key, TLS and profiles come from
+    ``temporalio.envconfig`` (``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE``,
+    ``TEMPORAL_CONFIG_FILE``)."""
     temporal_namespace: str = Field(
         default="default",
         validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "AGENTFLOW_TEMPORAL_NAMESPACE"),

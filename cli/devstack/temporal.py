@@ -197,7 +197,7 @@ def start_or_reuse_temporal(
         DevStackError: a port is taken by something else, the CLI is missing, or the server did
             not answer within :data:`START_TIMEOUT_S` (:class:`ChildExitedError` when it exited).
     """
-    configured = os.environ.get("TEMPORAL_ADDRESS")
+    configured = settings.temporal_address  # TEMPORAL_ADDRESS, read once by core.settings
     if configured:
         started = supervisor.step(f"Checking the Temporal server at TEMPORAL_ADDRESS={configured}")
         if asyncio.run(temporal_answers(configured)):
