@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from cli.db import db_app, upgrade_database
 from cli.keys import keys_app
 from core.models import AgentResult, JobStatus
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from infra.db import TABLES, make_engine
 from infra.jobs import JobStore
 from infra.keys import ApiKeyRecord
@@ -411,14 +411,20 @@ def test_previous_release_database_upgrades_with_its_rows(
     assert upgrade_database(_url_of(url_and_args)).endswith(f"already at {head_revision()}")
 
 
-def test_db_upgrade_command_migrates_the_configured_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def configured_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """``DATABASE_URL`` naming a new SQLite file, with the cached settings reread around it."""
     url = f"sqlite:///{tmp_path / 'prev.db'}"
-    engine = make_engine(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+def test_db_upgrade_command_migrates_the_configured_database(configured_database: str) -> None:
+    engine = make_engine(configured_database)
     _previous_release(engine)
     before = _rows(engine)
-    monkeypatch.setenv("DATABASE_URL", url)
     runner = CliRunner()
 
     behind = runner.invoke(db_app, ["current", "--check"])
@@ -534,12 +540,11 @@ def test_worker_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
     assert current_revision(url) is None
 
 
-def test_cli_commands_refuse_an_old_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{tmp_path / 'prev.db'}"
+def test_cli_commands_refuse_an_old_schema(configured_database: str) -> None:
+    url = configured_database
     engine = make_engine(url)
     _previous_release(engine)
     engine.dispose()
-    monkeypatch.setenv("DATABASE_URL", url)
     result = CliRunner().invoke(keys_app, ["list"])
     assert result.exit_code == 1
     assert "agentflow db upgrade" in result.output

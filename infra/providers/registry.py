@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from core.catalog import ModelSpec
 from core.providers import ModelProvider
-from infra.providers.openai import OpenAICompatibleProvider
 from infra.providers.simulated import SimulatedProvider
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the openai SDK (about a second of start-up) loads only for a real endpoint
     from core.settings import Settings
+    from infra.providers.openai import OpenAICompatibleProvider
 
 
 class ProviderRegistry:
@@ -44,7 +44,7 @@ class ProviderRegistry:
         self._openai_api_key = openai_api_key
         self._openai: dict[tuple[str, str | None], OpenAICompatibleProvider] = {}
         registered = self._providers.get("openai")
-        if isinstance(registered, OpenAICompatibleProvider):
+        if registered is not None and _is_openai(registered):
             self._openai[(registered.base_url, registered.api_key)] = registered
 
     @classmethod
@@ -58,6 +58,8 @@ class ProviderRegistry:
             "simulated": SimulatedProvider(settings.simulated_latency_scale)
         }
         if settings.openai_base_url:
+            from infra.providers.openai import OpenAICompatibleProvider
+
             providers["openai"] = OpenAICompatibleProvider(
                 settings.openai_base_url, settings.openai_api_key, settings.model_timeout_s
             )
@@ -72,6 +74,8 @@ class ProviderRegistry:
         key = (base_url, api_key)
         provider = self._openai.get(key)
         if provider is None:
+            from infra.providers.openai import OpenAICompatibleProvider
+
             provider = OpenAICompatibleProvider(base_url, api_key, self._openai_timeout_s)
             self._openai[key] = provider
         return provider
@@ -114,3 +118,9 @@ class ProviderRegistry:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 await close()
+
+
+def _is_openai(provider: ModelProvider) -> TypeGuard[OpenAICompatibleProvider]:
+    from infra.providers.openai import OpenAICompatibleProvider
+
+    return isinstance(provider, OpenAICompatibleProvider)
