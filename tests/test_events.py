@@ -17,8 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,14 +34,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from temporalio import workflow
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from api import streams
 from api.app import create_app
 from api.event_hub import Cursor, token_id_after
-from api.routes import events as events_route
-from api.routes.events import _with_keepalive, synthesize_terminal_event
 from api.schemas import JobLinks, JobPublic
+from api.streams import synthesize_terminal_event, with_keepalive
 from cli.follow import FollowError, FollowView, follow_events, parse_tool_option
 from core.auth import Scope
 from core.events import (
@@ -59,17 +57,10 @@ from core.events import (
 )
 from core.models import AgentResult, JobStatus, ModelUsage, Stage, Tier
 from core.settings import Settings
-from infra.db import make_engine
 from infra.jobs import JobStore
-from infra.keys import KeyStore
-from infra.migrations import create_tables
-from infra.providers import ProviderRegistry
-from infra.providers.simulated import SimulatedProvider
-from infra.temporal import AgentflowPlugin
-from infra.tools.sql_query import ensure_example_database
-from tests.helpers import ROOT, find_binary, free_port, serve_asgi, worker_process
-from tests.workflow_support import agent_worker
-from worker import worker_plugin
+from infra.providers import ProviderRegistry, SimulatedProvider
+from tests.helpers import ROOT, free_port, serve_asgi, worker_process
+from tests.stack import Stack, StackSpec
 
 EVENT = TypeAdapter[JobEvent](JobEvent)
 
@@ -144,7 +135,7 @@ async def test_keepalive_fills_silences_and_leaving_early_cancels_the_source() -
             cleaned.set()
 
     seen: list[str] = []
-    stream = _with_keepalive(slow(), 0.1, "ping")
+    stream = with_keepalive(slow(), 0.1, "ping")
     async for item in stream:
         seen.append(item)
         if seen.count("b") and seen.count("ping") >= 5:
@@ -219,89 +210,41 @@ async def test_follow_reconnects_after_the_last_event_it_saw() -> None:
 
 
 @pytest.fixture(scope="module")
-def api_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The API's settings; the dev server is started on the port they name."""
-    tmp = tmp_path_factory.mktemp("events")
-    return Settings(
-        temporal_address=f"127.0.0.1:{free_port()}",
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        task_queue=f"events-{uuid.uuid4()}",
-        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
-        auth_disabled=True,
-        sse_keepalive_s=1.0,
-        activity_heartbeat_timeout_s=2.0,
-        api_key_pepper="test-pepper",
+def stack_spec() -> StackSpec:
+    """The module's API and worker on the session's dev server, whose simulated model streams
+    at a third of each tier's real speed (a medium answer then streams over several token
+    events); search attributes off, as on a server without the ``Agent*`` attributes."""
+    return StackSpec(
+        settings={
+            "auth_disabled": True,
+            "sse_keepalive_s": 1.0,
+            "activity_heartbeat_timeout_s": 2.0,
+            "api_key_pepper": "test-pepper",
+            "search_attributes": "off",
+        },
+        latency_scale=0.3,
     )
 
 
 @pytest.fixture(scope="module")
-def api_plugin(api_settings: Settings) -> Iterator[AgentflowPlugin]:
-    engine = make_engine(api_settings.database_url)
-    create_tables(engine)
-    try:
-        yield worker_plugin(api_settings, engine)
-    finally:
-        engine.dispose()
+def api_settings(stack: Stack) -> Settings:
+    return stack.settings
 
 
 @pytest.fixture(scope="module")
-async def dev_server(
-    api_settings: Settings, api_plugin: AgentflowPlugin
-) -> AsyncIterator[WorkflowEnvironment]:
-    assert api_settings.temporal_address is not None
-    host, port = api_settings.temporal_address.rsplit(":", 1)
-    env = await WorkflowEnvironment.start_local(
-        plugins=[api_plugin],
-        dev_server_existing_path=find_binary("temporal"),
-        ip=host,
-        port=int(port),
-        ui=False,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "history.transferProcessorMaxPollRPS=1000",
-        ],
-    )
-    async with env:
-        yield env
+def temporal(stack: Stack) -> Client:
+    return stack.temporal
 
 
 @pytest.fixture(scope="module")
-def temporal(dev_server: WorkflowEnvironment) -> Client:
-    return dev_server.client
+def store(stack: Stack) -> JobStore:
+    return stack.store
 
 
 @pytest.fixture(scope="module")
-def store(api_settings: Settings) -> Iterator[JobStore]:
-    engine = make_engine(api_settings.database_url)
-    create_tables(engine)
-    try:
-        yield JobStore(engine)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(scope="module")
-async def api(temporal: Client, api_settings: Settings) -> AsyncIterator[str]:
-    """Base URL of the API, with an in-process worker whose simulated model streams at a third of
-    each tier's real speed (a medium answer then streams over several token events)."""
-    providers = ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0.3)})
-    async with agent_worker(
-        temporal,
-        redis_url=api_settings.redis_url,
-        database_url=api_settings.database_url,
-        settings=api_settings,
-        task_queue=api_settings.task_queue,
-        providers=providers,
-    ):
-        with serve_asgi(create_app(api_settings)) as url:
-            yield url
-
-
-@pytest.fixture
-async def http(api: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api, timeout=30) as c:
-        yield c
+def api(stack: Stack) -> str:
+    """Base URL of the API, whose worker polls the same task queue."""
+    return stack.url
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -516,13 +459,12 @@ async def test_unknown_job_is_404_and_a_finished_job_replays_and_closes(
 
 @pytest.mark.devserver
 async def test_another_keys_job_is_404_and_the_read_scope_is_needed(
-    api: str, api_settings: Settings, store: JobStore
+    stack: Stack, api_settings: Settings
 ) -> None:
-    """A second API, with authentication on, on the same task queue (``api`` runs its worker)."""
-    keys = KeyStore(store.engine, pepper="test-pepper")
+    """A second API, with authentication on, on the same task queue (the stack runs its worker)."""
     both = [Scope.SUBMIT, Scope.READ]
-    alice, bob = keys.create("alice", both).secret, keys.create("bob", both).secret
-    robot = keys.create("robot", [Scope.SUBMIT]).secret
+    alice, bob = stack.key("alice", *both).secret, stack.key("bob", *both).secret
+    robot = stack.key("robot", Scope.SUBMIT).secret
     settings = api_settings.model_copy(update={"auth_disabled": False})
     with serve_asgi(create_app(settings)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
@@ -543,7 +485,7 @@ async def test_another_keys_job_is_404_and_the_read_scope_is_needed(
 async def test_a_disconnecting_client_cancels_its_subscription(http: httpx.AsyncClient) -> None:
     """A job waiting for approval publishes nothing for a while: the subscription sits in a long
     poll, with keep-alives; dropping the connection ends it (nothing left polling)."""
-    before = events_route.open_streams()
+    before = streams.open_streams()
     job_id = await submit(http, query="What is a Python dict?", require_approval=True)
     comments: list[str] = []
     async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
@@ -553,14 +495,14 @@ async def test_a_disconnecting_client_cancels_its_subscription(http: httpx.Async
                 comments.append(line)
             if line == f"event: {EventType.APPROVAL_REQUESTED.value}":
                 break
-        assert events_route.open_streams() == before + 1
+        assert streams.open_streams() == before + 1
         async for line in lines:  # idle now: keep-alives only (1 s apart)
             if line.startswith(":"):
                 comments.append(line)
                 break
     assert ": keep-alive" in comments
     deadline = time.monotonic() + 10
-    while events_route.open_streams() != before:
+    while streams.open_streams() != before:
         assert time.monotonic() < deadline, "the subscription outlived its connection"
         await asyncio.sleep(0.05)
     cancel = await http.post(f"/v1/jobs/{job_id}/cancel")
@@ -649,15 +591,6 @@ async def test_temporal_unreachable_is_503_before_the_stream(
     assert r.status_code == 503, r.text
 
 
-@asynccontextmanager
-async def own_api(settings: Settings) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
-    """The API on a task queue of its own, which no worker polls until the test starts one."""
-    own = settings.model_copy(update={"task_queue": f"crash-{uuid.uuid4()}"})
-    with serve_asgi(create_app(own)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-            yield own, c
-
-
 def worker_env(settings: Settings, latency_scale: float) -> dict[str, str]:
     return {
         **os.environ,
@@ -672,13 +605,14 @@ def worker_env(settings: Settings, latency_scale: float) -> dict[str, str]:
 
 
 @pytest.mark.devserver
+@pytest.mark.subprocess
 @pytest.mark.timeout(180)
 async def test_worker_killed_mid_stream_loses_and_repeats_no_text(
-    dev_server: WorkflowEnvironment, api_settings: Settings, tmp_path: Path
+    stack: Stack, tmp_path: Path
 ) -> None:
     """SIGKILL the worker while the large tier streams its answer; a new worker retries the
     generation under a new revision, and the text a client assembles is exactly the answer."""
-    async with own_api(api_settings) as (settings, c):
+    async with stack.own_api() as (settings, c):
         env = worker_env(settings, latency_scale=2.0)  # large: ~15 tokens/s, several seconds
         log = tmp_path / "workers.log"
         received: list[Received] = []
@@ -714,20 +648,19 @@ async def test_worker_killed_mid_stream_loses_and_repeats_no_text(
 
 
 @pytest.mark.devserver
-async def test_a_finished_job_replays_from_storage_without_any_worker(
-    dev_server: WorkflowEnvironment, api_settings: Settings, tmp_path: Path
-) -> None:
+async def test_a_finished_job_replays_from_storage_without_any_worker(stack: Stack) -> None:
     """A finished job's stream is stored with its record: with no worker running at all, 300
-    replays are answered at once, and Temporal sees no query and no new history event."""
-    async with own_api(api_settings) as (settings, c):
-        env = worker_env(settings, latency_scale=0)
-        log = tmp_path / "workers.log"
-        with worker_process(env, log) as worker:
+    replays are answered at once, and Temporal sees no query and no new history event.
+
+    The job's worker is a real one in this process (``python worker.py`` processes and their
+    SIGKILL are the test above's subject): stopped before the replays, nothing polls the queue.
+    """
+    async with stack.own_api() as (settings, c):
+        instant = ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0)})
+        async with stack.worker(settings, instant):
             job_id = await submit(c, query="What is a Python list?", model_tier="small")
             live = await read_stream(c, job_id)
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=10)
-        handle = dev_server.client.get_workflow_handle(f"agent-{job_id}")
+        handle = stack.temporal.get_workflow_handle(f"agent-{job_id}")
         events_before = len([e async for e in handle.fetch_history_events()])
 
         async def replay() -> list[Received]:
@@ -741,6 +674,7 @@ async def test_a_finished_job_replays_from_storage_without_any_worker(
 
 
 @pytest.mark.devserver
+@pytest.mark.subprocess
 async def test_cli_submit_follow_prints_the_answer(api: str, http: httpx.AsyncClient) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -774,6 +708,7 @@ async def test_cli_submit_follow_prints_the_answer(api: str, http: httpx.AsyncCl
 
 
 @pytest.mark.devserver
+@pytest.mark.subprocess
 async def test_cli_submit_without_follow_prints_the_job(api: str) -> None:
     done = await asyncio.to_thread(
         subprocess.run,
