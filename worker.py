@@ -24,12 +24,13 @@ from threadpoolctl import threadpool_limits
 
 from activities.retention import RetentionActivities
 from activities.wiring import AgentActivities, TokenStreamSettings
-from core.catalog import load_catalog
+from core.catalog import ModelCatalog, load_catalog
 from core.logs import configure_logging
 from core.metrics import default_metrics, observe_cache, serve_worker_metrics, temporal_runtime
 from core.settings import Settings, get_settings
 from core.telemetry import configure_tracing
 from core.tokens import encoding
+from core.tools import ToolRegistry
 from domain.routing import router_from_settings
 from infra.cache import RedisCache, cache_from_settings, semantic_from_settings
 from infra.coalesce import Coalescer
@@ -52,14 +53,25 @@ def build_activities(
     store: JobStore,
     quotas: Quotas | None = None,
     *,
+    catalog: ModelCatalog | None = None,
+    providers: ProviderRegistry | None = None,
+    tools: ToolRegistry | None = None,
+    coalesce: bool = True,
     redis: RedisClients | None = None,
 ) -> tuple[AgentActivities, RedisCache, ProviderRegistry]:
     """Wire the activities with their clients (no network I/O yet).
+
+    The keyword arguments replace one part of the wiring (the tests' scripted models and extra
+    tools); left out, everything comes from ``settings`` as in ``python worker.py``.
 
     Args:
         settings: configuration.
         store: job records.
         quotas: where budgets are settled as jobs end (the caller closes it).
+        catalog: the model catalog (default: the settings' ``catalog_file``).
+        providers: the model providers (default: the settings'); the caller closes them.
+        tools: the tool registry (default: the built-in tools).
+        coalesce: run concurrent identical calls once across workers (off: every call runs).
         redis: the process's one Redis pool and breaker, shared by the caches, coalescing and
             the quotas (the caller closes it); ``None``: the cache builds and owns its own.
 
@@ -70,19 +82,25 @@ def build_activities(
         ValueError: bad configuration (the message names the setting).
     """
     encoding()  # fail at start-up, not on the first job, if the tokenizer file is missing
-    catalog = load_catalog(settings.catalog_file, settings.openai_base_url)
-    providers = ProviderRegistry.from_settings(settings)
+    if catalog is None:
+        catalog = load_catalog(settings.catalog_file, settings.openai_base_url)
+    if providers is None:
+        providers = ProviderRegistry.from_settings(settings)
     cache = cache_from_settings(settings, redis, on_lookup=observe_cache)
     semantic = semantic_from_settings(settings, cache)
-    coalescer = Coalescer(
-        cache.client,
-        lease_s=settings.coalesce_lease_s,
-        available=lambda: not cache.breaker_open,
+    coalescer = (
+        Coalescer(
+            cache.client,
+            lease_s=settings.coalesce_lease_s,
+            available=lambda: not cache.breaker_open,
+        )
+        if coalesce
+        else None
     )
     activities = AgentActivities.build(
         catalog=catalog,
         providers=providers,
-        tools=builtin_registry(settings),
+        tools=builtin_registry(settings) if tools is None else tools,
         cache=cache,
         store=store,
         response_cache_ttl_s=settings.response_cache_ttl_s,

@@ -1,11 +1,16 @@
-"""Session fixtures: a real Redis per session, database URLs for SQLite and PostgreSQL."""
+"""Session fixtures: a real Redis per session, database URLs for SQLite and PostgreSQL, the
+Temporal environments, the API + worker stack of a module (``stack``, ``http``) and a headless
+browser per module (``browser``, ``page``)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -19,8 +24,12 @@ from infra.payloads import DatabasePayloadDriver
 from infra.temporal import AgentflowPlugin
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, redis_server
+from tests.stack import Stack, StackSpec, api_stack, stack_settings
 from tests.workflow_support import Harness, agent_worker
 from workflows.registry import all_workflows
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 # The OpenTelemetry plugin inside AgentflowPlugin needs a replay-safe global tracer provider
 # before any worker starts (worker.py and the API do the same at start-up).
@@ -166,3 +175,99 @@ async def harness(
         settings=settings,
     ) as h:
         yield h
+
+
+# ------------------------------------------------------------------------ the API + worker stack
+
+
+@pytest.fixture(scope="module")
+def stack_spec() -> StackSpec:
+    """What this module's ``stack`` differs in: a module overrides this fixture."""
+    return StackSpec()
+
+
+@pytest.fixture(scope="module")
+def stack_config(
+    request: pytest.FixtureRequest,
+    stack_spec: StackSpec,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """The settings of the module's stack: a task queue of its own on the session's dev server
+    (a stack without Temporal starts no server and names a port nothing listens on)."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    if stack_spec.temporal:
+        dev: WorkflowEnvironment = request.getfixturevalue("dev_env")
+        address = dev.client.service_client.config.target_host
+    else:
+        address = f"127.0.0.1:{free_port()}"
+    return stack_settings(
+        address, redis_url, tmp_path_factory.mktemp(name), prefix=name, **stack_spec.settings
+    )
+
+
+@pytest.fixture(scope="module")
+async def stack(stack_config: Settings, stack_spec: StackSpec) -> AsyncIterator[Stack]:
+    """The module's API and worker (as its ``stack_spec`` says)."""
+    async with api_stack(stack_config, stack_spec) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the module's API (no key)."""
+    async with stack.http() as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------------ browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def missing(message: str) -> None:
+    """Skip locally, fail under CI: the browser tests must run in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """A headless chromium (Debian's: Playwright cannot download its own here), one per module;
+    each test gets a fresh context (``page``)."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        missing(
+            "Debian's chromium is not installed (no `chromium` on PATH): run `make browser` "
+            "(apt-get install chromium, as root)"
+        )
+    assert executable is not None
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        missing("Playwright for Python is not installed: pip install -e '.[dev]'")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A page in a fresh browser context (no cookies, storage or routes from other tests)."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()

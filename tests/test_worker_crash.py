@@ -28,7 +28,7 @@ from tests.helpers import worker_process
 from worker import worker_plugin
 from workflows.agent import AgentWorkflow
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.subprocess]
 
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_TIMEOUT = timedelta(seconds=2)

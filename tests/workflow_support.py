@@ -23,14 +23,14 @@ from core.errors import ToolTransientError
 from core.models import AgentProgress, AgentRequest, AgentResult, AgentWorkflowInput, Stage
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
-from infra.cache import RedisCache, semantic_from_settings
-from infra.coalesce import Coalescer
+from infra.cache import RedisCache
 from infra.db import make_engine
 from infra.jobs import JobStore
 from infra.migrations import create_tables
 from infra.providers import ProviderRegistry, SimulatedProvider
 from infra.quotas import Quotas
 from infra.tools import builtin_registry
+from worker import build_activities
 from workflows.agent import AgentWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -140,34 +140,40 @@ async def agent_worker(
 ) -> AsyncIterator[Harness]:
     """A real worker with real activities (Redis, SQLite/PostgreSQL, tools, providers).
 
-    ``coalesce`` wires request coalescing and ``semantic`` the semantic level as the worker does
-    (both off by default: tests that run identical calls side by side observe each call, and
-    tests that repeat a question in other words expect a fresh answer).
+    The activities are wired by ``worker.build_activities``, as ``python worker.py`` wires
+    them, from ``settings`` with these test choices: the Redis and database given here, the
+    simulated models without latency (unless ``providers`` says otherwise), the built-in tools
+    plus the test tools of :func:`test_registry`, and ``planner_timeout_s``.
+    ``llm_router_timeout_s`` selects the LLM router with that timeout. ``coalesce`` wires
+    request coalescing and ``semantic`` the semantic level (both off by default: tests that run
+    identical calls side by side observe each call, and tests that repeat a question in other
+    words expect a fresh answer).
 
-    Workflows, the data converter and the sandbox come from ``client``'s ``AgentflowPlugin``.
+    Workflows, the data converter and the sandbox come from ``client``'s ``AgentflowPlugin``
+    (``worker.worker_plugin`` or the session's); the activities are this worker's own, so
+    several workers with different models can poll through one client.
     """
+    update: dict[str, object] = {
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "planner_timeout_s": planner_timeout_s,
+        "semantic_cache": semantic,
+        "coalesce_lease_s": 5.0,
+    }
+    if llm_router_timeout_s is not None:
+        update |= {"router": "llm", "router_llm_timeout_s": llm_router_timeout_s}
+    wiring = settings.model_copy(update=update)
     engine = make_engine(database_url)
     create_tables(engine)
     store = JobStore(engine)
-    cache = RedisCache(redis_url, timeout_s=0.5)
-    providers = providers or ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0)})
-    activities = AgentActivities.build(
+    activities, cache, providers = build_activities(
+        wiring,
+        store,
+        quotas,
         catalog=catalog or ModelCatalog.default(),
-        providers=providers,
+        providers=providers or ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0)}),
         tools=registry or test_registry(settings),
-        cache=cache,
-        store=store,
-        planner_timeout_s=planner_timeout_s,
-        quotas=quotas,
-        llm_router_timeout_s=llm_router_timeout_s,
-        coalescer=Coalescer(cache.client, lease_s=5, available=lambda: not cache.breaker_open)
-        if coalesce
-        else None,
-        semantic=(
-            semantic_from_settings(settings.model_copy(update={"semantic_cache": True}), cache)
-            if semantic
-            else None
-        ),
+        coalesce=coalesce,
     )
     task_queue = task_queue or f"test-{uuid.uuid4()}"
     worker = Worker(
