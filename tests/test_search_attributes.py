@@ -11,7 +11,7 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,13 +30,9 @@ from core import search_attributes as sa
 from core.auth import Scope
 from core.models import JobStatus, Tier
 from core.settings import Settings
-from infra.db import make_engine
-from infra.keys import KeyStore
-from infra.migrations import create_tables
 from infra.temporal import AgentflowPlugin
-from infra.tools.sql_query import ensure_example_database
 from tests.helpers import find_binary, free_port, serve_asgi
-from tests.workflow_support import agent_worker
+from tests.stack import Stack, StackSpec
 
 pytestmark = pytest.mark.devserver
 
@@ -88,6 +84,7 @@ def test_open_jobs_query_escapes_values_and_refuses_terminal_statuses() -> None:
 # ------------------------------------------------------------------------------ registration
 
 
+@pytest.mark.subprocess
 async def test_dev_env_has_the_attributes_and_the_cli_lists_them(
     dev_env: WorkflowEnvironment,
 ) -> None:
@@ -112,6 +109,7 @@ async def test_dev_env_has_the_attributes_and_the_cli_lists_them(
     assert rows == dict(r.split("=") for r in sa.cli_registrations())
 
 
+@pytest.mark.subprocess
 async def test_detection_on_a_server_without_them_then_the_create_command_fixes_it(
     plugin: AgentflowPlugin,
 ) -> None:
@@ -151,10 +149,7 @@ async def test_detection_on_a_server_without_them_then_the_create_command_fixes_
 
 
 @dataclass
-class Stack:
-    url: str
-    settings: Settings
-    client: Client
+class Keys:
     alice: str
     alice_id: str
     bob: str
@@ -166,50 +161,21 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def stack(
-    dev_env: WorkflowEnvironment, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    tmp = tmp_path_factory.mktemp("search-attributes")
-    settings = Settings(
-        temporal_address=dev_env.client.service_client.config.target_host,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        task_queue=f"sa-{uuid.uuid4()}",
-        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
-        api_key_pepper="test-pepper",
-        search_attributes="on",
-    )
-    engine = make_engine(settings.database_url)
-    create_tables(engine)
-    keys = KeyStore(engine, pepper="test-pepper")
+def stack_spec() -> StackSpec:
+    """Keys on, and search attributes required (the dev server has them registered)."""
+    return StackSpec(settings={"api_key_pepper": "test-pepper", "search_attributes": "on"})
+
+
+@pytest.fixture(scope="module")
+def keys(stack: Stack) -> Keys:
     everyday = [Scope.SUBMIT, Scope.READ, Scope.APPROVE]
-    alice = keys.create("alice", everyday)
-    try:
-        async with agent_worker(
-            dev_env.client,
-            redis_url=settings.redis_url,
-            database_url=settings.database_url,
-            settings=settings,
-            task_queue=settings.task_queue,
-        ):
-            with serve_asgi(create_app(settings)) as url:
-                yield Stack(
-                    url=url,
-                    settings=settings,
-                    client=dev_env.client,
-                    alice=alice.secret,
-                    alice_id=alice.key_id,
-                    bob=keys.create("bob", everyday).secret,
-                    admin=keys.create("root", [Scope.ADMIN]).secret,
-                )
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
-        yield c
+    alice = stack.key("alice", *everyday)
+    return Keys(
+        alice=alice.secret,
+        alice_id=alice.key_id,
+        bob=stack.key("bob", *everyday).secret,
+        admin=stack.key("root", Scope.ADMIN).secret,
+    )
 
 
 async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 15) -> Any:
@@ -235,78 +201,74 @@ async def job_ids(http: httpx.AsyncClient, key: str, status: str | None = None) 
 
 
 def set_record(stack: Stack, sql: str, job_id: str) -> None:
-    engine = make_engine(stack.settings.database_url)
-    try:
-        with engine.begin() as conn:
-            assert conn.execute(text(sql), {"job_id": job_id}).rowcount == 1
-    finally:
-        engine.dispose()
+    with stack.engine.begin() as conn:
+        assert conn.execute(text(sql), {"job_id": job_id}).rowcount == 1
 
 
 async def test_waiting_job_is_found_by_its_attributes_and_listed_with_its_live_status(
-    http: httpx.AsyncClient, stack: Stack
+    http: httpx.AsyncClient, stack: Stack, keys: Keys
 ) -> None:
     query = f"Deploy the release {uuid.uuid4().hex[:8]}"
     r = await http.post(
-        "/v1/jobs", json={"query": query, "require_approval": True}, headers=bearer(stack.alice)
+        "/v1/jobs", json={"query": query, "require_approval": True}, headers=bearer(keys.alice)
     )
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     wf = f"agent-{job_id}"
 
     async def waiting() -> list[WorkflowExecution]:
-        found = await listed(stack.client, 'AgentStatus="AWAITING_APPROVAL"')
+        found = await listed(stack.temporal, 'AgentStatus="AWAITING_APPROVAL"')
         return [w for w in found if w.id == wf]
 
     (execution,) = await eventually(waiting, "AgentStatus=AWAITING_APPROVAL in visibility")
     attrs = execution.typed_search_attributes
     assert attrs.get(sa.AGENT_AWAITING_APPROVAL) is True
-    assert attrs.get(sa.AGENT_OWNER) == stack.alice_id
+    assert attrs.get(sa.AGENT_OWNER) == keys.alice_id
     assert attrs.get(sa.AGENT_TIER) in {t.value for t in Tier}
 
     async def listed_as_waiting() -> bool:
-        return job_id in await job_ids(http, stack.alice, "AWAITING_APPROVAL")
+        return job_id in await job_ids(http, keys.alice, "AWAITING_APPROVAL")
 
     await eventually(listed_as_waiting, "listed as AWAITING_APPROVAL")
-    assert job_id in await job_ids(http, stack.admin, "AWAITING_APPROVAL")
-    assert job_id not in await job_ids(http, stack.bob, "AWAITING_APPROVAL")
-    assert job_id not in await job_ids(http, stack.bob)
+    assert job_id in await job_ids(http, keys.admin, "AWAITING_APPROVAL")
+    assert job_id not in await job_ids(http, keys.bob, "AWAITING_APPROVAL")
+    assert job_id not in await job_ids(http, keys.bob)
 
     # The record lags: it still says RUNNING. Visibility lists the job with its true status.
     set_record(stack, "UPDATE jobs SET status = 'RUNNING' WHERE job_id = :job_id", job_id)
     r = await http.get(
-        "/v1/jobs", params={"status": "AWAITING_APPROVAL"}, headers=bearer(stack.alice)
+        "/v1/jobs", params={"status": "AWAITING_APPROVAL"}, headers=bearer(keys.alice)
     )
     (job,) = [j for j in r.json()["data"] if j["job_id"] == job_id]
     assert job["status"] == "AWAITING_APPROVAL" and job["query"] == query
-    assert job_id not in await job_ids(http, stack.alice, "RUNNING")
-    unfiltered = (await http.get("/v1/jobs", headers=bearer(stack.alice))).json()["data"]
+    assert job_id not in await job_ids(http, keys.alice, "RUNNING")
+    unfiltered = (await http.get("/v1/jobs", headers=bearer(keys.alice))).json()["data"]
     assert [j["status"] for j in unfiltered if j["job_id"] == job_id] == ["AWAITING_APPROVAL"]
     # The same database read alone (no search attributes) shows the lag this is about.
     off = stack.settings.model_copy(update={"search_attributes": "off"})
     with serve_asgi(create_app(off)) as plain_url:
         async with httpx.AsyncClient(base_url=plain_url, timeout=30) as plain:
-            assert job_id in await job_ids(plain, stack.alice, "RUNNING")
-            assert job_id not in await job_ids(plain, stack.alice, "AWAITING_APPROVAL")
+            assert job_id in await job_ids(plain, keys.alice, "RUNNING")
+            assert job_id not in await job_ids(plain, keys.alice, "AWAITING_APPROVAL")
 
     # No record at all: the job is built from visibility alone (memo query, owner, start time).
     set_record(stack, "DELETE FROM jobs WHERE job_id = :job_id", job_id)
     r = await http.get(
-        "/v1/jobs", params={"status": "AWAITING_APPROVAL"}, headers=bearer(stack.alice)
+        "/v1/jobs", params={"status": "AWAITING_APPROVAL"}, headers=bearer(keys.alice)
     )
     (job,) = [j for j in r.json()["data"] if j["job_id"] == job_id]
     assert job["status"] == "AWAITING_APPROVAL" and job["query"] == query
-    assert job["owner"] == stack.alice_id and job["workflow_id"] == wf
+    assert job["owner"] == keys.alice_id and job["workflow_id"] == wf
     assert job["warning"] and "visibility" in job["warning"]
-    assert job_id not in await job_ids(http, stack.bob, "AWAITING_APPROVAL")
+    assert job_id not in await job_ids(http, keys.bob, "AWAITING_APPROVAL")
 
     decided = await http.post(
-        f"/v1/jobs/{job_id}/approval", json={"approved": True}, headers=bearer(stack.alice)
+        f"/v1/jobs/{job_id}/approval", json={"approved": True}, headers=bearer(keys.alice)
     )
     assert decided.status_code == 200, decided.text
 
     async def completed() -> list[WorkflowExecution]:
-        found = await listed(stack.client, f'AgentStatus="COMPLETED" AND WorkflowId={quote(wf)}')
+        found = await listed(stack.temporal, f'AgentStatus="COMPLETED" AND WorkflowId={quote(wf)}')
         return [w for w in found if w.status is not None and w.status.name == "COMPLETED"]
 
     (done,) = await eventually(completed, "AgentStatus=COMPLETED in visibility")
@@ -314,19 +276,19 @@ async def test_waiting_job_is_found_by_its_attributes_and_listed_with_its_live_s
     assert attrs.get(sa.AGENT_TIER) in {t.value for t in Tier}
     assert (attrs.get(sa.AGENT_COST_USD) or 0) > 0
     assert attrs.get(sa.AGENT_AWAITING_APPROVAL) is False
-    assert job_id not in await job_ids(http, stack.alice, "AWAITING_APPROVAL")
-    assert job_id in await job_ids(http, stack.alice, "COMPLETED")  # recorded again at the end
+    assert job_id not in await job_ids(http, keys.alice, "AWAITING_APPROVAL")
+    assert job_id in await job_ids(http, keys.alice, "COMPLETED")  # recorded again at the end
 
 
 async def test_a_quote_in_the_owner_cannot_widen_the_query(
-    http: httpx.AsyncClient, stack: Stack
+    http: httpx.AsyncClient, stack: Stack, keys: Keys
 ) -> None:
     """The escaped value is one literal: it matches no job, where the unescaped text would
     have matched the waiting job."""
     r = await http.post(
         "/v1/jobs",
         json={"query": "What is a tuple?", "require_approval": True},
-        headers=bearer(stack.alice),
+        headers=bearer(keys.alice),
     )
     assert r.status_code == 202, r.text
     wf = f"agent-{r.json()['job_id']}"
@@ -334,28 +296,28 @@ async def test_a_quote_in_the_owner_cannot_widen_the_query(
     widened = f'WorkflowType="AgentWorkflow" AND AgentOwner="{sneaky}"'
 
     async def unescaped_finds_it() -> bool:  # what the escaping prevents
-        return wf in [w.id for w in await listed(stack.client, widened)]
+        return wf in [w.id for w in await listed(stack.temporal, widened)]
 
     await eventually(unescaped_finds_it, "the unescaped owner matching the job")
     for status in (JobStatus.RUNNING, JobStatus.AWAITING_APPROVAL):
         query = open_jobs_query(status, sneaky, stack.settings.task_queue)
-        assert await listed(stack.client, query) == []
-    cancel = await http.post(f"/v1/jobs/{r.json()['job_id']}/cancel", headers=bearer(stack.alice))
+        assert await listed(stack.temporal, query) == []
+    cancel = await http.post(f"/v1/jobs/{r.json()['job_id']}/cancel", headers=bearer(keys.alice))
     assert cancel.status_code == 202, cancel.text
 
 
-async def test_temporal_down_lists_from_the_database(stack: Stack) -> None:
+async def test_temporal_down_lists_from_the_database(stack: Stack, keys: Keys) -> None:
     """With Temporal unreachable, ``?status=`` answers from the records, never a 5xx."""
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
         r = await http.post(
             "/v1/jobs",
             json={"query": "What is a dict?", "require_approval": True},
-            headers=bearer(stack.alice),
+            headers=bearer(keys.alice),
         )
         job_id = r.json()["job_id"]
 
         async def recorded() -> bool:
-            return job_id in await job_ids(http, stack.alice, "AWAITING_APPROVAL")
+            return job_id in await job_ids(http, keys.alice, "AWAITING_APPROVAL")
 
         await eventually(recorded, "the waiting job listed")
     down = stack.settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
@@ -363,8 +325,8 @@ async def test_temporal_down_lists_from_the_database(stack: Stack) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             started = time.monotonic()
             for status in ("AWAITING_APPROVAL", None):
-                assert job_id in await job_ids(http, stack.alice, status)
+                assert job_id in await job_ids(http, keys.alice, status)
             assert time.monotonic() - started < 15
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
-        cancel = await http.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(stack.alice))
+        cancel = await http.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(keys.alice))
         assert cancel.status_code == 202, cancel.text

@@ -20,121 +20,39 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from core.auth import Scope
-from core.settings import Settings
-from infra.db import make_engine
-from infra.keys import KeyStore
-from infra.migrations import create_tables
-from infra.quotas import Quotas
-from infra.tools.sql_query import ensure_example_database
-from tests.helpers import serve_asgi
-from tests.workflow_support import agent_worker
+from tests.stack import Stack, StackSpec
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, ConsoleMessage, Locator, Page, Route
+    from playwright.async_api import ConsoleMessage, Locator, Page, Route
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.browser]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "REJECTED", "EXPIRED"}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 QUERY = "Check the order totals and count the products for the weekly review"
 """No arithmetic, SQL or Python term: the rules planner adds no call of its own."""
 SQL = "SELECT count(*) AS products FROM products"
 
 
-def missing(message: str) -> None:
-    """Skip locally, fail under CI: the browser test must run in CI."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def chromium_path() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        missing(
-            "Debian's chromium is not installed (no `chromium` on PATH): run `make browser` "
-            "(apt-get install chromium, as root)"
-        )
-    assert found is not None
-    return found
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """A headless chromium (the system's), closed after the test."""
-    executable = chromium_path()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        missing("Playwright for Python is not installed: pip install -e '.[dev]'")
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@dataclass
-class Stack:
-    url: str
-    key: str
-    """A key with the submit, read and approve scopes (what a reviewer's key has)."""
+@pytest.fixture(scope="module")
+def stack_spec() -> StackSpec:
+    """Keys on; the policy gates calculator calls; budgets are settled as the worker does."""
+    return StackSpec(
+        settings={"api_key_pepper": "ui-test-pepper", "approval_tools": ["calculator"]},
+        quotas=True,
+    )
 
 
 @pytest.fixture(scope="module")
-async def stack(
-    dev_env: WorkflowEnvironment, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    """The API (keys on) and a worker on one task queue of the session's dev server."""
-    tmp_path = tmp_path_factory.mktemp("ui")
-    settings = Settings(
-        temporal_address=dev_env.client.service_client.config.target_host,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        task_queue=f"ui-{uuid.uuid4()}",
-        sql_database_path=ensure_example_database(tmp_path / "shop.sqlite"),
-        api_key_pepper="ui-test-pepper",
-        approval_tools=["calculator"],  # the policy gates calculator calls
-    )
-    engine = make_engine(settings.database_url)
-    create_tables(engine)
-    keys = KeyStore(engine, pepper="ui-test-pepper")
-    reviewer = keys.create("reviewer", [Scope.SUBMIT, Scope.READ, Scope.APPROVE])
-    quotas = Quotas.from_settings(settings)
-    try:
-        async with agent_worker(
-            dev_env.client,
-            redis_url=redis_url,
-            database_url=settings.database_url,
-            settings=settings,
-            task_queue=settings.task_queue,
-            quotas=quotas,
-        ):
-            with serve_asgi(create_app(settings)) as url:
-                yield Stack(url=url, key=reviewer.secret)
-    finally:
-        await quotas.aclose()
-        engine.dispose()
+def reviewer(stack: Stack) -> str:
+    """A key with the submit, read and approve scopes (what a reviewer's key has)."""
+    return stack.key("reviewer", Scope.SUBMIT, Scope.READ, Scope.APPROVE).secret
 
 
 async def wait_status(
@@ -175,16 +93,15 @@ def job_card(page_root: Locator, job_id: str) -> Locator:
 
 
 async def test_a_reviewer_rejects_one_call_and_approves_the_other(
-    browser: Browser, stack: Stack, tmp_path: Path
+    page: Page, stack: Stack, reviewer: str, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect
 
     expect.set_options(timeout=20_000)
-    auth = {"Authorization": f"Bearer {stack.key}"}
-    async with httpx.AsyncClient(base_url=stack.url, headers=auth, timeout=30) as http:
+    async with stack.http(reviewer) as http:
         job_id = await submit(http, f"{QUERY} [{uuid.uuid4().hex[:8]}]")
 
-        page = await browser.new_page(viewport={"width": 1100, "height": 900})
+        await page.set_viewport_size({"width": 1100, "height": 900})
         problems: list[str] = []
         page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
 
@@ -198,7 +115,7 @@ async def test_a_reviewer_rejects_one_call_and_approves_the_other(
 
         # Keys are on: the page asks for one before it lists anything.
         await expect(page.get_by_role("status").first).to_contain_text("Enter an API key")
-        await page.get_by_label("API key").fill(stack.key)
+        await page.get_by_label("API key").fill(reviewer)
         await page.get_by_role("button", name="Use key").click()
 
         card = job_card(page, job_id)
@@ -286,24 +203,22 @@ async def refuse(route: Route) -> None:
     await route.abort()
 
 
-async def open_page(browser: Browser, stack: Stack) -> Page:
-    page = await browser.new_page()
+async def open_page(page: Page, stack: Stack, key: str) -> Page:
     await page.goto(f"{stack.url}/ui/approvals")
-    await page.get_by_label("API key").fill(stack.key)
+    await page.get_by_label("API key").fill(key)
     await page.get_by_role("button", name="Use key").click()
     return page
 
 
-async def test_reject_job_ends_it_rejected(browser: Browser, stack: Stack) -> None:
+async def test_reject_job_ends_it_rejected(page: Page, stack: Stack, reviewer: str) -> None:
     """ "Reject job" ends the job REJECTED; markup in the job's text shows as text."""
     from playwright.async_api import expect
 
     expect.set_options(timeout=20_000)
-    auth = {"Authorization": f"Bearer {stack.key}"}
     markup = '<b id="injected">bold</b><img src=x onerror="window.injected=1">'
-    async with httpx.AsyncClient(base_url=stack.url, headers=auth, timeout=30) as http:
+    async with stack.http(reviewer) as http:
         job_id = await submit(http, f"{QUERY} {markup} [{uuid.uuid4().hex[:8]}]")
-        page = await open_page(browser, stack)
+        await open_page(page, stack, reviewer)
         card = job_card(page, job_id)
         await expect(card.locator(".query")).to_contain_text(markup)
         assert await page.locator("#injected").count() == 0
@@ -319,7 +234,9 @@ async def test_reject_job_ends_it_rejected(browser: Browser, stack: Stack) -> No
     assert job["result"]["approval_record"]["comment"] == "not this week"
 
 
-async def test_a_late_decision_shows_the_apis_409_inline(browser: Browser, stack: Stack) -> None:
+async def test_a_late_decision_shows_the_apis_409_inline(
+    page: Page, stack: Stack, reviewer: str
+) -> None:
     """Another reviewer decided while this page was stale: the API's ``detail`` shows inline.
 
     The page is made stale on purpose: its event stream and then its re-lists are refused (as
@@ -328,14 +245,10 @@ async def test_a_late_decision_shows_the_apis_409_inline(browser: Browser, stack
     from playwright.async_api import expect
 
     expect.set_options(timeout=20_000)
-    auth = {"Authorization": f"Bearer {stack.key}"}
-    async with httpx.AsyncClient(base_url=stack.url, headers=auth, timeout=30) as http:
+    async with stack.http(reviewer) as http:
         job_id = await submit(http, f"{QUERY} [{uuid.uuid4().hex[:8]}]")
-        page = await browser.new_page()
         await page.route(re.compile(r"/v1/jobs/[^/?]+/events"), refuse)
-        await page.goto(f"{stack.url}/ui/approvals")
-        await page.get_by_label("API key").fill(stack.key)
-        await page.get_by_role("button", name="Use key").click()
+        await open_page(page, stack, reviewer)
         card = job_card(page, job_id)
         await expect(card.get_by_role("button", name="Submit decision")).to_be_enabled()
         await page.route(re.compile(r"/v1/jobs\?status="), refuse)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,28 +23,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from api.app import create_app
 from core.auth import Scope
 from core.models import JobStatus, Tier
-from core.settings import Settings
-from infra.db import make_engine
-from infra.keys import KeyStore
-from infra.migrations import create_tables
-from tests.helpers import serve_asgi
+from tests.stack import Stack, StackSpec
 from tests.test_analytics import NOW, Job, seed
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, ConsoleMessage, Page
+    from playwright.async_api import ConsoleMessage, Page
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+pytestmark = pytest.mark.browser
+
 CSP_WATCH = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", (e) => {
@@ -53,31 +40,6 @@ document.addEventListener("securitypolicyviolation", (e) => {
 });
 """
 """Records every Content Security Policy violation the page causes."""
-
-
-def missing(message: str) -> None:
-    """Skip locally, fail under CI: the browser test must run in CI."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    """A headless chromium (the system's), closed after the test."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        missing("Debian's chromium is not installed (no `chromium` on PATH): run `make browser`")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        missing("Playwright for Python is not installed: pip install -e '.[dev]'")
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 S, M, L = Tier.SMALL, Tier.MEDIUM, Tier.LARGE
@@ -127,43 +89,34 @@ def day_of_jobs(hours_shift: float) -> list[Job]:
     return jobs
 
 
+@pytest.fixture(scope="module")
+def stack_spec() -> StackSpec:
+    """Keys on; no Temporal server or worker: the metrics routes read the database only."""
+    return StackSpec(settings={"api_key_pepper": "dashboard-pepper"}, worker=False, temporal=False)
+
+
 @dataclass
-class Stack:
-    url: str
+class Keys:
     admin: str
     nobody: str
     """A read key that submitted nothing."""
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("dashboard")
-    settings = Settings(
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        temporal_address="127.0.0.1:1",  # never contacted: the metrics routes read the database
-        api_key_pepper="dashboard-pepper",
-    )
-    engine = make_engine(settings.database_url)
-    create_tables(engine)
-    keys = KeyStore(engine, pepper="dashboard-pepper")
-    admin = keys.create("ops", [Scope.ADMIN])
-    nobody = keys.create("nobody", [Scope.READ])
+def keys(stack: Stack) -> Keys:
+    """An admin key that owns a seeded day of varied jobs, and a read key that owns none."""
+    admin = stack.key("ops", Scope.ADMIN)
+    nobody = stack.key("nobody", Scope.READ)
     shift_h = (datetime.now(UTC) - NOW) / timedelta(hours=1)
-    seed(engine, day_of_jobs(shift_h), owner=admin.key_id)
-    try:
-        with serve_asgi(create_app(settings)) as url:
-            yield Stack(url=url, admin=admin.secret, nobody=nobody.secret)
-    finally:
-        engine.dispose()
+    seed(stack.engine, day_of_jobs(shift_h), owner=admin.key_id)
+    return Keys(admin=admin.secret, nobody=nobody.secret)
 
 
-async def open_dashboard(browser: Browser, stack: Stack, problems: list[str]) -> Page:
-    """A new page on the dashboard that notes page errors, console errors and warnings.
+async def open_dashboard(page: Page, stack: Stack, problems: list[str]) -> Page:
+    """The dashboard in ``page``, noting page errors, console errors and warnings.
 
     The browser logs every CSP refusal as a console error; ``window.__csp`` lists them too.
     """
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
 
     def console(msg: ConsoleMessage) -> None:
@@ -176,10 +129,10 @@ async def open_dashboard(browser: Browser, stack: Stack, problems: list[str]) ->
     return page
 
 
-def fetch(stack: Stack, what: str, period: str) -> dict[str, Any]:
+def fetch(stack: Stack, key: str, what: str, period: str) -> dict[str, Any]:
     r = httpx.get(
         f"{stack.url}/v1/metrics/{what}?period={period}",
-        headers={"Authorization": f"Bearer {stack.admin}"},
+        headers={"Authorization": f"Bearer {key}"},
         timeout=10,
     )
     assert r.status_code == 200, r.text
@@ -192,21 +145,21 @@ def fixed(value: float | None, digits: int) -> str:
 
 
 async def test_the_dashboard_charts_what_the_api_answers(
-    browser: Browser, stack: Stack, tmp_path: Path
+    page: Page, stack: Stack, keys: Keys, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect
 
     expect.set_options(timeout=10_000)
     problems: list[str] = []
-    page = await open_dashboard(browser, stack, problems)
+    await open_dashboard(page, stack, problems)
     await expect(page.get_by_role("status")).to_contain_text("Enter an API key")
-    await page.get_by_label("API key").fill(stack.admin)
+    await page.get_by_label("API key").fill(keys.admin)
     await page.get_by_role("button", name="Use key").click()
     await expect(page.get_by_role("status")).to_contain_text("every job")
 
-    summary = fetch(stack, "summary", "day")
-    series = fetch(stack, "timeseries", "day")
-    cost = fetch(stack, "cost", "day")
+    summary = fetch(stack, keys.admin, "summary", "day")
+    series = fetch(stack, keys.admin, "timeseries", "day")
+    cost = fetch(stack, keys.admin, "cost", "day")
     assert summary["window"]["jobs"] > 60
 
     # Three latency lines, one point per bucket, carrying the API's percentiles.
@@ -270,7 +223,7 @@ async def test_the_dashboard_charts_what_the_api_answers(
     # A key that submitted nothing sees the empty state, not empty charts.
     await page.get_by_role("button", name="Forget key").click()
     await expect(page.get_by_role("status")).to_contain_text("Enter an API key")
-    await page.get_by_label("API key").fill(stack.nobody)
+    await page.get_by_label("API key").fill(keys.nobody)
     await page.get_by_role("button", name="Use key").click()
     await expect(page.locator("#empty")).to_contain_text("No job ended in the last week")
     await expect(page.locator("#empty")).to_contain_text("this key's jobs")
