@@ -35,7 +35,6 @@ from fastapi import FastAPI
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from core.models import (
     AgentRequest,
     AgentResult,
@@ -51,7 +50,8 @@ from infra.db import make_engine
 from infra.migrations import create_tables
 from infra.tools.sql_query import ensure_example_database
 from tests.helpers import serve_asgi, worker_process
-from tests.workflow_support import Harness, agent_worker
+from tests.stack import api_stack, stack_settings
+from tests.workflow_support import Harness
 from worker import worker_plugin
 from workflows.agent import AgentWorkflow
 
@@ -373,6 +373,7 @@ def check_sql_outcome(name: str, result: AgentResult, db_path: Path) -> str:
     return f"{name}: truncated to {size} bytes of JSON"
 
 
+@pytest.mark.subprocess
 async def test_hostile_sql_keeps_the_worker_under_its_memory_bound(
     dev_env: WorkflowEnvironment, redis_url: str, tmp_path: Path
 ) -> None:
@@ -501,31 +502,17 @@ async def self_fetch_stack(
     target = dev_env.client.service_client.config.target_host
     with serve_asgi(docs_server(), lifespan="off") as docs:
         docs_hostport = docs.removeprefix("http://")
-        settings = Settings(
-            temporal_address=target,
-            redis_url=redis_url,
-            database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-            task_queue=f"self-fetch-{uuid.uuid4()}",
-            sql_database_path=ensure_example_database(tmp_path / "shop.sqlite"),
+        settings = stack_settings(
+            target,
+            redis_url,
+            tmp_path,
+            prefix="self-fetch",
             auth_disabled=True,
             http_allowed_hosts=[docs_hostport],
             http_allowed_networks=["127.0.0.1/32"],
         )
-        engine = make_engine(settings.database_url)
-        create_tables(engine)
-        client = await Client.connect(target, plugins=[worker_plugin(settings, engine)])
-        try:
-            async with agent_worker(
-                client,
-                redis_url=redis_url,
-                database_url=settings.database_url,
-                settings=settings,
-                task_queue=settings.task_queue,
-            ):
-                with serve_asgi(create_app(settings)) as api:
-                    yield SelfFetchStack(api=api, docs=docs, settings=settings)
-        finally:
-            engine.dispose()
+        async with api_stack(settings) as stack:
+            yield SelfFetchStack(api=stack.url, docs=docs, settings=settings)
 
 
 async def wait_for_status(http: httpx.AsyncClient, job_id: str, wanted: set[str]) -> Any:
