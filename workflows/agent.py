@@ -1,8 +1,13 @@
 """``AgentWorkflow``: one durable agent request, from cache check to recorded answer.
 
-The workflow owns the job's state: the ``get_progress`` query answers from it at any time, the
-``decide`` update changes it, and each status change is projected into the job database through
-``record_job`` (ordered by a revision counter, so a late write never moves a job backwards).
+The workflow owns the job's state, one :class:`workflows.state.JobState`: the ``get_progress``
+query answers from it at any time, the ``decide`` update changes it, and each status change is
+projected into the job database through ``record_job`` (ordered by a revision counter, so a late
+write never moves a job backwards). ``run`` reads top to bottom: each stage is a collaborator
+that takes what it needs and returns what it produces (no mixins): the event stream and stage
+clock (:mod:`workflows.job_events`), the projection (:mod:`workflows.projection`), the approval
+gate (:mod:`workflows.approval_gate`), the tool fan-out (:mod:`workflows.tool_fanout`) and the
+model calls (:mod:`workflows.model_calls`).
 
 Stages (timeouts and retry policies in :mod:`workflows.policies`):
 
@@ -36,51 +41,41 @@ shape (before ``agentflow-core-v2``) is retired this way: its code and histories
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-from datetime import datetime
 
 from temporalio import workflow
-from temporalio.api.common.v1 import Payload
-from temporalio.contrib.workflow_streams import WorkflowStream
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
+# Contracts, activity references and the workflow's collaborators come from the host: none of
+# them keeps module-level state, and a per-run re-import of each would cost every job.
 with workflow.unsafe.imports_passed_through():
     from activities.stages import StageActivities
-    from core import search_attributes
-    from core.events import (
-        EVENTS_TOPIC,
-        EventBase,
-        FinalResponse,
-        ResponseError,
-        ResponseStarted,
-        StageCompleted,
-        StageStarted,
-    )
+    from core.events import InitialResponse, ResponseStarted
     from core.ids import AGENT_WORKFLOW_TYPE, DECIDE_UPDATE, PROGRESS_QUERY
     from core.models import (
         AgentProgress,
         AgentResult,
         AgentWorkflowInput,
         ApprovalDecision,
+        CacheReport,
         CompressContextInput,
-        CompressionSummary,
-        ContextItem,
+        CompressContextResult,
         DecisionResult,
         JobStatus,
         PlannedToolCall,
         PrepareJobInput,
+        PrepareJobResult,
         SelectModelResult,
         Stage,
-        StageTiming,
-        Tier,
         ToolFailure,
+        ToolResult,
     )
     from workflows import policies
     from workflows.approval_gate import ApprovalGate, approval_reasons
     from workflows.failures import root_cause
-    from workflows.model_calls import ModelCalls
+    from workflows.job_events import JobEvents, StageClock, outcome_event
+    from workflows.model_calls import draft_helps, generate_draft, generate_final
     from workflows.projection import JobProjection
+    from workflows.state import JobState
     from workflows.tool_fanout import ToolFanout
 
 PATCH_CORE_V2 = "agentflow-core-v2"
@@ -92,44 +87,27 @@ PATCH_KEEP_RECORDED_OUTCOME = "agentflow-keep-recorded-outcome"
 """``workflow.patched`` id of ignoring a cancel that arrives after the outcome was recorded
 (checked only when such a cancel arrives, so other histories carry no marker)."""
 
-STREAM_PUBLISH_SIGNAL = "__temporal_workflow_stream_publish"
-"""The workflow stream's publish signal (registered by ``WorkflowStream``)."""
-
-MAX_STORED_EVENTS_CHARS = 512 * 1024
-"""Largest event stream stored with the terminal record, in characters (about bytes)."""
-
-
-def _drop_late_publish(*_args: object) -> None:
-    """Signal handler that ignores publishes after the job's outcome was decided."""
-
 
 @workflow.defn(name=AGENT_WORKFLOW_TYPE)
-class AgentWorkflow(JobProjection, ToolFanout, ModelCalls, ApprovalGate):
+class AgentWorkflow:
     """Runs one agent request; the workflow id is ``agent-<job_id>``."""
 
     def __init__(self) -> None:
+        # All the job's state, in one place; the collaborators below read and change it.
+        self._state = JobState()
         # The job's event stream (core.events): workflow state, so replay rebuilds it.
-        self._stream = WorkflowStream()
-        self._events = self._stream.topic(EVENTS_TOPIC)
-        self._generation_revision = 0
-        self._search_attributes_set: tuple[JobStatus, Tier | None, float] | None = None
-        self._progress = AgentProgress(job_id="")
-        self._decision: ApprovalDecision | None = None
-        self._stage_started: datetime | None = None
-        self._cache_key: str | None = None
-        self._semantic_namespace: str | None = None
-        self._gate_open = False
-        self._revision = 0
-        self._projection: asyncio.Task[None] | None = None
-        self._draft_task: asyncio.Task[None] | None = None
-        self._input: AgentWorkflowInput | None = None
+        self._events = JobEvents(self._state)
+        self._clock = StageClock(self._state, self._events)
+        self._projection = JobProjection(self._state)
+        self._gate = ApprovalGate(self._state, self._events, self._projection)
+        self._tools = ToolFanout(self._state, self._events)
 
     # ------------------------------------------------------------------ handlers
 
     @workflow.query(name=PROGRESS_QUERY)
     def get_progress(self) -> AgentProgress:
         """Current status and stage, draft, tool plan and results so far, tier, usage, timings."""
-        return self._progress
+        return self._state.progress
 
     @workflow.update(name=DECIDE_UPDATE)
     async def decide(self, decision: ApprovalDecision) -> DecisionResult:
@@ -150,22 +128,11 @@ class AgentWorkflow(JobProjection, ToolFanout, ModelCalls, ApprovalGate):
                 before they reach history; this check covers two decisions that pass
                 validation together.
         """
-        self._refuse_unless_waiting()
-        self._refuse_bad_calls(decision)
-        self._decision = decision
-        self._gate_open = False
-        self._progress.approval = decision
-        return DecisionResult(
-            job_id=self._progress.job_id,
-            approved=decision.approved,
-            reviewer=decision.reviewer,
-            status=JobStatus.RUNNING if decision.approved else JobStatus.REJECTED,
-        )
+        return self._gate.accept(decision)
 
     @decide.validator
     def _validate_decide(self, decision: ApprovalDecision) -> None:
-        self._refuse_unless_waiting()
-        self._refuse_bad_calls(decision)
+        self._gate.check(decision)
 
     # ------------------------------------------------------------------ run
 
@@ -181,209 +148,173 @@ class AgentWorkflow(JobProjection, ToolFanout, ModelCalls, ApprovalGate):
                 the failure is recorded first.
             asyncio.CancelledError: the workflow was cancelled; recorded as CANCELED first.
         """
-        self._progress = AgentProgress(job_id=inp.job_id)
+        state = self._state
+        state.progress = AgentProgress(job_id=inp.job_id)
         workflow.deprecate_patch(PATCH_CORE_V2)
-        self._input = inp
-        self._progress.query = inp.request.query
-        self._progress.started_at = workflow.info().start_time
-        self._progress.owner = inp.owner
-        self._emit(ResponseStarted(job_id=inp.job_id, query=inp.request.query[:200]))
+        state.inp = inp
+        state.progress.query = inp.request.query
+        state.progress.started_at = workflow.info().start_time
+        state.progress.owner = inp.owner
+        self._events.emit(ResponseStarted(job_id=inp.job_id, query=inp.request.query[:200]))
         try:
             return await self._pipeline(inp)
         except (ActivityError, ApplicationError) as err:
             self._stop_draft()
             if is_cancelled_exception(err):
-                await self._finish(self._result(JobStatus.CANCELED))
+                await self._finish(state.result(JobStatus.CANCELED))
                 raise
             root = root_cause(err)
             error_type = root.type if isinstance(root, ApplicationError) and root.type else None
             message = getattr(root, "message", None) or str(root)
             await self._finish(
-                self._result(JobStatus.FAILED, error=message, error_type=error_type or "Failed")
+                state.result(JobStatus.FAILED, error=message, error_type=error_type or "Failed")
             )
             raise ApplicationError(
                 message, type=error_type or "AgentJobFailed", non_retryable=True
             ) from err
         except asyncio.CancelledError:
             self._stop_draft()
-            await self._finish(self._result(JobStatus.CANCELED))
+            await self._finish(state.result(JobStatus.CANCELED))
             raise
 
     async def _pipeline(self, inp: AgentWorkflowInput) -> AgentResult:
-        self._project()  # RUNNING, with the request; written beside the first stages
-        prepared = await self._prepare(inp)
-        if isinstance(prepared, AgentResult):
-            return await self._finish(prepared)
-        planned, selection = prepared
-        if self._draft_helps(inp, selection):
-            self._draft_task = asyncio.create_task(self._draft(inp, selection))
+        """The stages in order, each taking what the ones before it gave."""
+        state, progress = self._state, self._state.progress
+        # 1-3: response cache, tool plan, model selection (one local activity), beside the
+        # job's first projection (RUNNING, with the request).
+        self._projection.write()
+        self._clock.enter(Stage.RESPONSE_CACHE)
+        prepared = await prepare_job(inp)
+        self._clock.ran_elsewhere(prepared.duration_ms)
+        cached = self._take_cache_check(prepared)
+        if cached is not None:
+            return await self._finish(cached)
+        planned, selection, rejected = self._take_plan(prepared)
 
-        self._upsert_search_attributes(JobStatus.RUNNING)
+        # 4: the draft, beside the next stages.
+        if draft_helps(inp, selection):
+            state.draft_task = asyncio.create_task(self._draft(inp, selection))
+        self._projection.upsert_search_attributes(JobStatus.RUNNING)
+
+        # 5: the approval gate, when the policy says so; it may leave calls out.
         reasons, gated = approval_reasons(inp, planned, selection)
+        held_back: list[ToolFailure] = []
         if reasons:
-            outcome, planned = await self._await_decision(inp, planned, selection, reasons, gated)
-            if outcome is not JobStatus.RUNNING:
+            self._clock.enter(Stage.AWAITING_APPROVAL)
+            gate = await self._gate.wait_for_decision(inp, planned, selection, reasons, gated)
+            if gate.status is not JobStatus.RUNNING:
                 self._stop_draft()
-                return await self._finish(self._result(outcome))
+                return await self._finish(state.result(gate.status))
+            planned, held_back = gate.calls, gate.failures
 
-        self._enter(Stage.TOOLS)
-        await self._run_tools(inp, planned)
-        items, summary = await self._compress(inp)
-        final, escalated_to = await self._generate_final(inp, selection, items)
-        self._generation_revision = final.revision
-        self._progress.usage.append(final.usage)
+        # 6: tools; every call that did not run is a failure among the results.
+        self._clock.enter(Stage.TOOLS)
+        ran = await self._tools.run(inp, planned)
+        tool_results: list[ToolResult] = [*rejected, *held_back, *ran]
+        progress.tool_results = tool_results
+
+        # 7: compression of the context and the tool results.
+        self._clock.enter(Stage.COMPRESSION)
+        compressed = await compress_context(inp, tool_results)
+        _count_component_cache(progress.cache, compressed)
+
+        # 8: the final answer (with the cascade).
+        self._clock.enter(Stage.GENERATION)
+        final, escalated_to = await generate_final(inp, selection, compressed.items)
+        state.generation_revision = final.revision
+        progress.usage.append(final.usage)
         self._stop_draft()
-        result = self._result(JobStatus.COMPLETED).model_copy(
+
+        # 9: the record.
+        result = state.result(JobStatus.COMPLETED).model_copy(
             update={
                 "answer": final.text,
                 "simulated": final.usage.simulated,
                 "escalated_to": escalated_to,
-                "compression": summary,
+                "compression": compressed.summary,
             }
         )
         return await self._finish(result)
 
     # ------------------------------------------------------------------ stages
 
-    async def _prepare(
-        self, inp: AgentWorkflowInput
-    ) -> AgentResult | tuple[list[PlannedToolCall], SelectModelResult]:
-        """Cache lookup, tool plan and model selection in one local activity.
+    def _take_cache_check(self, prepared: PrepareJobResult) -> AgentResult | None:
+        """Keep the response cache's key and report; the completed result on a hit."""
+        check = prepared.cache
+        state = self._state
+        state.cache_key = check.key
+        state.semantic_namespace = check.semantic_namespace
+        state.progress.cache = check.report
+        if check.hit is None:
+            return None
+        return state.result(JobStatus.COMPLETED).model_copy(
+            update={
+                "answer": check.hit.answer,
+                "simulated": check.hit.simulated,
+                "response_cache_hit": True,
+            }
+        )
+
+    def _take_plan(
+        self, prepared: PrepareJobResult
+    ) -> tuple[list[PlannedToolCall], SelectModelResult, list[ToolFailure]]:
+        """Show the plan and the selection in the progress (the job is at model selection).
 
         Returns:
-            The completed result on a response-cache hit; else the validated calls to run
-            (proposals that did not validate become failures) and the selection.
+            The validated calls to run, the selection, and one failure per proposal that did not
+            validate.
+
+        Raises:
+            ApplicationError: non-retryable, when ``prepare_job`` returned no plan on a miss.
         """
-        self._enter(Stage.RESPONSE_CACHE)
-        prepared = await workflow.execute_local_activity_method(
-            StageActivities.prepare_job,
-            PrepareJobInput(
-                request=inp.request, owner=inp.owner, approval_policy=inp.approval_policy
-            ),
-            start_to_close_timeout=policies.PLAN_TIMEOUT,
-            retry_policy=policies.LOCAL_QUICK_RETRY,
-        )
-        # One local activity ran three stages: their timings come from the activity.
-        for name, ms in prepared.duration_ms.items():
-            stage = Stage(name)
-            if stage is not Stage.RESPONSE_CACHE:
-                self._emit(StageStarted(job_id=inp.job_id, stage=stage))
-            self._progress.timings.append(StageTiming(stage=stage, duration_ms=ms))
-            self._emit(StageCompleted(job_id=inp.job_id, stage=stage, duration_ms=ms))
-        self._stage_started = None
-        check = prepared.cache
-        self._cache_key = check.key
-        self._semantic_namespace = check.semantic_namespace
-        self._progress.cache = check.report
-        if check.hit is not None:
-            return self._result(JobStatus.COMPLETED).model_copy(
-                update={
-                    "answer": check.hit.answer,
-                    "simulated": check.hit.simulated,
-                    "response_cache_hit": True,
-                }
-            )
         plan, selection = prepared.plan, prepared.selection
         if plan is None or selection is None:
             raise ApplicationError(
                 "prepare_job returned no plan on a cache miss", non_retryable=True
             )
-        self._progress.stage = Stage.MODEL_SELECTION
-        self._progress.tool_plan = plan.planned
+        progress = self._state.progress
+        progress.stage = Stage.MODEL_SELECTION
+        progress.tool_plan = plan.planned
         if plan.usage is not None:
-            self._progress.usage.append(plan.usage)
+            progress.usage.append(plan.usage)
         if selection.usage is not None:  # the LLM router's own call
-            self._progress.usage.append(selection.usage)
-        self._progress.tool_results = [
+            progress.usage.append(selection.usage)
+        rejected = [
             ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
             for reason in plan.rejected
         ]
-        self._progress.selection = selection
-        return plan.planned, selection
+        progress.tool_results = list(rejected)
+        progress.selection = selection
+        return plan.planned, selection, rejected
 
-    async def _compress(
-        self, inp: AgentWorkflowInput
-    ) -> tuple[list[ContextItem], CompressionSummary]:
-        self._enter(Stage.COMPRESSION)
-        req = inp.request
-        compressed = await workflow.execute_local_activity_method(
-            StageActivities.compress_context,
-            CompressContextInput(
-                query=req.query,
-                items=req.context,
-                tool_results=self._progress.tool_results,
-                max_tokens=req.max_context_tokens,
-                allow_blob_refs=False,
-            ),
-            start_to_close_timeout=policies.LOCAL_COMPRESSION_TIMEOUT,
-            retry_policy=policies.LOCAL_COMPRESSION_RETRY,
-        )
-        report = self._progress.cache
-        if report is not None and compressed.cache_hit is not None:
-            counts = report.hits if compressed.cache_hit else report.misses
-            counts["component"] = counts.get("component", 0) + 1
-        return compressed.items, compressed.summary
+    async def _draft(self, inp: AgentWorkflowInput, selection: SelectModelResult) -> None:
+        """The draft, beside the stages: shown in the progress and to a reviewer who looks now.
 
-    # ------------------------------------------------------------------ state and projection
-
-    def _enter(self, stage: Stage, *, publish: bool = True) -> None:
-        """Close the current stage (timing and ``stage_completed``) and start ``stage``.
-
-        ``publish=False`` records the timing without publishing ``stage_completed``.
+        Publishes ``initial_response``; a failed draft is left out.
         """
-        now = workflow.now()
-        job_id = self._progress.job_id
-        if self._stage_started is not None:
-            elapsed = round((now - self._stage_started).total_seconds() * 1000, 3)
-            previous = self._progress.stage
-            self._progress.timings.append(StageTiming(stage=previous, duration_ms=elapsed))
-            if publish:
-                self._emit(StageCompleted(job_id=job_id, stage=previous, duration_ms=elapsed))
-        self._progress.stage = stage
-        self._stage_started = now
-        if stage is not Stage.DONE:
-            self._emit(StageStarted(job_id=job_id, stage=stage))
-
-    def _emit(self, event: EventBase) -> None:
-        """Publish ``event`` on the job's stream, stamped with workflow time and the revision."""
-        event.at = workflow.now()
-        event.revision = self._generation_revision
-        self._events.publish(event)
-
-    def _upsert_search_attributes(self, status: JobStatus) -> None:
-        """Upsert the ``Agent*`` search attributes when the job sets them and they changed."""
-        if self._input is None or not self._input.search_attributes:
+        draft = await generate_draft(inp, selection)
+        if draft is None:
             return
-        p = self._progress
-        tier = next((u.tier for u in reversed(p.usage) if u.purpose == "final"), None) or (
-            p.selection.tier if p.selection is not None else None
-        )
-        cost = float(round(sum(u.cost_usd for u in p.usage), 6))
-        if self._search_attributes_set == (status, tier, cost):
-            return
-        self._search_attributes_set = (status, tier, cost)
-        workflow.upsert_search_attributes(
-            search_attributes.updates(status, tier=tier, cost_usd=cost)
+        progress = self._state.progress
+        progress.draft = draft.text
+        progress.usage.append(draft.usage)
+        request = progress.approval_request
+        if request is not None and request.draft is None:
+            request.draft = draft.text  # a reviewer who looks now sees it
+        self._events.emit(
+            InitialResponse(
+                job_id=inp.job_id,
+                text=draft.text,
+                tier=draft.usage.tier,
+                simulated=draft.usage.simulated,
+            )
         )
 
-    def _result(
-        self, status: JobStatus, *, error: str | None = None, error_type: str | None = None
-    ) -> AgentResult:
-        p = self._progress
-        return AgentResult(
-            job_id=p.job_id,
-            status=status,
-            selection=p.selection,
-            draft=p.draft,
-            tool_results=list(p.tool_results),
-            approval=p.approval,
-            usage=list(p.usage),
-            timings=list(p.timings),
-            error=error,
-            error_type=error_type,
-            approval_record=p.approval_record,
-            cache=p.cache.model_copy(deep=True) if p.cache is not None else None,
-        )
+    def _stop_draft(self) -> None:
+        """Cancel the draft if it is still running: nobody will read it now."""
+        task = self._state.draft_task
+        if task is not None and not task.done():
+            task.cancel()
 
     async def _finish(self, result: AgentResult) -> AgentResult:
         """Record the terminal ``result`` (the last projection) and return it.
@@ -399,25 +330,26 @@ class AgentWorkflow(JobProjection, ToolFanout, ModelCalls, ApprovalGate):
         would otherwise end the job CANCELED after its COMPLETED (or REJECTED) record was
         decided, and write a second, contradicting record.
         """
-        self._enter(Stage.RECORD)
-        result = result.model_copy(update={"timings": list(self._progress.timings)})
-        self._upsert_search_attributes(result.status)
-        outcome = self._outcome_event(result)
+        progress = self._state.progress
+        self._clock.enter(Stage.RECORD)
+        result = result.model_copy(update={"timings": list(progress.timings)})
+        self._projection.upsert_search_attributes(result.status)
+        outcome = self._events.stamp(outcome_event(result))
         # From here on nothing else joins the stream (a late token signal from a worker of an
         # older release, say), so the outcome's offset is the one stored with the record.
-        workflow.set_signal_handler(STREAM_PUBLISH_SIGNAL, _drop_late_publish)
-        write = self._project(result=result, events_json=self._stored_events(outcome))
+        self._events.close()
+        write = self._projection.write(result=result, events_json=self._events.stored(outcome))
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
             workflow.logger.info("cancel requested after the job ended %s; kept", result.status)
             await write
-        self._progress.status = result.status
-        self._enter(Stage.DONE, publish=False)
+        progress.status = result.status
+        self._clock.enter(Stage.DONE, publish=False)
         self._events.publish(outcome)
-        # Hand the last events to subscribers waiting in a poll update (API processes from
-        # before the event hub), and let no update be cut off by the workflow's end.
-        self._stream.detach_pollers()
+        # Hand the last events to subscribers waiting in a poll update, and let no update be
+        # cut off by the workflow's end.
+        self._events.detach_pollers()
         try:
             await workflow.wait_condition(workflow.all_handlers_finished)
         except asyncio.CancelledError:
@@ -426,56 +358,50 @@ class AgentWorkflow(JobProjection, ToolFanout, ModelCalls, ApprovalGate):
             if not workflow.patched(PATCH_KEEP_RECORDED_OUTCOME):
                 raise
             workflow.logger.info("cancel requested after the job ended %s; kept", result.status)
-        return result.model_copy(update={"timings": list(self._progress.timings)})
+        return result.model_copy(update={"timings": list(progress.timings)})
 
-    def _stored_events(self, outcome: EventBase) -> str | None:
-        """The job's whole event stream as a JSON array, ``outcome`` last, offsets filled in.
 
-        ``None`` past :data:`MAX_STORED_EVENTS_CHARS`.
+async def prepare_job(inp: AgentWorkflowInput) -> PrepareJobResult:
+    """Cache lookup, tool plan and model selection: the ``prepare_job`` local activity.
 
-        Read from the stream's own state, so events published by others (token signals of
-        workers from before the token side channel) keep their offsets too.
-        """
-        state = self._stream.get_state()
-        events: list[str] = []
-        offset = state.base_offset
-        for item in state.log:
-            if item.topic == EVENTS_TOPIC:
-                data = json.loads(Payload.FromString(base64.b64decode(item.data)).data)
-                data["offset"] = offset
-                events.append(json.dumps(data, separators=(",", ":")))
-            offset += 1
-        last = outcome.model_copy(update={"offset": offset})
-        events.append(last.model_dump_json())
-        stored = "[" + ",".join(events) + "]"
-        if len(stored) > MAX_STORED_EVENTS_CHARS:
-            # Kept out of the record's input (and its history, if the write falls back to a
-            # regular activity); readers of the finished job then read the closed workflow.
-            return None
-        return stored
+    Returns:
+        The cache check (with the hit, if any), and on a miss the plan and the selection, with
+        each part's duration.
+    """
+    return await workflow.execute_local_activity_method(
+        StageActivities.prepare_job,
+        PrepareJobInput(request=inp.request, owner=inp.owner, approval_policy=inp.approval_policy),
+        start_to_close_timeout=policies.PLAN_TIMEOUT,
+        retry_policy=policies.LOCAL_QUICK_RETRY,
+    )
 
-    def _outcome_event(self, result: AgentResult) -> FinalResponse | ResponseError:
-        """The job's last event, stamped: ``final_response`` or ``response_error``."""
-        event: FinalResponse | ResponseError
-        if result.status is JobStatus.COMPLETED and result.answer is not None:
-            final = next((u for u in reversed(result.usage) if u.purpose == "final"), None)
-            event = FinalResponse(
-                job_id=result.job_id,
-                answer=result.answer,
-                simulated=result.simulated,
-                response_cache_hit=result.response_cache_hit,
-                tier=final.tier if final is not None else None,
-                escalated_to=result.escalated_to,
-                usage=result.usage,
-                total_cost_usd=round(result.total_cost_usd, 8),
-            )
-        else:
-            event = ResponseError(
-                job_id=result.job_id,
-                status=result.status,
-                error=result.error,
-                error_type=result.error_type,
-            )
-        event.at = workflow.now()
-        event.revision = self._generation_revision
-        return event
+
+async def compress_context(
+    inp: AgentWorkflowInput, tool_results: list[ToolResult]
+) -> CompressContextResult:
+    """The request's context and ``tool_results`` fitted to its token budget (local activity).
+
+    Raises:
+        ActivityError: ``ContextBudgetExceeded`` (non-retryable) when even the compressed
+            context does not fit.
+    """
+    req = inp.request
+    return await workflow.execute_local_activity_method(
+        StageActivities.compress_context,
+        CompressContextInput(
+            query=req.query,
+            items=req.context,
+            tool_results=tool_results,
+            max_tokens=req.max_context_tokens,
+            allow_blob_refs=False,
+        ),
+        start_to_close_timeout=policies.LOCAL_COMPRESSION_TIMEOUT,
+        retry_policy=policies.LOCAL_COMPRESSION_RETRY,
+    )
+
+
+def _count_component_cache(report: CacheReport | None, compressed: CompressContextResult) -> None:
+    """Count compression's component-cache lookup (if it made one) in the job's cache report."""
+    if report is not None and compressed.cache_hit is not None:
+        counts = report.hits if compressed.cache_hit else report.misses
+        counts["component"] = counts.get("component", 0) + 1

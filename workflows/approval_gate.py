@@ -10,13 +10,16 @@ policy's action applies: ``expire`` ends the job, ``proceed`` runs it without th
 needed approval (a job that waited for itself, because the request asked or its cost is over the
 threshold, expires either way). Every outcome becomes an :class:`core.models.ApprovalRecord`.
 
+The gate reads and changes the job's state (status, approval request, decision) and projects
+each change; what it decides for the tools stage comes back as a :class:`GateOutcome`.
+
 Determinism: without reminders the wait is the single timer jobs always had, so histories
 recorded before the policy replay unchanged.
 """
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
@@ -24,20 +27,22 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core.errors import ErrorType
-    from core.events import ApprovalDecided, ApprovalReminder, ApprovalRequested, EventBase
+    from core.events import ApprovalDecided, ApprovalReminder, ApprovalRequested
     from core.models import (
-        AgentProgress,
         AgentWorkflowInput,
         ApprovalDecision,
         ApprovalRecord,
         ApprovalRequest,
         CallOutcome,
+        DecisionResult,
         JobStatus,
         PlannedToolCall,
         SelectModelResult,
-        Stage,
         ToolFailure,
     )
+    from workflows.job_events import JobEvents
+    from workflows.projection import JobProjection
+    from workflows.state import JobState
 
 REJECTED_CALL_ERROR = "ToolCallRejected"
 """``ToolFailure.error_type`` of a call a reviewer rejected (it did not run)."""
@@ -71,35 +76,82 @@ def approval_reasons(
     return reasons, [p.call.id for p in gated]
 
 
+@dataclass
+class GateOutcome:
+    """What the gate decided for the rest of the job.
+
+    Attributes:
+        status: RUNNING (the job goes on), REJECTED or EXPIRED (the job ends).
+        calls: the calls to run (edited ones with their new parameters); empty unless RUNNING.
+        failures: one :class:`core.models.ToolFailure` per call that will not run because a
+            reviewer rejected it or it was not approved in time (the job went on without it).
+    """
+
+    status: JobStatus
+    calls: list[PlannedToolCall] = field(default_factory=list)
+    failures: list[ToolFailure] = field(default_factory=list)
+
+
 class ApprovalGate:
-    """Mixed into ``AgentWorkflow``, which owns the state these methods use."""
+    """The job's approval gate and the checks of its ``decide`` update.
 
-    _progress: AgentProgress
-    _decision: ApprovalDecision | None
-    _gate_open: bool
+    Args:
+        state: the job's state (progress, ``decision``, ``gate_open``).
+        events: where ``approval_requested``, ``approval_reminder`` and ``approval_decided``
+            go.
+        projection: writes the job's record and search attributes as its status changes.
+    """
 
-    def _enter(self, stage: Stage, *, publish: bool = True) -> None:
-        raise NotImplementedError
+    def __init__(self, state: JobState, events: JobEvents, projection: JobProjection) -> None:
+        self._state = state
+        self._events = events
+        self._projection = projection
 
-    def _emit(self, event: EventBase) -> None:
-        raise NotImplementedError
+    # ------------------------------------------------------------------ the update
 
-    def _project(self) -> asyncio.Task[None]:
-        raise NotImplementedError
+    def check(self, decision: ApprovalDecision) -> None:
+        """Refuse ``decision`` unless the job waits for it and its per-call decisions fit.
 
-    def _upsert_search_attributes(self, status: JobStatus) -> None:
-        raise NotImplementedError
+        Raises:
+            ApplicationError: ``JobNotAwaitingApproval`` (non-retryable) when the job is not
+                waiting for a decision (its ``details`` hold the current status);
+                ``DecisionInvalid`` (non-retryable) when the per-call decisions do not fit.
+        """
+        self._refuse_unless_waiting()
+        self._refuse_bad_calls(decision)
 
-    # ------------------------------------------------------------------ the update's checks
+    def accept(self, decision: ApprovalDecision) -> DecisionResult:
+        """Take ``decision`` (checked again: two decisions may pass validation together).
+
+        Returns:
+            The decision and the job's new status: RUNNING after an approval, REJECTED after a
+            rejection.
+
+        Raises:
+            ApplicationError: as :meth:`check`.
+        """
+        self.check(decision)
+        state = self._state
+        state.decision = decision
+        state.gate_open = False
+        state.progress.approval = decision
+        return DecisionResult(
+            job_id=state.progress.job_id,
+            approved=decision.approved,
+            reviewer=decision.reviewer,
+            status=JobStatus.RUNNING if decision.approved else JobStatus.REJECTED,
+        )
 
     def _refuse_unless_waiting(self) -> None:
-        if self._gate_open and self._decision is None:
+        state = self._state
+        if state.gate_open and state.decision is None:
             return
-        status = self._progress.status
-        if self._decision is not None:
-            why = f"job {self._progress.job_id} was already decided by {self._decision.reviewer}"
+        progress = state.progress
+        status = progress.status
+        if state.decision is not None:
+            why = f"job {progress.job_id} was already decided by {state.decision.reviewer}"
         else:
-            why = f"job {self._progress.job_id} is not awaiting approval (status {status.value})"
+            why = f"job {progress.job_id} is not awaiting approval (status {status.value})"
         raise ApplicationError(
             why,
             status.value,
@@ -117,7 +169,7 @@ class ApprovalGate:
         """
         if not decision.calls:
             return
-        request = self._progress.approval_request
+        request = self._state.progress.approval_request
         planned = {p.call.id for p in request.calls} if request is not None else set()
         problem: str | None = None
         seen: set[str] = set()
@@ -143,24 +195,37 @@ class ApprovalGate:
 
     # ------------------------------------------------------------------ the gate
 
-    async def _await_decision(
+    async def wait_for_decision(
         self,
         inp: AgentWorkflowInput,
         planned: list[PlannedToolCall],
         selection: SelectModelResult,
         reasons: list[str],
         gated: list[str],
-    ) -> tuple[JobStatus, list[PlannedToolCall]]:
-        """Wait at the gate; the outcome and the calls to run.
+    ) -> GateOutcome:
+        """Wait at the gate for a decision, up to the approval timeout.
+
+        The caller has entered the ``AWAITING_APPROVAL`` stage. The job's status is
+        AWAITING_APPROVAL (projected, ``approval_requested`` published) until the ``decide``
+        update or the timeout; each outcome is recorded as an
+        :class:`core.models.ApprovalRecord` (``approval_decided``).
+
+        Args:
+            inp: the workflow's input (approval policy and timeout).
+            planned: the calls planned to run.
+            selection: the selected tier and its estimated cost (shown to the reviewer).
+            reasons: why the job waits, from :func:`approval_reasons`.
+            gated: the ids of the calls that need a decision.
 
         Returns:
-            ``(RUNNING, calls)`` after an approval (rejected calls left out and recorded as
-            failures, edited calls with their new parameters) or a ``proceed`` timeout;
-            ``(REJECTED, [])`` or ``(EXPIRED, [])`` otherwise.
+            RUNNING with the calls to run after an approval (rejected calls left out as
+            failures, edited calls with their new parameters) or a ``proceed`` timeout (the
+            gated calls left out as failures); REJECTED or EXPIRED with no calls otherwise.
         """
+        state = self._state
+        progress = state.progress
         policy = inp.approval_policy
-        self._enter(Stage.AWAITING_APPROVAL)
-        self._progress.status = JobStatus.AWAITING_APPROVAL
+        progress.status = JobStatus.AWAITING_APPROVAL
         now = workflow.now()
         request = ApprovalRequest(
             reasons=reasons,
@@ -168,24 +233,24 @@ class ApprovalGate:
             gated_call_ids=gated,
             tier=selection.tier,
             estimated_cost_usd=selection.estimated_cost_usd,
-            draft=self._progress.draft,
+            draft=progress.draft,
             requested_at=now,
             expires_at=now + inp.approval_timeout,
             timeout_action=policy.timeout_action,
         )
-        self._progress.approval_request = request
-        self._gate_open = True
-        self._upsert_search_attributes(JobStatus.AWAITING_APPROVAL)
-        self._project()
-        self._emit(ApprovalRequested(job_id=inp.job_id, request=request))
+        progress.approval_request = request
+        state.gate_open = True
+        self._projection.upsert_search_attributes(JobStatus.AWAITING_APPROVAL)
+        self._projection.write()
+        self._events.emit(ApprovalRequested(job_id=inp.job_id, request=request))
         try:
             decided = await self._wait(inp.approval_timeout, policy.reminder_interval, request)
         finally:
-            self._gate_open = False  # also when the job is cancelled while it waits
+            state.gate_open = False  # also when the job is cancelled while it waits
         if not decided:
             return self._timed_out(inp, planned, request)
-        self._progress.status = JobStatus.RUNNING
-        decision = self._decision
+        progress.status = JobStatus.RUNNING
+        decision = state.decision
         assert decision is not None
         if not decision.approved:
             self._decided(
@@ -198,39 +263,41 @@ class ApprovalGate:
                     calls=[_outcome(p, "rejected") for p in planned if p.call.id in gated],
                 )
             )
-            return JobStatus.REJECTED, []
-        to_run, record = self._apply(decision, planned, gated, reasons)
+            return GateOutcome(JobStatus.REJECTED)
+        outcome, record = _apply(decision, planned, gated, reasons)
+        progress.tool_results.extend(outcome.failures)
         self._decided(record)
-        self._upsert_search_attributes(JobStatus.RUNNING)
-        self._project()
-        return JobStatus.RUNNING, to_run
+        self._projection.upsert_search_attributes(JobStatus.RUNNING)
+        self._projection.write()
+        return outcome
 
     async def _wait(
         self, wait_for: timedelta, reminder: timedelta | None, request: ApprovalRequest
     ) -> bool:
         """Wait for ``decide`` up to ``wait_for``, reminding every ``reminder``; True if decided."""
+        state = self._state
         if reminder is None:
             try:
-                await workflow.wait_condition(lambda: self._decision is not None, timeout=wait_for)
+                await workflow.wait_condition(lambda: state.decision is not None, timeout=wait_for)
             except TimeoutError:
-                return self._decision is not None  # a decision accepted as the timer fired
+                return state.decision is not None  # a decision accepted as the timer fired
             return True
         while True:
             remaining = request.expires_at - workflow.now()
             if remaining <= timedelta(0):
-                return self._decision is not None
+                return state.decision is not None
             try:
                 await workflow.wait_condition(
-                    lambda: self._decision is not None, timeout=min(reminder, remaining)
+                    lambda: state.decision is not None, timeout=min(reminder, remaining)
                 )
             except TimeoutError:
-                if self._decision is not None:
+                if state.decision is not None:
                     return True
                 if workflow.now() < request.expires_at:
                     waited = (workflow.now() - request.requested_at).total_seconds()
-                    self._emit(
+                    self._events.emit(
                         ApprovalReminder(
-                            job_id=self._progress.job_id,
+                            job_id=state.progress.job_id,
                             waiting_s=waited,
                             expires_at=request.expires_at,
                         )
@@ -240,7 +307,7 @@ class ApprovalGate:
 
     def _timed_out(
         self, inp: AgentWorkflowInput, planned: list[PlannedToolCall], request: ApprovalRequest
-    ) -> tuple[JobStatus, list[PlannedToolCall]]:
+    ) -> GateOutcome:
         gated = set(request.gated_call_ids)
         # ``proceed`` goes on without the calls that needed approval; a job that waited for
         # itself (the request asked, or its cost is over the threshold) has nothing to leave
@@ -255,82 +322,87 @@ class ApprovalGate:
         )
         self._decided(record)
         if not proceed:
-            return JobStatus.EXPIRED, []
+            return GateOutcome(JobStatus.EXPIRED)
         waited = inp.approval_timeout.total_seconds()
-        for p in planned:
-            if p.call.id in gated:
-                self._progress.tool_results.append(
-                    ToolFailure(
-                        call_id=p.call.id,
-                        name=p.call.name,
-                        error_type=NOT_APPROVED_CALL_ERROR,
-                        error=f"not approved within the approval timeout ({waited:g} s); "
-                        "the job went on without it",
-                    )
-                )
-        self._progress.status = JobStatus.RUNNING
-        self._upsert_search_attributes(JobStatus.RUNNING)
-        self._project()
-        return JobStatus.RUNNING, [p for p in planned if p.call.id not in gated]
-
-    def _apply(
-        self,
-        decision: ApprovalDecision,
-        planned: list[PlannedToolCall],
-        gated: list[str],
-        reasons: list[str],
-    ) -> tuple[list[PlannedToolCall], ApprovalRecord]:
-        """The calls an approval lets run, and its record."""
-        by_id = {c.call_id: c for c in decision.calls}
-        to_run: list[PlannedToolCall] = []
-        outcomes: list[CallOutcome] = []
-        for p in planned:
-            choice = by_id.get(p.call.id)
-            if choice is None:
-                if p.call.id in gated:
-                    outcomes.append(_outcome(p, "approved"))
-                to_run.append(p)
-            elif choice.action == "reject":
-                outcomes.append(_outcome(p, "rejected"))
-                note = f": {decision.comment}" if decision.comment else ""
-                self._progress.tool_results.append(
-                    ToolFailure(
-                        call_id=p.call.id,
-                        name=p.call.name,
-                        error_type=REJECTED_CALL_ERROR,
-                        error=f"rejected by {decision.reviewer}{note}"[:500],
-                    )
-                )
-            elif choice.action == "edit" and choice.parameters is not None:
-                edited = p.model_copy(
-                    update={"call": p.call.model_copy(update={"parameters": choice.parameters})}
-                )
-                outcomes.append(
-                    CallOutcome(
-                        call_id=p.call.id,
-                        name=p.call.name,
-                        outcome="edited",
-                        parameters=choice.parameters,
-                        original_parameters=p.call.parameters,
-                    )
-                )
-                to_run.append(edited)
-            else:
-                outcomes.append(_outcome(p, "approved"))
-                to_run.append(p)
-        record = ApprovalRecord(
-            outcome="approved",
-            reviewer=decision.reviewer,
-            decided_at=workflow.now(),
-            comment=decision.comment,
-            reasons=reasons,
-            calls=outcomes,
-        )
-        return to_run, record
+        failures = [
+            ToolFailure(
+                call_id=p.call.id,
+                name=p.call.name,
+                error_type=NOT_APPROVED_CALL_ERROR,
+                error=f"not approved within the approval timeout ({waited:g} s); "
+                "the job went on without it",
+            )
+            for p in planned
+            if p.call.id in gated
+        ]
+        progress = self._state.progress
+        progress.tool_results.extend(failures)
+        progress.status = JobStatus.RUNNING
+        self._projection.upsert_search_attributes(JobStatus.RUNNING)
+        self._projection.write()
+        calls = [p for p in planned if p.call.id not in gated]
+        return GateOutcome(JobStatus.RUNNING, calls, failures)
 
     def _decided(self, record: ApprovalRecord) -> None:
-        self._progress.approval_record = record
-        self._emit(ApprovalDecided(job_id=self._progress.job_id, record=record))
+        progress = self._state.progress
+        progress.approval_record = record
+        self._events.emit(ApprovalDecided(job_id=progress.job_id, record=record))
+
+
+def _apply(
+    decision: ApprovalDecision,
+    planned: list[PlannedToolCall],
+    gated: list[str],
+    reasons: list[str],
+) -> tuple[GateOutcome, ApprovalRecord]:
+    """What an approval lets run (and what not, as failures), and its record."""
+    by_id = {c.call_id: c for c in decision.calls}
+    to_run: list[PlannedToolCall] = []
+    failures: list[ToolFailure] = []
+    outcomes: list[CallOutcome] = []
+    for p in planned:
+        choice = by_id.get(p.call.id)
+        if choice is None:
+            if p.call.id in gated:
+                outcomes.append(_outcome(p, "approved"))
+            to_run.append(p)
+        elif choice.action == "reject":
+            outcomes.append(_outcome(p, "rejected"))
+            note = f": {decision.comment}" if decision.comment else ""
+            failures.append(
+                ToolFailure(
+                    call_id=p.call.id,
+                    name=p.call.name,
+                    error_type=REJECTED_CALL_ERROR,
+                    error=f"rejected by {decision.reviewer}{note}"[:500],
+                )
+            )
+        elif choice.action == "edit" and choice.parameters is not None:
+            edited = p.model_copy(
+                update={"call": p.call.model_copy(update={"parameters": choice.parameters})}
+            )
+            outcomes.append(
+                CallOutcome(
+                    call_id=p.call.id,
+                    name=p.call.name,
+                    outcome="edited",
+                    parameters=choice.parameters,
+                    original_parameters=p.call.parameters,
+                )
+            )
+            to_run.append(edited)
+        else:
+            outcomes.append(_outcome(p, "approved"))
+            to_run.append(p)
+    record = ApprovalRecord(
+        outcome="approved",
+        reviewer=decision.reviewer,
+        decided_at=workflow.now(),
+        comment=decision.comment,
+        reasons=reasons,
+        calls=outcomes,
+    )
+    return GateOutcome(JobStatus.RUNNING, to_run, failures), record
 
 
 def _outcome(p: PlannedToolCall, outcome: str) -> CallOutcome:

@@ -1,4 +1,9 @@
-"""The tools stage of ``AgentWorkflow``: calls fanned out in batches, results in plan order."""
+"""The tools stage of ``AgentWorkflow``: calls fanned out in batches, results in plan order.
+
+Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent ``run_tools`` activities, the
+others one by one after them; a call that failed transiently inside a batch runs again alone.
+Failures are data (:class:`core.models.ToolFailure`), never exceptions.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,11 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from activities.tool_calls import ToolActivities
     from core.events import (
-        EventBase,
         ToolExecutionComplete,
         ToolExecutionStarted,
         ToolResultEvent,
     )
     from core.models import (
-        AgentProgress,
         AgentWorkflowInput,
         PlannedToolCall,
         RunToolsInput,
@@ -27,28 +30,46 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.failures import failure_of
+    from workflows.job_events import JobEvents
+    from workflows.state import JobState
 
 
 class ToolFanout:
-    """Mixed into ``AgentWorkflow``, which owns ``_progress``."""
+    """Runs the job's planned tool calls.
 
-    _progress: AgentProgress
+    Args:
+        state: the job's state; each result joins ``progress.tool_results`` as it finishes, so
+            the ``get_progress`` query shows it at once.
+        events: where ``tool_execution_started``, ``tool_result`` and
+            ``tool_execution_complete`` go.
+    """
 
-    def _emit(self, event: EventBase) -> None:
-        raise NotImplementedError
+    def __init__(self, state: JobState, events: JobEvents) -> None:
+        self._state = state
+        self._events = events
 
-    async def _run_tools(self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]) -> None:
-        """Run the plan's calls; results kept in plan order after the results already there.
+    async def run(
+        self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]
+    ) -> list[ToolResult]:
+        """Run ``planned`` and return their results in plan order.
 
-        Those are the planner's rejections and the calls the approval did not let run.
-        Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent batches, the others one
-        by one after them. Publishes ``tool_execution_started``, one ``tool_result`` per call
-        as it finishes, and ``tool_execution_complete``.
+        Publishes ``tool_execution_started``, one ``tool_result`` per call as it finishes, and
+        ``tool_execution_complete``.
+
+        Args:
+            inp: the workflow's input (job id, heartbeat timeout).
+            planned: the calls to run, in plan order.
+
+        Returns:
+            One result per call, in plan order; a call that failed for good is a
+            :class:`core.models.ToolFailure`.
+
+        Raises:
+            ActivityError: only when the job is cancelled while its tools run.
         """
-        prior = list(self._progress.tool_results)
         started = workflow.now()
         if planned:
-            self._emit(ToolExecutionStarted(job_id=inp.job_id, calls=planned))
+            self._events.emit(ToolExecutionStarted(job_id=inp.job_id, calls=planned))
         results: dict[str, ToolResult] = {}
         parallel = [p for p in planned if p.parallel_safe]
         width = min(len(parallel), policies.TOOL_FANOUT_WIDTH)
@@ -58,11 +79,10 @@ class ToolFanout:
             if not p.parallel_safe:
                 await self._tool_batch(inp, [p], results)
         ran = [results[p.call.id] for p in planned if p.call.id in results]
-        self._progress.tool_results = prior + ran
         if planned:
             failed = sum(1 for r in ran if isinstance(r, ToolFailure))
             elapsed = (workflow.now() - started).total_seconds() * 1000
-            self._emit(
+            self._events.emit(
                 ToolExecutionComplete(
                     job_id=inp.job_id,
                     succeeded=len(ran) - failed,
@@ -70,6 +90,7 @@ class ToolFanout:
                     duration_ms=round(elapsed, 3),
                 )
             )
+        return ran
 
     async def _tool_batch(
         self,
@@ -139,5 +160,6 @@ class ToolFanout:
 
     def _add_tool_result(self, result: ToolResult, results: dict[str, ToolResult]) -> None:
         results[result.call_id] = result
-        self._progress.tool_results.append(result)
-        self._emit(ToolResultEvent(job_id=self._progress.job_id, result=result))
+        progress = self._state.progress
+        progress.tool_results.append(result)
+        self._events.emit(ToolResultEvent(job_id=progress.job_id, result=result))
