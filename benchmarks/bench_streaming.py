@@ -391,8 +391,8 @@ async def read_events(
     async with aconnect_sse(http, "GET", f"{api.url}/v1/jobs/{job_id}/events") as source:
         source.response.raise_for_status()
         async for message in source.aiter_sse():
-            if not message.data:
-                continue  # no data: nothing to dispatch (the WHATWG rule)
+            if not message.data:  # no data, no message (httpx-sse dispatches a keep-alive
+                continue  # comment as an empty message once an id was seen)
             event = _EVENT.validate_json(message.data)
             received.append((event, time.perf_counter()))
             if isinstance(event, FinalResponse | ResponseError):

@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import EventSource
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -42,7 +41,7 @@ from infra.providers.simulated import SimulatedProvider
 from infra.token_channel import TOKEN_FIELD, token_stream_key
 from tests import test_events as _events
 from tests.helpers import redis_server, serve_asgi, worker_process
-from tests.test_events import EVENT, submit, worker_env
+from tests.test_events import EVENT, sse_messages, submit, worker_env
 from tests.workflow_support import agent_worker
 from workflows.agent import AgentWorkflow
 
@@ -83,7 +82,7 @@ async def read_until_outcome(http: httpx.AsyncClient, job_id: str) -> list[JobEv
     events: list[JobEvent] = []
     async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
         assert response.status_code == 200, await response.aread()
-        async for message in EventSource(response).aiter_sse():
+        async for message in sse_messages(response):
             assert message.event != "stream_error", message.data
             events.append(EVENT.validate_json(message.data))
             if events[-1].type in (EventType.FINAL_RESPONSE, EventType.RESPONSE_ERROR):
@@ -305,7 +304,7 @@ async def test_redis_lost_mid_stream_still_ends_with_the_outcome(
                 )
                 events: list[JobEvent] = []
                 async with c.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-                    async for message in EventSource(response).aiter_sse():
+                    async for message in sse_messages(response):
                         events.append(EVENT.validate_json(message.data))
                         if sum(e.type is EventType.TOKEN for e in events) == 2:
                             redis_stack.close()  # Redis is gone for the rest of the job
@@ -404,7 +403,7 @@ async def test_resume_with_a_token_cursor_loses_and_repeats_no_text(
     job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
     first: list[tuple[str, JobEvent]] = []
     async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-        async for message in EventSource(response).aiter_sse():
+        async for message in sse_messages(response):
             first.append((message.id, EVENT.validate_json(message.data)))
             if sum(e.type is EventType.TOKEN for _, e in first) == 3:
                 break
@@ -414,7 +413,7 @@ async def test_resume_with_a_token_cursor_loses_and_repeats_no_text(
     async with http.stream(
         "GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last_id}
     ) as response:
-        async for message in EventSource(response).aiter_sse():
+        async for message in sse_messages(response):
             rest.append(EVENT.validate_json(message.data))
     events = [e for _, e in first] + rest
     final = events[-1]

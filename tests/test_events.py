@@ -65,6 +65,21 @@ from tests.stack import Stack, StackSpec
 EVENT = TypeAdapter[JobEvent](JobEvent)
 
 
+def sse_messages(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+    """The response's SSE messages that carry data, parsed by httpx-sse as the CLI parses them.
+
+    The format dispatches no message without data; httpx-sse dispatches one at the blank line
+    after a keep-alive comment once an id was seen, so those are dropped here, as the CLI does.
+    """
+
+    async def messages() -> AsyncIterator[ServerSentEvent]:
+        async for message in EventSource(response).aiter_sse():
+            if message.data:
+                yield message
+
+    return messages()
+
+
 # ------------------------------------------------------------------------------ CLI (unit)
 
 
@@ -291,7 +306,7 @@ async def read_stream(
         ) as response:
             assert response.status_code == 200, await response.aread()
             assert response.headers["content-type"].startswith("text/event-stream")
-            async for message in EventSource(response).aiter_sse():
+            async for message in sse_messages(response):
                 received.append(Received(message, EVENT.validate_json(message.data)))
                 if stop_after is not None and len(received) >= stop_after:
                     return
@@ -362,7 +377,7 @@ async def test_a_full_job_streams_its_events_in_order(http: httpx.AsyncClient) -
         nonlocal first_event_s
         async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
             assert response.status_code == 200
-            async for message in EventSource(response).aiter_sse():
+            async for message in sse_messages(response):
                 if first_event_s is None:
                     first_event_s = time.monotonic() - submitted
                 received.append(Received(message, EVENT.validate_json(message.data)))
@@ -620,7 +635,7 @@ async def test_worker_killed_mid_stream_loses_and_repeats_no_text(
             job_id = await submit(c, query="Write a paragraph about rivers.", model_tier="large")
             async with c.stream("GET", f"/v1/jobs/{job_id}/events") as response:
                 assert response.status_code == 200
-                messages = EventSource(response).aiter_sse()
+                messages = sse_messages(response)
                 async for message in messages:
                     received.append(Received(message, EVENT.validate_json(message.data)))
                     if sum(isinstance(r.event, TokenDelta) for r in received) >= 3:

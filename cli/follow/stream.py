@@ -16,7 +16,9 @@ Kept by hand, and why:
   event, announced by a comment; the CLI recognises it by what the API documents for it instead:
   a terminal event without ``offset``.
 * httpx-sse keeps the last event id across messages and cannot tell a missing ``id:`` from an
-  empty one; the API never sends an empty id, so any non-empty id is the resume cursor.
+  empty one; the API never sends an empty id, so any non-empty id is the resume cursor. Once an
+  id was seen it also dispatches the blank line after a keep-alive comment as a message without
+  data, which the format says is no message: those are skipped.
 """
 
 from __future__ import annotations
@@ -127,8 +129,8 @@ class StreamReader:
                         raise FollowError(f"the API refused the event stream: {problem}")
                     raise StreamDropped(problem, progressed=False)
                 async for message in source.aiter_sse():
-                    if not message.data:
-                        continue  # no data: nothing to dispatch (the WHATWG rule)
+                    if not message.data:  # no data, no message (httpx-sse dispatches a keep-alive
+                        continue  # comment as an empty message once an id was seen)
                     if message.id:
                         self.last_id = message.id
                     if message.event == STREAM_ERROR_EVENT:
