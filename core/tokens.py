@@ -3,15 +3,19 @@
 ``tiktoken`` normally downloads its BPE files on first use, which cannot work on a machine without
 internet. The ``cl100k_base`` ranks ship with agentflow as package data (``core/data``), verified
 against tiktoken's published SHA-256 when loaded, so counting never touches the network.
+
+``tiktoken`` itself is imported on the first count, not with this module: processes that only
+need :data:`PROMPT_OVERHEAD_TOKENS` (the API's quotas) never load the tokenizer.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
+if TYPE_CHECKING:
+    import tiktoken
 
 _CL100K_PATH = Path(__file__).parent / "data" / "cl100k_base.tiktoken"
 _CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -36,6 +40,9 @@ def encoding() -> tiktoken.Encoding:
     Raises:
         RuntimeError: the shipped file is missing or its hash does not match.
     """
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
     if not _CL100K_PATH.is_file():
         raise RuntimeError(f"tokenizer file missing: {_CL100K_PATH} (reinstall agentflow)")
     try:
