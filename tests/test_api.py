@@ -636,6 +636,7 @@ async def test_temporal_down_is_503_and_changes_nothing(
             "temporal_address": f"127.0.0.1:{free_port()}",
             "database_url": f"sqlite:///{tmp_path / 'down.db'}",
             "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+            "search_attributes": "auto",  # the default
         }
     )
     with serve_api(settings) as url:
@@ -664,6 +665,7 @@ async def test_temporal_lost_after_connecting_is_503_and_writes_no_job(
         update={
             "temporal_address": f"127.0.0.1:{port}",
             "database_url": f"sqlite:///{tmp_path / 'lost.db'}",
+            "search_attributes": "auto",  # the default: a server of its own has none
         }
     )
     env = await WorkflowEnvironment.start_local(
