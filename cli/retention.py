@@ -64,18 +64,24 @@ async def _run_once(settings: Settings, engine: Engine, inp: RetentionInput) -> 
     from temporalio.common import WorkflowIDConflictPolicy
     from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 
-    from core.retention import RETENTION_MANUAL_WORKFLOW_ID
-    from workflows.retention import RetentionWorkflow
+    from core.retention import (
+        RETENTION_MANUAL_WORKFLOW_ID,
+        RETENTION_WORKFLOW_NAME,
+        RetentionResult,
+    )
 
     client = await _client(settings, engine)
     try:
-        return await client.execute_workflow(
-            RetentionWorkflow.run,
+        # By name, as the API starts jobs: the CLI loads no workflow code.
+        result: RetentionResult = await client.execute_workflow(
+            RETENTION_WORKFLOW_NAME,
             inp,
+            result_type=RetentionResult,
             id=RETENTION_MANUAL_WORKFLOW_ID,
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         )
+        return result
     except WorkflowAlreadyStartedError as exc:
         console.print(
             f"[red]✗ a manual retention run is already running ({RETENTION_MANUAL_WORKFLOW_ID})[/]",
