@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from sqlalchemy import Engine
 from temporalio.client import Client
 
@@ -92,6 +93,8 @@ class Stack:
     harness: Harness | None
     """The stack's worker (``None`` when the spec runs none)."""
     latency_scale: float = 0.0
+    app: FastAPI | None = None
+    """The served app (its state holds the event hub, the client, the caches)."""
 
     @property
     def temporal(self) -> Client:
@@ -178,5 +181,6 @@ async def api_stack(settings: Settings, spec: StackSpec = StackSpec()) -> AsyncI
                     quotas=quotas,
                 )
             )
-        stack.url = running.enter_context(serve_api(settings))
+        stack.app = create_app(settings)
+        stack.url = running.enter_context(serve_asgi(stack.app))
         yield stack

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment
 
 from activities.token_stream import TokenPublisher, TokenStreamSettings
 from api.app import create_app
@@ -37,43 +37,40 @@ from core.settings import Settings
 from infra.cache import RedisCache
 from infra.providers import ProviderRegistry
 from infra.providers.scripted import ScriptedProvider
-from infra.providers.simulated import SimulatedProvider
 from infra.token_channel import TOKEN_FIELD, token_stream_key
-from tests import test_events as _events
 from tests.helpers import redis_server, serve_asgi, worker_process
+from tests.stack import Stack
 from tests.test_events import EVENT, sse_messages, submit, worker_env
+from tests.test_events import stack_spec as _events_stack_spec
 from tests.workflow_support import agent_worker
 from workflows.agent import AgentWorkflow
 
-# The events tests' module fixtures (a dev server on the port the API's settings name), here too.
-api_settings = _events.api_settings
-api_plugin = _events.api_plugin
-dev_server = _events.dev_server
-temporal = _events.temporal
+# The events tests' stack (the API and an in-process worker whose large tier streams for a few
+# seconds), on a task queue of this module's own.
+stack_spec = _events_stack_spec
 
 
 @pytest.fixture(scope="module")
-async def stack(temporal: Client, api_settings: Settings) -> AsyncIterator[tuple[str, EventHub]]:
-    """The API (and its event hub) with an in-process worker whose large tier streams for a few
-    seconds."""
-    providers = ProviderRegistry({"simulated": SimulatedProvider(latency_scale=0.3)})
-    app = create_app(api_settings)
-    async with agent_worker(
-        temporal,
-        redis_url=api_settings.redis_url,
-        database_url=api_settings.database_url,
-        settings=api_settings,
-        task_queue=api_settings.task_queue,
-        providers=providers,
-    ):
-        with serve_asgi(app) as url:
-            yield url, app.state.agentflow.event_hub
+def api_settings(stack: Stack) -> Settings:
+    return stack.settings
+
+
+@pytest.fixture(scope="module")
+def temporal(stack: Stack) -> Client:
+    return stack.temporal
+
+
+@pytest.fixture(scope="module")
+def readers(stack: Stack) -> tuple[str, EventHub]:
+    """The API's URL and its process's event hub."""
+    assert stack.app is not None
+    return stack.url, stack.app.state.agentflow.event_hub
 
 
 @pytest.fixture
-async def http(stack: tuple[str, EventHub]) -> AsyncIterator[httpx.AsyncClient]:
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-    async with httpx.AsyncClient(base_url=stack[0], timeout=60, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60, limits=limits) as c:
         yield c
 
 
@@ -119,9 +116,9 @@ def abandoned_connection(url: str, job_id: str) -> socket.socket:
 @pytest.mark.devserver
 @pytest.mark.timeout(240)
 async def test_a_gated_job_with_200_readers_and_50_abandoned_connections_is_decided_at_once(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient, temporal: Client
+    readers: tuple[str, EventHub], http: httpx.AsyncClient, temporal: Client
 ) -> None:
-    url, hub = stack
+    url, hub = readers
     job_id = await submit(
         http, query="Explain how a hash map works.", model_tier="medium", require_approval=True
     )
@@ -157,7 +154,7 @@ async def test_a_gated_job_with_200_readers_and_50_abandoned_connections_is_deci
 @pytest.mark.devserver
 @pytest.mark.timeout(240)
 async def test_readers_add_nothing_to_history_and_tokens_little(
-    stack: tuple[str, EventHub],
+    readers: tuple[str, EventHub],
     http: httpx.AsyncClient,
     temporal: Client,
     api_settings: Settings,
@@ -198,10 +195,10 @@ async def test_readers_add_nothing_to_history_and_tokens_little(
 @pytest.mark.devserver
 @pytest.mark.timeout(120)
 async def test_a_jobs_reads_are_one_poll_per_process_whatever_the_readers(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient
+    readers: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     """The queries Temporal answers for a job's readers do not grow with their number."""
-    url, hub = stack
+    url, hub = readers
 
     async def polls_while_watched(readers: int, sockets: int) -> float:
         job_id = await submit(
@@ -232,7 +229,7 @@ async def test_a_jobs_reads_are_one_poll_per_process_whatever_the_readers(
 
 @pytest.mark.devserver
 async def test_odd_last_event_ids_affect_only_their_own_reader(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient
+    readers: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
     live = asyncio.create_task(read_until_outcome(http, job_id))
@@ -253,7 +250,7 @@ async def test_odd_last_event_ids_affect_only_their_own_reader(
 
 @pytest.mark.devserver
 async def test_a_cursor_past_the_end_gets_a_stream_error_not_silence(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient
+    readers: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     job_id = await submit(http, query="What is a Python set?", model_tier="small")
     events = await read_until_outcome(http, job_id)
@@ -271,7 +268,7 @@ async def test_a_cursor_past_the_end_gets_a_stream_error_not_silence(
 
 @pytest.mark.devserver
 async def test_a_cursor_past_the_end_of_a_running_job_gets_no_token_events(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient
+    readers: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     """Token events never run ahead of the durable position a reader claims."""
     job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
@@ -286,7 +283,7 @@ async def test_a_cursor_past_the_end_of_a_running_job_gets_no_token_events(
 @pytest.mark.devserver
 @pytest.mark.timeout(180)
 async def test_redis_lost_mid_stream_still_ends_with_the_outcome(
-    dev_server: WorkflowEnvironment, api_settings: Settings, tmp_path: Path
+    api_settings: Settings, tmp_path: Path
 ) -> None:
     with ExitStack() as redis_stack:
         own_redis = redis_stack.enter_context(redis_server())
@@ -368,11 +365,11 @@ async def test_a_short_streamed_answer_takes_one_attempt_and_one_model_call(
 @pytest.mark.devserver
 @pytest.mark.timeout(120)
 async def test_sockets_that_never_read_are_sent_the_outcome_and_closed(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient
+    readers: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     """100 connections that read nothing while the job runs: once it ended each holds the whole
     stream up to final_response and the server closes it (EOF), so none lingers."""
-    url, hub = stack
+    url, hub = readers
     job_id = await submit(http, query="Write a paragraph about rivers.", model_tier="large")
     sockets = [abandoned_connection(url, job_id) for _ in range(100)]
     try:
@@ -396,7 +393,7 @@ async def test_sockets_that_never_read_are_sent_the_outcome_and_closed(
 @pytest.mark.devserver
 @pytest.mark.timeout(120)
 async def test_resume_with_a_token_cursor_loses_and_repeats_no_text(
-    stack: tuple[str, EventHub], http: httpx.AsyncClient
+    readers: tuple[str, EventHub], http: httpx.AsyncClient
 ) -> None:
     """Drop the connection after a few token events, reconnect with the last id (which names a
     token position): the text assembled across both connections is exactly the answer."""
