@@ -47,6 +47,24 @@ class ErrorType(StrEnum):
     BUDGET_EXCEEDED = "BudgetExceeded"
     """A job's estimated cost does not fit its API key's budget left today (the API answers
     402)."""
+    AGENT_JOB_FAILED = "AgentJobFailed"
+    """The agent workflow's own failure type when its root cause carried none."""
+    FAILED = "Failed"
+    """A failed job's recorded ``error_type`` when its root cause carried none."""
+    ANALYTICS_RATE_LIMITED = "AnalyticsRateLimited"
+    """A key asked for analytics more often this minute than it may (the API answers 429)."""
+    ANALYTICS_UNAVAILABLE = "AnalyticsUnavailable"
+    """The analytics process died during a computation; retryable (the next call starts one)."""
+    MODEL_PLAN_INVALID = "ModelPlanInvalid"
+    """The model planner's answer is not a JSON array of tool calls (the rules plan is used)."""
+    ROUTER_VERDICT_INVALID = "RouterVerdictInvalid"
+    """The LLM router's answer is not a valid verdict (the learned router decides instead)."""
+    PAYLOAD_NOT_FOUND = "PayloadNotFound"
+    """A history references a stored payload the job database no longer holds; non-retryable."""
+    PAYLOAD_DECRYPTION_FAILED = "PayloadDecryptionFailed"
+    """An encrypted payload cannot be decrypted with the configured keys; non-retryable."""
+    SCHEMA_OUT_OF_DATE = "SchemaOutOfDate"
+    """The job database is not at this release's migration head (``agentflow db upgrade``)."""
 
 
 class AgentflowError(Exception):

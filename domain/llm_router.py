@@ -20,7 +20,7 @@ import time
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.catalog import ModelSpec
-from core.errors import AgentflowError
+from core.errors import AgentflowError, ErrorType
 from core.models import SelectModelInput, SelectModelResult, TaskType, Tier
 from core.providers import ChatMessage, Completion, ModelProvider, usage_of
 from domain.routing import LearnedRouter
@@ -61,8 +61,11 @@ class LlmVerdict(BaseModel):
     task_type: TaskType
 
 
-class VerdictParseError(ValueError):
+class VerdictParseError(AgentflowError, ValueError):
     """The classifier's answer is not a JSON object with a valid tier and task type."""
+
+    type = ErrorType.ROUTER_VERDICT_INVALID
+    retryable = False
 
 
 def routing_messages(inp: SelectModelInput) -> list[ChatMessage]:

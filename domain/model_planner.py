@@ -14,6 +14,7 @@ import json
 import re
 
 from core.catalog import ModelSpec
+from core.errors import AgentflowError, ErrorType
 from core.models import ToolCall
 from core.providers import ChatMessage, Completion, ModelProvider
 from core.tools import ToolRegistry
@@ -24,8 +25,11 @@ MAX_PROPOSALS = 8
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
-class PlanParseError(ValueError):
+class PlanParseError(AgentflowError, ValueError):
     """The model's planning answer is not a JSON array of tool calls."""
+
+    type = ErrorType.MODEL_PLAN_INVALID
+    retryable = False
 
 
 def planning_messages(query: str, registry: ToolRegistry) -> list[ChatMessage]:

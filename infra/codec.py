@@ -43,6 +43,7 @@ from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from core.errors import AgentflowError, ErrorType
 from core.settings import Settings
 
 ENCODING = b"binary/encrypted"
@@ -70,13 +71,16 @@ KEYS_SETTING = "AGENTFLOW_PAYLOAD_ENCRYPTION_KEYS"
 KEY_ID_SETTING = "AGENTFLOW_PAYLOAD_ENCRYPTION_KEY_ID"
 
 
-class PayloadDecryptionError(ValueError):
+class PayloadDecryptionError(AgentflowError, ValueError):
     """An encrypted payload cannot be decrypted.
 
     Raised for an unknown or missing key id, a truncated payload, or a failed authentication
     (the payload was changed, or encrypted under a different key with the same id). Retrying
     cannot help; the message names the key id at most, never key material or payload bytes.
     """
+
+    type = ErrorType.PAYLOAD_DECRYPTION_FAILED
+    retryable = False
 
 
 def generate_key() -> str:

@@ -38,6 +38,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel
 
 import migrations
+from core.errors import AgentflowError, ErrorType
 from infra.db import TABLES, make_engine, translate_errors
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ _REVISION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
 """A revision file's name: its four-digit revision id, then its slug."""
 
 
-class SchemaOutOfDateError(RuntimeError):
+class SchemaOutOfDateError(AgentflowError, RuntimeError):
     """The job database is not at the revision this release needs (a start-up failure).
 
     Raised before a process serves anything; the message names the database (password hidden)
@@ -70,6 +71,9 @@ class SchemaOutOfDateError(RuntimeError):
         current: the database's revision (``None``: no ``alembic_version`` table).
         head: the revision this release needs.
     """
+
+    type = ErrorType.SCHEMA_OUT_OF_DATE
+    retryable = False
 
     def __init__(self, message: str, current: str | None, head: str) -> None:
         """Describe a database at ``current`` where ``head`` is needed."""

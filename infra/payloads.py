@@ -29,7 +29,7 @@ from temporalio.converter import (
     StorageDriverStoreContext,
 )
 
-from core.errors import BlobNotFoundError
+from core.errors import AgentflowError, BlobNotFoundError, ErrorType
 from infra.db import UTCDateTime, translate_errors, utc_now
 
 CLAIM_KEY = "sha256"
@@ -71,8 +71,11 @@ class BlobRecord(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
 
 
-class PayloadNotFoundError(LookupError):
+class PayloadNotFoundError(AgentflowError, LookupError):
     """A history references a payload the database no longer holds (deleted or wrong database)."""
+
+    type = ErrorType.PAYLOAD_NOT_FOUND
+    retryable = False
 
 
 class DatabasePayloadDriver(StorageDriver):

@@ -49,6 +49,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # them keeps module-level state, and a per-run re-import of each would cost every job.
 with workflow.unsafe.imports_passed_through():
     from activities.stages import StageActivities
+    from core.errors import ErrorType
     from core.events import InitialResponse, ResponseStarted
     from core.ids import AGENT_WORKFLOW_TYPE, DECIDE_UPDATE, PROGRESS_QUERY
     from core.models import (
@@ -167,10 +168,12 @@ class AgentWorkflow:
             error_type = root.type if isinstance(root, ApplicationError) and root.type else None
             message = getattr(root, "message", None) or str(root)
             await self._finish(
-                state.result(JobStatus.FAILED, error=message, error_type=error_type or "Failed")
+                state.result(
+                    JobStatus.FAILED, error=message, error_type=error_type or ErrorType.FAILED.value
+                )
             )
             raise ApplicationError(
-                message, type=error_type or "AgentJobFailed", non_retryable=True
+                message, type=error_type or ErrorType.AGENT_JOB_FAILED.value, non_retryable=True
             ) from err
         except asyncio.CancelledError:
             self._stop_draft()
@@ -280,7 +283,12 @@ class AgentWorkflow:
         if selection.usage is not None:  # the LLM router's own call
             progress.usage.append(selection.usage)
         rejected = [
-            ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
+            ToolFailure(
+                call_id="plan",
+                name="plan",
+                error_type=ErrorType.TOOL_CALL_INVALID.value,
+                error=reason,
+            )
             for reason in plan.rejected
         ]
         progress.tool_results = list(rejected)

@@ -11,6 +11,7 @@ from typing import Final
 from limits import RateLimitItemPerMinute
 from redis.exceptions import RedisError
 
+from core.errors import AgentflowError, ErrorType
 from infra.quotas import RedisWindow
 from infra.redis_client import RedisClients
 
@@ -25,13 +26,16 @@ MAX_REFUSED_KEYS: Final = 10_000
 """Most keys :class:`AnalyticsRateLimiter` remembers as refused (the rest ask Redis each time)."""
 
 
-class AnalyticsRateLimitedError(Exception):
+class AnalyticsRateLimitedError(AgentflowError):
     """The key made more analytics requests this minute than it may (429).
 
     Attributes:
         limit: the analytics requests one key may make per minute.
         retry_after_s: whole seconds until the next request fits.
     """
+
+    type = ErrorType.ANALYTICS_RATE_LIMITED
+    retryable = False
 
     def __init__(self, limit: int, retry_after_s: int) -> None:
         super().__init__(

@@ -27,6 +27,7 @@ from typing import Final, Literal, TypeVar
 from sqlalchemy import Engine, make_url
 
 from core.catalog import ModelCatalog
+from core.errors import AgentflowError, ErrorType
 from infra.analytics.advice import summarize
 from infra.analytics.models import (
     CachePeriodReport,
@@ -134,8 +135,11 @@ def _in_memory(database_url: str) -> bool:
     return database in ("", ":memory:") or "mode=memory" in database
 
 
-class AnalyticsUnavailableError(RuntimeError):
+class AnalyticsUnavailableError(AgentflowError, RuntimeError):
     """The analytics process died during a computation (retryable: the next call starts one)."""
+
+    type = ErrorType.ANALYTICS_UNAVAILABLE
+    retryable = True
 
 
 @dataclass(frozen=True, slots=True)
