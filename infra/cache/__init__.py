@@ -18,7 +18,7 @@ from infra.cache.keys import (
     normalize_query,
     response_cache_key,
 )
-from infra.cache.stats import RECENT_LOOKUPS, CacheStats, LevelStats, LookupHook
+from infra.cache.stats import RECENT_LOOKUPS, CacheCounters, LevelStats, LookupHook
 from infra.cache.store import DEFAULT_LEVEL_MAX_BYTES, RedisCache
 from infra.cache.wiring import cache_from_settings, semantic_from_settings
 
@@ -26,7 +26,7 @@ __all__ = [
     "DEFAULT_LEVEL_MAX_BYTES",
     "RECENT_LOOKUPS",
     "RESPONSE_KEY_PREFIX",
-    "CacheStats",
+    "CacheCounters",
     "LevelStats",
     "LookupHook",
     "RedisCache",

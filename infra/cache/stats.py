@@ -16,7 +16,7 @@ Prometheus counters)."""
 
 
 @dataclass
-class CacheStats:
+class CacheCounters:
     """Counters since the cache was created.
 
     Attributes:

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from core.models import CacheLevel
 from infra.cache.keys import glob_escape, level_prefix, meta_key
 from infra.cache.scripts import DELETE_SCRIPT, GET_TTL_SCRIPT, SET_SCRIPT
-from infra.cache.stats import RECENT_LOOKUPS, CacheStats, LevelStats, LookupHook
+from infra.cache.stats import RECENT_LOOKUPS, CacheCounters, LevelStats, LookupHook
 from infra.redis_client import REDIS_ERRORS, RedisClients
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class RedisCache:
         """The Redis clients and breaker this cache uses (shared with the process's other users)."""
         self._client: Redis = redis.client
         self._breaker = redis.breaker
-        self.stats = CacheStats()
+        self.stats = CacheCounters()
         self.level_max_bytes = {**DEFAULT_LEVEL_MAX_BYTES, **(level_max_bytes or {})}
         self.on_lookup = on_lookup
         self._get_ttl_script = self._client.register_script(GET_TTL_SCRIPT)
