@@ -1,8 +1,8 @@
 """API keys, scopes, job ownership, rate limits and budgets, over real HTTP.
 
-A real dev server, a real worker, the real app under uvicorn, real Redis and SQLite. Every route
-is tried without a key, with a bad or revoked key and with a key lacking its scope; jobs of one
-key are invisible to another.
+A real dev server, a real worker, the real app under uvicorn, real Redis and SQLite (the shared
+stack of ``tests/stack.py``, with a peppered key store). Every route is tried without a key, with
+a bad or revoked key and with a key lacking its scope; jobs of one key are invisible to another.
 """
 
 from __future__ import annotations
@@ -23,22 +23,18 @@ import httpx
 import limits.aio.storage.redis.redispy as limits_redispy
 import pytest
 from sqlalchemy import text
-from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from core.auth import Principal, Scope
 from core.catalog import ModelCatalog
 from core.errors import BudgetExceededError, RateLimitedError
 from core.models import AgentRequest, ContextItem, Tier
-from core.settings import Settings
 from core.tokens import count_tokens
 from infra.db import make_engine
 from infra.keys import KeyStore
 from infra.migrations import create_tables
 from infra.quotas import QuotaDefaults, Quotas, estimate_cost_usd
-from infra.tools.sql_query import ensure_example_database
-from tests.helpers import free_port, redis_server, serve_asgi
-from tests.workflow_support import agent_worker
+from tests.helpers import free_port, redis_server
+from tests.stack import Stack, StackSpec
 
 pytestmark = pytest.mark.devserver
 
@@ -46,10 +42,9 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "REJECTED", "EXPIRED"}
 
 
 @dataclass
-class Stack:
-    url: str
-    settings: Settings
-    keys: KeyStore
+class Keys:
+    """The module's API keys (secrets), made once on the shared stack."""
+
     admin: str
     alice: str  # submit + read + approve
     bob: str  # submit + read + approve
@@ -63,59 +58,24 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def auth_settings(
-    dev_env: WorkflowEnvironment, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Settings:
-    tmp = tmp_path_factory.mktemp("auth")
-    return Settings(
-        temporal_address=dev_env.client.service_client.config.target_host,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        task_queue=f"auth-{uuid.uuid4()}",
-        sql_database_path=ensure_example_database(tmp / "shop.sqlite"),
-        api_key_pepper="test-pepper",
-    )
+def stack_spec() -> StackSpec:
+    """A peppered key store, and budgets settled by the worker as ``python worker.py`` does."""
+    return StackSpec(settings={"api_key_pepper": "test-pepper"}, quotas=True)
 
 
 @pytest.fixture(scope="module")
-async def stack(dev_env: WorkflowEnvironment, auth_settings: Settings) -> AsyncIterator[Stack]:
-    engine = make_engine(auth_settings.database_url)
-    create_tables(engine)
-    keys = KeyStore(engine, pepper="test-pepper")
-    everyday = [Scope.SUBMIT, Scope.READ, Scope.APPROVE]
-    revoked = keys.create("gone", [Scope.ADMIN])
-    keys.revoke(revoked.key_id)
-    quotas = Quotas.from_settings(auth_settings)
-    try:
-        async with agent_worker(
-            dev_env.client,
-            redis_url=auth_settings.redis_url,
-            database_url=auth_settings.database_url,
-            settings=auth_settings,
-            task_queue=auth_settings.task_queue,
-            quotas=quotas,
-        ):
-            with serve_asgi(create_app(auth_settings)) as url:
-                yield Stack(
-                    url=url,
-                    settings=auth_settings,
-                    keys=keys,
-                    admin=keys.create("root", [Scope.ADMIN]).secret,
-                    alice=keys.create("alice", everyday).secret,
-                    bob=keys.create("bob", everyday).secret,
-                    reader=keys.create("auditor", [Scope.READ]).secret,
-                    submitter=keys.create("robot", [Scope.SUBMIT]).secret,
-                    revoked=revoked.secret,
-                )
-    finally:
-        await quotas.aclose()
-        engine.dispose()
-
-
-@pytest.fixture
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
-        yield c
+def keys(stack: Stack) -> Keys:
+    everyday = (Scope.SUBMIT, Scope.READ, Scope.APPROVE)
+    revoked = stack.key("gone", Scope.ADMIN)
+    stack.keys.revoke(revoked.key_id)
+    return Keys(
+        admin=stack.key("root", Scope.ADMIN).secret,
+        alice=stack.key("alice", *everyday).secret,
+        bob=stack.key("bob", *everyday).secret,
+        reader=stack.key("auditor", Scope.READ).secret,
+        submitter=stack.key("robot", Scope.SUBMIT).secret,
+        revoked=revoked.secret,
+    )
 
 
 async def submit(http: httpx.AsyncClient, key: str, **body: Any) -> dict[str, Any]:
@@ -194,20 +154,20 @@ def route_request(method: str, path: str, job_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("method", "path", "scope"), ROUTES)
 async def test_every_route_needs_a_valid_key_with_its_scope(
-    http: httpx.AsyncClient, stack: Stack, method: str, path: str, scope: Scope
+    http: httpx.AsyncClient, keys: Keys, method: str, path: str, scope: Scope
 ) -> None:
-    job_id = (await submit(http, stack.alice))["job_id"]
+    job_id = (await submit(http, keys.alice))["job_id"]
     req = route_request(method, path, job_id)
     missing = await http.request(**req)
     assert missing.status_code == 401, missing.text
     assert missing.headers["WWW-Authenticate"] == "Bearer"
-    for bad in ("not-a-key", stack.revoked, stack.alice.split(".")[0] + ".wrong", "x" * 5000):
+    for bad in ("not-a-key", keys.revoked, keys.alice.split(".")[0] + ".wrong", "x" * 5000):
         r = await http.request(**req, headers=bearer(bad))
         assert r.status_code == 401, (bad[:20], r.text)
     # X-API-Key is accepted as well as Bearer.
     header_form = await http.request(**req, headers={"X-API-Key": "af_000000000000.nope"})
     assert header_form.status_code == 401
-    lacking = stack.submitter if scope is not Scope.SUBMIT else stack.reader
+    lacking = keys.submitter if scope is not Scope.SUBMIT else keys.reader
     forbidden = await http.request(**req, headers=bearer(lacking))
     assert forbidden.status_code == 403, forbidden.text
     assert scope.value in forbidden.json()["detail"]
@@ -222,15 +182,15 @@ async def test_open_routes_need_no_key(http: httpx.AsyncClient) -> None:
 
 
 async def test_a_key_sees_and_touches_only_its_own_jobs(
-    http: httpx.AsyncClient, stack: Stack
+    http: httpx.AsyncClient, keys: Keys
 ) -> None:
-    mine = await submit(http, stack.alice, require_approval=True)
+    mine = await submit(http, keys.alice, require_approval=True)
     job_id = mine["job_id"]
-    assert mine["owner"] == stack.alice.split(".")[0]
-    await wait_status(http, stack.alice, job_id, {"AWAITING_APPROVAL"})
+    assert mine["owner"] == keys.alice.split(".")[0]
+    await wait_status(http, keys.alice, job_id, {"AWAITING_APPROVAL"})
 
     # Bob gets 404 for everything about Alice's job, as if it did not exist.
-    theirs = bearer(stack.bob)
+    theirs = bearer(keys.bob)
     assert (await http.get(f"/v1/jobs/{job_id}", headers=theirs)).status_code == 404
     decided = await http.post(
         f"/v1/jobs/{job_id}/approval", json={"approved": False}, headers=theirs
@@ -242,37 +202,37 @@ async def test_a_key_sees_and_touches_only_its_own_jobs(
     assert job_id not in {j["job_id"] for j in listed["data"]}
 
     # Alice lists it; the admin sees it too.
-    own = (await http.get("/v1/jobs", params={"limit": 500}, headers=bearer(stack.alice))).json()
+    own = (await http.get("/v1/jobs", params={"limit": 500}, headers=bearer(keys.alice))).json()
     assert job_id in {j["job_id"] for j in own["data"]}
     assert all(j["owner"] == mine["owner"] for j in own["data"])
-    admin = await http.get("/v1/jobs", params={"limit": 500}, headers=bearer(stack.admin))
+    admin = await http.get("/v1/jobs", params={"limit": 500}, headers=bearer(keys.admin))
     assert job_id in {j["job_id"] for j in admin.json()["data"]}
 
     # The job is still waiting: Bob's attempts changed nothing.
-    still = await wait_status(http, stack.alice, job_id, {"AWAITING_APPROVAL"})
+    still = await wait_status(http, keys.alice, job_id, {"AWAITING_APPROVAL"})
     assert still["progress"]["approval"] is None
 
 
 async def test_the_reviewer_is_the_key_not_a_body_field(
-    http: httpx.AsyncClient, stack: Stack
+    http: httpx.AsyncClient, keys: Keys
 ) -> None:
-    job_id = (await submit(http, stack.alice, require_approval=True))["job_id"]
-    await wait_status(http, stack.alice, job_id, {"AWAITING_APPROVAL"})
+    job_id = (await submit(http, keys.alice, require_approval=True))["job_id"]
+    await wait_status(http, keys.alice, job_id, {"AWAITING_APPROVAL"})
     spoof = await http.post(
         f"/v1/jobs/{job_id}/approval",
         json={"approved": True, "reviewer": "the-ceo"},
-        headers=bearer(stack.alice),
+        headers=bearer(keys.alice),
     )
     assert spoof.status_code == 422 and "reviewer" in spoof.text
     ok = await http.post(
         f"/v1/jobs/{job_id}/approval",
         json={"approved": True, "comment": "fine"},
-        headers=bearer(stack.alice),
+        headers=bearer(keys.alice),
     )
     assert ok.status_code == 200, ok.text
-    key_id = stack.alice.split(".")[0]
+    key_id = keys.alice.split(".")[0]
     assert ok.json()["reviewer"] == f"alice ({key_id})"
-    done = await wait_status(http, stack.alice, job_id, TERMINAL)
+    done = await wait_status(http, keys.alice, job_id, TERMINAL)
     assert done["result"]["approval"] == {
         "approved": True,
         "reviewer": f"alice ({key_id})",
@@ -281,49 +241,49 @@ async def test_the_reviewer_is_the_key_not_a_body_field(
     }
 
 
-async def test_idempotency_keys_are_per_api_key(http: httpx.AsyncClient, stack: Stack) -> None:
+async def test_idempotency_keys_are_per_api_key(http: httpx.AsyncClient, keys: Keys) -> None:
     shared = f"same-{uuid.uuid4().hex}"
     body = {"query": "What is a tuple?"}
     a = await http.post(
-        "/v1/jobs", json=body, headers={**bearer(stack.alice), "Idempotency-Key": shared}
+        "/v1/jobs", json=body, headers={**bearer(keys.alice), "Idempotency-Key": shared}
     )
     b = await http.post(
-        "/v1/jobs", json=body, headers={**bearer(stack.bob), "Idempotency-Key": shared}
+        "/v1/jobs", json=body, headers={**bearer(keys.bob), "Idempotency-Key": shared}
     )
     assert a.status_code == b.status_code == 202, (a.text, b.text)
     assert a.json()["job_id"] != b.json()["job_id"]
     assert "Idempotent-Replayed" not in b.headers
     again = await http.post(
-        "/v1/jobs", json=body, headers={**bearer(stack.alice), "Idempotency-Key": shared}
+        "/v1/jobs", json=body, headers={**bearer(keys.alice), "Idempotency-Key": shared}
     )
     assert again.json()["job_id"] == a.json()["job_id"]
     assert again.headers.get("Idempotent-Replayed") == "true"
 
 
 async def test_cached_answers_stay_with_their_key_and_never_skip_a_gate(
-    http: httpx.AsyncClient, stack: Stack
+    http: httpx.AsyncClient, keys: Keys
 ) -> None:
     """Found by a hostile probe: an approved job's answer, served to another key from the
     response cache, skipped that key's approval gate and handed it the first key's tool result."""
     body = {"query": f"What is a deque? {uuid.uuid4().hex[:6]}", "model_tier": "small"}
-    plain = await submit(http, stack.alice, **body)
-    await wait_status(http, stack.alice, plain["job_id"], TERMINAL)
-    again = await submit(http, stack.alice, **body)  # the same key: its own cache
-    assert (await wait_status(http, stack.alice, again["job_id"], TERMINAL))["response_cache_hit"]
-    other = await submit(http, stack.bob, **body)  # another key: not the first key's answer
-    assert not (await wait_status(http, stack.bob, other["job_id"], TERMINAL))["response_cache_hit"]
+    plain = await submit(http, keys.alice, **body)
+    await wait_status(http, keys.alice, plain["job_id"], TERMINAL)
+    again = await submit(http, keys.alice, **body)  # the same key: its own cache
+    assert (await wait_status(http, keys.alice, again["job_id"], TERMINAL))["response_cache_hit"]
+    other = await submit(http, keys.bob, **body)  # another key: not the first key's answer
+    assert not (await wait_status(http, keys.bob, other["job_id"], TERMINAL))["response_cache_hit"]
 
     gated = {**body, "query": f"Deploy it {uuid.uuid4().hex[:6]}", "require_approval": True}
     for _ in range(2):  # an approved answer is not reused: the repeat asks again
-        job = await submit(http, stack.alice, **gated)
-        await wait_status(http, stack.alice, job["job_id"], {"AWAITING_APPROVAL"})
+        job = await submit(http, keys.alice, **gated)
+        await wait_status(http, keys.alice, job["job_id"], {"AWAITING_APPROVAL"})
         decided = await http.post(
             f"/v1/jobs/{job['job_id']}/approval",
             json={"approved": True},
-            headers=bearer(stack.alice),
+            headers=bearer(keys.alice),
         )
         assert decided.status_code == 200, decided.text
-        done = await wait_status(http, stack.alice, job["job_id"], TERMINAL)
+        done = await wait_status(http, keys.alice, job["job_id"], TERMINAL)
         assert done["status"] == "COMPLETED" and not done["response_cache_hit"]
 
 
@@ -331,9 +291,9 @@ async def test_cached_answers_stay_with_their_key_and_never_skip_a_gate(
 
 
 async def test_rate_limit_answers_429_with_retry_after(
-    http: httpx.AsyncClient, stack: Stack
+    http: httpx.AsyncClient, stack: Stack, keys: Keys
 ) -> None:
-    limited = stack.keys.create("bursty", [Scope.SUBMIT], rate_limit_per_minute=3).secret
+    limited = stack.key("bursty", Scope.SUBMIT, rate_limit_per_minute=3).secret
     codes = []
     for _ in range(5):
         r = await http.post("/v1/jobs", json={"query": "hi"}, headers=bearer(limited))
@@ -343,7 +303,7 @@ async def test_rate_limit_answers_429_with_retry_after(
     assert "3 requests per minute" in r.json()["detail"]
     # Another key is not affected.
     assert (
-        await http.post("/v1/jobs", json={"query": "hi"}, headers=bearer(stack.bob))
+        await http.post("/v1/jobs", json={"query": "hi"}, headers=bearer(keys.bob))
     ).status_code == 202
 
 
@@ -351,8 +311,8 @@ async def test_budget_is_reserved_refused_when_spent_and_settled_with_the_real_c
     http: httpx.AsyncClient, stack: Stack
 ) -> None:
     estimate = estimate_cost_usd(AgentRequest(query="What is a set?"), ModelCatalog.default())
-    created = stack.keys.create(
-        "frugal", [Scope.SUBMIT, Scope.READ, Scope.APPROVE], daily_budget_usd=estimate * 1.5
+    created = stack.key(
+        "frugal", Scope.SUBMIT, Scope.READ, Scope.APPROVE, daily_budget_usd=estimate * 1.5
     )
     key = created.secret
     quotas = Quotas.from_settings(stack.settings)
@@ -384,7 +344,7 @@ async def test_budget_is_reserved_refused_when_spent_and_settled_with_the_real_c
 async def test_repeats_and_conflicts_give_their_reservation_back(
     http: httpx.AsyncClient, stack: Stack
 ) -> None:
-    created = stack.keys.create("retrying", [Scope.SUBMIT, Scope.READ], daily_budget_usd=10.0)
+    created = stack.key("retrying", Scope.SUBMIT, Scope.READ, daily_budget_usd=10.0)
     key = created.secret
     quotas = Quotas.from_settings(stack.settings)
     try:
