@@ -23,6 +23,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from core.auth import Scope
+from core.catalog import ModelCatalog
 from core.settings import Settings
 from infra.db import make_engine
 from infra.jobs import JobStore
@@ -123,9 +124,13 @@ class Stack:
 
     @asynccontextmanager
     async def worker(
-        self, settings: Settings | None = None, providers: ProviderRegistry | None = None
+        self,
+        settings: Settings | None = None,
+        providers: ProviderRegistry | None = None,
+        catalog: ModelCatalog | None = None,
     ) -> AsyncIterator[Harness]:
-        """Another real worker on ``settings``' task queue (default: the stack's)."""
+        """Another real worker on ``settings``' task queue (default: the stack's), serving the
+        models of ``catalog`` (default: ``ModelCatalog.default()``)."""
         settings = settings or self.settings
         async with agent_worker(
             self.temporal,
@@ -134,6 +139,7 @@ class Stack:
             settings=settings,
             task_queue=settings.task_queue,
             providers=providers or self.providers(),
+            catalog=catalog,
         ) as harness:
             yield harness
 

@@ -13,7 +13,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,24 +22,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
 
 from activities.errors import to_application_error
-from api.app import create_app
 from core.auth import Scope
 from core.catalog import ModelCatalog, ModelSpec
 from core.errors import ModelError, ModelRequestRejectedError, ModelUnavailableError
 from core.models import Tier
 from core.providers import MAX_PROVIDER_MESSAGE_CHARS, REDACTED, redact_secrets
-from core.settings import Settings
-from infra.db import make_engine
-from infra.jobs import JobStore
-from infra.keys import KeyStore
-from infra.migrations import create_tables
 from infra.providers import ChatMessage, OpenAICompatibleProvider, ProviderRegistry
 from infra.providers.simulated import SimulatedProvider
 from tests.helpers import serve_asgi
-from tests.workflow_support import agent_worker
+from tests.stack import Stack, StackSpec
 from workflows.agent import AgentWorkflow
 
 API_KEY = "sk-proj-" + uuid.uuid4().hex + "Zq9"
@@ -187,36 +179,19 @@ def test_redact_secrets_keeps_ordinary_text_and_cuts_long_text() -> None:
 # ---------------------------------------------------------------------------- end to end
 
 
-@dataclass
-class Stack:
-    api: httpx.AsyncClient
-    store: JobStore
-    env: WorkflowEnvironment
+@pytest.fixture(scope="module")
+def stack_spec() -> StackSpec:
+    """The API alone: each test starts the worker it needs (``api``)."""
+    return StackSpec(
+        settings={"rate_limit_per_minute": 10_000, "daily_budget_usd": 1_000.0}, worker=False
+    )
 
 
 @pytest.fixture
-async def stack(
-    dev_env: WorkflowEnvironment,
-    redis_url: str,
-    echo_url: str,
-    settings: Settings,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Stack]:
-    """The real API and a real worker whose every tier is the echoing endpoint."""
-    database_url = f"sqlite:///{tmp_path_factory.mktemp('redaction') / 'jobs.db'}"
-    api_settings = settings.model_copy(
-        update={
-            "temporal_address": dev_env.client.service_client.config.target_host,
-            "redis_url": redis_url,
-            "database_url": database_url,
-            "task_queue": f"redaction-{uuid.uuid4()}",
-            "rate_limit_per_minute": 10_000,
-            "daily_budget_usd": 1_000.0,
-        }
-    )
-    engine = make_engine(database_url)
-    create_tables(engine)
-    key = KeyStore(engine).create("redaction-test", [Scope.ADMIN]).secret
+async def api(stack: Stack, echo_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin client of the real API, whose real worker has the echoing endpoint at every
+    tier."""
+    key = stack.key("redaction-test", Scope.ADMIN).secret
     # Per-spec endpoints never get the default key (the registry's rule): each spec carries it.
     endpoint = {"base_url": echo_url, "api_key": API_KEY}
     catalog = ModelCatalog(
@@ -227,23 +202,8 @@ async def stack(
         ]
     )
     providers = ProviderRegistry({"simulated": SimulatedProvider(0)}, openai_timeout_s=5)
-    try:
-        async with agent_worker(
-            dev_env.client,
-            redis_url=redis_url,
-            database_url=database_url,
-            settings=api_settings,
-            catalog=catalog,
-            providers=providers,
-            task_queue=api_settings.task_queue,
-        ):
-            with serve_asgi(create_app(api_settings)) as url:
-                async with httpx.AsyncClient(
-                    base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-                ) as api:
-                    yield Stack(api=api, store=JobStore(engine), env=dev_env)
-    finally:
-        engine.dispose()
+    async with stack.worker(providers=providers, catalog=catalog), stack.http(key) as client:
+        yield client
 
 
 async def wait_terminal(api: httpx.AsyncClient, job_id: str, timeout_s: float = 60) -> Any:
@@ -258,27 +218,27 @@ async def wait_terminal(api: httpx.AsyncClient, job_id: str, timeout_s: float = 
 
 @pytest.mark.devserver
 async def test_a_job_whose_endpoint_echoes_the_key_stores_and_shows_no_key(
-    stack: Stack,
+    api: httpx.AsyncClient, stack: Stack
 ) -> None:
-    response = await stack.api.post(
+    response = await api.post(
         "/v1/jobs", json={"query": "What is the capital of France?", "model_tier": "small"}
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
-    job = await wait_terminal(stack.api, job_id)
+    job = await wait_terminal(api, job_id)
     assert job["status"] == "FAILED", job
     # Small answers 401 (not retried), its escalation tier 500 (retried, then given up).
     assert job["result"]["error_type"] in ("ModelRequestRejected", "ModelUnavailable")
     assert "model endpoint answered" in job["error"]  # the reason survives, the key does not
 
     texts = {
-        "GET job": (await stack.api.get(f"/v1/jobs/{job_id}")).text,
-        "GET jobs": (await stack.api.get("/v1/jobs")).text,
+        "GET job": (await api.get(f"/v1/jobs/{job_id}")).text,
+        "GET jobs": (await api.get("/v1/jobs")).text,
     }
     record = stack.store.get_job(job_id)
     assert record is not None
     texts["record"] = record.model_dump_json()
-    history = await stack.env.client.get_workflow_handle_for(
+    history = await stack.temporal.get_workflow_handle_for(
         AgentWorkflow.run, job["workflow_id"]
     ).fetch_history()
     texts["history"] = history.to_json()
