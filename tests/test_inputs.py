@@ -1,7 +1,8 @@
 """Hostile input over real HTTP: every refusal is a 4xx naming the field, never a 500.
 
 The API runs under uvicorn on a loopback port against a real ``temporal server start-dev`` (the
-session's ``dev_env``), a real Redis and a SQLite job database, with a real admin API key. No
+session's ``dev_env``; the shared stack of ``tests/stack.py``), a real Redis and a SQLite job
+database, with a real admin API key. No
 worker polls the API's task queue: every request here is refused before a workflow would start,
 except the ones that prove valid input is accepted (those jobs are cancelled).
 
@@ -17,9 +18,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,28 +26,19 @@ import pytest
 import sqlalchemy
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
-from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.routes.health import WRITE_CHECK_REUSE_S
 from core.auth import Scope
-from core.settings import Settings
 from infra.db import make_engine
 from infra.keys import KeyStore
 from infra.migrations import create_tables
 from tests.helpers import serve_asgi
+from tests.stack import Stack, StackSpec
 
 pytestmark = pytest.mark.devserver
 
 MAX_REQUEST_BYTES = 64_000
-
-
-@dataclass
-class Api:
-    url: str
-    key: str
-    settings: Settings
-    db_path: Path
 
 
 def admin_key(database_url: str) -> str:
@@ -61,34 +51,28 @@ def admin_key(database_url: str) -> str:
         engine.dispose()
 
 
-def temporal_address(env: WorkflowEnvironment) -> str:
-    return env.client.service_client.config.target_host
+@pytest.fixture(scope="module")
+def stack_spec() -> StackSpec:
+    """The API alone (no worker), with a small body limit and quotas out of the way."""
+    return StackSpec(
+        settings={
+            "_env_file": None,
+            "max_request_bytes": MAX_REQUEST_BYTES,
+            "rate_limit_per_minute": 100_000,
+            "daily_budget_usd": 1_000.0,
+        },
+        worker=False,
+    )
 
 
 @pytest.fixture(scope="module")
-def api(
-    dev_env: WorkflowEnvironment, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    db_path = tmp_path_factory.mktemp("inputs") / "jobs.db"
-    settings = Settings(
-        _env_file=None,
-        temporal_address=temporal_address(dev_env),
-        redis_url=redis_url,
-        database_url=f"sqlite:///{db_path}",
-        task_queue=f"inputs-{uuid.uuid4()}",
-        max_request_bytes=MAX_REQUEST_BYTES,
-        rate_limit_per_minute=100_000,
-        daily_budget_usd=1_000.0,
-    )
-    key = admin_key(settings.database_url)
-    with serve_asgi(create_app(settings)) as url:
-        yield Api(url=url, key=key, settings=settings, db_path=db_path)
+def admin(stack: Stack) -> str:
+    return stack.key("inputs-test", Scope.ADMIN).secret
 
 
 @pytest.fixture
-async def http(api: Api) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {api.key}"}
-    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as client:
+async def http(stack: Stack, admin: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.http(admin) as client:
         yield client
 
 
@@ -319,7 +303,7 @@ async def test_declared_length_over_the_limit_is_413(http: httpx.AsyncClient) ->
 
 
 async def test_readyz_reports_a_database_whose_writes_are_locked(
-    http: httpx.AsyncClient, api: Api
+    http: httpx.AsyncClient, stack: Stack
 ) -> None:
     async def database_check() -> tuple[int, str, float]:
         started = time.monotonic()
@@ -332,7 +316,9 @@ async def test_readyz_reports_a_database_whose_writes_are_locked(
 
     assert (await database_check())[1] == "ok"
     # Another process holds the write lock (as a long migration or a stuck writer would).
-    holder = sqlite3.connect(api.db_path, isolation_level=None)
+    db_path = make_url(stack.settings.database_url).database
+    assert db_path is not None
+    holder = sqlite3.connect(db_path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
         await asyncio.sleep(WRITE_CHECK_REUSE_S)  # the last check's answer is reused until then
@@ -352,8 +338,8 @@ async def test_readyz_reports_a_database_whose_writes_are_locked(
 # ---------------------------------------------------------------------------- error bodies
 
 
-def test_unexpected_errors_are_a_generic_500(api: Api) -> None:
-    app = create_app(api.settings)
+def test_unexpected_errors_are_a_generic_500(stack: Stack) -> None:
+    app = create_app(stack.settings)
     leak = "SELECT * FROM jobs WHERE secret = 'hunter2' -- db.internal:5432"
 
     def boom() -> None:
@@ -369,7 +355,7 @@ def test_unexpected_errors_are_a_generic_500(api: Api) -> None:
 
 @pytest.mark.postgres
 async def test_database_outage_bodies_carry_no_sql_parameters_or_host(
-    dev_env: WorkflowEnvironment, redis_url: str, postgres_url: str
+    stack: Stack, postgres_url: str
 ) -> None:
     """The job database refuses every connection: 503s that name nothing of it."""
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
@@ -378,13 +364,6 @@ async def test_database_outage_bodies_carry_no_sql_parameters_or_host(
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     url = make_url(postgres_url).set(database=name, password="pw-" + uuid.uuid4().hex[:8])
     database_url = url.render_as_string(hide_password=False)
-    settings = Settings(
-        _env_file=None,
-        temporal_address=temporal_address(dev_env),
-        redis_url=redis_url,
-        database_url=database_url,
-        task_queue=f"outage-{uuid.uuid4()}",
-    )
     key = admin_key(database_url)
     forbidden = {
         "SELECT",
@@ -401,28 +380,26 @@ async def test_database_outage_bodies_carry_no_sql_parameters_or_host(
         key,
     }
     try:
-        with serve_asgi(create_app(settings)) as base:
-            async with httpx.AsyncClient(
-                base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30
-            ) as http:
-                assert (await http.get("/v1/jobs")).status_code == 200
-                with admin.connect() as conn:
-                    conn.exec_driver_sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-                    conn.exec_driver_sql(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        f"WHERE datname = '{name}'"
-                    )
-                answers = [
-                    await http.get("/v1/jobs"),
-                    await http.get("/v1/jobs/unknown-job"),
-                    await http.get("/v1/tools"),
-                    await http.post("/v1/jobs", json={"query": "q"}),
-                    await http.post(
-                        "/v1/jobs", json={"query": "q"}, headers={"Idempotency-Key": "k-out"}
-                    ),
-                    await http.post("/v1/jobs/unknown-job/cancel"),
-                ]
-                ready = await http.get("/readyz")
+        async with stack.own_api(timeout_s=30, database_url=database_url) as (_, http):
+            http.headers["Authorization"] = f"Bearer {key}"
+            assert (await http.get("/v1/jobs")).status_code == 200
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+                conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{name}'"
+                )
+            answers = [
+                await http.get("/v1/jobs"),
+                await http.get("/v1/jobs/unknown-job"),
+                await http.get("/v1/tools"),
+                await http.post("/v1/jobs", json={"query": "q"}),
+                await http.post(
+                    "/v1/jobs", json={"query": "q"}, headers={"Idempotency-Key": "k-out"}
+                ),
+                await http.post("/v1/jobs/unknown-job/cancel"),
+            ]
+            ready = await http.get("/readyz")
         for response in answers:
             assert response.status_code == 503, (response.request.url, response.text)
             assert response.headers.get("Retry-After")
