@@ -67,6 +67,7 @@ from infra.jobs import JobRecord, JobStore
 from infra.keys import KeyStore
 from infra.migrations import create_tables
 from tests.helpers import free_port, redis_server, serve_asgi
+from tests.stack import Stack, StackSpec
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 CATALOG = ModelCatalog.default()  # small 0.0005, medium 0.003, large 0.01 USD per 1k tokens
@@ -710,22 +711,20 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """The real app with keys on over a seeded SQLite file; no Temporal server is needed."""
-    tmp = tmp_path_factory.mktemp("metrics")
-    settings = Settings(
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        temporal_address="127.0.0.1:1",  # never contacted by these routes
-        api_key_pepper="metrics-pepper",
-    )
-    engine = make_engine(settings.database_url)
-    create_tables(engine)
-    keys = KeyStore(engine, pepper="metrics-pepper")
-    admin = keys.create("root", [Scope.ADMIN])
-    alice = keys.create("alice", [Scope.READ])
-    bob = keys.create("bob", [Scope.READ, Scope.SUBMIT])
-    submitter = keys.create("robot", [Scope.SUBMIT])
+def stack_spec() -> StackSpec:
+    """The API alone with keys on: no Temporal server is needed (these routes read the job
+    records only)."""
+    return StackSpec(settings={"api_key_pepper": "metrics-pepper"}, worker=False, temporal=False)
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Api:
+    """The module's API over its seeded SQLite file."""
+    engine = stack.engine
+    admin = stack.key("root", Scope.ADMIN)
+    alice = stack.key("alice", Scope.READ)
+    bob = stack.key("bob", Scope.READ, Scope.SUBMIT)
+    submitter = stack.key("robot", Scope.SUBMIT)
     # Relative to the wall clock: the API's window ends now.
     now = datetime.now(UTC)
     shift = now - NOW
@@ -735,9 +734,7 @@ def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ap
     seed(engine, jobs, owner=alice.key_id)
     ownerless = Job("hb", 1.5 - shift / timedelta(hours=1), 50, S, [(S, "final", 0.0009, 1800)])
     seed(engine, [ownerless], owner=None)
-    with serve_asgi(create_app(settings)) as url:
-        yield Api(url, admin.secret, alice.secret, bob.secret, submitter.secret, engine)
-    engine.dispose()
+    return Api(stack.url, admin.secret, alice.secret, bob.secret, submitter.secret, engine)
 
 
 def get(api: Api, path: str, key: str | None) -> httpx.Response:

@@ -2,8 +2,9 @@
 
 The stack is real: the session's ``temporal server start-dev``, a Redis server, a SQLite job
 database, a worker process (``python worker.py``, as users run it) polling the API's task queue,
-and the API under uvicorn on a loopback port. Schemathesis reads ``/openapi.json`` from it and
-sends what it generates over HTTP with a real admin API key.
+and the API under uvicorn on a loopback port (the shared stack of ``tests/stack.py``, without its
+in-process worker). Schemathesis reads ``/openapi.json`` from it and sends what it generates
+over HTTP with a real admin API key.
 
 Checks on every response: ``not_a_server_error`` (no 5xx), ``status_code_conformance`` (the
 operation documents the status), ``content_type_conformance`` and
@@ -30,9 +31,7 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from api.middleware import BODY_METHODS
 from core.auth import Scope
-from core.settings import Settings
-from infra.db import make_engine
-from infra.keys import KeyStore
-from infra.migrations import create_tables
-from tests.helpers import serve_asgi
+from tests.stack import Stack, StackSpec
 
 LONG = os.environ.get("AGENTFLOW_SCHEMATHESIS_LONG", "") not in ("", "0")
 """Run the long, on-demand version (``AGENTFLOW_SCHEMATHESIS_LONG=1``)."""
@@ -118,12 +111,6 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER_READY_S = 60.0
 
 
-@dataclass
-class Stack:
-    url: str
-    key: str
-
-
 def _wait_for_line(
     log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float
 ) -> None:
@@ -140,46 +127,45 @@ def _wait_for_line(
 
 
 @pytest.fixture(scope="module")
-def stack(
-    dev_env: WorkflowEnvironment,
-    redis_url: str,
-    settings: Settings,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("schemathesis")
-    api_settings = Settings(
-        _env_file=None,
-        temporal_address=dev_env.client.service_client.config.target_host,
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        task_queue=f"schemathesis-{uuid.uuid4()}",
-        sql_database_path=settings.sql_database_path,
-        simulated_latency_scale=0.0,
-        rate_limit_per_minute=1_000_000,
-        daily_budget_usd=1_000_000.0,
+def stack_spec() -> StackSpec:
+    """The API without the stack's in-process worker: ``worker_process`` runs ``worker.py``."""
+    return StackSpec(
+        settings={
+            "_env_file": None,
+            "simulated_latency_scale": 0.0,
+            "rate_limit_per_minute": 1_000_000,
+            "daily_budget_usd": 1_000_000.0,
+        },
+        worker=False,
     )
-    engine = make_engine(api_settings.database_url)
-    create_tables(engine)
-    key = KeyStore(engine).create("schemathesis", [Scope.ADMIN]).secret
-    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def admin_key(stack: Stack) -> str:
+    return stack.key("schemathesis", Scope.ADMIN).secret
+
+
+@pytest.fixture(scope="module")
+def worker_process(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``python worker.py`` polling the stack's task queue, as users run it."""
+    settings = stack.settings
     env = {
         **os.environ,
-        "AGENTFLOW_TEMPORAL_ADDRESS": str(api_settings.temporal_address),
-        "AGENTFLOW_REDIS_URL": api_settings.redis_url,
-        "AGENTFLOW_DATABASE_URL": api_settings.database_url,
-        "AGENTFLOW_TASK_QUEUE": api_settings.task_queue,
-        "AGENTFLOW_SQL_DATABASE_PATH": str(api_settings.sql_database_path),
+        "AGENTFLOW_TEMPORAL_ADDRESS": str(settings.temporal_address),
+        "AGENTFLOW_REDIS_URL": settings.redis_url,
+        "AGENTFLOW_DATABASE_URL": settings.database_url,
+        "AGENTFLOW_TASK_QUEUE": settings.task_queue,
+        "AGENTFLOW_SQL_DATABASE_PATH": str(settings.sql_database_path),
         "AGENTFLOW_SIMULATED_LATENCY_SCALE": "0",
     }
-    log = tmp / "worker.log"
+    log = tmp_path_factory.mktemp("schemathesis-worker") / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "worker.py"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         _wait_for_line(log, "worker polling task queue", worker, WORKER_READY_S)
-        with serve_asgi(create_app(api_settings)) as url:
-            yield Stack(url=url, key=key)
+        yield
     finally:
         worker.terminate()
         try:
@@ -190,7 +176,7 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def api_schema(stack: Stack) -> Any:
+def api_schema(stack: Stack, worker_process: None) -> Any:
     return schemathesis.openapi.from_url(f"{stack.url}/openapi.json", timeout=30)
 
 
@@ -217,9 +203,9 @@ def _examples(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> 
 
 
 def test_every_operation_answers_only_documented_statuses_and_no_5xx(
-    stack: Stack, api_schema: Any
+    admin_key: str, api_schema: Any
 ) -> None:
-    admin = {"Authorization": f"Bearer {stack.key}"}
+    admin = {"Authorization": f"Bearer {admin_key}"}
     invalid_key = {"Authorization": "Bearer af_not-a-real-key"}
     ways = [
         ("valid input", GenerationMode.POSITIVE, admin),
@@ -243,9 +229,9 @@ def test_every_operation_answers_only_documented_statuses_and_no_5xx(
 
 
 def test_stateful_sequences_answer_only_documented_statuses_and_no_5xx(
-    stack: Stack, api_schema: Any
+    admin_key: str, api_schema: Any
 ) -> None:
-    admin = {"Authorization": f"Bearer {stack.key}"}
+    admin = {"Authorization": f"Bearer {admin_key}"}
     seen: list[tuple[str, int]] = []
 
     # A stream of a job that waits for approval stays open until the job ends: the stateful
