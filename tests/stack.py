@@ -48,7 +48,8 @@ class StackSpec:
         quotas: settle job budgets as ``python worker.py`` does (``Quotas.from_settings``).
         worker: run a worker on the stack's task queue (off: the API alone).
         temporal: the stack has a Temporal server (off: the API is pointed at a closed port,
-            for routes that read the database only; no worker then).
+            for routes that read the database only, or at the ``temporal_address`` that
+            ``settings`` names; no client and no worker then).
     """
 
     settings: dict[str, Any] = field(default_factory=dict)
@@ -59,9 +60,10 @@ class StackSpec:
 
 
 def stack_settings(
-    temporal_address: str, redis_url: str, tmp: Path, *, prefix: str, **overrides: Any
+    temporal_address: str, redis_url: str, tmp: Path, /, *, prefix: str, **overrides: Any
 ) -> Settings:
-    """A stack's settings: its own job database, example shop database and task queue."""
+    """A stack's settings: its own job database, example shop database and task queue
+    (``overrides`` win, ``redis_url`` and ``temporal_address`` included)."""
     fields: dict[str, Any] = {
         "temporal_address": temporal_address,
         "redis_url": redis_url,

@@ -1,8 +1,8 @@
 """``GET /v1/cache/stats`` and ``DELETE /v1/cache/{level}`` over real HTTP, real Redis, SQLite.
 
-The app runs under uvicorn with keys on; no Temporal server is needed (these routes read Redis
-and the job records only). The module has its own redis-server: the levels' byte counters are
-per Redis, and these tests compare them with what they wrote.
+The app runs under uvicorn with keys on (the shared stack of ``tests/stack.py``, without a
+worker). The module has its own redis-server: the levels' byte counters are per Redis, and these
+tests compare them with what they wrote.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -22,7 +21,6 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from api.errors import validation_issues
 from core.auth import Scope
 from core.models import (
@@ -33,13 +31,10 @@ from core.models import (
     Stage,
     StageTiming,
 )
-from core.settings import Settings
 from infra.cache import RedisCache
-from infra.db import make_engine
 from infra.jobs import JobStore
-from infra.keys import KeyStore
-from infra.migrations import create_tables
-from tests.helpers import free_port, redis_server, serve_asgi
+from tests.helpers import free_port, redis_server
+from tests.stack import Stack, StackSpec
 
 
 @dataclass
@@ -53,23 +48,38 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("cache-api")
-    with redis_server() as redis_url:
-        settings = Settings(
-            redis_url=redis_url,
-            database_url=f"sqlite:///{tmp / 'jobs.db'}",
-            temporal_address="127.0.0.1:1",  # never contacted by these routes
-            api_key_pepper="cache-pepper",
-        )
-        engine = make_engine(settings.database_url)
-        create_tables(engine)
-        keys = KeyStore(engine, pepper="cache-pepper")
-        admin = keys.create("root", [Scope.ADMIN])
-        reader = keys.create("reader", [Scope.READ])
-        with serve_asgi(create_app(settings)) as url:
-            yield Api(url, redis_url, admin.secret, reader.secret, reader.key_id, engine)
-        engine.dispose()
+def own_redis() -> Iterator[str]:
+    """The module's own redis-server (the levels' byte counters are per Redis)."""
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stack_spec(own_redis: str, env: WorkflowEnvironment) -> StackSpec:
+    """The API alone on the module's Redis, with a Temporal it can reach (the session's test
+    server, named in the settings: the stack itself needs no client of it), so every route
+    validates its input: a job route whose Temporal is unreachable answers 503 before it looks
+    at the body. No worker: nothing valid is sent to a job route."""
+    settings = {
+        "redis_url": own_redis,
+        "api_key_pepper": "cache-pepper",
+        "temporal_address": env.client.service_client.config.target_host,
+    }
+    return StackSpec(settings=settings, worker=False, temporal=False)
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Api:
+    admin = stack.key("root", Scope.ADMIN)
+    reader = stack.key("reader", Scope.READ)
+    return Api(
+        stack.url,
+        stack.settings.redis_url,
+        admin.secret,
+        reader.secret,
+        reader.key_id,
+        stack.engine,
+    )
 
 
 def call(api: Api, method: str, path: str, key: str | None, **params: str) -> httpx.Response:
@@ -169,48 +179,19 @@ def test_stats_count_levels_and_the_periods_savings_per_key(api: Api) -> None:
     assert bad.status_code == 422 and "period" in bad.text
 
 
-def test_stats_and_delete_with_redis_down_are_503_naming_no_host(tmp_path: Path) -> None:
+async def test_stats_and_delete_with_redis_down_are_503_naming_no_host(stack: Stack) -> None:
     port = free_port()
-    settings = Settings(
-        redis_url=f"redis://127.0.0.1:{port}/0",
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        temporal_address="127.0.0.1:1",
-        auth_disabled=True,
-    )
-    with serve_asgi(create_app(settings)) as url:
+    down = {"redis_url": f"redis://127.0.0.1:{port}/0", "auth_disabled": True}
+    async with stack.own_api(timeout_s=10, **down) as (_, http):
         for method, path in (("GET", "/v1/cache/stats"), ("DELETE", "/v1/cache/tool")):
-            r = httpx.request(method, f"{url}{path}", timeout=10)
+            r = await http.request(method, path)
             assert r.status_code == 503, r.text
             assert "127.0.0.1" not in r.text and str(port) not in r.text
-        ready = httpx.get(f"{url}/readyz", timeout=10).json()
+        ready = (await http.get("/readyz")).json()
         assert ready["degraded"] == ["redis"] and "redis" not in ready["down"]
 
 
 # ---------------------------------------------------------------------------- no echo in a 422
-
-
-@pytest.fixture(scope="module")
-def hostile_api(
-    env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """The app with a Temporal it can reach (the session's), so every route validates its input:
-    a job route whose Temporal is unreachable answers 503 before it looks at the body."""
-    tmp = tmp_path_factory.mktemp("hostile-422")
-    with redis_server() as redis_url:
-        settings = Settings(
-            redis_url=redis_url,
-            database_url=f"sqlite:///{tmp / 'jobs.db'}",
-            temporal_address=env.client.service_client.config.target_host,
-            task_queue=f"hostile-{uuid.uuid4()}",  # no worker: nothing valid is sent
-            api_key_pepper="hostile-pepper",
-        )
-        engine = make_engine(settings.database_url)
-        create_tables(engine)
-        keys = KeyStore(engine, pepper="hostile-pepper")
-        admin = keys.create("root", [Scope.ADMIN])
-        with serve_asgi(create_app(settings)) as url:
-            yield Api(url, redis_url, admin.secret, "", "", engine)
-        engine.dispose()
 
 
 # Fixed, not random: it is in parametrized test ids, which must match across xdist workers.
@@ -280,7 +261,7 @@ HOSTILE_422 = [
     ids=[f"{c[0]} {c[1][:16]} {c[4]}" for c in HOSTILE_422],
 )
 def test_no_422_echoes_the_clients_value(
-    hostile_api: Api,
+    api: Api,
     method: str,
     path: str,
     params: dict[str, str],
@@ -289,8 +270,8 @@ def test_no_422_echoes_the_clients_value(
 ) -> None:
     r = httpx.request(
         method,
-        f"{hostile_api.url}{path}",
-        headers={"Authorization": f"Bearer {hostile_api.admin}"},
+        f"{api.url}{path}",
+        headers={"Authorization": f"Bearer {api.admin}"},
         params=params or None,
         json=body,
         timeout=30,
@@ -300,12 +281,12 @@ def test_no_422_echoes_the_clients_value(
     assert MARKER not in r.text and "onerror" not in r.text, r.text  # its value never is
 
 
-def test_invalid_json_is_a_422_without_the_text(hostile_api: Api) -> None:
+def test_invalid_json_is_a_422_without_the_text(api: Api) -> None:
     raw = '{"query": "' + MARKER + '", "metadata": {'
     r = httpx.post(
-        f"{hostile_api.url}/v1/jobs",
+        f"{api.url}/v1/jobs",
         headers={
-            "Authorization": f"Bearer {hostile_api.admin}",
+            "Authorization": f"Bearer {api.admin}",
             "Content-Type": "application/json",
         },
         content=raw.encode(),

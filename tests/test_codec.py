@@ -61,7 +61,8 @@ from infra.migrations import create_tables
 from infra.payloads import DatabasePayloadDriver
 from infra.providers import ProviderRegistry, SimulatedProvider
 from infra.temporal import AgentflowPlugin
-from tests.helpers import find_binary, free_port, serve_asgi
+from tests.helpers import free_port, serve_asgi
+from tests.stack import Stack, StackSpec
 from tests.workflow_support import Harness, agent_worker
 from workflows.agent import AgentWorkflow
 from workflows.registry import all_workflows
@@ -260,44 +261,42 @@ class FakeOpenAI:
 
 @dataclass
 class CodecStack:
-    """A dev server whose client encrypts, a client that does not, and where payloads go."""
+    """A client of the dev server that encrypts, a client that does not, and where payloads go."""
 
-    env: WorkflowEnvironment
+    client: Client
     codec: EncryptionCodec
     plugin: AgentflowPlugin
     payload_db: Path
     plain_client: Client
-    settings: Settings
 
 
 @pytest.fixture(scope="module")
-async def stack(
-    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+def stack_spec() -> StackSpec:
+    """The API alone, with a payload encryption key (its codec endpoint is on)."""
+    return StackSpec(
+        settings={"payload_encryption_keys": {"k1": SecretStr(generate_key())}}, worker=False
+    )
+
+
+@pytest.fixture(scope="module")
+async def codec_stack(
+    stack: Stack, dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[CodecStack]:
-    tmp = tmp_path_factory.mktemp("codec")
-    payload_db = tmp / "payloads.db"
+    """Clients of the session's dev server, one with the API's codec: nothing here stops the
+    server, so no private one is needed."""
+    payload_db = tmp_path_factory.mktemp("codec") / "payloads.db"
     engine = make_engine(f"sqlite:///{payload_db}")
     create_tables(engine)
-    codec_settings = settings.model_copy(
-        update={"payload_encryption_keys": {"k1": SecretStr(generate_key())}}
-    )
-    codec = codec_from_settings(codec_settings)
+    codec = codec_from_settings(stack.settings)
     assert codec is not None
     plugin = AgentflowPlugin(
         payload_driver=DatabasePayloadDriver(engine), payload_codec=codec, workflows=all_workflows()
     )
-    env = await WorkflowEnvironment.start_local(
-        plugins=[plugin],
-        dev_server_existing_path=find_binary("temporal"),
-        port=free_port(),
-        ui=False,
-    )
-    async with env:
-        config = env.client.config()
-        plain = await Client.connect(
-            env.client.service_client.config.target_host, namespace=config["namespace"]
-        )
-        yield CodecStack(env, codec, plugin, payload_db, plain, codec_settings)
+    address = dev_env.client.service_client.config.target_host
+    namespace = dev_env.client.namespace
+    client = await Client.connect(address, namespace=namespace, plugins=[plugin])
+    plain = await Client.connect(address, namespace=namespace)
+    yield CodecStack(client, codec, plugin, payload_db, plain)
     engine.dispose()
 
 
@@ -356,23 +355,23 @@ def payloads_in(message: Message) -> Iterator[Payload]:
                     yield from payloads_in(item)
 
 
-def decrypted_corpus(stack: CodecStack, history: WorkflowHistory) -> bytes:
+def decrypted_corpus(codec_stack: CodecStack, history: WorkflowHistory) -> bytes:
     """All history payloads and stored payloads, decrypted: what the job put at rest."""
     parts = [
-        stack.codec.decrypt(p).SerializeToString()
+        codec_stack.codec.decrypt(p).SerializeToString()
         for event in history.events
         for p in payloads_in(event)
     ]
     parts += [
-        stack.codec.decrypt(Payload.FromString(row)).SerializeToString()
-        for row in stored_payload_rows(stack.payload_db)
+        codec_stack.codec.decrypt(Payload.FromString(row)).SerializeToString()
+        for row in stored_payload_rows(codec_stack.payload_db)
     ]
     return b"".join(parts)
 
 
 @pytest.mark.devserver
 async def test_history_and_payload_table_hold_no_plaintext(
-    stack: CodecStack, redis_url: str, settings: Settings, tmp_path: Path
+    codec_stack: CodecStack, redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     """The query, a large context item and a failing tool's message stay encrypted at rest,
     while the client with the codec reads the result and the Replayer replays the history."""
@@ -383,8 +382,8 @@ async def test_history_and_payload_table_hold_no_plaintext(
         context=[ContextItem(content=big, importance=Importance.LOW)],
         tool_calls=[ToolCall(id="t1", name="always_down", parameters={"target": secret})],
     )
-    rows_before = len(stored_payload_rows(stack.payload_db))
-    async with worker(stack.env.client, redis_url, settings, tmp_path) as h:
+    rows_before = len(stored_payload_rows(codec_stack.payload_db))
+    async with worker(codec_stack.client, redis_url, settings, tmp_path) as h:
         handle = await start_like_the_api(h, request)
         result = await handle.result()
 
@@ -393,28 +392,28 @@ async def test_history_and_payload_table_hold_no_plaintext(
     assert secret in failure.error, "the failure message is restored for codec clients"
     assert await (await handle.describe()).static_summary() == request.query
 
-    plain_handle = stack.plain_client.get_workflow_handle(handle.id)
+    plain_handle = codec_stack.plain_client.get_workflow_handle(handle.id)
     history = await plain_handle.fetch_history()
     raw = raw_history_bytes(history)
     assert secret.encode() not in raw
     assert b"Confidential background" not in raw
     assert b"unreachable" not in raw, "failure messages are encrypted too"
-    rows = stored_payload_rows(stack.payload_db)
+    rows = stored_payload_rows(codec_stack.payload_db)
     assert len(rows) > rows_before, "the large input went to the payloads table"
     for row in rows:
         assert secret.encode() not in row
         assert Payload.FromString(row).metadata["encoding"] == ENCODING
-    assert secret.encode() in decrypted_corpus(stack, history), "the search would find it"
+    assert secret.encode() in decrypted_corpus(codec_stack, history), "the search would find it"
 
     with pytest.raises(Exception, match=r"(?i)encoding"):
         await plain_handle.result()
 
-    await Replayer(workflows=[], plugins=[stack.plugin]).replay_workflow(history)
+    await Replayer(workflows=[], plugins=[codec_stack.plugin]).replay_workflow(history)
 
 
 @pytest.mark.devserver
 async def test_without_the_codec_the_same_search_finds_plaintext(
-    stack: CodecStack, redis_url: str, settings: Settings, tmp_path: Path
+    codec_stack: CodecStack, redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     """Control: the same job through a plugin without the codec leaves the query in history."""
     engine = make_engine(f"sqlite:///{tmp_path / 'plain-payloads.db'}")
@@ -422,24 +421,23 @@ async def test_without_the_codec_the_same_search_finds_plaintext(
     plain_plugin = AgentflowPlugin(
         payload_driver=DatabasePayloadDriver(engine), workflows=all_workflows()
     )
-    config = stack.env.client.config()
     client = await Client.connect(
-        stack.env.client.service_client.config.target_host,
-        namespace=config["namespace"],
+        codec_stack.plain_client.service_client.config.target_host,
+        namespace=codec_stack.plain_client.namespace,
         plugins=[plain_plugin],
     )
     secret = marker("plain-query")
     async with worker(client, redis_url, settings, tmp_path) as h:
         handle = await start_like_the_api(h, AgentRequest(query=f"What does {secret} mean?"))
         assert (await handle.result()).status is JobStatus.COMPLETED
-    history = await stack.plain_client.get_workflow_handle(handle.id).fetch_history()
+    history = await codec_stack.plain_client.get_workflow_handle(handle.id).fetch_history()
     assert secret.encode() in raw_history_bytes(history)
     engine.dispose()
 
 
 @pytest.mark.devserver
 async def test_provider_keys_never_enter_workflow_history(
-    stack: CodecStack, redis_url: str, settings: Settings, tmp_path: Path
+    codec_stack: CodecStack, redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     """Real model calls with distinctive keys (the default endpoint's and a per-model one):
     the keys reach the model endpoint, and appear nowhere in the history, decrypted or not."""
@@ -460,7 +458,7 @@ async def test_provider_keys_never_enter_workflow_history(
             openai_api_key=default_key,
         )
         async with worker(
-            stack.env.client,
+            codec_stack.client,
             redis_url,
             settings,
             tmp_path,
@@ -474,8 +472,8 @@ async def test_provider_keys_never_enter_workflow_history(
 
     assert result.status is JobStatus.COMPLETED, result.error
     assert {f"Bearer {default_key}", f"Bearer {model_key}"} <= set(fake.seen), "both keys used"
-    history = await stack.plain_client.get_workflow_handle(handle.id).fetch_history()
-    corpus = decrypted_corpus(stack, history)
+    history = await codec_stack.plain_client.get_workflow_handle(handle.id).fetch_history()
+    corpus = decrypted_corpus(codec_stack, history)
     assert secret.encode() in corpus, "the decrypted history is searchable"
     for key in (default_key, model_key):
         assert key.encode() not in raw_history_bytes(history)
@@ -492,31 +490,12 @@ class CodecApi:
     reader: str
 
 
-def codec_app(settings: Settings) -> FastAPI:
-    return create_app(settings)
-
-
 @pytest.fixture(scope="module")
-def codec_api(
-    stack: CodecStack, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CodecApi]:
-    tmp = tmp_path_factory.mktemp("codec-api")
-    database_url = f"sqlite:///{tmp / 'api.db'}"
-    engine = make_engine(database_url)
-    create_tables(engine)
-    keys = KeyStore(engine)
-    admin = keys.create("codec admin", [Scope.ADMIN]).secret
-    reader = keys.create("reader", [Scope.READ, Scope.SUBMIT]).secret
-    engine.dispose()
-    api_settings = stack.settings.model_copy(
-        update={
-            "database_url": database_url,
-            "redis_url": redis_url,
-            "temporal_address": stack.env.client.service_client.config.target_host,
-        }
-    )
-    with serve_asgi(codec_app(api_settings)) as url:
-        yield CodecApi(url, admin, reader)
+def codec_api(stack: Stack) -> CodecApi:
+    """The module's API (the codec endpoint on, keyed as ``codec_stack``'s client)."""
+    admin = stack.key("codec admin", Scope.ADMIN).secret
+    reader = stack.key("reader", Scope.READ, Scope.SUBMIT).secret
+    return CodecApi(stack.url, admin, reader)
 
 
 def as_json(payloads: list[Payload]) -> dict[str, Any]:
@@ -533,13 +512,13 @@ def bearer(secret: str) -> dict[str, str]:
 
 @pytest.mark.devserver
 async def test_codec_endpoint_decodes_a_real_history_for_an_admin_key_only(
-    stack: CodecStack, codec_api: CodecApi, redis_url: str, settings: Settings, tmp_path: Path
+    codec_stack: CodecStack, codec_api: CodecApi, redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     secret = marker("ui-query")
-    async with worker(stack.env.client, redis_url, settings, tmp_path) as h:
+    async with worker(codec_stack.client, redis_url, settings, tmp_path) as h:
         handle = await start_like_the_api(h, AgentRequest(query=f"Show {secret} in the UI"))
         await handle.result()
-    history = await stack.plain_client.get_workflow_handle(handle.id).fetch_history()
+    history = await codec_stack.plain_client.get_workflow_handle(handle.id).fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     body = as_json(list(started.input.payloads))
     assert secret not in str(body)
@@ -566,7 +545,7 @@ async def test_codec_endpoint_decodes_a_real_history_for_an_admin_key_only(
 
 @pytest.mark.devserver
 async def test_codec_endpoint_encode_round_trips_and_refuses_bad_input(
-    stack: CodecStack, codec_api: CodecApi
+    codec_stack: CodecStack, codec_api: CodecApi
 ) -> None:
     original = plain_payload("typed into the Web UI")
     async with httpx.AsyncClient(base_url=codec_api.url, timeout=10) as http:
@@ -575,7 +554,7 @@ async def test_codec_endpoint_encode_round_trips_and_refuses_bad_input(
         assert encoded.status_code == 200, encoded.text
         [sealed] = from_json(encoded.json())
         assert sealed.metadata["encoding"] == ENCODING
-        assert await stack.codec.decode([sealed]) == [original]
+        assert await codec_stack.codec.decode([sealed]) == [original]
 
         passthrough = await http.post("/codec/decode", json=as_json([original]), headers=headers)
         assert from_json(passthrough.json()) == [original]
@@ -636,7 +615,7 @@ async def test_codec_endpoint_is_404_without_keys(redis_url: str, tmp_path: Path
     settings = Settings(
         database_url=database_url, redis_url=redis_url, temporal_address=f"127.0.0.1:{free_port()}"
     )
-    with serve_asgi(codec_app(settings)) as url:
+    with serve_asgi(create_app(settings)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             answer = await http.post("/codec/decode", json={"payloads": []}, headers=bearer(admin))
     assert answer.status_code == 404
