@@ -12,8 +12,10 @@ planner in a thread; ``record_job`` writes the database from a thread. Inputs ar
 request limits (query 20,000 characters, 200 context items, 64 tool calls, tool results capped by
 each tool).
 
-The activity names are deployed names: jobs of the v1 shape still call them as regular
-activities, with the same input and output contracts.
+The activity names are deployed names and never change. ``check_response_cache``,
+``plan_tools`` and ``select_model`` were the v1 shape's regular activities; v1 is retired
+(CHANGELOG 0.2.0) and they go with the ``deprecate_patch`` call. The answer caches' Redis side
+(lookup, component level, storing answers) is :class:`infra.cache.answers.AnswerCache`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
 from redis.exceptions import RedisError
 from temporalio import activity
 
@@ -36,11 +36,8 @@ from core.errors import AgentflowError, BlobNotFoundError
 from core.metrics import observe_job
 from core.models import (
     AgentResult,
-    ApprovalPolicy,
     BudgetReservation,
-    CachedResponse,
     CacheLevel,
-    CacheReport,
     CheckResponseCacheResult,
     CompressContextInput,
     CompressContextResult,
@@ -64,14 +61,8 @@ from core.models import (
 from core.providers import usage_of
 from core.tools import ToolRegistry
 from domain.cache_guard import (
-    answer_ttl_s,
-    cached_answer,
-    cached_response,
     catalog_digest,
-    component_key,
     count_lookup,
-    gated_by_policy,
-    report_with_tool_lookups,
 )
 from domain.compression import compress_context
 from domain.llm_router import LlmRouter
@@ -88,9 +79,8 @@ from domain.routing import (
 )
 from infra.cache import (
     RedisCache,
-    inputs_digest,
-    response_cache_key,
 )
+from infra.cache.answers import AnswerCache
 from infra.jobs import JobStore
 from infra.payloads import read_legacy_blob
 from infra.providers import ProviderRegistry
@@ -100,20 +90,6 @@ if TYPE_CHECKING:
     from infra.semantic import SemanticCache
 
 log = logging.getLogger(__name__)
-
-_M = TypeVar("_M", bound=BaseModel)
-
-SEMANTIC_ADD_TIMEOUT_S = 1.0
-"""Most seconds filing an answer on the semantic level may take inside ``record_job``."""
-
-
-def semantic_namespace(inp: ResponseCacheKeyInput) -> str:
-    """The semantic level's namespace of a request: its owner and :func:`inputs_digest`.
-
-    Only queries from the same key, with the same context, tool calls, tier choice and models
-    can share an answer; the query itself is compared by meaning.
-    """
-    return f"{inp.owner or '-'}:{inputs_digest(inp)}"
 
 
 class StageActivities:
@@ -154,10 +130,16 @@ class StageActivities:
         semantic_ttl_s: int = 3600,
         component_cache_ttl_s: int = 3600,
     ) -> None:
-        self.semantic = semantic
-        self.semantic_ttl_s = semantic_ttl_s
-        self.component_cache_ttl_s = component_cache_ttl_s
         self.model_identity = catalog.fingerprint()
+        self.answers = AnswerCache(
+            cache,
+            tools,
+            model_identity=self.model_identity,
+            response_ttl_s=response_cache_ttl_s,
+            semantic=semantic,
+            semantic_ttl_s=semantic_ttl_s,
+            component_ttl_s=component_cache_ttl_s,
+        )
         self.catalog_digest = catalog_digest(catalog)
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
@@ -165,7 +147,6 @@ class StageActivities:
         self.catalog = catalog
         self.providers = providers
         self.tools = tools
-        self.cache = cache
         self.store = store
         self.response_cache_ttl_s = response_cache_ttl_s
         self.planner_timeout_s = planner_timeout_s
@@ -180,98 +161,7 @@ class StageActivities:
             The cache key (used later to store the answer) and the cached answer on a hit. An
             unreachable Redis is reported in ``error`` and treated as a miss, never as a failure.
         """
-        if not inp.model_identity:
-            inp = inp.model_copy(update={"model_identity": self.model_identity})
-        key = response_cache_key(inp)
-        raw = await self.cache.get_level(CacheLevel.RESPONSE, key)
-        hit = cached_response(raw)
-        error = None if raw is not None or self.cache.last_error is None else self.cache.last_error
-        return CheckResponseCacheResult(
-            key=key, hit=hit, error=error, level=CacheLevel.RESPONSE if hit else None
-        )
-
-    async def _front_cache(
-        self, inp: ResponseCacheKeyInput, policy: ApprovalPolicy | None
-    ) -> CheckResponseCacheResult:
-        """The response level, then the semantic level.
-
-        A hit the approval policy gates now is not served (see :func:`gated_by_policy`); the
-        report says why.
-        """
-        report = CacheReport()
-        checked = await self.check_response_cache(inp)
-        count_lookup(report, CacheLevel.RESPONSE, checked.hit is not None)
-        hit, level, similarity = checked.hit, checked.level, None
-        if hit is not None and (why := self._gated(hit, policy)) is not None:
-            report.bypassed = why
-            hit, level = None, None
-        namespace = semantic_namespace(inp)
-        if hit is None and self.semantic is not None:
-            found = await self.semantic.lookup(namespace, inp.query)
-            if found.degraded:
-                report.degraded = True
-                report.degraded_reason = found.reason
-            entry = None
-            if found.hit is not None:
-                entry = cached_response(await self.cache.get_json(found.hit.response_key))
-            await self.cache.record_lookup(CacheLevel.SEMANTIC, entry is not None)
-            count_lookup(report, CacheLevel.SEMANTIC, entry is not None)
-            if entry is not None and (why := self._gated(entry, policy)) is not None:
-                report.bypassed = why
-                entry = None
-            if entry is not None and found.hit is not None:
-                hit, level, similarity = entry, CacheLevel.SEMANTIC, found.hit.similarity
-        if hit is not None:
-            report.saved_tokens = hit.tokens
-            report.saved_cost_usd = hit.cost_usd
-            report.saved_ms = hit.duration_ms
-            report.semantic_similarity = similarity
-            report.not_stored_reason = "served from the cache"
-        self._note_degradation(report)
-        return checked.model_copy(
-            update={
-                "hit": hit,
-                "level": level,
-                "similarity": similarity,
-                "report": report,
-                "semantic_namespace": namespace,
-            }
-        )
-
-    def _gated(self, hit: CachedResponse, policy: ApprovalPolicy | None) -> str | None:
-        """Why ``hit`` may not be served under ``policy`` (``None``: it may)."""
-        if policy is None:
-            return None
-        return gated_by_policy(hit.tools, policy, self.tools)
-
-    def _note_degradation(self, report: CacheReport) -> None:
-        reason = self.cache.degraded_reason
-        if reason is not None:
-            report.degraded = True
-            report.degraded_reason = reason
-
-    # ------------------------------------------------------------------ component level
-
-    async def _component(
-        self, kind: str, payload: str, compute: Callable[[], Awaitable[_M]], model: type[_M]
-    ) -> tuple[_M, bool]:
-        """``compute()``'s result, from the component level when an identical input was seen.
-
-        ``payload`` is the canonical input (it is hashed with ``kind`` and the component
-        version into the key). Returns the result and whether it was a hit.
-        """
-        key = component_key(kind, payload)
-        raw = await self.cache.get_level(CacheLevel.COMPONENT, key)
-        if isinstance(raw, dict):
-            try:
-                return model.model_validate(raw), True
-            except ValueError:
-                log.warning("undecodable %s component entry; recomputed", kind)
-        value = await compute()
-        await self.cache.set_level(
-            CacheLevel.COMPONENT, key, value.model_dump(mode="json"), self.component_cache_ttl_s
-        )
-        return value, False
+        return await self.answers.check(inp)
 
     # ------------------------------------------------------------------ prepare
 
@@ -300,11 +190,9 @@ class StageActivities:
         key_input = response_key_input(req, inp.owner, self.model_identity)
         if req.require_approval:
             # A human gate is never answered from the cache (nor is its answer stored).
-            report = CacheReport(bypassed="the request asked for approval")
-            self._note_degradation(report)
-            cache = CheckResponseCacheResult(key=response_cache_key(key_input), report=report)
+            cache = self.answers.bypass(key_input, "the request asked for approval")
         else:
-            cache = await self._front_cache(key_input, inp.approval_policy)
+            cache = await self.answers.lookup(key_input, inp.approval_policy)
         lap(Stage.RESPONSE_CACHE)
         if cache.hit is not None:
             return PrepareJobResult(cache=cache, duration_ms=durations)
@@ -329,7 +217,7 @@ class StageActivities:
         if self.llm_router_timeout_s is not None or not callable(identity):
             return await self.route(inp), None
         payload = f"{identity()}|{self.catalog_digest}|{inp.model_dump_json()}"
-        return await self._component(
+        return await self.answers.component(
             "selection", payload, lambda: self.route(inp), SelectModelResult
         )
 
@@ -452,7 +340,7 @@ class StageActivities:
             async def compute() -> CompressContextResult:
                 return await asyncio.to_thread(compress_context, inp.query, items, inp.max_tokens)
 
-            result, hit = await self._component(
+            result, hit = await self.answers.component(
                 "compression", canonical, compute, CompressContextResult
             )
         except AgentflowError as exc:
@@ -524,7 +412,7 @@ class StageActivities:
             # charged, and a retried write settles nothing twice.
             await self._settle(inp.budget, result.total_cost_usd)
         if result.status.is_terminal:
-            result = await self._cache_answer(inp, result)
+            result = await self.answers.store(inp, result)
         try:
             await asyncio.to_thread(
                 functools.partial(
@@ -543,58 +431,9 @@ class StageActivities:
             raise to_application_error(exc) from exc
         observe_job(result)  # after the write: a retried write is counted once
 
-    async def _add_semantic(self, namespace: str, query: str, response_key: str, ttl: int) -> None:
-        """File ``query`` under ``namespace`` on the semantic level, pointing at its answer."""
-        assert self.semantic is not None
-        semantic_ttl = min(ttl, self.semantic_ttl_s)
-        if await self.semantic.add(namespace, query, response_key, semantic_ttl):
-            # Under the semantic level's byte limit: the stream's size now, about one vector
-            # plus a query and a key per entry (the stream trims itself to its entry limit).
-            stream = self.semantic.stream_key(namespace)
-            try:
-                entries = int(await self.cache.client.xlen(stream))
-            except (RedisError, OSError):
-                return
-            per_entry = 4 * self.semantic.embedder.dim + len(query.encode()) + len(response_key)
-            await self.cache.track_level(
-                CacheLevel.SEMANTIC, stream, entries * (per_entry + 64), semantic_ttl
-            )
-
     def answer_ttl_s(self, result: AgentResult) -> tuple[int | None, str | None]:
         """How long ``result``'s answer may be cached, in seconds, or why it may not be.
 
-        :func:`domain.cache_guard.answer_ttl_s` with this worker's tools and response TTL.
+        :meth:`infra.cache.answers.AnswerCache.answer_ttl_s` with this worker's tools and TTL.
         """
-        return answer_ttl_s(result, self.tools, self.response_cache_ttl_s)
-
-    async def _cache_answer(self, inp: RecordJobInput, result: AgentResult) -> AgentResult:
-        """Store a terminal result's answer when it may be cached.
-
-        Returns:
-            The result with its complete cache report.
-        """
-        report = report_with_tool_lookups(result, self.tools)
-        ttl, reason = self.answer_ttl_s(result)
-        if ttl is not None and inp.response_cache_key and result.selection is not None:
-            cached = cached_answer(result, inp.query)
-            report.stored = await self.cache.set_level(
-                CacheLevel.RESPONSE, inp.response_cache_key, cached.model_dump(mode="json"), ttl
-            )
-            if not report.stored:
-                reason = self.cache.degraded_reason or "the response level refused the entry"
-            elif self.semantic is not None and inp.query and inp.semantic_namespace:
-                # Bounded: a slow embeddings endpoint must not hold the record (a local
-                # activity with a 5 s budget); the answer is on the response level already.
-                try:
-                    await asyncio.wait_for(
-                        self._add_semantic(
-                            inp.semantic_namespace, inp.query, inp.response_cache_key, ttl
-                        ),
-                        SEMANTIC_ADD_TIMEOUT_S,
-                    )
-                except TimeoutError:
-                    log.warning("semantic entry of job %s not added in time", result.job_id)
-        if reason is not None and report.not_stored_reason is None:
-            report.not_stored_reason = reason
-        self._note_degradation(report)
-        return result.model_copy(update={"cache": report})
+        return self.answers.answer_ttl_s(result)

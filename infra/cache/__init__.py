@@ -7,6 +7,8 @@
 - :mod:`infra.cache.scripts`: the levels' Lua scripts.
 - :mod:`infra.cache.stats`: counters and level figures.
 - :mod:`infra.cache.wiring`: the cache and the semantic level from the settings.
+- :mod:`infra.cache.answers`: :class:`AnswerCache`, a job's view of the response, semantic
+  and component levels (lookups that respect the approval policy, storing answers).
 
 The names callers use are importable from the package itself.
 """
