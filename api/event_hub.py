@@ -27,6 +27,10 @@ nothing twice, through any API process.
 
 Every reader ends with a terminal event: the job's ``final_response`` or ``response_error``,
 or, when the stream cannot go on, a ``stream_error`` event saying why (:class:`StreamFailure`).
+
+One module on purpose (about 570 lines): the hub, its per-job feed and the token reader share one
+lifecycle (start on the first reader, linger, stop) that is easier to check in one place; the
+routes and stream formatting are in :mod:`api.streams`.
 """
 
 from __future__ import annotations

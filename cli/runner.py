@@ -15,6 +15,9 @@ A failed poll is retried by a declared ``tenacity`` policy (:meth:`_Runner._poll
 :data:`_MAX_CONSECUTIVE_POLL_ERRORS` attempts in a row, continuing the poll's back-off), which
 replaced a hand-written error counter in the poll loop. The poll loop itself stays by hand: it
 waits for a state, not for a failure to pass, and answers the job's approval on the way.
+
+One module on purpose (about 470 lines): one command's submit-poll-approve loop and its summary;
+the follow view and the SSE client are in :mod:`cli.follow`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Hazards this module handles:
 - **The SDK's runtime.** Temporal's Prometheus endpoint belongs to a ``Runtime``, which must
   outlive every client and worker built on it; :func:`temporal_runtime` makes one per address
   and keeps it for the life of the process.
+
+One module on purpose (about 450 lines): one registry and the functions that record into it;
+splitting the metric definitions from their recorders would put each name in two places.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ CPU is bounded whatever the prompt: the text the model reads is the first and la
 pasted passage), so one prediction reads at most 2,000 characters: about 6,000 character
 n-grams and the cue regexes over that text. Memory is bounded too: only short words are
 memoized (:data:`MEMO_WORD_CHARS`).
+
+One module on purpose (about 640 lines): the one definition of the features and the inference
+arithmetic that must match training bit for bit; training lives in :mod:`cli.router_training`.
 """
 
 from __future__ import annotations

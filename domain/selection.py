@@ -48,6 +48,10 @@ Scores (:func:`score_query`), each clamped to 1..5:
   the largest estimate among the written forms asked for, or the task type's default
   (simple 150, tool 250, creative 400, reasoning 600); a brief cue caps it at 120 and a long cue
   raises it to ``max(2 * estimate, 800)``.
+
+One module on purpose (about 580 lines): the feature extractor and the score table it feeds are one
+heuristic (seed 000's), and most of the module is its documented regular expressions and
+thresholds.
 """
 
 from __future__ import annotations

@@ -95,6 +95,10 @@ the hazards above need:
 
 Adapting it would mean replacing all three of its scripts and its acquire loop, so the lock here
 stays hand-written: four short scripts, the same token discipline.
+
+One module on purpose (about 620 lines): one protocol (holder, waiters, lease renewal, done marker,
+take-over) whose steps depend on each other's timing; split, its invariants would be spread over
+files.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ so every text is cut to :data:`MAX_EMBED_CHARS` first; the CPU work of the lexic
 in a thread (``asyncio.to_thread``) so it never blocks the event loop; an endpoint that answers
 rows of the wrong count, mixed dimensions, non-finite values or zero vectors is refused rather
 than poisoning the cache.
+
+One module on purpose (about 430 lines): the two embedders implement one protocol and share its
+normalization and error mapping; half of it is the documented hazards.
 """
 
 from __future__ import annotations

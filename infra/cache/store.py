@@ -9,6 +9,9 @@ The response, semantic, tool and component levels share it under separate key pr
   (retries off, short timeouts, a bounded pool): while the breaker is open every call answers a
   miss at once, without calling Redis. Failures here open it for every other user too.
 - A level's writes keep it within its byte limit atomically (:mod:`infra.cache.scripts`).
+
+One module on purpose (about 450 lines): the one class every level goes through (values, TTLs, byte
+limits, breaker handling); keys, scripts, counters and the answer levels live beside it.
 """
 
 from __future__ import annotations

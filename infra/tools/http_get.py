@@ -37,6 +37,9 @@ Error mapping:
 | connect error, timeout, broken connection, DNS failure  | ``ToolTransientError``| yes       |
 | 5xx response                                            | ``ToolTransientError``| yes       |
 | 1xx-4xx response (3xx not followed)                     | normal result         |           |
+
+One module on purpose (about 500 lines): the tool and its SSRF checks must be read together; each
+check is a small function in the order listed above.
 """
 
 from __future__ import annotations
