@@ -35,3 +35,30 @@ def test_compose_environment_is_read_by_settings(monkeypatch: pytest.MonkeyPatch
     assert s.database_url == env["DATABASE_URL"]
     assert str(s.sql_database_path) == env["AGENTFLOW_SQL_DATABASE_PATH"]
     assert s.temporal_ui_url == env["AGENTFLOW_TEMPORAL_UI_URL"]
+
+
+def test_compose_migrates_once_before_the_api_and_the_worker_start() -> None:
+    """The API and the worker only check the schema (infra.migrations.require_schema), so the
+    stack runs ``agentflow db upgrade`` in a one-off service both wait for."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert "agentflow db upgrade" in " ".join(services["migrate"]["command"])
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_compose_commands_import_modules_that_exist() -> None:
+    """Every ``from X import Y`` in a service's shell command names a module and a name that
+    exist (a moved function would otherwise fail only inside the container)."""
+    import importlib
+    import re
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    found = 0
+    for service in services.values():
+        command = " ".join(service.get("command") or [])
+        for module, name in re.findall(r"from ([\w.]+) import (\w+)", command):
+            assert hasattr(importlib.import_module(module), name), (module, name)
+            found += 1
+    assert found >= 1
