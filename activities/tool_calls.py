@@ -3,7 +3,8 @@
 ``run_tools`` runs a batch of calls concurrently inside one activity, each with its own timeout,
 its own cache entry and its own result; the workflow groups a job's parallel-safe calls into at
 most ``TOOL_FANOUT_WIDTH`` batches (see :mod:`workflows.policies` for the measurement behind it).
-``run_tool`` is the v1 single-call activity, still registered for jobs of that shape.
+``run_tool`` was the v1 shape's single-call activity; v1 is retired (CHANGELOG 0.2.0) and the
+activity goes with the ``deprecate_patch`` call.
 
 Result size: each tool caps its own output (``http_get`` by bytes, ``sql_query`` by rows, the
 others by construction); results are returned inline and the data converter's external storage

@@ -36,6 +36,7 @@ from sqlalchemy import Engine
 from temporalio.testing import ActivityEnvironment
 
 from activities.wiring import AgentActivities
+from core.errors import ErrorType
 from core.models import (
     AgentRequest,
     AgentResult,
@@ -205,7 +206,9 @@ async def run_pipeline(
             )
         )
     rejected: list[ToolResult] = [
-        ToolFailure(call_id="plan", name="plan", error_type="ToolCallInvalid", error=reason)
+        ToolFailure(
+            call_id="plan", name="plan", error_type=ErrorType.TOOL_CALL_INVALID.value, error=reason
+        )
         for reason in plan.rejected
     ]
     results = rejected + await _tool_stage(acts, job_id, plan.planned)

@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from core.errors import AgentflowError, ErrorType
+
 db_app = typer.Typer(
     name="db",
     help="Migrate the job database's schema (Alembic revisions in migrations/versions).",
@@ -41,8 +43,11 @@ def _database() -> tuple[str, str]:
     return url, make_url(url).render_as_string(hide_password=True)
 
 
-class UpgradeFailedError(Exception):
+class UpgradeFailedError(AgentflowError):
     """The upgrade could not run; the message names the database (password hidden) and why."""
+
+    type = ErrorType.SCHEMA_UPGRADE_FAILED
+    retryable = False
 
 
 def upgrade_database(url: str, revision: str = "head") -> str:

@@ -47,6 +47,12 @@ class ErrorType(StrEnum):
     BUDGET_EXCEEDED = "BudgetExceeded"
     """A job's estimated cost does not fit its API key's budget left today (the API answers
     402)."""
+    TOOL_CALL_REJECTED = "ToolCallRejected"
+    """A reviewer rejected the call (it did not run); its ``ToolFailure.error_type``."""
+    TOOL_CALL_NOT_APPROVED = "ToolCallNotApproved"
+    """The call was left undecided when the approval timeout's action was ``proceed``."""
+    SCHEMA_UPGRADE_FAILED = "SchemaUpgradeFailed"
+    """``agentflow db upgrade`` could not bring the database to head."""
     AGENT_JOB_FAILED = "AgentJobFailed"
     """The agent workflow's own failure type when its root cause carried none."""
     FAILED = "Failed"

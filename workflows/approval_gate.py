@@ -44,10 +44,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.projection import JobProjection
     from workflows.state import JobState
 
-REJECTED_CALL_ERROR = "ToolCallRejected"
+REJECTED_CALL_ERROR = ErrorType.TOOL_CALL_REJECTED.value
 """``ToolFailure.error_type`` of a call a reviewer rejected (it did not run)."""
 
-NOT_APPROVED_CALL_ERROR = "ToolCallNotApproved"
+NOT_APPROVED_CALL_ERROR = ErrorType.TOOL_CALL_NOT_APPROVED.value
 """``ToolFailure.error_type`` of a call left undecided when the timeout action was ``proceed``."""
 
 

@@ -19,9 +19,6 @@ from core.errors import ErrorType
 
 # --------------------------------------------------------------------------- local activities
 
-LOCAL_QUICK_TIMEOUT = timedelta(seconds=5)
-"""Start-to-close of the response-cache lookup and model selection (local activities)."""
-
 LOCAL_QUICK_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     backoff_coefficient=2.0,
@@ -107,19 +104,7 @@ def model_schedule_to_close(start_to_close: timedelta, retry: RetryPolicy) -> ti
     return start_to_close * attempts + backoff * (attempts - 1)
 
 
-# --------------------------------------------------------------------------- v1 presets
-# The presets below are also used by the v1 path (workflows/agent_v1.py).
-
-QUICK_TIMEOUT = timedelta(seconds=10)
-"""Start-to-close timeout for cheap, local stages (cache check, selection, planning)."""
-
-QUICK_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=5),
-    maximum_attempts=3,
-)
-"""Cheap stages: three quick attempts."""
+# ------------------------------------------------------------------ model calls and records
 
 MODEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -139,27 +124,6 @@ DRAFT_RETRY = RetryPolicy(
     non_retryable_error_types=MODEL_RETRY.non_retryable_error_types,
 )
 """The draft is optional: two attempts, then the job goes on without it."""
-
-TOOL_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=500),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
-    non_retryable_error_types=[ErrorType.TOOL_FAILED.value],
-)
-"""Tools: transient failures retried three times; a refused input is final (and reported)."""
-
-COMPRESSION_TIMEOUT = timedelta(seconds=60)
-"""Compression reads blobs from the database and tokenizes; generous but bounded."""
-
-COMPRESSION_RETRY = RetryPolicy(
-    maximum_attempts=3,
-    non_retryable_error_types=[
-        ErrorType.CONTEXT_BUDGET_EXCEEDED.value,
-        ErrorType.BLOB_NOT_FOUND.value,
-    ],
-)
-"""Compression: an over-budget critical set or a missing blob is final."""
 
 RECORD_TIMEOUT = timedelta(seconds=30)
 """Start-to-close timeout of one ``record_job`` attempt."""
