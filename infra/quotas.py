@@ -137,9 +137,11 @@ class RedisWindow:
     ) -> None:
         self._owns_clients = isinstance(redis, str)
         self.clients = RedisClients(redis, timeout_s=timeout_s) if isinstance(redis, str) else redis
-        self.redis: Redis = self.clients.client
-        # The limiter shares the pool, so one reconnect (:meth:`call`) serves both.
-        pool: dict[str, Any] = {"connection_pool": self.clients.pool}
+        # The limits' own pool (RedisClients.limits): a cache fan-out cannot make a limit
+        # check wait for a connection and fail open. The limiter shares it, so one reconnect
+        # (:meth:`call`) serves both.
+        self.redis: Redis = self.clients.limits
+        pool: dict[str, Any] = {"connection_pool": self.clients.limits_pool}
         storage = RedisStorage(
             "async+" + self.clients.url, implementation="redispy", key_prefix=key_prefix, **pool
         )

@@ -15,6 +15,10 @@ as measured on this project's machine:
   timeout. The breaker opens on a failure and tells fail-soft callers (the caches, the token
   channel, coalescing) to skip Redis for ``breaker_cooldown_s``; the next call after the
   cooldown tries again and a success closes it. Each trip is logged once, not per call.
+- Rate limits and budgets fail open when Redis fails (a down Redis must not stop submissions),
+  so a limit check that merely waited for a connection the caches were using would let a
+  request through unchecked. They get a small pool of their own (:attr:`RedisClients.limits`,
+  ``limits_connections``), on the same Redis and the same breaker.
 - A blocking read (the event hub's ``XREAD ... BLOCK``) must outlast the short socket timeout;
   :meth:`RedisClients.xread_blocking` gives that one read a longer timeout on a pooled
   connection instead of opening a second pool.
@@ -146,6 +150,7 @@ class RedisClients:
         max_connections: int = 64,
         pool_timeout_s: float = 2.0,
         breaker_cooldown_s: float = 5.0,
+        limits_connections: int = 8,
     ) -> None:
         """Create the pool and client; no connection is opened until the first call.
 
@@ -156,6 +161,8 @@ class RedisClients:
             pool_timeout_s: how long a caller waits for a free pooled connection, in seconds,
                 before its call fails with a ``RedisError``.
             breaker_cooldown_s: seconds the breaker stays open after each failure.
+            limits_connections: size of the pool reserved for rate limits and budgets
+                (:attr:`limits`), which the caches' traffic cannot exhaust.
         """
         self.url = url
         self.timeout_s = timeout_s
@@ -163,6 +170,14 @@ class RedisClients:
             url, timeout_s=timeout_s, max_connections=max_connections, pool_timeout_s=pool_timeout_s
         )
         self.client: Redis = Redis(connection_pool=self.pool)
+        self.limits_pool = bounded_pool(
+            url,
+            timeout_s=timeout_s,
+            max_connections=limits_connections,
+            pool_timeout_s=pool_timeout_s,
+        )
+        self.limits: Redis = Redis(connection_pool=self.limits_pool)
+        """The client of the rate limits and budgets (:class:`infra.quotas.RedisWindow`)."""
         self.breaker = RedisBreaker(breaker_cooldown_s)
 
     @classmethod
@@ -177,6 +192,7 @@ class RedisClients:
         still succeed.
         """
         await self.pool.disconnect(inuse_connections=False)
+        await self.limits_pool.disconnect(inuse_connections=False)
 
     async def xread_blocking(
         self, streams: Mapping[str, str], *, count: int, block_ms: int
@@ -235,6 +251,8 @@ class RedisClients:
         """Close the client and every pooled connection."""
         await self.client.aclose()
         await self.pool.aclose()
+        await self.limits.aclose()
+        await self.limits_pool.aclose()
 
 
 def make_client(

@@ -33,6 +33,7 @@ from infra.db import make_engine
 from infra.keys import KeyStore
 from infra.migrations import create_tables
 from infra.quotas import QuotaDefaults, Quotas, estimate_cost_usd
+from infra.redis_client import RedisClients
 from tests.helpers import free_port, redis_server
 from tests.stack import Stack, StackSpec
 
@@ -531,3 +532,26 @@ def test_keys_command_creates_lists_and_revokes(tmp_path: Path) -> None:
     assert again.returncode == 1 and "no active key" in again.stdout
     assert key_id not in run("list").stdout and key_id in run("list", "--all").stdout
     engine.dispose()
+
+
+async def test_limits_are_checked_while_the_caches_hold_every_pooled_connection(
+    redis_url: str,
+) -> None:
+    """Rate limits and budgets fail open on a Redis error, so they must not share the pool the
+    caches can exhaust: with every connection of the main pool taken, a limit is still
+    enforced (the third request in the minute is refused)."""
+    clients = RedisClients(redis_url, max_connections=2, pool_timeout_s=0.2)
+    quotas = Quotas(clients, QuotaDefaults(rate_limit_per_minute=2, daily_budget_usd=1.0))
+    taken = [await clients.pool.get_connection() for _ in range(2)]  # type: ignore[no-untyped-call]
+    try:
+        p = principal()
+        await quotas.hit_rate_limit(p)
+        await quotas.hit_rate_limit(p)
+        with pytest.raises(RateLimitedError):
+            await quotas.hit_rate_limit(p)
+        assert not clients.breaker.open
+    finally:
+        for conn in taken:
+            await clients.pool.release(conn)
+        await quotas.aclose()
+        await clients.aclose()
