@@ -12,6 +12,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -44,9 +47,9 @@ def test_the_api_loads_no_workflow_activity_or_model_code(tmp_path: Path) -> Non
     assert loaded == {"import": [], "started": []}
 
 
-def test_no_import_cycles_between_first_party_modules() -> None:
-    """No cycle among first-party imports, lazy ones in functions included
-    (:mod:`tests.import_graph`, in a fresh interpreter)."""
+@pytest.fixture(scope="module")
+def import_graph() -> dict[str, list[Any]]:
+    """:mod:`tests.import_graph`'s findings, computed once in a fresh interpreter."""
     out = subprocess.run(
         [sys.executable, "-m", "tests.import_graph"],
         cwd=ROOT,
@@ -55,21 +58,20 @@ def test_no_import_cycles_between_first_party_modules() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    cycles = json.loads(out.stdout.strip().splitlines()[-1])["cycles"]
+    found: dict[str, list[Any]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_no_import_cycles_between_first_party_modules(import_graph: dict[str, list[Any]]) -> None:
+    """No cycle among first-party imports, lazy ones in functions included
+    (:mod:`tests.import_graph`, in a fresh interpreter)."""
+    cycles = import_graph["cycles"]
     assert cycles == [], f"import cycles: {cycles}"
 
 
-def test_no_layer_imports_a_layer_above_it() -> None:
+def test_no_layer_imports_a_layer_above_it(import_graph: dict[str, list[Any]]) -> None:
     """Each package imports only what :data:`tests.import_graph.FORBIDDEN_IMPORTS` allows:
     domain logic without Temporal, Redis or a model client, infrastructure never reaching up
     into activities or workflows, the API never loading workflow or activity code."""
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.import_graph"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    upward = json.loads(out.stdout.strip().splitlines()[-1])["upward"]
+    upward = import_graph["upward"]
     assert upward == [], "imports against the layering:\n" + "\n".join(upward)
