@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -62,6 +63,53 @@ STREAM_ERROR_EVENT: Final = "stream_error"
 """The SSE event name the API sends when a stream cannot go on (``api.streams.StreamError``)."""
 
 _EVENT = TypeAdapter[JobEvent](JobEvent)
+
+MAX_LINE_BYTES: Final = 1024 * 1024
+"""Longest line of the event stream the CLI reads, in bytes; a longer one ends the follow (the
+API's events are a few KiB; without a bound a broken server could fill the CLI's memory)."""
+
+MAX_UNKNOWN_EVENTS: Final = 1000
+"""Events in a row this CLI cannot read before it stops following (a stream that never sends
+one it knows would otherwise be read forever)."""
+
+
+class _BoundedLines(httpx.AsyncByteStream):
+    """The response body, refused once one line runs past :data:`MAX_LINE_BYTES`.
+
+    httpx-sse keeps an unfinished line in memory until its end arrives; this wrapper stops the
+    read first.
+    """
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        run = 0
+        async for chunk in self._inner:
+            end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            run = run + len(chunk) if end < 0 else len(chunk) - end - 1
+            if run > self._limit:
+                raise FollowError(
+                    f"the event stream sent a line over {self._limit // 1024} KiB; stopped reading"
+                )
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def cursor_key(event_id: str) -> tuple[int, int, int] | None:
+    """The order of an event id (``N`` or ``N:<ms>-<seq>``); ``None`` for another shape.
+
+    Ids of one job's stream increase: a durable offset, then the token events after it.
+    """
+    offset, _, token = event_id.partition(":")
+    ms, _, seq = token.partition("-")
+    try:
+        return int(offset), int(ms or 0), int(seq or 0)
+    except ValueError:
+        return None
 
 
 class FollowError(Exception):
@@ -128,10 +176,17 @@ class StreamReader:
                     if response.status_code != httpx.codes.SERVICE_UNAVAILABLE:
                         raise FollowError(f"the API refused the event stream: {problem}")
                     raise StreamDropped(problem, progressed=False)
+                if isinstance(response.stream, httpx.AsyncByteStream):
+                    response.stream = _BoundedLines(response.stream, MAX_LINE_BYTES)
+                unknown = 0
                 async for message in source.aiter_sse():
                     if not message.data:  # no data, no message (httpx-sse dispatches a keep-alive
                         continue  # comment as an empty message once an id was seen)
                     if message.id:
+                        key = cursor_key(message.id)
+                        last = cursor_key(self.last_id) if self.last_id is not None else None
+                        if key is not None and last is not None and key <= last:
+                            continue  # already shown (a server that ignored Last-Event-ID)
                         self.last_id = message.id
                     if message.event == STREAM_ERROR_EVENT:
                         # The API could not go on: the record may still say how the job
@@ -141,8 +196,18 @@ class StreamReader:
                     try:
                         event = _EVENT.validate_json(message.data)
                     except ValidationError:
-                        self.view.note(f"skipped an event this CLI does not know: {message.event}")
+                        unknown += 1
+                        if unknown >= MAX_UNKNOWN_EVENTS:
+                            raise FollowError(
+                                f"the stream sent {unknown} events in a row this CLI cannot "
+                                "read; stopped following"
+                            ) from None
+                        if unknown <= 3:
+                            self.view.note(
+                                f"skipped an event this CLI does not know: {message.event}"
+                            )
                         continue
+                    unknown = 0
                     progressed = True
                     terminal = isinstance(event, FinalResponse | ResponseError)
                     if terminal and event.offset is None:
@@ -152,11 +217,11 @@ class StreamReader:
                     self.view.show(event)
                     if isinstance(event, FinalResponse | ResponseError):
                         return event
+        except SSEError as exc:  # before TransportError: httpx-sse's error is one
+            raise StreamDropped(f"not an event stream ({exc})", progressed=False) from exc
         except httpx.TransportError as exc:
             problem = f"connection lost ({type(exc).__name__})"
             raise StreamDropped(problem, progressed=progressed) from exc
-        except SSEError as exc:
-            raise StreamDropped(f"not an event stream ({exc})", progressed=False) from exc
         ended = await ended_from_record(self.client, self.job_id)
         if ended is not None:
             self.view.show(ended)
@@ -263,11 +328,16 @@ async def ended_from_record(
         return None
     if not response.is_success:
         return None
-    job = response.json()
-    status = JobStatus(job["status"])
+    try:
+        job = response.json()
+        status = JobStatus(job["status"])
+        result = AgentResult.model_validate(job["result"]) if job.get("result") else None
+    except (ValueError, KeyError, TypeError) as exc:  # JSON, enum and model errors included
+        raise FollowError(
+            f"the API's job record is not one this CLI can read ({type(exc).__name__})"
+        ) from None
     if not status.is_terminal:
         return None
-    result = AgentResult.model_validate(job["result"]) if job.get("result") else None
     if status is JobStatus.COMPLETED and result is not None:
         return FinalResponse(
             job_id=job_id,

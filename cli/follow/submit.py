@@ -79,9 +79,16 @@ async def submit(body: dict[str, Any], options: SubmitOptions, console: Console)
         if not response.is_success:
             console.print(f"[red]the API refused the job: {escape(error_detail(response))}[/]")
             return 1
-        job = response.json()
-        job_id = str(job["job_id"])
-        console.print(f"job [bold]{job_id}[/] {job['status']}", highlight=False)
+        try:
+            job = response.json()
+            job_id, status = str(job["job_id"]), str(job["status"])
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not a job
+            console.print(
+                f"[red]the API at {escape(options.api_url)} answered {response.status_code} "
+                f"without a job ({type(exc).__name__}): is it agentflow's API?[/]"
+            )
+            return 1
+        console.print(f"job [bold]{job_id}[/] {escape(status)}", highlight=False)
         if not options.follow:
             console.print(
                 f"[dim]follow it: GET {options.api_url}/v1/jobs/{job_id}/events "
