@@ -27,8 +27,14 @@ events), so 500 stay far below Temporal's 51,200-event history limit."""
 class Settings(BaseSettings):
     """agentflow configuration. Every field can be set through the environment."""
 
+    # hide_input_in_errors: a refused value never reaches the error text (a mistyped
+    # DATABASE_URL or REDIS_URL carries its password, and start-up errors go to logs).
     model_config = SettingsConfigDict(
-        env_prefix="AGENTFLOW_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="AGENTFLOW_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     temporal_address: str | None = Field(

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
@@ -29,6 +30,7 @@ from core.catalog import ModelCatalog, ModelSpec
 from core.errors import ModelError, ModelRequestRejectedError, ModelUnavailableError
 from core.models import Tier
 from core.providers import MAX_PROVIDER_MESSAGE_CHARS, REDACTED, redact_secrets
+from core.settings import Settings
 from infra.providers import ChatMessage, OpenAICompatibleProvider, ProviderRegistry
 from infra.providers.simulated import SimulatedProvider
 from tests.helpers import serve_asgi
@@ -246,3 +248,22 @@ async def test_a_job_whose_endpoint_echoes_the_key_stores_and_shows_no_key(
         assert API_KEY not in text, where
         assert API_KEY[8:40] not in text, where
     assert len(record.error or "") <= MAX_MESSAGE_CHARS
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("DATABASE_URL", "postgres://bob:S3CRETPW@127.0.0.1:5432/test"),
+        ("REDIS_URL", "http://bob:S3CRETPW@cache:6379/0"),
+    ],
+)
+def test_a_refused_url_setting_never_shows_its_password(
+    field: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile probe: pydantic printed the refused value (``input_value=...``) in
+    the start-up error of the API, the worker and every CLI command."""
+    monkeypatch.setenv(field, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)
+    assert field in str(refused.value)
+    assert "S3CRETPW" not in str(refused.value)
