@@ -62,3 +62,10 @@ def test_compose_commands_import_modules_that_exist() -> None:
             assert hasattr(importlib.import_module(module), name), (module, name)
             found += 1
     assert found >= 1
+
+
+def test_compose_api_does_not_wait_for_open_event_streams_to_stop() -> None:
+    """Open SSE streams would hold uvicorn's shutdown until the engine kills it (found by a
+    hostile probe); readers resume with Last-Event-ID, so the API stops after a short grace."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert "--timeout-graceful-shutdown" in " ".join(services["api"]["command"])
