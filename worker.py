@@ -23,7 +23,13 @@ from temporalio.worker import Worker
 from threadpoolctl import threadpool_limits
 
 from activities.retention import RetentionActivities
-from activities.wiring import AgentActivities, TokenStreamSettings
+from activities.wiring import (
+    AgentActivities,
+    ModelActivities,
+    StageActivities,
+    TokenStreamSettings,
+    ToolActivities,
+)
 from core.catalog import ModelCatalog, load_catalog
 from core.logs import configure_logging
 from core.metrics import default_metrics, observe_cache, serve_worker_metrics, temporal_runtime
@@ -97,10 +103,11 @@ def build_activities(
         if coalesce
         else None
     )
-    activities = AgentActivities.build(
+    tools = builtin_registry(settings) if tools is None else tools
+    stages = StageActivities(
         catalog=catalog,
         providers=providers,
-        tools=builtin_registry(settings) if tools is None else tools,
+        tools=tools,
         cache=cache,
         store=store,
         response_cache_ttl_s=settings.response_cache_ttl_s,
@@ -111,11 +118,17 @@ def build_activities(
         semantic=semantic,
         semantic_ttl_s=settings.semantic_cache_ttl_s,
         component_cache_ttl_s=settings.component_cache_ttl_s,
-        coalescer=coalescer,
-        stream=TokenStreamSettings(
-            batch_ms=settings.stream_token_batch_ms,
-            batch_tokens=settings.stream_token_batch_tokens,
+    )
+    stream = TokenStreamSettings(
+        batch_ms=settings.stream_token_batch_ms,
+        batch_tokens=settings.stream_token_batch_tokens,
+    )
+    activities = AgentActivities(
+        stages=stages,
+        model=ModelActivities(
+            catalog=catalog, providers=providers, stream=stream, cache=cache, coalescer=coalescer
         ),
+        tools=ToolActivities(tools=tools, cache=cache, coalescer=coalescer),
     )
     return activities, cache, providers
 
