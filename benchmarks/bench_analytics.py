@@ -80,8 +80,6 @@ SETTLE_S = 1.0
 """How long the callers run before submissions are timed again (steady load), in seconds."""
 ROUNDS = 3
 """Alone and loaded blocks per case, alternating (each a third of the submissions)."""
-API_START_TIMEOUT_S = 60.0
-"""How long the API may take to answer ``/readyz``, in seconds."""
 HTTP_TIMEOUT_S = 120.0
 """Timeout of one HTTP call, in seconds (a starved API answers slowly, not never)."""
 
@@ -329,55 +327,17 @@ async def api_process(
     Raises:
         BenchStackError: the API exited or did not answer ``/readyz`` in time.
     """
-    from benchmarks.stack import BenchStackError
-    from cli.devstack import ChildProcess, free_port
-    from core.settings import PROJECT_ROOT
-
-    port = free_port()
     queue = f"bench-analytics-{uuid.uuid4().hex[:8]}"  # no worker: jobs are only started
-    env = stack.worker_env(
-        queue,
-        {
-            "DATABASE_URL": database_url,
-            "AGENTFLOW_AUTH_DISABLED": "false",
-            "AGENTFLOW_SEARCH_ATTRIBUTES": "off",
-            "AGENTFLOW_RATE_LIMIT_PER_MINUTE": "1000000",
-            "AGENTFLOW_DAILY_BUDGET_USD": "1000000",
-            **overrides,
-        },
-    )
-    slug = "".join(c if c.isalnum() else "-" for c in label)[:40]
-    child = ChildProcess.start(
-        f"api-{slug}",
-        [
-            sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log",
-        ],
-        stack.workdir / "logs" / f"api-analytics-{slug}-{port}.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + API_START_TIMEOUT_S
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            while True:
-                if child.proc.poll() is not None:
-                    raise BenchStackError(
-                        f"API exited with {child.proc.returncode}:\n{child.tail()}"
-                    )
-                try:
-                    if (await http.get(f"{url}/readyz")).status_code == httpx.codes.OK:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchStackError(f"API not ready in {API_START_TIMEOUT_S:g} s")
-                await asyncio.sleep(0.2)
+    env = {
+        "DATABASE_URL": database_url,
+        "AGENTFLOW_AUTH_DISABLED": "false",
+        "AGENTFLOW_SEARCH_ATTRIBUTES": "off",
+        "AGENTFLOW_RATE_LIMIT_PER_MINUTE": "1000000",
+        "AGENTFLOW_DAILY_BUDGET_USD": "1000000",
+        **overrides,
+    }
+    async with stack.api(f"analytics-{label}", queue, env) as url:
         yield url
-    finally:
-        child.stop(timeout_s=15)
 
 
 class Callers:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
 import uuid
 from collections import Counter
@@ -62,8 +61,7 @@ from temporalio.client import WorkflowHistory
 from api.schemas import JobCreate, JobPublic
 from benchmarks.context import BenchContext
 from benchmarks.report import BenchResult
-from benchmarks.stack import START_TIMEOUT_S, BenchStack, BenchStackError
-from cli.devstack import ChildProcess, free_port
+from benchmarks.stack import BenchStack, BenchStackError
 from core.events import (
     FinalResponse,
     InitialResponse,
@@ -74,7 +72,6 @@ from core.events import (
 )
 from core.ids import workflow_id_for
 from core.models import ContextItemCreate, Importance, JobStatus, TierChoice
-from core.settings import PROJECT_ROOT
 from workflows.agent import AgentWorkflow
 
 POLL_INTERVAL_S = 0.25
@@ -87,8 +84,6 @@ SMOKE_REPEATS = 1
 """Jobs per tier and kind in a smoke run (no warm-up): it only proves the benchmark runs."""
 JOB_TIMEOUT_S = 120.0
 """Longest one job may take before the benchmark gives up on it, in seconds."""
-API_START_TIMEOUT_S = START_TIMEOUT_S
-"""How long an API process may take to answer ``/readyz`` with 200, in seconds."""
 
 TIERS: tuple[TierChoice, ...] = ("small", "medium", "large", "auto")
 """The ``model_tier`` of each case."""
@@ -269,58 +264,16 @@ async def api_process(
     Raises:
         BenchStackError: the API exited or did not answer ``/readyz`` with 200 in time.
     """
-    port = free_port()
     label = "on" if stream_tokens else "off"
-    env = stack.worker_env(
-        task_queue,
-        {
-            "AGENTFLOW_AUTH_DISABLED": "true",
-            "AGENTFLOW_STREAM_TOKENS": "true" if stream_tokens else "false",
-            "AGENTFLOW_SEARCH_ATTRIBUTES": "off",
-            "AGENTFLOW_RATE_LIMIT_PER_MINUTE": "100000",
-            "AGENTFLOW_DAILY_BUDGET_USD": "100000",
-        },
-    )
-    child = ChildProcess.start(
-        f"api-tokens-{label}",
-        [
-            sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log",
-        ],
-        stack.workdir / "logs" / f"api-tokens-{label}-{port}.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await _wait_ready(url, child)
+    env = {
+        "AGENTFLOW_AUTH_DISABLED": "true",
+        "AGENTFLOW_STREAM_TOKENS": "true" if stream_tokens else "false",
+        "AGENTFLOW_SEARCH_ATTRIBUTES": "off",
+        "AGENTFLOW_RATE_LIMIT_PER_MINUTE": "100000",
+        "AGENTFLOW_DAILY_BUDGET_USD": "100000",
+    }
+    async with stack.api(f"tokens-{label}", task_queue, env) as url:
         yield Api(url=url, stream_tokens=stream_tokens)
-    finally:
-        child.stop(timeout_s=15)
-
-
-async def _wait_ready(url: str, child: ChildProcess) -> None:
-    deadline = time.monotonic() + API_START_TIMEOUT_S
-    last = "no answer yet"
-    async with httpx.AsyncClient(timeout=5.0) as http:
-        while True:
-            if child.proc.poll() is not None:
-                raise BenchStackError(
-                    f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}"
-                )
-            try:
-                response = await http.get(f"{url}/readyz")
-                if response.status_code == httpx.codes.OK:
-                    return
-                last = f"HTTP {response.status_code}: {response.text[:300]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            if time.monotonic() > deadline:
-                raise BenchStackError(
-                    f"{child.name} not ready within {API_START_TIMEOUT_S:g} s: {last}"
-                )
-            await asyncio.sleep(0.2)
 
 
 def job_body(tier: TierChoice) -> JobCreate:

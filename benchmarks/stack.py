@@ -214,6 +214,64 @@ class BenchStack:
         return env
 
     @asynccontextmanager
+    async def api(
+        self, name: str, task_queue: str, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[str]:
+        """Run ``uvicorn api.app:create_app`` for the block, starting jobs on ``task_queue``.
+
+        Args:
+            name: used in the process's name and log file.
+            task_queue: where the API starts jobs.
+            env: settings overrides (auth, quotas, database), as for :meth:`worker_env`.
+
+        Yields:
+            The API's base URL, once ``/readyz`` answered 200.
+
+        Raises:
+            BenchStackError: the API exited or was not ready within :data:`START_TIMEOUT_S`.
+        """
+        import httpx
+
+        port = free_port()
+        slug = "".join(c if c.isalnum() else "-" for c in name)[:40]
+        child = ChildProcess.start(
+            f"api-{slug}",
+            [
+                sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                "--no-access-log",
+            ],
+            self.workdir / "logs" / f"api-{slug}-{port}.log",
+            env=self.worker_env(task_queue, env),
+            cwd=PROJECT_ROOT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            last = "no answer yet"
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                while True:
+                    if child.proc.poll() is not None:
+                        raise BenchStackError(
+                            f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}"
+                        )
+                    try:
+                        response = await http.get(f"{url}/readyz")
+                        if response.status_code == httpx.codes.OK:
+                            break
+                        last = f"HTTP {response.status_code}: {response.text[:300]}"
+                    except httpx.HTTPError as exc:
+                        last = repr(exc)
+                    if time.monotonic() > deadline:
+                        raise BenchStackError(
+                            f"{child.name} not ready within {START_TIMEOUT_S:g} s: {last}"
+                        )
+                    await asyncio.sleep(0.2)
+            yield url
+        finally:
+            child.stop(timeout_s=15)
+
+    @asynccontextmanager
     async def workers(
         self,
         count: int = 1,
