@@ -28,9 +28,6 @@ from infra.jobs import JobRecord
 
 log = logging.getLogger(__name__)
 
-QUERY_TIMEOUT_S = 5.0
-"""How long a progress query may wait for a worker before the API falls back, in seconds."""
-
 CLOSED_STATUS = {
     WorkflowExecutionStatus.COMPLETED: JobStatus.COMPLETED,
     WorkflowExecutionStatus.FAILED: JobStatus.FAILED,
@@ -189,7 +186,8 @@ async def read_job(state: AppState, job_id: str) -> JobPublic:
     handle = client.get_workflow_handle(workflow_id_for(job_id), result_type=AgentResult)
     try:
         progress = await asyncio.wait_for(
-            handle.query(PROGRESS_QUERY, result_type=AgentProgress), timeout=QUERY_TIMEOUT_S
+            handle.query(PROGRESS_QUERY, result_type=AgentProgress),
+            timeout=state.settings.progress_query_timeout_s,
         )
     except (RPCError, TimeoutError, WorkflowQueryFailedError, StoreUnavailableError) as exc:
         # A query fails when no worker answers, and also when its (large) answer cannot be

@@ -231,6 +231,15 @@ class Settings(BaseSettings):
     """How long ``POST /v1/jobs/{id}/approval`` waits for a worker to take the decision (for
     example while workers restart) before answering 503; a retry with the same body returns the
     same outcome."""
+    sticky_queue_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long a workflow task waits on a worker's sticky queue before any worker may take it,
+    in seconds (Temporal's ``sticky_queue_schedule_to_start_timeout``): after a worker dies, its
+    open jobs resume elsewhere this much later. Lower means faster recovery and more replays
+    when a live worker is briefly slow."""
+    progress_query_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long a read of a running job (``GET /v1/jobs/{id}``, and the ownership check of a
+    decision or cancel) waits for a worker to answer its progress query before answering from
+    the job record instead, in seconds."""
     default_max_context_tokens: int = Field(default=4000, gt=0)
     """Token budget for context when a request names none."""
 

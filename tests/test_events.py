@@ -615,6 +615,10 @@ def worker_env(settings: Settings, latency_scale: float) -> dict[str, str]:
         "AGENTFLOW_TASK_QUEUE": settings.task_queue,
         "AGENTFLOW_SQL_DATABASE_PATH": str(settings.sql_database_path),
         "AGENTFLOW_SIMULATED_LATENCY_SCALE": str(latency_scale),
+        # A killed worker's jobs move on after 2 s, not the default 10 s of waiting.
+        "AGENTFLOW_STICKY_QUEUE_TIMEOUT_S": "2",
+        # A retry waits out a killed attempt's coalescing lease (3 s here, 10 s by default).
+        "AGENTFLOW_COALESCE_LEASE_S": "3",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -642,7 +646,10 @@ async def test_worker_killed_mid_stream_loses_and_repeats_no_text(
                         break
                 first.send_signal(signal.SIGKILL)
                 first.wait(timeout=10)
-                with worker_process(env, log):
+                # The retry streams a whole new revision, faster: what is tested is what a
+                # client assembles across the two, not how long the second takes.
+                faster = {**env, "AGENTFLOW_SIMULATED_LATENCY_SCALE": "0.2"}
+                with worker_process(faster, log):
                     async for message in messages:  # the same connection: still open
                         received.append(Received(message, EVENT.validate_json(message.data)))
                         if received[-1].event.type in TERMINAL_EVENTS:

@@ -60,6 +60,9 @@ def stack_spec() -> StackSpec:
             "max_request_bytes": MAX_REQUEST_BYTES,
             "rate_limit_per_minute": 100_000,
             "daily_budget_usd": 1_000.0,
+            # No worker answers progress queries here: reads of a running job (the cancel's
+            # ownership check) fall back to the record at once instead of after 5 s.
+            "progress_query_timeout_s": 0.2,
         },
         worker=False,
     )
