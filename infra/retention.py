@@ -46,21 +46,10 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, and_, delete, func, select
 from sqlmodel import SQLModel
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
-)
 
 from core.models import JobStatus
 from core.retention import (
@@ -73,6 +62,9 @@ from core.settings import Settings
 from infra.db import translate_errors
 from infra.jobs import JobRecord
 from infra.payloads import BlobRecord, PayloadRecord
+
+if TYPE_CHECKING:  # the Schedule's helpers import temporalio when called; a dry run needs none
+    from temporalio.client import Client, Schedule
 
 OPEN_STATUSES = tuple(s.value for s in JobStatus if not s.is_terminal)
 """Job statuses that never expire (running, awaiting approval); every other status is terminal.
@@ -235,6 +227,15 @@ def retention_schedule(settings: Settings) -> Schedule:
     next one skip (overlap policy SKIP); runs missed while the server was down are not made up
     beyond one interval (the next run deletes the same rows).
     """
+    from temporalio.client import (
+        Schedule,
+        ScheduleActionStartWorkflow,
+        ScheduleIntervalSpec,
+        ScheduleOverlapPolicy,
+        SchedulePolicy,
+        ScheduleSpec,
+    )
+
     interval = timedelta(seconds=settings.retention_interval_s)
     return Schedule(
         action=ScheduleActionStartWorkflow(
@@ -265,6 +266,8 @@ async def ensure_retention_schedule(client: Client, settings: Settings) -> str:
     Raises:
         temporalio.service.RPCError: the server refused or could not be reached.
     """
+    from temporalio.client import ScheduleAlreadyRunningError, ScheduleUpdate, ScheduleUpdateInput
+
     schedule = retention_schedule(settings)
     try:
         await client.create_schedule(RETENTION_SCHEDULE_ID, schedule)

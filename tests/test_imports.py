@@ -9,6 +9,7 @@ and tens of MB per API process).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,41 @@ def test_no_layer_imports_a_layer_above_it(import_graph: dict[str, list[Any]]) -
     into activities or workflows, the API never loading workflow or activity code."""
     upward = import_graph["upward"]
     assert upward == [], "imports against the layering:\n" + "\n".join(upward)
+
+
+_CLI_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from cli.main import app
+
+result = CliRunner().invoke(app, {args!r})
+heavy = {heavy!r}
+loaded = sorted({{h for h in heavy for m in sys.modules if m == h or m.startswith(h + ".")}})
+print(json.dumps({{"exit": result.exit_code, "loaded": loaded}}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "heavy"),
+    [
+        (["--help"], ("temporalio", "sqlalchemy", "numpy", "workflows", "activities")),
+        (
+            ["retention", "run", "--dry-run"],
+            ("temporalio.client", "temporalio.worker", "numpy", "workflows", "activities"),
+        ),
+    ],
+    ids=["help", "retention-dry-run"],
+)
+def test_cli_commands_import_only_what_they_use(
+    tmp_path: Path, args: list[str], heavy: tuple[str, ...]
+) -> None:
+    """Commands import where they use a module (start-up under 1.5 s): ``--help`` loads no
+    Temporal or database code, and a dry retention run reads the database without Temporal's
+    client (the payload tables name its protobuf ``Payload``, which is cheap)."""
+    script = _CLI_SCRIPT.format(args=args, heavy=heavy)
+    env = {**os.environ, "AGENTFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"exit": 0, "loaded": []}
