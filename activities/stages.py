@@ -91,6 +91,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FIRST_RECORD_WAIT_S = 2.0
+"""How long ``prepare_job`` waits, once its own work is done, for the job's first record to be
+written (seconds) before reporting it unwritten, so the workflow writes it through its own path."""
+
 
 class StageActivities:
     """Cache lookup, tool planning, model selection, compression and the job record.
@@ -167,16 +171,49 @@ class StageActivities:
 
     @activity.defn(name="prepare_job")
     async def prepare_job(self, inp: PrepareJobInput) -> PrepareJobResult:
-        """The front of a job in one local activity: cache lookup, then plan, then tier.
+        """The front of a job in one local activity: cache lookup, plan, tier, first record.
 
-        One local activity instead of three saves two round trips between the workflow and the
+        One local activity instead of four saves three round trips between the workflow and the
         activity worker inside the job's first workflow task. Selection runs after planning so
-        it sees the planned tools.
+        it sees the planned tools. The first record (``inp.record``) is written in a thread
+        while the rest runs; a write that fails is reported (``recorded=False``), never raised,
+        so the lookup is not repeated for it: the workflow writes the record itself then.
 
         Returns:
             The cache lookup; on a miss also the tool plan and the model selection, and each
-            part's wall time in ms.
+            part's wall time in ms; whether the first record was written.
         """
+        if inp.record is None:
+            return await self._prepare(inp)
+        write = asyncio.create_task(self._write_first_record(inp.record))
+        try:
+            prepared = await self._prepare(inp)
+        except BaseException:
+            write.cancel()  # the retry writes it again (a write of the same revision is a no-op)
+            raise
+        try:
+            # A slow database does not hold the job's front: past this, the workflow writes the
+            # record itself (a second write of the same revision changes nothing).
+            prepared.recorded = await asyncio.wait_for(write, FIRST_RECORD_WAIT_S)
+        except TimeoutError:
+            log.warning("job %s: first record still being written", inp.record.result.job_id)
+        return prepared
+
+    async def _write_first_record(self, inp: RecordJobInput) -> bool:
+        """Write the job's first record; ``False`` when the database did not take it (logged)."""
+        try:
+            await self._write_record(inp, inp.result)
+        except AgentflowError as exc:
+            log.warning(
+                "job %s: first record not written (%s); the workflow writes it again",
+                inp.result.job_id,
+                exc.type.value,
+            )
+            return False
+        return True
+
+    async def _prepare(self, inp: PrepareJobInput) -> PrepareJobResult:
+        """Cache lookup, then (on a miss) plan and selection; see :meth:`prepare_job`."""
         req = inp.request
         durations: dict[str, float] = {}
         started = time.perf_counter()
@@ -414,21 +451,29 @@ class StageActivities:
         if result.status.is_terminal:
             result = await self.answers.store(inp, result)
         try:
-            await asyncio.to_thread(
-                functools.partial(
-                    self.store.record,
-                    result,
-                    revision=inp.revision,
-                    request=inp.request,
-                    created_at=inp.created_at,
-                    idempotency_key=inp.idempotency_key,
-                    request_hash=inp.request_hash,
-                    owner=inp.owner,
-                    events_json=inp.events_json,
-                )
-            )
+            await self._write_record(inp, result)
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
+
+    async def _write_record(self, inp: RecordJobInput, result: AgentResult) -> None:
+        """Write ``result`` with ``inp``'s identity fields to the job database (in a thread).
+
+        Raises:
+            AgentflowError: ``StoreUnavailableError`` or ``StoreRejectedError`` from the store.
+        """
+        await asyncio.to_thread(
+            functools.partial(
+                self.store.record,
+                result,
+                revision=inp.revision,
+                request=inp.request,
+                created_at=inp.created_at,
+                idempotency_key=inp.idempotency_key,
+                request_hash=inp.request_hash,
+                owner=inp.owner,
+                events_json=inp.events_json,
+            )
+        )
         observe_job(result)  # after the write: a retried write is counted once
 
     def answer_ttl_s(self, result: AgentResult) -> tuple[int | None, str | None]:

@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         PlannedToolCall,
         PrepareJobInput,
         PrepareJobResult,
+        RecordJobInput,
         SelectModelResult,
         Stage,
         ToolFailure,
@@ -83,6 +84,11 @@ PATCH_CORE_V2 = "agentflow-core-v2"
 """The v2 shape's patch id, deprecated (``workflow.deprecate_patch``): histories recorded since
 v2 carry its marker and still replay; v1 histories (without it) no longer do. Remove the call in
 the release after 0.2.0, when no execution started before 0.2.0 can be open."""
+
+PATCH_RECORD_IN_PREPARE = "agentflow-record-in-prepare"
+"""``workflow.patched`` id of writing the job's first record inside ``prepare_job`` instead of
+a local activity of its own beside it (one local activity fewer per job); executions started
+before it replay the separate write."""
 
 PATCH_KEEP_RECORDED_OUTCOME = "agentflow-keep-recorded-outcome"
 """``workflow.patched`` id of ignoring a cancel that arrives after the outcome was recorded
@@ -183,11 +189,17 @@ class AgentWorkflow:
     async def _pipeline(self, inp: AgentWorkflowInput) -> AgentResult:
         """The stages in order, each taking what the ones before it gave."""
         state, progress = self._state, self._state.progress
-        # 1-3: response cache, tool plan, model selection (one local activity), beside the
-        # job's first projection (RUNNING, with the request).
-        self._projection.write()
+        # 1-3: response cache, tool plan, model selection (one local activity), which also
+        # writes the job's first projection (RUNNING, with the request).
+        first_record = None
+        if workflow.patched(PATCH_RECORD_IN_PREPARE):
+            first_record = self._projection.next_record()
+        else:
+            self._projection.write()
         self._clock.enter(Stage.RESPONSE_CACHE)
-        prepared = await prepare_job(inp)
+        prepared = await prepare_job(inp, first_record)
+        if first_record is not None and not prepared.recorded:
+            self._projection.schedule(first_record)  # the database did not take it: retried
         self._clock.ran_elsewhere(prepared.duration_ms)
         cached = self._take_cache_check(prepared)
         if cached is not None:
@@ -369,16 +381,23 @@ class AgentWorkflow:
         return result.model_copy(update={"timings": list(progress.timings)})
 
 
-async def prepare_job(inp: AgentWorkflowInput) -> PrepareJobResult:
+async def prepare_job(inp: AgentWorkflowInput, record: RecordJobInput | None) -> PrepareJobResult:
     """Cache lookup, tool plan and model selection: the ``prepare_job`` local activity.
+
+    It also writes ``record`` (the job's first projection) when given.
 
     Returns:
         The cache check (with the hit, if any), and on a miss the plan and the selection, with
-        each part's duration.
+        each part's duration; whether ``record`` was written.
     """
     return await workflow.execute_local_activity_method(
         StageActivities.prepare_job,
-        PrepareJobInput(request=inp.request, owner=inp.owner, approval_policy=inp.approval_policy),
+        PrepareJobInput(
+            request=inp.request,
+            owner=inp.owner,
+            approval_policy=inp.approval_policy,
+            record=record,
+        ),
         start_to_close_timeout=policies.PLAN_TIMEOUT,
         retry_policy=policies.LOCAL_QUICK_RETRY,
     )

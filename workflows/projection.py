@@ -42,9 +42,7 @@ class JobProjection:
         """Write the job's current state to the database after the previous write finishes.
 
         Writes run one at a time in order, beside the stages; only the final one is awaited.
-        The first (RUNNING, written beside ``prepare_job``) carries the request; every write
-        carries the start time, the idempotency key, the request hash and the owner; the terminal
-        one also the budget reservation to settle and the job's whole event stream.
+        See :meth:`next_record` for what each write carries.
 
         Args:
             result: the terminal result to record (``None``: the state's current status).
@@ -53,6 +51,27 @@ class JobProjection:
 
         Returns:
             The write's task (awaited only for the terminal write).
+        """
+        return self.schedule(self.next_record(result=result, events_json=events_json))
+
+    def schedule(self, record: RecordJobInput) -> asyncio.Task[None]:
+        """Write ``record`` (from :meth:`next_record`) after the previous write finishes."""
+        state = self._state
+        state.projection = asyncio.create_task(_write_after(state.projection, record))
+        return state.projection
+
+    def next_record(
+        self, *, result: AgentResult | None = None, events_json: str | None = None
+    ) -> RecordJobInput:
+        """The job's next record, with the next revision number, not yet written.
+
+        The first (RUNNING, written inside ``prepare_job``) carries the request; every record
+        carries the start time, the idempotency key, the request hash and the owner; the terminal
+        one also the budget reservation to settle and the job's whole event stream.
+
+        Args:
+            result: the terminal result to record (``None``: the state's current status).
+            events_json: the job's whole event stream as a JSON array, with the terminal result.
         """
         state = self._state
         state.record_revision += 1
@@ -77,8 +96,7 @@ class JobProjection:
                     record.semantic_namespace = state.semantic_namespace
             if state.record_revision == 1:
                 record.request = inp.request
-        state.projection = asyncio.create_task(_write_after(state.projection, record))
-        return state.projection
+        return record
 
     def upsert_search_attributes(self, status: JobStatus) -> None:
         """Upsert the ``Agent*`` search attributes when the job sets them and they changed.

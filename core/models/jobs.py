@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from core.models.approvals import ApprovalPolicy
 from core.models.cache import CheckResponseCacheResult
+from core.models.progress import RecordJobInput
 from core.models.requests import AgentRequest
 from core.models.selection import SelectModelResult
 from core.models.tools import PlanToolsResult
@@ -59,6 +60,10 @@ class PrepareJobInput(BaseModel):
     approval_policy: ApprovalPolicy | None = None
     """The job's approval policy: a cached answer whose tools or cost the policy gates now is
     not served (``None``: jobs started before this field; only ``require_approval`` gates)."""
+    record: RecordJobInput | None = None
+    """The job's first record (RUNNING, with the request), written beside the lookup so the job
+    needs no local activity of its own for it (``None``: the workflow writes it itself, as jobs
+    started before this field do)."""
 
 
 class PrepareJobResult(BaseModel):
@@ -72,3 +77,6 @@ class PrepareJobResult(BaseModel):
     plan: PlanToolsResult | None = None
     selection: SelectModelResult | None = None
     duration_ms: dict[str, float] = Field(default_factory=dict)
+    recorded: bool = False
+    """Whether ``PrepareJobInput.record`` was written; ``False`` also when the database was
+    unavailable or refused it (the workflow then writes it through its usual path)."""
