@@ -6,15 +6,15 @@ the domain modules (:mod:`domain.prepare`, :mod:`domain.cache_guard`, :mod:`doma
 at the boundary.
 
 CPU stays off the worker's event loop, where one slow call would stall every other job on the
-worker: ``select_model`` and ``compress_context`` are synchronous activities that the worker runs
-in its thread pool; ``plan_tools`` is async for the model planner's HTTP call and runs the rules
-planner in a thread; ``record_job`` writes the database from a thread. Inputs are bounded by the
-request limits (query 20,000 characters, 200 context items, 64 tool calls, tool results capped by
-each tool).
+worker: ``compress_context`` is a synchronous activity that the worker runs in its thread pool,
+``prepare_job`` runs selection in a thread, ``plan_tools`` is async for the model planner's HTTP
+call and runs the rules planner in a thread, and ``record_job`` writes the database from a
+thread. Inputs are bounded by the request limits (query 20,000 characters, 200 context items, 64
+tool calls, tool results capped by each tool).
 
-The activity names are deployed names and never change. ``check_response_cache``,
-``plan_tools`` and ``select_model`` were the v1 shape's regular activities; v1 is retired
-(CHANGELOG 0.2.0) and they go with the ``deprecate_patch`` call. The answer caches' Redis side
+The activity names are deployed names and never change. ``plan_tools`` and ``select_model``,
+registered as activities by the v1 shape, are plain methods since 0.3.0 (CHANGELOG), called by
+``prepare_job``. The answer caches' Redis side
 (lookup, component level, storing answers) is :class:`infra.cache.answers.AnswerCache`.
 """
 
@@ -38,7 +38,6 @@ from core.models import (
     AgentResult,
     BudgetReservation,
     CacheLevel,
-    CheckResponseCacheResult,
     CompressContextInput,
     CompressContextResult,
     ContextItem,
@@ -49,7 +48,6 @@ from core.models import (
     PrepareJobInput,
     PrepareJobResult,
     RecordJobInput,
-    ResponseCacheKeyInput,
     SelectModelInput,
     SelectModelResult,
     Stage,
@@ -155,18 +153,6 @@ class StageActivities:
         self.response_cache_ttl_s = response_cache_ttl_s
         self.planner_timeout_s = planner_timeout_s
 
-    # ------------------------------------------------------------------ response cache
-
-    @activity.defn(name="check_response_cache")
-    async def check_response_cache(self, inp: ResponseCacheKeyInput) -> CheckResponseCacheResult:
-        """Look the request up in the response level (exact match only).
-
-        Returns:
-            The cache key (used later to store the answer) and the cached answer on a hit. An
-            unreachable Redis is reported in ``error`` and treated as a miss, never as a failure.
-        """
-        return await self.answers.check(inp)
-
     # ------------------------------------------------------------------ prepare
 
     @activity.defn(name="prepare_job")
@@ -260,7 +246,6 @@ class StageActivities:
 
     # ------------------------------------------------------------------ planning
 
-    @activity.defn(name="plan_tools")
     async def plan_tools(self, inp: PlanToolsInput) -> PlanToolsResult:
         """Validate the request's tool calls and add the planner's proposals.
 
@@ -297,7 +282,6 @@ class StageActivities:
 
     # ------------------------------------------------------------------ selection
 
-    @activity.defn(name="select_model")
     def select_model(self, inp: SelectModelInput) -> SelectModelResult:
         """Pick a tier with this worker's router (see :mod:`domain.routing`).
 

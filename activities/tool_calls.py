@@ -3,8 +3,7 @@
 ``run_tools`` runs a batch of calls concurrently inside one activity, each with its own timeout,
 its own cache entry and its own result; the workflow groups a job's parallel-safe calls into at
 most ``TOOL_FANOUT_WIDTH`` batches (see :mod:`workflows.policies` for the measurement behind it).
-``run_tool`` was the v1 shape's single-call activity; v1 is retired (CHANGELOG 0.2.0) and the
-activity goes with the ``deprecate_patch`` call.
+``run_tool``, the v1 shape's single-call activity, is gone since 0.3.0 (CHANGELOG).
 
 Result size: each tool caps its own output (``http_get`` by bytes, ``sql_query`` by rows, the
 others by construction); results are returned inline and the data converter's external storage
@@ -25,7 +24,6 @@ from core.errors import ToolCallInvalidError, ToolError, ToolTransientError
 from core.metrics import observe_coalesced
 from core.models import (
     CacheLevel,
-    RunToolInput,
     RunToolsInput,
     RunToolsResult,
     ToolCall,
@@ -75,11 +73,6 @@ class ToolActivities:
                 *(self._run_one(call, inp.raise_transient) for call in inp.calls)
             )
         return RunToolsResult(results=list(results))
-
-    @activity.defn(name="run_tool")
-    async def run_tool(self, inp: RunToolInput) -> ToolResult:
-        """One call (the v1 activity): like ``run_tools`` with ``raise_transient`` set."""
-        return await self._run_one(inp.call, raise_transient=True)
 
     async def _run_one(self, call: ToolCall, raise_transient: bool) -> ToolResult:
         started = time.perf_counter()

@@ -32,14 +32,10 @@ class AgentActivities:
         s = self.stages
         return [
             s.prepare_job,
-            s.check_response_cache,
-            s.plan_tools,
-            s.select_model,
             s.compress_context,
             s.record_job,
             self.model.generate_answer,
             self.tools.run_tools,
-            self.tools.run_tool,
         ]
 
 

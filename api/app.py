@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version as package_version
 
 from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="agentflow",
-        version="0.2.0",
+        version=package_version("agentflow"),
         description="Durable LLM agent requests on Temporal.",
         lifespan=lifespan,
     )

@@ -41,6 +41,7 @@ from core.auth import Principal
 from core.errors import BudgetExceededError, RateLimitedError, ToolCallInvalidError
 from core.ids import AGENT_WORKFLOW_TYPE, job_id_for, request_hash, workflow_id_for
 from core.models import (
+    CURRENT_SHAPE,
     AgentRequest,
     AgentResult,
     AgentWorkflowInput,
@@ -214,6 +215,7 @@ async def submit_job(
                 approval_policy=approval_policy(settings),
                 stream_tokens=settings.stream_tokens,
                 search_attributes=indexed,
+                shape=CURRENT_SHAPE,
             ),
             id=workflow_id_for(job_id),
             task_queue=settings.task_queue,

@@ -50,6 +50,7 @@ from cli.devstack import (
 )
 from core.ids import DECIDE_UPDATE, PROGRESS_QUERY, workflow_id_for
 from core.models import (
+    CURRENT_SHAPE,
     AgentProgress,
     AgentRequest,
     AgentResult,
@@ -367,7 +368,9 @@ class BenchStack:
         """
         assert self.client is not None
         job_id = job_id or uuid.uuid4().hex
-        inp = AgentWorkflowInput(job_id=job_id, request=request, draft_enabled=draft)
+        inp = AgentWorkflowInput(
+            job_id=job_id, request=request, draft_enabled=draft, shape=CURRENT_SHAPE
+        )
         needs_approval = request.require_approval or any(
             c.name in self._approval_tools for c in request.tool_calls
         )

@@ -1,13 +1,15 @@
 """Replay: recorded histories must replay against today's workflow code.
 
-The v1 shape (before the v2 core: nine regular activities, the ``approve`` signal) is retired:
-``tests/histories_retired/v1_happy_path.json`` shows that its histories no longer replay.
-``v2_*.json`` are recorded from today's shape with
-``make histories`` (``AGENTFLOW_SAVE_HISTORIES=1 pytest tests/test_workflow.py``);
-``v2_token_signals_*.json`` were recorded before token events moved to Redis and the terminal
-record stored the job's stream (kept: jobs in flight across that upgrade). A change that
-makes ``AgentWorkflow`` non-deterministic for any of them fails here; such a change needs
-``workflow.patched``. The Replayer uses the same ``AgentflowPlugin`` as the worker.
+``tests/histories/v2_*.json`` are recorded from today's shape (``AgentWorkflowInput.shape`` 1)
+with ``make histories``; ``v2_pre021_*.json`` by 0.2.0 (shape 0: the first record is a local
+activity of its own; jobs in flight across the upgrade to 0.3.0 replay them). A change that makes
+``AgentWorkflow`` non-deterministic for any of them fails here; README, "Changing workflow
+code", says how to make one. The Replayer uses the same ``AgentflowPlugin`` as the worker.
+
+Retired (``tests/histories_retired``): the v1 shape (0.2.0 removed its code) and the histories
+recorded by 0.1.x, whose ``agentflow-core-v2`` patch marker is not deprecated (0.3.0 removed the
+``deprecate_patch`` call 0.2.0 made); both no longer replay, which is why the CHANGELOG says to
+pass through 0.2.x and let older jobs finish.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 def test_histories_are_checked_in() -> None:
     names = {p.stem for p in HISTORIES}
     assert {"v2_happy_path", "v2_approved", "v2_expired", "v2_escalated"} <= names
-    # Recorded by the code before the structure step (the workflow's mixins, dfea97c): jobs
-    # started by that code must finish on today's workflow.
-    assert {"v2_pre020_happy_path", "v2_pre020_approved", "v2_pre020_parallel_tools"} <= names
+    # Recorded by 0.2.0 (shape 0): jobs started by it must finish on today's workflow.
+    assert {"v2_pre021_happy_path", "v2_pre021_approved", "v2_pre021_parallel_tools"} <= names
     assert not any(name.startswith("v1_") for name in names), "v1 is retired (CHANGELOG 0.2.0)"
 
 
@@ -44,12 +45,19 @@ async def test_recorded_history_replays(name: str, text: str, plugin: AgentflowP
     await Replayer(workflows=[], plugins=[plugin]).replay_workflow(history)
 
 
-async def test_a_retired_v1_history_no_longer_replays(plugin: AgentflowPlugin) -> None:
-    """The v1 shape is retired (``PATCH_CORE_V2`` deprecated, its code removed): a v1 history
-    fails replay as non-deterministic, which is why CHANGELOG 0.2.0 says to let v1 jobs end
-    before upgrading."""
-    path = Path(__file__).parent / "histories_retired" / "v1_happy_path.json"
-    history = WorkflowHistory.from_json("agent-v1", path.read_text())
+RETIRED = sorted((Path(__file__).parent / "histories_retired").glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [(p.stem, p.read_text()) for p in RETIRED], ids=[p.stem for p in RETIRED]
+)
+async def test_a_retired_history_no_longer_replays(
+    name: str, text: str, plugin: AgentflowPlugin
+) -> None:
+    """v1 histories (CHANGELOG 0.2.0) and 0.1.x histories with the non-deprecated
+    ``agentflow-core-v2`` marker (CHANGELOG 0.3.0) fail replay as non-deterministic: the reason
+    the upgrade notes say to let such jobs end before upgrading."""
+    history = WorkflowHistory.from_json(f"agent-{name}", text)
     result = await Replayer(workflows=[], plugins=[plugin]).replay_workflow(
         history, raise_on_replay_failure=False
     )

@@ -20,7 +20,14 @@ from temporalio.worker import Worker
 from activities.wiring import AgentActivities
 from core.catalog import ModelCatalog
 from core.errors import ToolTransientError
-from core.models import AgentProgress, AgentRequest, AgentResult, AgentWorkflowInput, Stage
+from core.models import (
+    CURRENT_SHAPE,
+    AgentProgress,
+    AgentRequest,
+    AgentResult,
+    AgentWorkflowInput,
+    Stage,
+)
 from core.settings import Settings
 from core.tools import Tool, ToolMetadata, ToolRegistry
 from infra.cache import RedisCache
@@ -110,7 +117,8 @@ class Harness:
         """Start ``AgentWorkflow`` for ``request`` as the API does (nothing written first)."""
         job_id = job_id or uuid.uuid4().hex
         workflow_id = f"agent-{job_id}"
-        inp = AgentWorkflowInput(job_id=job_id, request=request, **overrides)  # type: ignore[arg-type]
+        fields: dict[str, object] = {"shape": CURRENT_SHAPE, **overrides}
+        inp = AgentWorkflowInput(job_id=job_id, request=request, **fields)  # type: ignore[arg-type]
         return await self.client.start_workflow(
             AgentWorkflow.run, inp, id=workflow_id, task_queue=self.task_queue
         )

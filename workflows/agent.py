@@ -31,11 +31,11 @@ Stages 1-3 run in the first workflow task, beside the job's first projection (RU
 workflow is deterministic: no clock but ``workflow.now()``, no I/O, settings arrive in the input
 or from activity results.
 
-Versioning (README, "Changing workflow code"): a change to what the workflow commands is made
-behind ``workflow.patched``; once no execution from before it can be open, the old branch goes
-and the patch is deprecated (``workflow.deprecate_patch``), then removed a release later. The v1
-shape (before ``agentflow-core-v2``) is retired this way: its code and histories are gone, and
-``PATCH_CORE_V2`` is deprecated (CHANGELOG.md says which release to pass through).
+Versioning (README, "Changing workflow code"): a change to what every job commands is keyed by
+the input's ``shape`` (set by the starter: no marker, no search-attribute upsert per job); a
+change on a rare path is made behind ``workflow.patched``. Once no execution from before a
+change can be open, its old branch goes. The v1 shape is retired (0.2.0) and its deprecated
+``agentflow-core-v2`` patch call removed (0.3.0).
 """
 
 from __future__ import annotations
@@ -80,15 +80,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.state import JobState
     from workflows.tool_fanout import ToolFanout
 
-PATCH_CORE_V2 = "agentflow-core-v2"
-"""The v2 shape's patch id, deprecated (``workflow.deprecate_patch``): histories recorded since
-v2 carry its marker and still replay; v1 histories (without it) no longer do. Remove the call in
-the release after 0.2.0, when no execution started before 0.2.0 can be open."""
-
-PATCH_RECORD_IN_PREPARE = "agentflow-record-in-prepare"
-"""``workflow.patched`` id of writing the job's first record inside ``prepare_job`` instead of
-a local activity of its own beside it (one local activity fewer per job); executions started
-before it replay the separate write."""
+SHAPE_RECORD_IN_PREPARE = 1
+"""From this ``AgentWorkflowInput.shape`` on, ``prepare_job`` writes the job's first record
+instead of a local activity of its own beside it (one local activity fewer per job); inputs of
+shape 0 replay the separate write."""
 
 PATCH_KEEP_RECORDED_OUTCOME = "agentflow-keep-recorded-outcome"
 """``workflow.patched`` id of ignoring a cancel that arrives after the outcome was recorded
@@ -157,7 +152,6 @@ class AgentWorkflow:
         """
         state = self._state
         state.progress = AgentProgress(job_id=inp.job_id)
-        workflow.deprecate_patch(PATCH_CORE_V2)
         state.inp = inp
         state.progress.query = inp.request.query
         state.progress.started_at = workflow.info().start_time
@@ -192,7 +186,7 @@ class AgentWorkflow:
         # 1-3: response cache, tool plan, model selection (one local activity), which also
         # writes the job's first projection (RUNNING, with the request).
         first_record = None
-        if workflow.patched(PATCH_RECORD_IN_PREPARE):
+        if inp.shape >= SHAPE_RECORD_IN_PREPARE:
             first_record = self._projection.next_record()
         else:
             self._projection.write()

@@ -51,7 +51,7 @@ from core.models.compression import (
 )
 from core.models.enums import Importance, JobStatus, Stage, TaskType, Tier
 from core.models.generation import GenerateInput, GenerateResult
-from core.models.jobs import AgentWorkflowInput, PrepareJobInput, PrepareJobResult
+from core.models.jobs import CURRENT_SHAPE, AgentWorkflowInput, PrepareJobInput, PrepareJobResult
 from core.models.progress import AgentProgress, AgentResult, RecordJobInput, StageTiming
 from core.models.requests import (
     AgentRequest,
@@ -67,7 +67,6 @@ from core.models.tools import (
     PlannedToolCall,
     PlanToolsInput,
     PlanToolsResult,
-    RunToolInput,
     RunToolsInput,
     RunToolsResult,
     ToolFailure,
@@ -87,6 +86,7 @@ from core.models.validation import (
 )
 
 __all__ = [
+    "CURRENT_SHAPE",
     "MAX_JSON_DEPTH",
     "UNPAIRED_SURROGATE",
     "AgentProgress",
@@ -128,7 +128,6 @@ __all__ = [
     "RecordJobInput",
     "RequestBase",
     "ResponseCacheKeyInput",
-    "RunToolInput",
     "RunToolsInput",
     "RunToolsResult",
     "SelectModelInput",

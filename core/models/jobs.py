@@ -14,6 +14,13 @@ from core.models.selection import SelectModelResult
 from core.models.tools import PlanToolsResult
 from core.models.usage import BudgetReservation
 
+CURRENT_SHAPE = 1
+"""The workflow shape new jobs run: every starter sets ``AgentWorkflowInput.shape`` to it.
+
+Shapes (what the workflow commands, in order): 0, before 0.3.0: the first record is a local
+activity of its own beside ``prepare_job``; 1: ``prepare_job`` writes it. README, "Changing
+workflow code", says when a change is keyed by the shape instead of ``workflow.patched``."""
+
 
 class AgentWorkflowInput(BaseModel):
     """Everything ``AgentWorkflow`` needs: the request plus the settings that shape the run.
@@ -46,6 +53,10 @@ class AgentWorkflowInput(BaseModel):
     stream_tokens: bool = False
     """Stream the final answer as ``token`` events (``AGENTFLOW_STREAM_TOKENS``); jobs started
     before streaming existed leave it off, so they replay unchanged."""
+    shape: int = 0
+    """The workflow shape this execution runs (:data:`CURRENT_SHAPE` for new jobs). An input
+    recorded before the field existed reads as 0, so executions started by an older release
+    replay the branch they ran."""
     search_attributes: bool = False
     """Upsert the ``Agent*`` search attributes as the job moves (:mod:`core.search_attributes`);
     set by the API only when the namespace has them registered."""

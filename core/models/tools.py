@@ -51,13 +51,6 @@ class PlanToolsResult(BaseModel):
     """The planning call's usage when a model planned."""
 
 
-class RunToolInput(BaseModel):
-    """Input of the ``run_tool`` activity."""
-
-    job_id: str
-    call: ToolCall
-
-
 class ToolSuccess(BaseModel):
     """A tool call that produced a value.
 
