@@ -182,18 +182,29 @@ class StageActivities:
             # record itself (a second write of the same revision changes nothing).
             prepared.recorded = await asyncio.wait_for(write, FIRST_RECORD_WAIT_S)
         except TimeoutError:
-            log.warning("job %s: first record still being written", inp.record.result.job_id)
+            # The thread may still finish its write; the workflow's write of the same record
+            # then changes nothing (the store ignores a repeated revision).
+            log.warning(
+                "job %s: first record not written within %g s; the workflow writes it",
+                inp.record.result.job_id,
+                FIRST_RECORD_WAIT_S,
+            )
         return prepared
 
     async def _write_first_record(self, inp: RecordJobInput) -> bool:
-        """Write the job's first record; ``False`` when the database did not take it (logged)."""
+        """Write the job's first record; ``False`` when it was not written (logged).
+
+        Any failure is reported, not raised: the workflow then writes the record through its
+        own path (a local activity, then a regular one that retries), as it did before.
+        """
         try:
             await self._write_record(inp, inp.result)
-        except AgentflowError as exc:
+        except Exception as exc:  # every failure hands the write back to the workflow
+            why = exc.type.value if isinstance(exc, AgentflowError) else type(exc).__name__
             log.warning(
                 "job %s: first record not written (%s); the workflow writes it again",
                 inp.result.job_id,
-                exc.type.value,
+                why,
             )
             return False
         return True

@@ -133,8 +133,11 @@ def headline_value(results_dir: Path, benchmark: str, label: str) -> float:
     Raises:
         KeyError: the file has no headline with that label (it was renamed or dropped).
         FileNotFoundError: there is no such results file.
+        ValueError: the file holds a smoke run (tiny counts), not results to quote.
     """
     data = json.loads((results_dir / f"{benchmark}.json").read_text())
+    if data.get("smoke"):
+        raise ValueError(f"{benchmark}.json is a smoke run, not a full one")
     for headline in data["headlines"]:
         if headline["label"] == label:
             return float(headline["value"])
@@ -153,7 +156,7 @@ def mismatches(readme: str, results_dir: Path, figures: tuple[Figure, ...] = FIG
     for figure in figures:
         try:
             value = headline_value(results_dir, figure.benchmark, figure.label)
-        except (KeyError, FileNotFoundError) as exc:
+        except (KeyError, FileNotFoundError, ValueError) as exc:
             problems.append(f"{figure.benchmark}: {exc}")
             continue
         expected = _words(figure.render(value))

@@ -15,10 +15,10 @@ How each kind of activity is called, mirroring the worker:
   (they read ``activity.info()``); they run inside one from ``temporalio.testing``'s
   :class:`~temporalio.testing.ActivityEnvironment`, with the workflow's heartbeat timeout so
   they start their heartbeat task as on a worker (the heartbeats go nowhere);
-* the other async stages (``check_response_cache``, ``plan_tools``, ``record_job``) are awaited
-  directly;
+* the other async stages (the response-cache lookup, ``plan_tools``, ``record_job``) are
+  awaited directly;
 * the synchronous stages (``select_model``, ``compress_context``) run with
-  ``asyncio.to_thread``, as the worker runs synchronous (local) activities in its thread pool.
+  ``asyncio.to_thread``, as the worker runs them in its thread pool.
 """
 
 from __future__ import annotations

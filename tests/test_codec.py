@@ -36,6 +36,7 @@ from api.routes.codec import MAX_PAYLOADS
 from core.auth import Scope
 from core.catalog import ModelCatalog
 from core.models import (
+    CURRENT_SHAPE,
     AgentRequest,
     AgentResult,
     AgentWorkflowInput,
@@ -321,7 +322,7 @@ async def start_like_the_api(
     job_id = uuid.uuid4().hex
     return await h.client.start_workflow(
         AgentWorkflow.run,
-        AgentWorkflowInput(job_id=job_id, request=request),
+        AgentWorkflowInput(job_id=job_id, request=request, shape=CURRENT_SHAPE),
         id=f"agent-{job_id}",
         task_queue=h.task_queue,
         memo={"query": request.query[:200]},

@@ -187,7 +187,7 @@ async def test_a_decision_that_arrives_with_the_start_is_refused(dev_harness: Ha
     job_id = uuid.uuid4().hex
     start = WithStartWorkflowOperation(
         AgentWorkflow.run,
-        AgentWorkflowInput(
+        AgentWorkflowInput(  # shape 0: the branch jobs started by 0.2.x take
             job_id=job_id, request=AgentRequest(query=unique("Ship it"), require_approval=True)
         ),
         id=f"agent-{job_id}",

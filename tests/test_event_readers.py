@@ -32,7 +32,7 @@ from activities.token_stream import TokenPublisher, TokenStreamSettings
 from api.app import create_app
 from api.event_hub import EventHub
 from core.events import EventType, JobEvent
-from core.models import AgentRequest, AgentWorkflowInput, Tier
+from core.models import CURRENT_SHAPE, AgentRequest, AgentWorkflowInput, Tier
 from core.settings import Settings
 from infra.cache import RedisCache
 from infra.providers import ProviderRegistry
@@ -173,6 +173,7 @@ async def test_readers_add_nothing_to_history_and_tokens_little(
             job_id=job_id,
             request=AgentRequest(query=f"{query} [{job_id[:6]}]", model_tier=Tier.LARGE),
             stream_tokens=stream_tokens,
+            shape=CURRENT_SHAPE,
         )
         await temporal.execute_workflow(
             AgentWorkflow.run, inp, id=f"agent-{job_id}", task_queue=api_settings.task_queue

@@ -36,6 +36,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from core.models import (
+    CURRENT_SHAPE,
     AgentRequest,
     AgentResult,
     AgentWorkflowInput,
@@ -407,7 +408,7 @@ async def test_hostile_sql_keeps_the_worker_under_its_memory_bound(
         )
         return await client.start_workflow(
             AgentWorkflow.run,
-            AgentWorkflowInput(job_id=job_id, request=request),
+            AgentWorkflowInput(job_id=job_id, request=request, shape=CURRENT_SHAPE),
             id=f"agent-{job_id}",
             task_queue=queue,
         )

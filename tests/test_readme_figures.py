@@ -22,6 +22,10 @@ def test_a_figure_that_drifted_or_lost_its_headline_is_reported(tmp_path) -> Non
     gone = Figure("peer", "renamed", "at {}x", 2)
     assert "no headline" in mismatches("at 0.85x", tmp_path, (gone,))[0]
     assert mismatches("at 0.85x", tmp_path, (Figure("fanout", "x", "{}", 0),))
+    (tmp_path / "peer.json").write_text(
+        '{"smoke": true, "headlines": [{"label": "ratio", "value": 0.846, "unit": "x"}]}'
+    )
+    assert "smoke run" in mismatches("runs at 0.85x its latency", tmp_path, (figure,))[0]
 
 
 def test_every_figure_names_a_committed_headline() -> None:

@@ -33,7 +33,7 @@ def test_histories_are_checked_in() -> None:
     names = {p.stem for p in HISTORIES}
     assert {"v2_happy_path", "v2_approved", "v2_expired", "v2_escalated"} <= names
     # Recorded by 0.2.0 (shape 0): jobs started by it must finish on today's workflow.
-    assert {"v2_pre021_happy_path", "v2_pre021_approved", "v2_pre021_parallel_tools"} <= names
+    assert {"v2_pre021_happy_path", "v2_pre021_approved", "v2_pre021_reminders"} <= names
     assert not any(name.startswith("v1_") for name in names), "v1 is retired (CHANGELOG 0.2.0)"
 
 

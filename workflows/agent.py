@@ -27,7 +27,8 @@ Stages (timeouts and retry policies in :mod:`workflows.policies`):
    answers (cascade);
 9. record (local, falling back to a regular activity during a database outage).
 
-Stages 1-3 run in the first workflow task, beside the job's first projection (RUNNING). The
+Stages 1-3 run in the first workflow task; ``prepare_job`` also writes the job's first
+projection (RUNNING) from shape 1 on. The
 workflow is deterministic: no clock but ``workflow.now()``, no I/O, settings arrive in the input
 or from activity results.
 
@@ -191,7 +192,14 @@ class AgentWorkflow:
         else:
             self._projection.write()
         self._clock.enter(Stage.RESPONSE_CACHE)
-        prepared = await prepare_job(inp, first_record)
+        try:
+            prepared = await prepare_job(inp, first_record)
+        except BaseException:
+            # Failed or cancelled: the first record (the only one with the request) is written
+            # through the usual path before the terminal one.
+            if first_record is not None:
+                self._projection.schedule(first_record)
+            raise
         if first_record is not None and not prepared.recorded:
             self._projection.schedule(first_record)  # the database did not take it: retried
         self._clock.ran_elsewhere(prepared.duration_ms)

@@ -111,7 +111,7 @@ class CachedResponse(BaseModel):
 
 
 class CheckResponseCacheResult(BaseModel):
-    """Outcome of the ``check_response_cache`` activity; ``hit`` is None on a miss."""
+    """Outcome of a response-cache lookup (inside ``prepare_job``); ``hit`` is None on a miss."""
 
     key: str
     hit: CachedResponse | None = None
