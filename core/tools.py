@@ -36,6 +36,10 @@ class ToolMetadata:
         answers_query: the tool's result answers a question by itself (a computation, a lookup,
             a query, a fetched page), so a model only has to report it; when every planned
             call's tool does, routing may choose the small tier (:mod:`domain.routing`).
+        runs_locally: the tool is quick (its timeout is a few seconds), its CPU is bounded and
+            it touches nothing but the tool cache (no network, no files, no database): a batch
+            of only such calls runs as a local activity inside the workflow task, without a
+            round trip through the task queue.
     """
 
     parallel_safe: bool = True
@@ -44,6 +48,7 @@ class ToolMetadata:
     requires_approval: bool = False
     timeout_s: float = 30.0
     answers_query: bool = False
+    runs_locally: bool = False
     version: str = "1"
 
 

@@ -120,6 +120,7 @@ def assemble_plan(
                     parallel_safe=meta.parallel_safe,
                     requires_approval=meta.requires_approval,
                     timeout_s=meta.timeout_s,
+                    runs_locally=meta.runs_locally,
                     origin="request" if origin == "request" else "planner",
                 )
             )

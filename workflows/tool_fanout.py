@@ -1,7 +1,9 @@
 """The tools stage of ``AgentWorkflow``: calls fanned out in batches, results in plan order.
 
 Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent ``run_tools`` activities, the
-others one by one after them; a call that failed transiently inside a batch runs again alone.
+others one by one after them; a call that failed transiently inside a batch runs again alone (as
+a regular activity). A batch of only quick in-memory tools (the calculator, the docs search) is a
+local activity: it runs inside the workflow task, without a round trip through the task queue.
 Failures are data (:class:`core.models.ToolFailure`), never exceptions.
 """
 
@@ -32,6 +34,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows.failures import failure_of
     from workflows.job_events import JobEvents
     from workflows.state import JobState
+
+
+SHAPE_LOCAL_TOOLS = 1
+"""From this ``AgentWorkflowInput.shape`` on, a batch whose calls all run locally
+(``PlannedToolCall.runs_locally``) is a local activity; shape 0 schedules every batch."""
 
 
 class ToolFanout:
@@ -138,19 +145,28 @@ class ToolFanout:
         propagates.
         """
         slowest = timedelta(seconds=max(p.timeout_s for p in calls))
+        batch = RunToolsInput(
+            job_id=inp.job_id, calls=[p.call for p in calls], raise_transient=raise_transient
+        )
         try:
-            outcome = await workflow.execute_activity_method(
-                ToolActivities.run_tools,
-                RunToolsInput(
-                    job_id=inp.job_id,
-                    calls=[p.call for p in calls],
-                    raise_transient=raise_transient,
-                ),
-                start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
-                heartbeat_timeout=inp.heartbeat_timeout,
-                retry_policy=retry,
-                summary=summary[:200],
-            )
+            if inp.shape >= SHAPE_LOCAL_TOOLS and all(p.runs_locally for p in calls):
+                # Quick in-memory tools: inside the workflow task, no task-queue round trip.
+                outcome = await workflow.execute_local_activity_method(
+                    ToolActivities.run_tools,
+                    batch,
+                    start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
+                    retry_policy=retry,
+                    summary=summary[:200],
+                )
+            else:
+                outcome = await workflow.execute_activity_method(
+                    ToolActivities.run_tools,
+                    batch,
+                    start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
+                    heartbeat_timeout=inp.heartbeat_timeout,
+                    retry_policy=retry,
+                    summary=summary[:200],
+                )
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise

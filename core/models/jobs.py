@@ -18,7 +18,9 @@ CURRENT_SHAPE = 1
 """The workflow shape new jobs run: every starter sets ``AgentWorkflowInput.shape`` to it.
 
 Shapes (what the workflow commands, in order): 0, before 0.3.0: the first record is a local
-activity of its own beside ``prepare_job``; 1: ``prepare_job`` writes it. README, "Changing
+activity of its own beside ``prepare_job`` and every tool batch a regular activity; 1:
+``prepare_job`` writes the first record, and a batch of only quick in-memory tools
+(``ToolMetadata.runs_locally``) is a local activity. README, "Changing
 workflow code", says when a change is keyed by the shape instead of ``workflow.patched``."""
 
 

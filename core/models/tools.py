@@ -30,6 +30,8 @@ class PlannedToolCall(BaseModel):
     parallel_safe: bool
     requires_approval: bool
     timeout_s: float
+    runs_locally: bool = False
+    """The tool may run inside the workflow task (``ToolMetadata.runs_locally``)."""
     origin: Literal["request", "planner"] = "request"
 
 

@@ -222,6 +222,7 @@ def make_calculator_tool() -> Tool:
             cacheable=True,
             cache_ttl_s=86400,
             requires_approval=False,
+            runs_locally=True,  # bounded CPU, in-memory: a local activity
             timeout_s=5,
         ),
     )

@@ -200,6 +200,7 @@ def make_python_docs_tool() -> Tool:
             cacheable=True,
             cache_ttl_s=86400,
             requires_approval=False,
+            runs_locally=True,  # bounded CPU, in-memory: a local activity
             timeout_s=10,
         ),
     )
