@@ -80,7 +80,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "peer",
         "local activities per job, agentflow (no draft)",
-        "ours runs 2 regular and {} local activities",
+        "ours runs 1 regular and {} local activities",
         0,
     ),
     Figure("fanout", "agentflow wall / L at N=64 (limit 1)", "finish in {}x one call's time", 1),
