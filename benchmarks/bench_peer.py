@@ -388,8 +388,9 @@ async def run(ctx: BenchContext) -> BenchResult:
         "`evaluate_expression`: the times are orchestration, not model or tool work.",
         "Not equal work: the peer runs one activity per model request and per tool call; "
         "agentflow runs quick in-memory tools (the calculator here) as a local activity inside "
-        "the workflow task, and also checks the response cache, selects a tier, drafts (unless disabled), "
-        "plans the tools, compresses the context and records the job in SQLite and Redis. "
+        "the workflow task, and also checks the response cache, selects a tier, drafts (unless "
+        "disabled), plans the tools, compresses the context and records the job in SQLite and "
+        "Redis. "
         "`activities_per_job` (regular activities), `local_activities_per_job` (agentflow's "
         "short stages run as local activities inside workflow tasks: recorded as "
         "MARKER_RECORDED events, not ACTIVITY_TASK_* events) and `workflow_tasks_per_job` come "
