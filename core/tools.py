@@ -37,7 +37,8 @@ class ToolMetadata:
             a query, a fetched page), so a model only has to report it; when every planned
             call's tool does, routing may choose the small tier (:mod:`domain.routing`).
         runs_locally: the tool is quick (its timeout is a few seconds), its CPU is bounded and
-            it touches nothing but the tool cache (no network, no files, no database): a batch
+            it touches nothing but memory and the tool cache (no network, no database; the docs
+            search reads Python's bundled topics once per process to build its index): a batch
             of only such calls runs as a local activity inside the workflow task, without a
             round trip through the task queue.
     """

@@ -14,6 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowFailureError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -32,9 +34,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.catalog import ModelCatalog, ModelSpec
 from core.models import (
+    CURRENT_SHAPE,
     AgentRequest,
     AgentWorkflowInput,
     ApprovalDecision,
+    CacheLevel,
     ContextItem,
     DecisionResult,
     Importance,
@@ -42,6 +46,7 @@ from core.models import (
     Stage,
     Tier,
     ToolCall,
+    ToolFailure,
     ToolSuccess,
 )
 from core.settings import Settings
@@ -564,3 +569,63 @@ async def test_a_cancel_while_the_final_record_waits_keeps_the_outcome(
         record = await asyncio.to_thread(h.store.get_job, handle.id.removeprefix("agent-"))
     assert result.status is JobStatus.COMPLETED and result.answer == "the final answer"
     assert record is not None and record.status == JobStatus.COMPLETED
+
+
+async def test_a_local_tool_batch_that_fails_is_a_tool_failure_not_a_failed_job(
+    dev_harness: Harness,
+) -> None:
+    """A corrupt entry on the tool level makes the calculator's local batch itself fail (not one
+    call): the local activity's bare ApplicationError becomes a failure per call, as a regular
+    activity's does, and the job answers."""
+    from core.tools import tool_cache_key
+    from infra.tools.calculator import CalculatorParams
+
+    expression = f"{uuid.uuid4().int % 10_000} + 1"
+    key = tool_cache_key("calculator", CalculatorParams(expression=expression))
+    assert await dev_harness.cache.set_level(CacheLevel.TOOL, key, {"not": "a result"}, 60)
+    result = await dev_harness.run(
+        AgentRequest(
+            query=unique("Add these"),
+            tool_calls=[ToolCall(id="c", name="calculator", parameters={"expression": expression})],
+        )
+    )
+    assert result.status is JobStatus.COMPLETED and result.answer
+    [failure] = [r for r in result.tool_results if r.call_id == "c"]
+    assert isinstance(failure, ToolFailure)
+
+
+async def test_a_job_cancelled_while_a_local_tool_runs_is_recorded_canceled(
+    dev_harness: Harness,
+) -> None:
+    """Cancelling the job while a local tool batch runs cancels the workflow's task (the local
+    activity's own CancelledError never reaches ``run``), and the job records CANCELED. The
+    workflow task timeout is 2 s here, so the 4 s batch outlives the task's heartbeats (at 80 %
+    of it) and the cancel reaches the workflow while the batch runs (with the default 10 s that
+    takes a batch of over 8 s)."""
+    job_id = uuid.uuid4().hex
+    request = AgentRequest(
+        query=unique("Echo slowly"),
+        tool_calls=[
+            ToolCall(id="e", name="local_echo", parameters={"text": "x", "delay_ms": 4000})
+        ],
+    )
+    handle = await dev_harness.client.start_workflow(
+        AgentWorkflow.run,
+        AgentWorkflowInput(job_id=job_id, request=request, shape=CURRENT_SHAPE),
+        id=f"agent-{job_id}",
+        task_queue=dev_harness.task_queue,
+        task_timeout=timedelta(seconds=2),
+    )
+    await asyncio.sleep(2.5)  # inside the local batch, past the first task heartbeat
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    history = await handle.fetch_history()
+    assert not [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_tools"
+    ], "the batch ran locally"
+    record = await asyncio.to_thread(dev_harness.store.get_job, job_id)
+    assert record is not None and record.status == JobStatus.CANCELED.value

@@ -52,7 +52,7 @@ def unique(text: str) -> str:
 async def test_happy_path_runs_every_stage(
     client: Client, redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
-    # The simulated tiers at a fifth of their speed: the small draft then arrives before the
+    # The simulated tiers at a fifth of their latency: the small draft then arrives before the
     # medium final answer (a draft still running when the answer is ready is cancelled).
     async with agent_worker(
         client,

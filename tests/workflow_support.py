@@ -81,7 +81,8 @@ async def big_report(params: BigParams) -> dict[str, str]:
 
 
 def test_registry(settings: Settings) -> ToolRegistry:
-    """The built-in tools plus three test tools with known behaviour."""
+    """The built-in tools plus four test tools with known behaviour (``local_echo`` runs as a
+    local activity, like the calculator)."""
     registry = builtin_registry(settings)
     registry.register(
         Tool("slow_echo", "Echo after a delay.", SlowParams, slow_echo, ToolMetadata(timeout_s=10))
@@ -97,6 +98,15 @@ def test_registry(settings: Settings) -> ToolRegistry:
     )
     registry.register(
         Tool("big_report", "A large result.", BigParams, big_report, ToolMetadata(timeout_s=10))
+    )
+    registry.register(
+        Tool(
+            "local_echo",
+            "Echo after a delay, inside the workflow task.",
+            SlowParams,
+            slow_echo,
+            ToolMetadata(cacheable=False, timeout_s=10, runs_locally=True),
+        )
     )
     return registry
 

@@ -4,9 +4,10 @@ One place to read how hard each stage tries. Retry policies own every retry: pro
 are off, so each attempt is visible in the workflow history. Changing a preset changes only
 future scheduling decisions (it is not a non-deterministic change).
 
-Short stages (cache lookup, planning, selection, compression, the record) run as local activities
-inside the workflow task: their budgets are short, because a local activity that keeps failing
-holds the workflow task open. Model calls and tools are regular activities with heartbeats.
+Short stages (cache lookup, planning, selection, compression, the record) and batches of quick
+in-memory tools run as local activities inside the workflow task: their budgets are short,
+because a local activity that keeps failing holds the workflow task open. Model calls and other
+tools are regular activities with heartbeats.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ TOOL_BATCH_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=3,
 )
-"""A batch fails only when its worker does (heartbeat timeout, crash); finished calls are
-cache hits on the retry."""
+"""A batch fails only when its worker does (heartbeat timeout, crash; a local batch: its attempt
+timeout); finished calls are cache hits on the retry. A local batch also stops after two
+attempts' time (schedule-to-close)."""
 
 TOOL_RETRY_ALONE = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.tool_calls import ToolActivities
@@ -145,16 +145,19 @@ class ToolFanout:
         propagates.
         """
         slowest = timedelta(seconds=max(p.timeout_s for p in calls))
+        attempt = slowest + policies.TOOL_TIMEOUT_MARGIN
         batch = RunToolsInput(
             job_id=inp.job_id, calls=[p.call for p in calls], raise_transient=raise_transient
         )
         try:
             if inp.shape >= SHAPE_LOCAL_TOOLS and all(p.runs_locally for p in calls):
-                # Quick in-memory tools: inside the workflow task, no task-queue round trip.
+                # Quick in-memory tools: inside the workflow task, no task-queue round trip; its
+                # retries are bounded by two attempts' time, then the calls are failures.
                 outcome = await workflow.execute_local_activity_method(
                     ToolActivities.run_tools,
                     batch,
-                    start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
+                    start_to_close_timeout=attempt,
+                    schedule_to_close_timeout=2 * attempt,
                     retry_policy=retry,
                     summary=summary[:200],
                 )
@@ -162,12 +165,14 @@ class ToolFanout:
                 outcome = await workflow.execute_activity_method(
                     ToolActivities.run_tools,
                     batch,
-                    start_to_close_timeout=slowest + policies.TOOL_TIMEOUT_MARGIN,
+                    start_to_close_timeout=attempt,
                     heartbeat_timeout=inp.heartbeat_timeout,
                     retry_policy=retry,
                     summary=summary[:200],
                 )
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's own failure arrives as the bare ApplicationError (a timeout as
+            # ActivityError); a cancelled one as a bare CancelledError, which propagates.
             if is_cancelled_exception(err):
                 raise
             return [failure_of(p.call, err) for p in calls]
