@@ -92,6 +92,12 @@ FIGURES: tuple[Figure, ...] = (
         "under 1 ms, {}x of the miss",
         3,
     ),
+    Figure(
+        "caching",
+        "tool cache hit / miss, run_tools activity in a job",
+        "({}x of the activity's time inside a job)",
+        2,
+    ),
     Figure("caching", "response cache hit / miss, whole job", "makes a job {}x as long", 2),
     Figure("throughput", "jobs/s, 1 worker, concurrency=64", "{} jobs/s at 64 in flight", 1),
     Figure("throughput", "jobs/s, 2 workers, concurrency=64", "{} with two workers", 1),
