@@ -66,7 +66,7 @@ from infra.db import make_engine
 from infra.jobs import JobRecord, JobStore
 from infra.keys import KeyStore
 from infra.migrations import create_tables
-from tests.helpers import free_port, redis_server, serve_asgi
+from tests.helpers import ROOT, free_port, redis_server, serve_asgi
 from tests.stack import Stack, StackSpec
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
@@ -1088,3 +1088,56 @@ async def test_a_refused_key_is_refused_from_memory_until_its_window_frees() -> 
         await limiter.hit("k")
     finally:
         await limiter.aclose()
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from infra.analytics.runner import _start_analytics_process
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_analytics_process, initargs=(0,),
+    )
+    print(pool.submit(os.getpid).result(), flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.subprocess
+def test_the_analytics_process_exits_when_its_api_process_is_killed(tmp_path: Path) -> None:
+    """An API process that is SIGKILLed never shuts its analytics pool down; the pool's process
+    notices its parent is gone and exits instead of waiting for work forever."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "api_like.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, "the analytics process outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

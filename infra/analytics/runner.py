@@ -16,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -120,10 +121,27 @@ def _build_in_process(
     return build_report(engine, report, period, owner=owner, catalog=catalog)
 
 
+PARENT_CHECK_S = 1.0
+"""How often the analytics process checks that the process that started it is alive, in s."""
+
+
 def _start_analytics_process(nice: int) -> None:
-    """Initializer of the analytics process: lower its CPU priority by ``nice``."""
+    """Initializer of the analytics process: lower its priority, exit when its parent is gone.
+
+    ``nice`` lowers its CPU priority. A killed API process (SIGKILL, out of memory) never shuts
+    its pool down, and the pool's process would otherwise wait for work forever: orphans piled
+    up, one per killed API process.
+    """
     if nice > 0 and hasattr(os, "nice"):
         os.nice(nice)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="agentflow-analytics-parent", daemon=True).start()
 
 
 def _in_memory(database_url: str) -> bool:
