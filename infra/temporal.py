@@ -59,9 +59,9 @@ from temporalio.worker import (
     WorkflowReplayResult,
     WorkflowRunner,
 )
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from core.settings import Settings
+from infra.sandbox import sandboxed_runner
 
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 """Used when neither the settings nor an envconfig profile name a server."""
@@ -93,6 +93,9 @@ ACTIVITY_THREADS = 16
 def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
     """The sandboxed runner with :data:`PASSTHROUGH_MODULES` passed through (or no sandbox).
 
+    The sandboxed one is :func:`infra.sandbox.sandboxed_runner`: the SDK's sandbox, minus the
+    recompilation of its glue code on every call into it.
+
     Args:
         sandboxed: False runs workflow code without the sandbox: faster, but a non-deterministic
             call in workflow code is no longer caught at run time (the replay tests still catch
@@ -100,11 +103,7 @@ def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
     """
     if not sandboxed:
         return UnsandboxedWorkflowRunner()
-    runner = SandboxedWorkflowRunner()
-    return dataclasses.replace(
-        runner,
-        restrictions=runner.restrictions.with_passthrough_modules(*PASSTHROUGH_MODULES),
-    )
+    return sandboxed_runner(PASSTHROUGH_MODULES)
 
 
 _SHARED_JSON_CONVERTER = PydanticJSONPlainPayloadConverter()
