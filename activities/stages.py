@@ -37,7 +37,6 @@ from core.metrics import observe_job
 from core.models import (
     AgentResult,
     BudgetReservation,
-    CacheLevel,
     CompressContextInput,
     CompressContextResult,
     ContextItem,
@@ -58,10 +57,6 @@ from core.models import (
 )
 from core.providers import usage_of
 from core.tools import ToolRegistry
-from domain.cache_guard import (
-    catalog_digest,
-    count_lookup,
-)
 from domain.compression import compress_context
 from domain.llm_router import LlmRouter
 from domain.model_planner import plan_with_model
@@ -94,6 +89,19 @@ FIRST_RECORD_WAIT_S = 2.0
 written (seconds) before reporting it unwritten, so the workflow writes it through its own path."""
 
 
+COMPONENT_MIN_CHARS = 32 * 1024
+"""Smallest canonical compression input (characters) looked up on the component level.
+
+The rule: a lookup is made only where it is expected to save more than it costs. A miss costs two
+round trips (a GET, and a SET through the level's Lua script: about 0.9 ms of worker time here),
+a hit about 0.5 ms; running ``examples/requests.jsonl`` twice, 14 of 132 component lookups hit
+(11 %), so a lookup pays only for work over about 8 ms. Compressing 4.5 KB of context took
+0.35-1.0 ms here, 18 KB 1.3-5 ms and 72 KB 5-15 ms (less and more of the budget kept), so inputs
+under 32 KiB are compressed without a lookup. Model selection is never looked up: the learned
+router takes about 1 ms. Measured 2026-12-08 (issue 21).
+"""
+
+
 class StageActivities:
     """Cache lookup, tool planning, model selection, compression and the job record.
 
@@ -112,7 +120,7 @@ class StageActivities:
         llm_router_timeout_s: set to let the small tier classify prompts (the LLM router).
         semantic: the semantic response level (``None``: off).
         semantic_ttl_s: TTL of a semantic entry, in seconds.
-        component_cache_ttl_s: TTL of cached selection and compression outputs, in seconds.
+        component_cache_ttl_s: TTL of cached compression outputs, in seconds.
     """
 
     def __init__(
@@ -142,7 +150,6 @@ class StageActivities:
             semantic_ttl_s=semantic_ttl_s,
             component_ttl_s=component_cache_ttl_s,
         )
-        self.catalog_digest = catalog_digest(catalog)
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
@@ -234,26 +241,10 @@ class StageActivities:
         lap(Stage.TOOL_PLAN)
         # The context estimate tokenizes (up to the budget): off the event loop.
         select_input = await asyncio.to_thread(selection_input, req, plan, self.tools)
-        selection, selection_hit = await self._route_cached(select_input)
-        if cache.report is not None and selection_hit is not None:
-            count_lookup(cache.report, CacheLevel.COMPONENT, selection_hit)
+        # Not behind the component level: see COMPONENT_MIN_CHARS.
+        selection = await self.route(select_input)
         lap(Stage.MODEL_SELECTION)
         return PrepareJobResult(cache=cache, plan=plan, selection=selection, duration_ms=durations)
-
-    async def _route_cached(self, inp: SelectModelInput) -> tuple[SelectModelResult, bool | None]:
-        """:meth:`route` behind the component level.
-
-        Selection is a pure function of its input, the router (kind, version, thresholds) and
-        the catalog, all in the key. The LLM router calls a model whose verdict may vary, so its
-        selections are not cached (``None``: not looked up).
-        """
-        identity = getattr(self.router, "identity", None)
-        if self.llm_router_timeout_s is not None or not callable(identity):
-            return await self.route(inp), None
-        payload = f"{identity()}|{self.catalog_digest}|{inp.model_dump_json()}"
-        return await self.answers.component(
-            "selection", payload, lambda: self.route(inp), SelectModelResult
-        )
 
     # ------------------------------------------------------------------ planning
 
@@ -351,8 +342,10 @@ class StageActivities:
                 exceed the budget; ``BlobNotFound`` (non-retryable) for a dangling or refused
                 reference; ``StoreUnavailable`` (retryable) when a blob cannot be read.
 
-        The result comes from the component level when the same query, items and budget were
-        compressed before (``cache_hit``); the CPU work runs in a thread, off the event loop.
+        When the input is at least :data:`COMPONENT_MIN_CHARS`, the result comes from the
+        component level if the same query, items and budget were compressed before
+        (``cache_hit``; ``None`` for smaller inputs, never looked up); the CPU work runs in a
+        thread, off the event loop.
         """
 
         def items_of() -> tuple[list[ContextItem], str]:
@@ -372,6 +365,8 @@ class StageActivities:
             async def compute() -> CompressContextResult:
                 return await asyncio.to_thread(compress_context, inp.query, items, inp.max_tokens)
 
+            if len(canonical) < COMPONENT_MIN_CHARS:
+                return await compute()  # cheaper than a lookup that misses (cache_hit: None)
             result, hit = await self.answers.component(
                 "compression", canonical, compute, CompressContextResult
             )

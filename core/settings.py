@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     tool_cache_max_bytes: int = Field(default=128 * 2**20, ge=2**16)
     """Byte limit of the tool-result level (each tool's TTL comes from its metadata)."""
     component_cache_ttl_s: int = Field(default=3600, gt=0)
-    """How long model-selection and compression outputs stay cached, in seconds."""
+    """How long compression outputs stay cached, in seconds."""
     component_cache_max_bytes: int = Field(default=32 * 2**20, ge=2**16)
     """Byte limit of the component level."""
     coalesce_lease_s: float = Field(default=10.0, gt=0, le=300)

@@ -13,7 +13,6 @@ import logging
 
 from pydantic import JsonValue
 
-from core.catalog import ModelCatalog
 from core.models import (
     AgentResult,
     ApprovalPolicy,
@@ -29,7 +28,7 @@ from core.tools import ToolRegistry
 log = logging.getLogger(__name__)
 
 COMPONENT_VERSION = "c1"
-"""Part of every component-level key: bump it when selection or compression code changes what
+"""Part of every component-level key: bump it when compression code changes what
 it returns for the same input."""
 
 
@@ -37,22 +36,12 @@ def component_key(kind: str, payload: str) -> str:
     """Key of a component-level entry: ``<level prefix><kind>:<sha256 hex>``.
 
     Args:
-        kind: ``selection`` or ``compression``.
+        kind: ``compression`` (model selection is no longer cached, see
+            :data:`activities.stages.COMPONENT_MIN_CHARS`).
         payload: the canonical input; hashed with ``kind`` and :data:`COMPONENT_VERSION`.
     """
     digest = hashlib.sha256(f"{COMPONENT_VERSION}|{kind}|{payload}".encode()).hexdigest()
     return f"{CacheLevel.COMPONENT.prefix}{kind}:{digest}"
-
-
-def catalog_digest(catalog: ModelCatalog) -> str:
-    """SHA-256 hex of the whole catalog without API keys.
-
-    Selection also carries prices, windows and timeouts: its component key covers the whole
-    catalog, so a price change never serves an old estimate.
-    """
-    return hashlib.sha256(
-        catalog.model_dump_json(exclude={"models": {"__all__": {"api_key"}}}).encode()
-    ).hexdigest()
 
 
 def cached_response(raw: JsonValue | None) -> CachedResponse | None:
