@@ -87,8 +87,8 @@ router: $(STAMP) ## Retrain the learned router from data/routing and rewrite cor
 	$(BIN)/agentflow router train
 	$(BIN)/agentflow router calibrate
 
-histories: $(STAMP) ## Re-record the v2 replay histories under tests/histories (v1_* stay as recorded)
-	AGENTFLOW_SAVE_HISTORIES=1 $(BIN)/pytest -q tests/test_workflow.py
+histories: $(STAMP) ## Re-record the v2_* replay histories (today's shape) under tests/histories
+	AGENTFLOW_SAVE_HISTORIES=1 $(BIN)/pytest -q tests/test_workflow.py tests/test_approval_policy.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

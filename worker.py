@@ -126,7 +126,12 @@ def build_activities(
     activities = AgentActivities(
         stages=stages,
         model=ModelActivities(
-            catalog=catalog, providers=providers, stream=stream, cache=cache, coalescer=coalescer
+            catalog=catalog,
+            providers=providers,
+            stream=stream,
+            cache=cache,
+            coalescer=coalescer,
+            compressor=stages.compressor,
         ),
         tools=ToolActivities(tools=tools, cache=cache, coalescer=coalescer),
     )

@@ -11,7 +11,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.compression import ContextCompressor
 from activities.errors import to_application_error
 from activities.heartbeat import heartbeating
 from activities.token_stream import TokenPublisher, TokenStreamSettings
@@ -42,6 +44,8 @@ class ModelActivities:
             level, for :data:`SHARED_GENERATION_TTL_S`).
         coalescer: when given with ``cache``, concurrent identical generations (same model,
             messages and token limit, in any worker) call the model once.
+        compressor: runs the compression stage for inputs that ask for it
+            (``GenerateInput.compress``); without one such inputs are refused.
     """
 
     def __init__(
@@ -52,12 +56,14 @@ class ModelActivities:
         stream: TokenStreamSettings | None = None,
         cache: RedisCache | None = None,
         coalescer: Coalescer | None = None,
+        compressor: ContextCompressor | None = None,
     ) -> None:
         self.catalog = catalog
         self.providers = providers
         self.stream = stream or TokenStreamSettings()
         self.cache = cache
         self.coalescer = coalescer
+        self.compressor = compressor
 
     @activity.defn(name="generate_answer")
     async def generate_answer(self, inp: GenerateInput) -> GenerateResult:
@@ -68,16 +74,42 @@ class ModelActivities:
         the provider produces it, under
         revision ``inp.revision_base + attempt`` (:mod:`activities.token_stream`).
 
+        With ``inp.compress`` the context is first fitted to the token budget
+        (:meth:`activities.compression.ContextCompressor.compress`), and the answer is over that.
+
         Returns:
             The text and its usage: prompt and completion tokens, cost in USD from the catalog,
-            latency in ms; ``revision`` of its token events (0 when not streamed).
+            latency in ms; ``revision`` of its token events (0 when not streamed); with
+            ``inp.compress``, the compression summary, its wall time in ms and whether the
+            component level answered it.
 
         Raises:
             ApplicationError: typed ``ModelRateLimited`` (retryable, with the endpoint's
                 Retry-After as the next retry delay), ``ModelUnavailable`` (retryable, including
                 a call that outran the tier's attempt timeout), ``ModelRequestRejected`` or
-                ``ModelOutputInvalid`` (non-retryable).
+                ``ModelOutputInvalid`` (non-retryable); from compression ``ContextBudgetExceeded``
+                (non-retryable) and the others its docstring names.
         """
+        if inp.compress is None:
+            return await self._generate(inp)
+        if self.compressor is None:
+            raise ApplicationError(
+                "this worker cannot compress inside generation", non_retryable=True
+            )
+        started = time.perf_counter()
+        compressed = await self.compressor.compress(inp.compress)
+        compression_ms = round((time.perf_counter() - started) * 1000, 3)
+        result = await self._generate(inp.model_copy(update={"context": compressed.items}))
+        return result.model_copy(
+            update={
+                "compression": compressed.summary,
+                "compression_ms": compression_ms,
+                "compression_cache_hit": compressed.cache_hit,
+            }
+        )
+
+    async def _generate(self, inp: GenerateInput) -> GenerateResult:
+        """The model call of :meth:`generate_answer` over ``inp.context`` as it is."""
         spec = self.catalog.for_tier(inp.tier)
         provider = self.providers.for_spec(spec)
         max_tokens = min(inp.max_tokens or spec.max_tokens, spec.max_tokens)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -30,17 +29,16 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 from temporalio import activity
 
+from activities.compression import ContextCompressor
 from activities.errors import to_application_error
 from core.catalog import ModelCatalog
-from core.errors import AgentflowError, BlobNotFoundError
+from core.errors import AgentflowError
 from core.metrics import observe_job
 from core.models import (
     AgentResult,
     BudgetReservation,
     CompressContextInput,
     CompressContextResult,
-    ContextItem,
-    Importance,
     ModelUsage,
     PlanToolsInput,
     PlanToolsResult,
@@ -52,12 +50,9 @@ from core.models import (
     Stage,
     Tier,
     ToolCall,
-    ToolFailure,
-    ToolResult,
 )
 from core.providers import usage_of
 from core.tools import ToolRegistry
-from domain.compression import compress_context
 from domain.llm_router import LlmRouter
 from domain.model_planner import plan_with_model
 from domain.planner import plan_tools_by_rules
@@ -75,7 +70,6 @@ from infra.cache import (
 )
 from infra.cache.answers import AnswerCache
 from infra.jobs import JobStore
-from infra.payloads import read_legacy_blob
 from infra.providers import ProviderRegistry
 from infra.quotas import Quotas
 
@@ -87,19 +81,6 @@ log = logging.getLogger(__name__)
 FIRST_RECORD_WAIT_S = 2.0
 """How long ``prepare_job`` waits, once its own work is done, for the job's first record to be
 written (seconds) before reporting it unwritten, so the workflow writes it through its own path."""
-
-
-COMPONENT_MIN_CHARS = 32 * 1024
-"""Smallest canonical compression input (characters) looked up on the component level.
-
-The rule: a lookup is made only where it is expected to save more than it costs. A miss costs two
-round trips (a GET, and a SET through the level's Lua script: about 0.9 ms of worker time here),
-a hit about 0.5 ms; running ``examples/requests.jsonl`` twice, 14 of 132 component lookups hit
-(11 %), so a lookup pays only for work over about 8 ms. Compressing 4.5 KB of context took
-0.35-1.0 ms here, 18 KB 1.3-5 ms and 72 KB 5-15 ms (less and more of the budget kept), so inputs
-under 32 KiB are compressed without a lookup. Model selection is never looked up: the learned
-router takes about 1 ms. Measured 2026-12-08 (issue 21).
-"""
 
 
 class StageActivities:
@@ -150,6 +131,7 @@ class StageActivities:
             semantic_ttl_s=semantic_ttl_s,
             component_ttl_s=component_cache_ttl_s,
         )
+        self.compressor = ContextCompressor(self.answers, store.engine)
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
@@ -241,7 +223,7 @@ class StageActivities:
         lap(Stage.TOOL_PLAN)
         # The context estimate tokenizes (up to the budget): off the event loop.
         select_input = await asyncio.to_thread(selection_input, req, plan, self.tools)
-        # Not behind the component level: see COMPONENT_MIN_CHARS.
+        # Not behind the component level: see activities.compression.COMPONENT_MIN_CHARS.
         selection = await self.route(select_input)
         lap(Stage.MODEL_SELECTION)
         return PrepareJobResult(cache=cache, plan=plan, selection=selection, duration_ms=durations)
@@ -331,72 +313,13 @@ class StageActivities:
 
     @activity.defn(name="compress_context")
     async def compress_context(self, inp: CompressContextInput) -> CompressContextResult:
-        """Fit the context items and tool results into ``max_tokens`` by importance.
+        """The compression stage as a local activity of its own (jobs of shape 1 and older).
 
-        Successful tool results join as ``high`` items, failed ones as ``low`` notes. Jobs of the
-        v1 shape may pass context items and tool results by blob reference; they are read back
-        first (``allow_blob_refs``), and refused otherwise.
-
-        Raises:
-            ApplicationError: ``ContextBudgetExceeded`` (non-retryable) when critical items alone
-                exceed the budget; ``BlobNotFound`` (non-retryable) for a dangling or refused
-                reference; ``StoreUnavailable`` (retryable) when a blob cannot be read.
-
-        When the input is at least :data:`COMPONENT_MIN_CHARS`, the result comes from the
-        component level if the same query, items and budget were compressed before
-        (``cache_hit``; ``None`` for smaller inputs, never looked up); the CPU work runs in a
-        thread, off the event loop.
+        From shape 2 on, ``generate_answer`` compresses before it calls the model; both run
+        :meth:`activities.compression.ContextCompressor.compress`, whose docstring says what
+        it does and raises.
         """
-
-        def items_of() -> tuple[list[ContextItem], str]:
-            items = [self._resolve(item, inp.allow_blob_refs) for item in inp.items]
-            items += [self._tool_result_item(r, inp.allow_blob_refs) for r in inp.tool_results]
-            canonical = json.dumps(
-                [inp.query, inp.max_tokens]
-                + [[i.content, i.importance.value, i.source] for i in items],
-                separators=(",", ":"),
-                ensure_ascii=False,
-            )
-            return items, canonical
-
-        try:
-            items, canonical = await asyncio.to_thread(items_of)
-
-            async def compute() -> CompressContextResult:
-                return await asyncio.to_thread(compress_context, inp.query, items, inp.max_tokens)
-
-            if len(canonical) < COMPONENT_MIN_CHARS:
-                return await compute()  # cheaper than a lookup that misses (cache_hit: None)
-            result, hit = await self.answers.component(
-                "compression", canonical, compute, CompressContextResult
-            )
-        except AgentflowError as exc:
-            raise to_application_error(exc) from exc
-        return result.model_copy(update={"cache_hit": hit})
-
-    def _resolve(self, item: ContextItem, allow_refs: bool) -> ContextItem:
-        if item.blob is None:
-            return item
-        if not allow_refs:
-            raise BlobNotFoundError("context items cannot reference stored blobs")
-        content = read_legacy_blob(self.store.engine, item.blob.blob_id)
-        return item.model_copy(update={"content": content, "blob": None})
-
-    def _tool_result_item(self, result: ToolResult, allow_refs: bool) -> ContextItem:
-        source = f"tool:{result.name}#{result.call_id}"
-        if isinstance(result, ToolFailure):
-            return ContextItem(
-                content=f"The {result.name} tool failed: {result.error}",
-                importance=Importance.LOW,
-                source=source,
-            )
-        if result.value_ref is not None:
-            if not allow_refs:
-                raise BlobNotFoundError("tool results cannot reference stored blobs")
-            text = read_legacy_blob(self.store.engine, result.value_ref.blob_id)
-        else:
-            text = json.dumps(result.value, ensure_ascii=False)
-        return ContextItem(content=text, importance=Importance.HIGH, source=source)
+        return await self.compressor.compress(inp)
 
     # ------------------------------------------------------------------ record
 

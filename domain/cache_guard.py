@@ -37,7 +37,7 @@ def component_key(kind: str, payload: str) -> str:
 
     Args:
         kind: ``compression`` (model selection is no longer cached, see
-            :data:`activities.stages.COMPONENT_MIN_CHARS`).
+            :data:`activities.compression.COMPONENT_MIN_CHARS`).
         payload: the canonical input; hashed with ``kind`` and :data:`COMPONENT_VERSION`.
     """
     digest = hashlib.sha256(f"{COMPONENT_VERSION}|{kind}|{payload}".encode()).hexdigest()

@@ -1,8 +1,9 @@
 """Replay: recorded histories must replay against today's workflow code.
 
-``tests/histories/v2_*.json`` are recorded from today's shape (``AgentWorkflowInput.shape`` 1)
-with ``make histories``; ``v2_pre021_*.json`` by 0.2.0 (shape 0: the first record is a local
-activity of its own; jobs in flight across the upgrade to 0.3.0 replay them). A change that makes
+``tests/histories/v2_*.json`` are recorded from today's shape (``AgentWorkflowInput.shape`` 2)
+with ``make histories``; ``v2_shape1_*.json`` by 0.3.0 (shape 1: compression is a local activity
+of its own; jobs in flight across the upgrade to 0.3.1 replay them); ``v2_pre021_*.json`` by
+0.2.0 (shape 0: the first record is a local activity of its own too). A change that makes
 ``AgentWorkflow`` non-deterministic for any of them fails here; README, "Changing workflow
 code", says how to make one. The Replayer uses the same ``AgentflowPlugin`` as the worker.
 
@@ -34,6 +35,8 @@ def test_histories_are_checked_in() -> None:
     assert {"v2_happy_path", "v2_approved", "v2_expired", "v2_escalated"} <= names
     # Recorded by 0.2.0 (shape 0): jobs started by it must finish on today's workflow.
     assert {"v2_pre021_happy_path", "v2_pre021_approved", "v2_pre021_reminders"} <= names
+    # Recorded by 0.3.0 (shape 1).
+    assert {"v2_shape1_happy_path", "v2_shape1_approved", "v2_shape1_escalated"} <= names
     assert not any(name.startswith("v1_") for name in names), "v1 is retired (CHANGELOG 0.2.0)"
 
 

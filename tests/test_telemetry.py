@@ -31,6 +31,6 @@ async def test_workflow_and_activities_share_one_trace(harness: Harness) -> None
     assert "RunWorkflow:AgentWorkflow" in names
     for activity in ("run_tools", "generate_answer"):
         assert f"RunActivity:{activity}" in names
-    for local in ("prepare_job", "compress_context", "record_job"):
+    for local in ("prepare_job", "record_job"):
         assert f"RunActivity:{local}" in names, f"local activity {local} traced"
     assert len({s.context.trace_id for s in ours}) == 1, "one trace from start to last activity"

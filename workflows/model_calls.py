@@ -10,13 +10,15 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.generation import ModelActivities
+    from core.errors import ErrorType
     from core.events import ESCALATION_REVISION_BASE
     from core.models import (
         AgentWorkflowInput,
+        CompressContextInput,
         ContextItem,
         GenerateInput,
         GenerateResult,
@@ -66,35 +68,47 @@ async def generate_draft(
 
 
 async def generate_final(
-    inp: AgentWorkflowInput, selection: SelectModelResult, items: list[ContextItem]
+    inp: AgentWorkflowInput,
+    selection: SelectModelResult,
+    items: list[ContextItem] | None = None,
+    *,
+    compress: CompressContextInput | None = None,
 ) -> tuple[GenerateResult, Tier | None]:
     """The selected tier's answer, or the escalation tier's when it fails (the cascade).
 
     Args:
         inp: the workflow's input (request, timeouts, streaming).
         selection: the selected tier, its escalation tier and per-tier attempt timeouts.
-        items: the compressed context.
+        items: the compressed context (shapes 0 and 1).
+        compress: the compression stage for the activity to run first (shape 2 on).
 
     Returns:
         ``(answer, escalated_to)``: ``escalated_to`` is the escalation tier when it answered,
         else ``None``.
 
     Raises:
-        ActivityError: the last tier tried failed, or the job was cancelled.
+        ActivityError: the last tier tried failed, or the job was cancelled. A failure of the
+            compression itself (``ContextBudgetExceeded``, ``BlobNotFound``) is raised without
+            escalating: another tier would compress the same input the same way.
     """
     gen = GenerateInput(
         job_id=inp.job_id,
         purpose="final",
         tier=selection.tier,
         query=inp.request.query,
-        context=items,
+        context=items or [],
         stream=inp.stream_tokens,
         owner=inp.owner,
+        compress=compress,
     )
     try:
         return await _generate(gen, inp, selection), None
     except ActivityError as err:
-        if selection.escalation_tier is None or is_cancelled_exception(err):
+        if (
+            selection.escalation_tier is None
+            or is_cancelled_exception(err)
+            or _compression_failed(err)
+        ):
             raise
         escalated_to = selection.escalation_tier
         workflow.logger.warning(
@@ -107,6 +121,17 @@ async def generate_final(
             update={"tier": escalated_to, "revision_base": ESCALATION_REVISION_BASE}
         )
         return await _generate(escalated, inp, selection), escalated_to
+
+
+def _compression_failed(err: ActivityError) -> bool:
+    """Whether ``err`` is the compression stage's own failure (it does not depend on the tier)."""
+    cause = root_cause(err)
+    return isinstance(cause, ApplicationError) and cause.type in _COMPRESSION_ERRORS
+
+
+_COMPRESSION_ERRORS = frozenset(
+    {ErrorType.CONTEXT_BUDGET_EXCEEDED.value, ErrorType.BLOB_NOT_FOUND.value}
+)
 
 
 async def _generate(

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from core.models.compression import CompressContextInput, CompressionSummary
 from core.models.enums import Tier
 from core.models.requests import ContextItem
 from core.models.usage import ModelUsage
@@ -14,7 +15,8 @@ from core.models.usage import ModelUsage
 class GenerateInput(BaseModel):
     """Input of the ``generate_answer`` activity.
 
-    ``context`` is already compressed to the budget; ``purpose`` is ``draft`` or ``final``.
+    ``purpose`` is ``draft`` or ``final``. ``context`` is already compressed to the budget,
+    unless ``compress`` is given: then the activity compresses first and answers over that.
     """
 
     job_id: str
@@ -31,6 +33,9 @@ class GenerateInput(BaseModel):
     attempt (and the escalation tier's, whose base is higher) streams under a new revision."""
     owner: str | None = None
     """Key id of the job's API key: coalesced generations are shared within one key only."""
+    compress: CompressContextInput | None = None
+    """The compression stage, run by the activity before the model call (workflow shape 2 on:
+    one local activity fewer per job); its result replaces ``context``."""
 
 
 class GenerateResult(BaseModel):
@@ -40,3 +45,9 @@ class GenerateResult(BaseModel):
     usage: ModelUsage
     revision: int = 0
     """Revision of the token events that carried ``text`` (0: not streamed)."""
+    compression: CompressionSummary | None = None
+    """What compression did, when the input asked for it (``GenerateInput.compress``)."""
+    compression_ms: float | None = None
+    """Wall time of that compression, in ms."""
+    compression_cache_hit: bool | None = None
+    """Whether the component level answered it (``None``: not looked up)."""

@@ -14,13 +14,15 @@ from core.models.selection import SelectModelResult
 from core.models.tools import PlanToolsResult
 from core.models.usage import BudgetReservation
 
-CURRENT_SHAPE = 1
+CURRENT_SHAPE = 2
 """The workflow shape new jobs run: every starter sets ``AgentWorkflowInput.shape`` to it.
 
 Shapes (what the workflow commands, in order): 0, before 0.3.0: the first record is a local
-activity of its own beside ``prepare_job`` and every tool batch a regular activity; 1:
+activity of its own beside ``prepare_job`` and every tool batch a regular activity; 1 (0.3.0):
 ``prepare_job`` writes the first record, and a batch of only quick in-memory tools
-(``ToolMetadata.runs_locally``) is a local activity. README, "Changing
+(``ToolMetadata.runs_locally``) is a local activity; 2 (0.3.1): compression runs inside the
+final answer's ``generate_answer`` activity instead of a ``compress_context`` local activity of
+its own. README, "Changing
 workflow code", says when a change is keyed by the shape instead of ``workflow.patched``."""
 
 
