@@ -97,6 +97,9 @@ async def _happy_path(harness: Harness) -> None:
         Stage.TOOLS,
         Stage.GENERATION,
     }
+    # Shape 2: compression ran inside the final answer's activity, timed before generation.
+    stages = [t.stage for t in result.timings]
+    assert stages.index(Stage.COMPRESSION) < stages.index(Stage.GENERATION)
 
     record = await asyncio.to_thread(harness.store.get_job, handle.id.removeprefix("agent-"))
     assert record is not None and record.status == JobStatus.COMPLETED
@@ -309,12 +312,22 @@ async def test_critical_context_over_budget_fails_clearly(harness: Harness) -> N
         query=unique("Use all of this"),
         context=[ContextItem(content="critical fact. " * 400, importance=Importance.CRITICAL)],
         max_context_tokens=100,
+        model_tier="small",  # small escalates to medium on a model failure
     )
     handle = await harness.start(request)
     with pytest.raises(WorkflowFailureError) as info:
         await handle.result()
     cause = info.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "ContextBudgetExceeded"
+    progress = await handle.query(AgentWorkflow.get_progress)
+    assert progress.selection is not None and progress.selection.escalation_tier is not None
+    generations = [
+        e
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "generate_answer"
+    ]
+    assert len(generations) == 1, "another tier would compress the same way: no escalation"
     record = await asyncio.to_thread(harness.store.get_job, handle.id.removeprefix("agent-"))
     assert record is not None and record.status == JobStatus.FAILED
     assert record.error and "100" in record.error
