@@ -104,6 +104,7 @@ def build_activities(
         else None
     )
     tools = builtin_registry(settings) if tools is None else tools
+    tool_activities = ToolActivities(tools=tools, cache=cache, coalescer=coalescer)
     stages = StageActivities(
         catalog=catalog,
         providers=providers,
@@ -118,6 +119,7 @@ def build_activities(
         semantic=semantic,
         semantic_ttl_s=settings.semantic_cache_ttl_s,
         component_cache_ttl_s=settings.component_cache_ttl_s,
+        tool_runner=tool_activities,
     )
     stream = TokenStreamSettings(
         batch_ms=settings.stream_token_batch_ms,
@@ -133,7 +135,7 @@ def build_activities(
             coalescer=coalescer,
             compressor=stages.compressor,
         ),
-        tools=ToolActivities(tools=tools, cache=cache, coalescer=coalescer),
+        tools=tool_activities,
     )
     return activities, cache, providers
 

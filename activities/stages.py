@@ -24,6 +24,7 @@ import asyncio
 import functools
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -31,6 +32,7 @@ from temporalio import activity
 
 from activities.compression import ContextCompressor
 from activities.errors import to_application_error
+from activities.tool_calls import ToolActivities
 from core.catalog import ModelCatalog
 from core.errors import AgentflowError
 from core.metrics import observe_job
@@ -53,6 +55,7 @@ from core.models import (
 )
 from core.providers import usage_of
 from core.tools import ToolRegistry
+from domain.approvals import approval_reasons
 from domain.llm_router import LlmRouter
 from domain.model_planner import plan_with_model
 from domain.planner import plan_tools_by_rules
@@ -102,6 +105,8 @@ class StageActivities:
         semantic: the semantic response level (``None``: off).
         semantic_ttl_s: TTL of a semantic entry, in seconds.
         component_cache_ttl_s: TTL of cached compression outputs, in seconds.
+        tool_runner: runs a job's quick in-memory tools inside ``prepare_job`` when it may
+            (``None``: never; the workflow runs them).
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class StageActivities:
         semantic: SemanticCache | None = None,
         semantic_ttl_s: int = 3600,
         component_cache_ttl_s: int = 3600,
+        tool_runner: ToolActivities | None = None,
     ) -> None:
         self.model_identity = catalog.fingerprint()
         self.answers = AnswerCache(
@@ -132,6 +138,7 @@ class StageActivities:
             component_ttl_s=component_cache_ttl_s,
         )
         self.compressor = ContextCompressor(self.answers, store.engine)
+        self.tool_runner = tool_runner
         self.quotas = quotas
         self.router = router if router is not None else build_router("learned")
         self.llm_router_timeout_s = llm_router_timeout_s
@@ -226,7 +233,51 @@ class StageActivities:
         # Not behind the component level: see activities.compression.COMPONENT_MIN_CHARS.
         selection = await self.route(select_input)
         lap(Stage.MODEL_SELECTION)
-        return PrepareJobResult(cache=cache, plan=plan, selection=selection, duration_ms=durations)
+        tool_results = None
+        if inp.run_local_tools and self._may_run_tools(inp, plan, selection):
+            assert self.tool_runner is not None
+            try:
+                tool_results = await self.tool_runner.run_calls([p.call for p in plan.planned])
+            except Exception as exc:  # never fails the job's front
+                # The workflow runs them itself then, where a failed batch is a failure per
+                # call (for example a corrupt entry on the tool level).
+                log.warning("prepare_job could not run the tools (%s); the workflow runs them", exc)
+            else:
+                lap(Stage.TOOLS)
+        return PrepareJobResult(
+            cache=cache,
+            plan=plan,
+            selection=selection,
+            duration_ms=durations,
+            tool_results=tool_results,
+        )
+
+    def _may_run_tools(
+        self, inp: PrepareJobInput, plan: PlanToolsResult, selection: SelectModelResult
+    ) -> bool:
+        """Whether ``prepare_job`` may run the plan's tools itself.
+
+        Only when every planned call is a quick in-memory, parallel-safe tool
+        (``ToolMetadata.runs_locally``), the job will not wait for approval (the workflow's own
+        rule, :func:`domain.approvals.approval_reasons`: a gated call never runs before its
+        decision), and this attempt has time left for the slowest call's timeout plus a second.
+        """
+        planned = plan.planned
+        if self.tool_runner is None or inp.approval_policy is None or not planned:
+            return False
+        if not all(p.runs_locally and p.parallel_safe for p in planned):
+            return False
+        reasons, _ = approval_reasons(
+            inp.request.require_approval, inp.approval_policy, planned, selection
+        )
+        if reasons:
+            return False
+        info = activity.info()
+        if info.start_to_close_timeout is None:
+            return True
+        elapsed = datetime.now(UTC) - info.started_time
+        left_s = (info.start_to_close_timeout - elapsed).total_seconds()
+        return left_s > max(p.timeout_s for p in planned) + 1.0
 
     # ------------------------------------------------------------------ planning
 

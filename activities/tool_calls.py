@@ -69,10 +69,18 @@ class ToolActivities:
                 the (single) call failed transiently.
         """
         async with heartbeating(f"{len(inp.calls)} tool call(s)"):
-            results = await asyncio.gather(
-                *(self._run_one(call, inp.raise_transient) for call in inp.calls)
-            )
-        return RunToolsResult(results=list(results))
+            results = await self.run_calls(inp.calls, inp.raise_transient)
+        return RunToolsResult(results=results)
+
+    async def run_calls(
+        self, calls: list[ToolCall], raise_transient: bool = False
+    ) -> list[ToolResult]:
+        """Run ``calls`` concurrently, each behind the tool-result cache; one result per call.
+
+        What ``run_tools`` runs, outside an activity of its own (``prepare_job`` runs a job's
+        quick in-memory tools with it). Raises only as ``run_tools`` says.
+        """
+        return list(await asyncio.gather(*(self._run_one(call, raise_transient) for call in calls)))
 
     async def _run_one(self, call: ToolCall, raise_transient: bool) -> ToolResult:
         started = time.perf_counter()

@@ -29,8 +29,8 @@ async def test_workflow_and_activities_share_one_trace(harness: Harness) -> None
     names = {s.name for s in ours}
     assert "StartWorkflow:AgentWorkflow" in names
     assert "RunWorkflow:AgentWorkflow" in names
-    for activity in ("run_tools", "generate_answer"):
-        assert f"RunActivity:{activity}" in names
+    assert "RunActivity:generate_answer" in names
+    # The quick tools ran inside prepare_job (workflow shape 2), whose span is below.
     for local in ("prepare_job", "record_job"):
         assert f"RunActivity:{local}" in names, f"local activity {local} traced"
     assert len({s.context.trace_id for s in ours}) == 1, "one trace from start to last activity"

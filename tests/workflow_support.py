@@ -67,6 +67,18 @@ async def always_down(params: FlakyParams) -> dict[str, str]:
     raise ToolTransientError(f"{params.target} is unreachable")
 
 
+FAILED_ONCE: set[str] = set()
+"""Keys ``flaky_once`` has already failed for (in this process)."""
+
+
+async def flaky_once(params: SlowParams) -> dict[str, str]:
+    """Fail transiently the first time a ``text`` is seen in this process, then echo it."""
+    if params.text not in FAILED_ONCE:
+        FAILED_ONCE.add(params.text)
+        raise ToolTransientError(f"{params.text}: first call fails")
+    return {"echo": params.text}
+
+
 class BigParams(BaseModel):
     """Parameters of the test-only ``big_report`` tool."""
 
@@ -81,8 +93,8 @@ async def big_report(params: BigParams) -> dict[str, str]:
 
 
 def test_registry(settings: Settings) -> ToolRegistry:
-    """The built-in tools plus four test tools with known behaviour (``local_echo`` runs as a
-    local activity, like the calculator)."""
+    """The built-in tools plus five test tools with known behaviour (``local_echo`` and
+    ``local_flaky_once`` run locally, like the calculator)."""
     registry = builtin_registry(settings)
     registry.register(
         Tool("slow_echo", "Echo after a delay.", SlowParams, slow_echo, ToolMetadata(timeout_s=10))
@@ -106,6 +118,15 @@ def test_registry(settings: Settings) -> ToolRegistry:
             SlowParams,
             slow_echo,
             ToolMetadata(cacheable=False, timeout_s=10, runs_locally=True),
+        )
+    )
+    registry.register(
+        Tool(
+            "local_flaky_once",
+            "Fails transiently once per text, inside the workflow task.",
+            SlowParams,
+            flaky_once,
+            ToolMetadata(cacheable=False, timeout_s=5, runs_locally=True),
         )
     )
     return registry

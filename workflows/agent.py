@@ -29,7 +29,8 @@ Stages (timeouts and retry policies in :mod:`workflows.policies`):
 9. record (local, falling back to a regular activity during a database outage).
 
 Stages 1-3 run in the first workflow task; ``prepare_job`` also writes the job's first
-projection (RUNNING) from shape 1 on. The
+projection (RUNNING) from shape 1 on, and from shape 2 on runs stage 6 too when every planned
+call is a quick in-memory tool and the job will not wait for approval. The
 workflow is deterministic: no clock but ``workflow.now()``, no I/O, settings arrive in the input
 or from activity results.
 
@@ -95,6 +96,12 @@ and tool results itself (one local activity, one workflow activation and about 3
 CPU fewer per job); the stream then has no ``compression`` stage events, and the compression's
 timing comes from the activity. Inputs of shapes 0 and 1 replay the ``compress_context`` local
 activity."""
+
+SHAPE_TOOLS_IN_PREPARE = 2
+"""From this shape on, ``prepare_job`` also runs the plan's tools when they are all quick
+in-memory tools and the job will not wait for approval (``PrepareJobInput.run_local_tools``):
+one local activity and one activation fewer for such jobs. The workflow still publishes the
+tools stage and its events (after the fact) and retries transient failures alone."""
 
 PATCH_KEEP_RECORDED_OUTCOME = "agentflow-keep-recorded-outcome"
 """``workflow.patched`` id of ignoring a cancel that arrives after the outcome was recorded
@@ -212,7 +219,9 @@ class AgentWorkflow:
             raise
         if first_record is not None and not prepared.recorded:
             self._projection.schedule(first_record)  # the database did not take it: retried
-        self._clock.ran_elsewhere(prepared.duration_ms)
+        front = dict(prepared.duration_ms)
+        tools_ms = front.pop(Stage.TOOLS.value, 0.0)  # published with the tools stage below
+        self._clock.ran_elsewhere(front)
         cached = self._take_cache_check(prepared)
         if cached is not None:
             return await self._finish(cached)
@@ -226,6 +235,12 @@ class AgentWorkflow:
         # 5: the approval gate, when the policy says so; it may leave calls out.
         reasons, gated = approval_reasons(inp, planned, selection)
         held_back: list[ToolFailure] = []
+        ran_in_prepare = prepared.tool_results
+        if reasons and ran_in_prepare is not None:
+            # prepare_job decides with the same rule, so this cannot happen; if it did, the
+            # results are dropped and the calls wait for their decision like any other.
+            workflow.logger.error("prepare_job ran the tools of a job that waits; ignored")
+            ran_in_prepare = None
         if reasons:
             self._clock.enter(Stage.AWAITING_APPROVAL)
             gate = await self._gate.wait_for_decision(inp, planned, selection, reasons, gated)
@@ -234,9 +249,14 @@ class AgentWorkflow:
                 return await self._finish(state.result(gate.status))
             planned, held_back = gate.calls, gate.failures
 
-        # 6: tools; every call that did not run is a failure among the results.
-        self._clock.enter(Stage.TOOLS)
-        ran = await self._tools.run(inp, planned)
+        # 6: tools (already run by prepare_job when it could); every call that did not run is
+        # a failure among the results.
+        if ran_in_prepare is not None:
+            self._clock.enter(Stage.TOOLS, already_ms=tools_ms)
+            ran = await self._tools.run(inp, planned, ran=ran_in_prepare, ran_ms=tools_ms)
+        else:
+            self._clock.enter(Stage.TOOLS)
+            ran = await self._tools.run(inp, planned)
         tool_results: list[ToolResult] = [*rejected, *held_back, *ran]
         progress.tool_results = tool_results
 
@@ -409,7 +429,8 @@ class AgentWorkflow:
 async def prepare_job(inp: AgentWorkflowInput, record: RecordJobInput | None) -> PrepareJobResult:
     """Cache lookup, tool plan and model selection: the ``prepare_job`` local activity.
 
-    It also writes ``record`` (the job's first projection) when given.
+    It also writes ``record`` (the job's first projection) when given, and from shape 2 on runs
+    the plan's tools when they are all quick in-memory tools and the job will not wait.
 
     Returns:
         The cache check (with the hit, if any), and on a miss the plan and the selection, with
@@ -422,6 +443,7 @@ async def prepare_job(inp: AgentWorkflowInput, record: RecordJobInput | None) ->
             owner=inp.owner,
             approval_policy=inp.approval_policy,
             record=record,
+            run_local_tools=inp.shape >= SHAPE_TOOLS_IN_PREPARE,
         ),
         start_to_close_timeout=policies.PLAN_TIMEOUT,
         retry_policy=policies.LOCAL_QUICK_RETRY,

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SelectModelResult,
         ToolFailure,
     )
+    from domain.approvals import approval_reasons as domain_approval_reasons
     from workflows.job_events import JobEvents
     from workflows.projection import JobProjection
     from workflows.state import JobState
@@ -56,24 +57,15 @@ def approval_reasons(
 ) -> tuple[list[str], list[str]]:
     """Why the job must wait, and which calls need a decision.
 
+    :func:`domain.approvals.approval_reasons` on the job's request and policy.
+
     Returns:
         ``(reasons, gated_call_ids)``: one line per reason (empty: the job does not wait) and
         the ids of the calls whose tool requires approval.
     """
-    policy = inp.approval_policy
-    gated = [p for p in planned if p.requires_approval or p.call.name in policy.tools]
-    reasons: list[str] = []
-    if inp.request.require_approval:
-        reasons.append("the request asked for approval")
-    reasons += [f"tool {p.call.name} (call {p.call.id}) requires approval" for p in gated]
-    threshold = policy.cost_threshold_usd
-    estimate = selection.estimated_cost_usd
-    if threshold is not None and estimate is not None and estimate > threshold:
-        reasons.append(
-            f"estimated cost {estimate:.4f} USD is above the approval threshold of "
-            f"{threshold:g} USD"
-        )
-    return reasons, [p.call.id for p in gated]
+    return domain_approval_reasons(
+        inp.request.require_approval, inp.approval_policy, planned, selection
+    )
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
@@ -153,13 +154,15 @@ class StageClock:
         self._state = state
         self._events = events
 
-    def enter(self, stage: Stage, *, publish: bool = True) -> None:
+    def enter(self, stage: Stage, *, publish: bool = True, already_ms: float = 0.0) -> None:
         """Close the current stage (timing and ``stage_completed``) and start ``stage``.
 
         Args:
             stage: the stage the job enters; ``DONE`` publishes no ``stage_started``.
             publish: False records the closed stage's timing without publishing
                 ``stage_completed``.
+            already_ms: how long ``stage`` already ran elsewhere (in ``prepare_job``), in ms:
+                added to its timing when it closes.
         """
         now = workflow.now()
         progress = self._state.progress
@@ -174,7 +177,7 @@ class StageClock:
                     StageCompleted(job_id=job_id, stage=previous, duration_ms=elapsed)
                 )
         progress.stage = stage
-        self._state.stage_started = now
+        self._state.stage_started = now - timedelta(milliseconds=already_ms)
         if stage is not Stage.DONE:
             self._events.emit(StageStarted(job_id=job_id, stage=stage))
 

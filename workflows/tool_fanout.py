@@ -56,7 +56,12 @@ class ToolFanout:
         self._events = events
 
     async def run(
-        self, inp: AgentWorkflowInput, planned: list[PlannedToolCall]
+        self,
+        inp: AgentWorkflowInput,
+        planned: list[PlannedToolCall],
+        *,
+        ran: list[ToolResult] | None = None,
+        ran_ms: float = 0.0,
     ) -> list[ToolResult]:
         """Run ``planned`` and return their results in plan order.
 
@@ -66,6 +71,9 @@ class ToolFanout:
         Args:
             inp: the workflow's input (job id, heartbeat timeout).
             planned: the calls to run, in plan order.
+            ran: their results when ``prepare_job`` already ran them (one per call, in plan
+                order); only the transient failures among them run again, alone.
+            ran_ms: how long that took, in ms (added to ``tool_execution_complete``).
 
         Returns:
             One result per call, in plan order; a call that failed for good is a
@@ -78,26 +86,29 @@ class ToolFanout:
         if planned:
             self._events.emit(ToolExecutionStarted(job_id=inp.job_id, calls=planned))
         results: dict[str, ToolResult] = {}
-        parallel = [p for p in planned if p.parallel_safe]
-        width = min(len(parallel), policies.TOOL_FANOUT_WIDTH)
-        batches = [parallel[i::width] for i in range(width)]
-        await asyncio.gather(*(self._tool_batch(inp, batch, results) for batch in batches))
-        for p in planned:
-            if not p.parallel_safe:
-                await self._tool_batch(inp, [p], results)
-        ran = [results[p.call.id] for p in planned if p.call.id in results]
+        if ran is not None:
+            await self._take_results(inp, planned, ran, results)
+        else:
+            parallel = [p for p in planned if p.parallel_safe]
+            width = min(len(parallel), policies.TOOL_FANOUT_WIDTH)
+            batches = [parallel[i::width] for i in range(width)]
+            await asyncio.gather(*(self._tool_batch(inp, batch, results) for batch in batches))
+            for p in planned:
+                if not p.parallel_safe:
+                    await self._tool_batch(inp, [p], results)
+        done = [results[p.call.id] for p in planned if p.call.id in results]
         if planned:
-            failed = sum(1 for r in ran if isinstance(r, ToolFailure))
-            elapsed = (workflow.now() - started).total_seconds() * 1000
+            failed = sum(1 for r in done if isinstance(r, ToolFailure))
+            elapsed = (workflow.now() - started).total_seconds() * 1000 + ran_ms
             self._events.emit(
                 ToolExecutionComplete(
                     job_id=inp.job_id,
-                    succeeded=len(ran) - failed,
+                    succeeded=len(done) - failed,
                     failed=failed,
                     duration_ms=round(elapsed, 3),
                 )
             )
-        return ran
+        return done
 
     async def _tool_batch(
         self,
@@ -110,6 +121,16 @@ class ToolFanout:
         done = await self._run_tools_activity(
             inp, batch, raise_transient=False, retry=policies.TOOL_BATCH_RETRY, summary=names
         )
+        await self._take_results(inp, batch, done, results)
+
+    async def _take_results(
+        self,
+        inp: AgentWorkflowInput,
+        batch: list[PlannedToolCall],
+        done: list[ToolResult],
+        results: dict[str, ToolResult],
+    ) -> None:
+        """Keep ``done`` (the results of ``batch``); its transient failures run again alone."""
         by_id = {p.call.id: p for p in batch}
         retries = [r for r in done if isinstance(r, ToolFailure) and r.retryable]
         for r in done:

@@ -11,7 +11,7 @@ from core.models.cache import CheckResponseCacheResult
 from core.models.progress import RecordJobInput
 from core.models.requests import AgentRequest
 from core.models.selection import SelectModelResult
-from core.models.tools import PlanToolsResult
+from core.models.tools import PlanToolsResult, ToolResult
 from core.models.usage import BudgetReservation
 
 CURRENT_SHAPE = 2
@@ -22,7 +22,8 @@ activity of its own beside ``prepare_job`` and every tool batch a regular activi
 ``prepare_job`` writes the first record, and a batch of only quick in-memory tools
 (``ToolMetadata.runs_locally``) is a local activity; 2 (0.3.1): compression runs inside the
 final answer's ``generate_answer`` activity instead of a ``compress_context`` local activity of
-its own. README, "Changing
+its own, and ``prepare_job`` runs the tools when they all run locally and the job will not wait
+for approval. README, "Changing
 workflow code", says when a change is keyed by the shape instead of ``workflow.patched``."""
 
 
@@ -75,6 +76,9 @@ class PrepareJobInput(BaseModel):
     approval_policy: ApprovalPolicy | None = None
     """The job's approval policy: a cached answer whose tools or cost the policy gates now is
     not served (``None``: jobs started before this field; only ``require_approval`` gates)."""
+    run_local_tools: bool = False
+    """Run the plan's tools here when they all run locally and the job will not wait for
+    approval (workflow shape 2 on): one local activity fewer per such job."""
     record: RecordJobInput | None = None
     """The job's first record (RUNNING, with the request), written beside the lookup so the job
     needs no local activity of its own for it (``None``: the workflow writes it itself, as jobs
@@ -85,7 +89,8 @@ class PrepareJobResult(BaseModel):
     """The front of a job in one local activity: cache lookup, then (on a miss) plan and tier.
 
     ``plan`` and ``selection`` are ``None`` on a cache hit. ``duration_ms`` holds each part's
-    wall time (``response_cache``, ``tool_plan``, ``model_selection``) for the stage timings.
+    wall time (``response_cache``, ``tool_plan``, ``model_selection``, and ``tools`` when it ran
+    them) for the stage timings.
     """
 
     cache: CheckResponseCacheResult
@@ -95,3 +100,6 @@ class PrepareJobResult(BaseModel):
     recorded: bool = False
     """Whether ``PrepareJobInput.record`` was written; ``False`` also when the database was
     unavailable or refused it (the workflow then writes it through its usual path)."""
+    tool_results: list[ToolResult] | None = None
+    """One result per planned call, in plan order, when it ran the tools
+    (``PrepareJobInput.run_local_tools``); ``None`` when it did not (the workflow runs them)."""

@@ -1,0 +1,111 @@
+"""Shape 2: ``prepare_job`` runs a job's quick in-memory tools when the job will not wait.
+
+The rules (workflows/agent.py ``SHAPE_TOOLS_IN_PREPARE``, domain/approvals.py): only when every
+planned call runs locally and the approval rule says the job does not wait; the stream still
+shows the tools stage with its events in order; a transient failure runs again alone; a job that
+waits for a decision runs no tool before it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+
+from core.events import (
+    StageCompleted,
+    StageStarted,
+    ToolExecutionComplete,
+    ToolExecutionStarted,
+    ToolResultEvent,
+)
+from core.models import (
+    AgentRequest,
+    AgentResult,
+    ApprovalDecision,
+    ApprovalPolicy,
+    JobStatus,
+    Stage,
+    ToolCall,
+    ToolSuccess,
+)
+from tests.test_approval_policy import events_of, unique
+from tests.workflow_support import FAILED_ONCE, Harness, wait_for_stage
+from workflows.agent import AgentWorkflow
+
+CALC = ToolCall(id="calc", name="calculator", parameters={"expression": "6*7"})
+
+
+async def _activities(handle: WorkflowHandle[AgentWorkflow, AgentResult]) -> list[str]:
+    """Every activity of the job in history order: regular ones and local ones (markers)."""
+    names: list[str] = []
+    async for e in handle.fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            data = e.marker_recorded_event_attributes.details.get("data")
+            if data is not None:
+                names.append(json.loads(data.payloads[0].data)["activity_type"])
+    return names
+
+
+async def test_quick_tools_run_inside_prepare_and_the_stream_shows_them(harness: Harness) -> None:
+    handle = await harness.start(
+        AgentRequest(query=unique("What is the answer?"), tool_calls=[CALC], model_tier="small")
+    )
+    result = await handle.result()
+    assert result.status is JobStatus.COMPLETED
+    [calc] = [r for r in result.tool_results if r.call_id == "calc"]
+    assert isinstance(calc, ToolSuccess) and calc.value == {"expression": "6 * 7", "value": 42}
+    assert "run_tools" not in await _activities(handle)  # ran inside prepare_job
+    assert Stage.TOOLS in [t.stage for t in result.timings]
+
+    # Causes before effects: the tools stage opens, its events follow, then it closes.
+    tool_events = (ToolExecutionStarted, ToolResultEvent, ToolExecutionComplete)
+    kinds = [
+        type(event).__name__
+        for event in await events_of(harness, handle.id)
+        if isinstance(event, tool_events)
+        or (isinstance(event, (StageStarted, StageCompleted)) and event.stage is Stage.TOOLS)
+    ]
+    results = sum(1 for k in kinds if k == "ToolResultEvent")
+    assert results == len(result.tool_results) >= 1
+    assert kinds == [
+        "StageStarted",
+        "ToolExecutionStarted",
+        *["ToolResultEvent"] * results,
+        "ToolExecutionComplete",
+        "StageCompleted",
+    ]
+
+
+async def test_a_transient_failure_in_prepare_runs_again_alone(harness: Harness) -> None:
+    text = uuid.uuid4().hex
+    flaky = ToolCall(id="f", name="local_flaky_once", parameters={"text": text, "delay_ms": 0})
+    handle = await harness.start(
+        AgentRequest(query=unique("Echo this"), tool_calls=[flaky], model_tier="small")
+    )
+    result = await handle.result()
+    [echo] = [r for r in result.tool_results if r.call_id == "f"]
+    assert isinstance(echo, ToolSuccess) and echo.value == {"echo": text}
+    activities = await _activities(handle)
+    assert activities.count("run_tools") == 1  # the retry alone, as a regular activity
+
+
+async def test_a_job_that_waits_runs_no_tool_before_its_decision(harness: Harness) -> None:
+    text = uuid.uuid4().hex  # the test tool notes each text it is called with (this process)
+    flaky = ToolCall(id="f", name="local_flaky_once", parameters={"text": text, "delay_ms": 0})
+    handle = await harness.start(
+        AgentRequest(query=unique("Work this out"), tool_calls=[flaky], model_tier="small"),
+        approval_policy=ApprovalPolicy(cost_threshold_usd=0.0),  # any estimate is above it
+    )
+    progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    assert text not in FAILED_ONCE, "the tool ran before the decision"
+    assert progress.tool_results == []
+    await handle.execute_update(AgentWorkflow.decide, ApprovalDecision(approved=True, reviewer="r"))
+    result = await handle.result()
+    assert result.status is JobStatus.COMPLETED
+    [echo] = [r for r in result.tool_results if r.call_id == "f"]
+    assert isinstance(echo, ToolSuccess) and text in FAILED_ONCE
