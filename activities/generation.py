@@ -19,7 +19,7 @@ from activities.heartbeat import heartbeating
 from activities.token_stream import TokenPublisher, TokenStreamSettings
 from core.canonical import canonical_digest
 from core.catalog import ModelCatalog, ModelSpec
-from core.errors import ModelError
+from core.errors import ErrorType, ModelError
 from core.metrics import observe_coalesced
 from core.models import CacheLevel, GenerateInput, GenerateResult
 from core.providers import ChatMessage, usage_of
@@ -94,10 +94,13 @@ class ModelActivities:
             return await self._generate(inp)
         if self.compressor is None:
             raise ApplicationError(
-                "this worker cannot compress inside generation", non_retryable=True
+                "this worker cannot compress inside generation",
+                type=ErrorType.COMPRESSION_UNAVAILABLE.value,
+                non_retryable=True,
             )
         started = time.perf_counter()
-        compressed = await self.compressor.compress(inp.compress)
+        async with heartbeating("compression"):
+            compressed = await self.compressor.compress(inp.compress)
         compression_ms = round((time.perf_counter() - started) * 1000, 3)
         result = await self._generate(inp.model_copy(update={"context": compressed.items}))
         return result.model_copy(

@@ -155,15 +155,18 @@ class StageActivities:
     async def prepare_job(self, inp: PrepareJobInput) -> PrepareJobResult:
         """The front of a job in one local activity: cache lookup, plan, tier, first record.
 
-        One local activity instead of four saves three round trips between the workflow and the
-        activity worker inside the job's first workflow task. Selection runs after planning so
+        One local activity instead of four (five with the tools) saves round trips between the
+        workflow and the activity worker inside the job's first workflow task. With
+        ``inp.run_local_tools`` it also runs the plan's tools when :meth:`_tools_budget_s`
+        allows (quick in-memory tools of a job that will not wait). Selection runs after planning so
         it sees the planned tools. The first record (``inp.record``) is written in a thread
         while the rest runs; a write that fails is reported (``recorded=False``), never raised,
         so the lookup is not repeated for it: the workflow writes the record itself then.
 
         Returns:
-            The cache lookup; on a miss also the tool plan and the model selection, and each
-            part's wall time in ms; whether the first record was written.
+            The cache lookup; on a miss also the tool plan and the model selection (and the
+            tools' results when it ran them), and each part's wall time in ms; whether the first
+            record was written.
         """
         if inp.record is None:
             return await self._prepare(inp)
@@ -234,14 +237,20 @@ class StageActivities:
         selection = await self.route(select_input)
         lap(Stage.MODEL_SELECTION)
         tool_results = None
-        if inp.run_local_tools and self._may_run_tools(inp, plan, selection):
+        budget_s = self._tools_budget_s(inp, plan, selection) if inp.run_local_tools else None
+        if budget_s is not None:
             assert self.tool_runner is not None
             try:
-                tool_results = await self.tool_runner.run_calls([p.call for p in plan.planned])
-            except Exception as exc:  # never fails the job's front
+                tool_results = await asyncio.wait_for(
+                    self.tool_runner.run_calls([p.call for p in plan.planned]), budget_s
+                )
+            except Exception as exc:  # never fails the job's front, nor runs out its time
                 # The workflow runs them itself then, where a failed batch is a failure per
-                # call (for example a corrupt entry on the tool level).
-                log.warning("prepare_job could not run the tools (%s); the workflow runs them", exc)
+                # call (a corrupt entry on the tool level, say) and a slow one has its own time.
+                log.warning(
+                    "prepare_job did not run the tools (%s); the workflow runs them",
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                )
             else:
                 lap(Stage.TOOLS)
         return PrepareJobResult(
@@ -252,32 +261,36 @@ class StageActivities:
             tool_results=tool_results,
         )
 
-    def _may_run_tools(
+    def _tools_budget_s(
         self, inp: PrepareJobInput, plan: PlanToolsResult, selection: SelectModelResult
-    ) -> bool:
-        """Whether ``prepare_job`` may run the plan's tools itself.
+    ) -> float | None:
+        """How long ``prepare_job`` may spend running the plan's tools itself, in seconds.
 
-        Only when every planned call is a quick in-memory, parallel-safe tool
-        (``ToolMetadata.runs_locally``), the job will not wait for approval (the workflow's own
-        rule, :func:`domain.approvals.approval_reasons`: a gated call never runs before its
-        decision), and this attempt has time left for the slowest call's timeout plus a second.
+        ``None`` (the workflow runs them) unless every planned call is a quick in-memory,
+        parallel-safe tool (``ToolMetadata.runs_locally``), the job will not wait for approval
+        (the workflow's own rule, :func:`domain.approvals.approval_reasons`: a gated call never
+        runs before its decision), and this attempt has time left for the slowest call's
+        timeout plus the first record's wait (:data:`FIRST_RECORD_WAIT_S`) and a second. The
+        budget is what is left of the attempt minus that wait and the second, so running the
+        tools never times ``prepare_job`` out (which would repeat the whole front).
         """
         planned = plan.planned
         if self.tool_runner is None or inp.approval_policy is None or not planned:
-            return False
+            return None
         if not all(p.runs_locally and p.parallel_safe for p in planned):
-            return False
+            return None
         reasons, _ = approval_reasons(
             inp.request.require_approval, inp.approval_policy, planned, selection
         )
         if reasons:
-            return False
+            return None
         info = activity.info()
         if info.start_to_close_timeout is None:
-            return True
+            return max(p.timeout_s for p in planned) + 1.0
         elapsed = datetime.now(UTC) - info.started_time
-        left_s = (info.start_to_close_timeout - elapsed).total_seconds()
-        return left_s > max(p.timeout_s for p in planned) + 1.0
+        budget_s = (info.start_to_close_timeout - elapsed).total_seconds()
+        budget_s -= FIRST_RECORD_WAIT_S + 1.0
+        return budget_s if budget_s > max(p.timeout_s for p in planned) else None
 
     # ------------------------------------------------------------------ planning
 

@@ -30,6 +30,9 @@ class ErrorType(StrEnum):
     """A tool hit a transient failure (network); retryable."""
     BLOB_NOT_FOUND = "BlobNotFound"
     """A payload reference points at nothing; non-retryable."""
+    COMPRESSION_UNAVAILABLE = "CompressionUnavailable"
+    """A ``generate_answer`` asked to compress reached a worker built without a compressor;
+    non-retryable (and not escalated: every tier would fail the same way)."""
     STORE_UNAVAILABLE = "StoreUnavailable"
     """The job database is down or locked; retryable."""
     STORE_REJECTED = "StoreRejected"

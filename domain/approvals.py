@@ -4,6 +4,10 @@ The workflow's approval gate (:mod:`workflows.approval_gate`) decides with it wh
 ``prepare_job`` decides with it whether it may run a job's quick in-memory tools itself (only a
 job that will not wait: a gated call must never run before its decision). Both call this one
 function on the same inputs, so they cannot disagree.
+
+A change to this rule changes what recorded jobs would command on replay (whether
+``prepare_job`` may have run the tools is in their history, whether the job waits is decided
+again): make it under a new workflow shape (README, "Changing workflow code").
 """
 
 from __future__ import annotations

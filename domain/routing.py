@@ -63,10 +63,6 @@ class CueRouter:
 
     name = "cue"
 
-    def identity(self) -> str:
-        """What the component cache keys this router's selections by."""
-        return "cue-v1"
-
     def route(self, inp: SelectModelInput) -> SelectModelResult:
         """Route with the cue table (its rules are in :mod:`domain.selection`)."""
         return select_model(inp).model_copy(update={"router": self.name})
@@ -111,13 +107,6 @@ class LearnedRouter:
         )
         self.small_threshold = small_threshold
         self.tool_answered_max_p_large = tool_answered_max_p_large
-
-    def identity(self) -> str:
-        """The component cache's key for this router: artifact version and operating point."""
-        return (
-            f"learned:{self.model.version}:{self.large_threshold!r}:{self.small_threshold!r}:"
-            f"{self.tool_answered_max_p_large!r}"
-        )
 
     def choose(
         self, prediction: RouterPrediction, *, tools_answer: bool = False, derives: bool = False

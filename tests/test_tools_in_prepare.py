@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
@@ -91,15 +92,30 @@ async def test_a_transient_failure_in_prepare_runs_again_alone(harness: Harness)
     [echo] = [r for r in result.tool_results if r.call_id == "f"]
     assert isinstance(echo, ToolSuccess) and echo.value == {"echo": text}
     activities = await _activities(handle)
-    assert activities.count("run_tools") == 1  # the retry alone, as a regular activity
+    assert activities.count("run_tools") == 1  # the retry alone (prepare_job ran the first try)
 
 
-async def test_a_job_that_waits_runs_no_tool_before_its_decision(harness: Harness) -> None:
+@pytest.mark.parametrize(
+    ("why", "require_approval", "policy"),
+    [
+        ("cost", False, ApprovalPolicy(cost_threshold_usd=0.0)),  # any estimate is above it
+        ("tool", False, ApprovalPolicy(tools=["local_flaky_once"])),
+        ("request", True, ApprovalPolicy()),
+    ],
+)
+async def test_a_job_that_waits_runs_no_tool_before_its_decision(
+    harness: Harness, why: str, require_approval: bool, policy: ApprovalPolicy
+) -> None:
     text = uuid.uuid4().hex  # the test tool notes each text it is called with (this process)
     flaky = ToolCall(id="f", name="local_flaky_once", parameters={"text": text, "delay_ms": 0})
     handle = await harness.start(
-        AgentRequest(query=unique("Work this out"), tool_calls=[flaky], model_tier="small"),
-        approval_policy=ApprovalPolicy(cost_threshold_usd=0.0),  # any estimate is above it
+        AgentRequest(
+            query=unique(f"Work this out ({why})"),
+            tool_calls=[flaky],
+            model_tier="small",
+            require_approval=require_approval,
+        ),
+        approval_policy=policy,
     )
     progress = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
     assert text not in FAILED_ONCE, "the tool ran before the decision"

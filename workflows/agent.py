@@ -20,8 +20,9 @@ Stages (timeouts and retry policies in :mod:`workflows.policies`):
    it, or the estimated cost is over the threshold): waits for the ``decide`` update (validated;
    refused unless the job is waiting), which decides the job and may decide single calls, up to
    the approval timeout; then the policy's timeout action (:mod:`workflows.approval_gate`);
-6. tools — ``run_tools`` regular activities, at most ``TOOL_FANOUT_WIDTH`` at once, each call
-   behind the Redis tool-result cache; failures are data;
+6. tools — ``run_tools`` activities, at most ``TOOL_FANOUT_WIDTH`` at once (local ones for
+   batches of quick in-memory tools, or none when ``prepare_job`` ran them), each call behind
+   the Redis tool-result cache; failures are data;
 7. compression — context and tool results fitted to the token budget: from shape 2 on inside
    the generation activity (no stage events of its own), before that a local activity;
 8. generation — the selected tier with a timeout fitted to it; on failure the escalation tier
@@ -72,7 +73,6 @@ with workflow.unsafe.imports_passed_through():
         RecordJobInput,
         SelectModelResult,
         Stage,
-        StageTiming,
         ToolFailure,
         ToolResult,
     )
@@ -270,10 +270,8 @@ class AgentWorkflow:
             )
             compression = final.compression
             _count_component_lookup(progress.cache, final.compression_cache_hit)
-            if final.compression_ms is not None:  # timed by the activity, before generation's
-                progress.timings.append(
-                    StageTiming(stage=Stage.COMPRESSION, duration_ms=final.compression_ms)
-                )
+            if final.compression_ms is not None:  # timed by the activity, part of generation's
+                self._clock.carve_out(Stage.COMPRESSION, final.compression_ms)
         else:
             self._clock.enter(Stage.COMPRESSION)
             compressed = await compress_context(inp, tool_results)

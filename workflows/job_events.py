@@ -181,6 +181,17 @@ class StageClock:
         if stage is not Stage.DONE:
             self._events.emit(StageStarted(job_id=job_id, stage=stage))
 
+    def carve_out(self, stage: Stage, duration_ms: float) -> None:
+        """Record ``stage`` as the first ``duration_ms`` of the current stage (no events).
+
+        For a stage an activity ran at the start of the current one (compression inside the
+        generation activity): its timing is recorded before the current stage's, and the
+        current stage's clock starts that much later, so no millisecond is counted twice.
+        """
+        self._state.progress.timings.append(StageTiming(stage=stage, duration_ms=duration_ms))
+        if self._state.stage_started is not None:
+            self._state.stage_started += timedelta(milliseconds=duration_ms)
+
     def ran_elsewhere(self, duration_ms: dict[str, float]) -> None:
         """Record stages that one activity ran, with the timings it measured; stop the clock.
 

@@ -130,7 +130,11 @@ def _compression_failed(err: ActivityError) -> bool:
 
 
 _COMPRESSION_ERRORS = frozenset(
-    {ErrorType.CONTEXT_BUDGET_EXCEEDED.value, ErrorType.BLOB_NOT_FOUND.value}
+    {
+        ErrorType.CONTEXT_BUDGET_EXCEEDED.value,
+        ErrorType.BLOB_NOT_FOUND.value,
+        ErrorType.COMPRESSION_UNAVAILABLE.value,
+    }
 )
 
 

@@ -29,8 +29,10 @@ LOCAL_QUICK_RETRY = RetryPolicy(
 """Cheap local stages: three quick attempts."""
 
 PLAN_TIMEOUT = timedelta(seconds=30)
-"""Start-to-close of ``plan_tools``. The activity bounds a model planner by its own timeout
-(``AGENTFLOW_PLANNER_TIMEOUT_S``, validated to be shorter) and falls back to the rules."""
+"""Start-to-close of ``prepare_job`` (cache lookup, plan, selection, and from shape 2 the quick
+tools it may run). The activity bounds a model planner by its own timeout
+(``AGENTFLOW_PLANNER_TIMEOUT_S``, validated to be shorter) and falls back to the rules, and runs
+the tools only within what is left of this (``StageActivities._tools_budget_s``)."""
 
 LOCAL_COMPRESSION_TIMEOUT = timedelta(seconds=30)
 """Start-to-close of ``compress_context`` as a local activity (CPU work in the thread pool)."""

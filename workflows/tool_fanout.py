@@ -4,7 +4,9 @@ Parallel-safe calls go in up to ``TOOL_FANOUT_WIDTH`` concurrent ``run_tools`` a
 others one by one after them; a call that failed transiently inside a batch runs again alone (as
 a regular activity). A batch of only quick in-memory tools (the calculator, the docs search) is a
 local activity: it runs inside the workflow task, without a round trip through the task queue.
-Failures are data (:class:`core.models.ToolFailure`), never exceptions.
+From shape 2 ``prepare_job`` may already have run them (``run(..., ran=...)``): the stage then
+publishes their events and runs only the transient failures again, alone. Failures are data
+(:class:`core.models.ToolFailure`), never exceptions.
 """
 
 from __future__ import annotations

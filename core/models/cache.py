@@ -16,7 +16,8 @@ class CacheLevel(StrEnum):
     ``response``: exact final answers (normalized query, context hash, model identity);
     ``semantic``: final answers of an earlier query with the same meaning (embeddings plus a
     wrong-hit guard); ``tool``: tool results (per-tool TTL, tool version in the key);
-    ``component``: model selection and compression outputs for identical inputs.
+    ``component``: compression outputs for identical large inputs, and generations shared by
+    identical calls in flight.
     """
 
     RESPONSE = "response"

@@ -71,7 +71,7 @@ class AnswerCache:
         response_ttl_s: TTL of cached final answers, in seconds.
         semantic: the semantic response level (``None``: off).
         semantic_ttl_s: TTL of a semantic entry, in seconds.
-        component_ttl_s: TTL of cached selection and compression outputs, in seconds.
+        component_ttl_s: TTL of cached compression outputs, in seconds.
     """
 
     def __init__(
