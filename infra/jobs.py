@@ -12,10 +12,12 @@ Every method is synchronous and thread-safe, and raises
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Text, text
+from sqlalchemy import Engine, Insert, Select, Table, Text, Update, bindparam, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -84,6 +86,36 @@ class JobRecord(SQLModel, table=True):
         if self.request_json is None:
             return None
         return AgentRequest.model_validate_json(self.request_json)
+
+
+def _jobs_table() -> Table:
+    return cast(Table, JobRecord.__table__)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _SELECT_JOB() -> Select[Any]:
+    """The job's row by ``b_job_id``; built once, so SQLAlchemy's compiled cache answers."""
+    table = _jobs_table()
+    return sa_select(table).where(table.c.job_id == bindparam("b_job_id"))
+
+
+@functools.cache
+def _SELECT_JOB_FOR_UPDATE() -> Select[Any]:
+    """:func:`_SELECT_JOB` locking the row (PostgreSQL)."""
+    return _SELECT_JOB().with_for_update()
+
+
+@functools.cache
+def _INSERT_JOB() -> Insert:
+    """An INSERT of a job row; the columns are the parameters given."""
+    return _jobs_table().insert()
+
+
+@functools.cache
+def _UPDATE_JOB() -> Update:
+    """An UPDATE of the job ``b_job_id``; the columns set are the parameters given."""
+    table = _jobs_table()
+    return table.update().where(table.c.job_id == bindparam("b_job_id"))
 
 
 class JobStore:
@@ -232,55 +264,71 @@ class JobStore:
     ) -> JobRecord:
         result_json = result.model_dump_json()
         status = result.status
-        with self._session() as session:
+        table = _jobs_table()
+        sqlite = self._engine.dialect.name == "sqlite"
+        # Core statements, not the ORM: a job writes two records, and the session's identity
+        # map and unit of work cost about as much as the writes (issue 21's profile).
+        with self._engine.connect() as conn:
             # Read and write under one lock, so a concurrent writer cannot commit between the
             # revision check and the update (a lost update would move the job backwards):
             # SQLite takes the write lock up front, PostgreSQL locks the row (FOR UPDATE).
-            if self._engine.dialect.name == "sqlite":
-                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-            record = session.get(JobRecord, result.job_id, with_for_update=True)
+            if sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            query = _SELECT_JOB if sqlite else _SELECT_JOB_FOR_UPDATE
+            row = conn.execute(query(), {"b_job_id": result.job_id}).mappings().first()
             now = utc_now()
-            if record is None:
+            if row is not None and (
+                revision < row["revision"]
+                or (
+                    revision == row["revision"]
+                    and row["result_json"] == result_json
+                    and row["status"] == status.value
+                )
+            ):
+                conn.rollback()
+                return JobRecord(**row)
+            tier = result.escalated_to or (result.selection.tier if result.selection else None)
+            changes: dict[str, Any] = {
+                "revision": revision,
+                "status": status.value,
+                "result_json": result_json,
+                "tier": tier.value if tier is not None else None,
+                "cost_usd": result.total_cost_usd,
+                "prompt_tokens": sum(u.prompt_tokens for u in result.usage),
+                "completion_tokens": sum(u.completion_tokens for u in result.usage),
+                "response_cache_hit": result.response_cache_hit,
+                "error": result.error,
+                "updated_at": now,
+            }
+            if request is not None:
+                changes["query"] = request.query
+                changes["request_json"] = request.model_dump_json()
+            if idempotency_key is not None:
+                changes["idempotency_key"] = idempotency_key
+            if request_hash is not None:
+                changes["request_hash"] = request_hash
+            if owner is not None:
+                changes["owner"] = owner
+            created = row["created_at"] if row is not None else (created_at or now)
+            if status.is_terminal:
+                if events_json is not None:
+                    changes["events_json"] = events_json
+                completed = row["completed_at"] if row is not None else None
+                if completed is None:
+                    completed = changes["completed_at"] = now
+                changes["duration_ms"] = (completed - created).total_seconds() * 1000.0
+            if row is None:
                 record = JobRecord(
                     job_id=result.job_id,
                     workflow_id=workflow_id_for(result.job_id),
-                    status=status.value,
-                    created_at=created_at or now,
-                    updated_at=now,
+                    created_at=created,
+                    **changes,
                 )
-            elif revision < record.revision or (
-                revision == record.revision
-                and record.result_json == result_json
-                and record.status == status.value
-            ):
-                return record
-            if request is not None:
-                record.query = request.query
-                record.request_json = request.model_dump_json()
-            if idempotency_key is not None:
-                record.idempotency_key = idempotency_key
-            if request_hash is not None:
-                record.request_hash = request_hash
-            if owner is not None:
-                record.owner = owner
-            tier = result.escalated_to or (result.selection.tier if result.selection else None)
-            record.revision = revision
-            record.status = status.value
-            record.result_json = result_json
-            record.tier = tier.value if tier is not None else None
-            record.cost_usd = result.total_cost_usd
-            record.prompt_tokens = sum(u.prompt_tokens for u in result.usage)
-            record.completion_tokens = sum(u.completion_tokens for u in result.usage)
-            record.response_cache_hit = result.response_cache_hit
-            record.error = result.error
-            record.updated_at = now
-            if status.is_terminal:
-                if events_json is not None:
-                    record.events_json = events_json
-                if record.completed_at is None:
-                    record.completed_at = now
-                elapsed = record.completed_at - record.created_at
-                record.duration_ms = elapsed.total_seconds() * 1000.0
-            session.add(record)
-            session.commit()
+                conn.execute(
+                    _INSERT_JOB(), {c.name: getattr(record, c.name) for c in table.columns}
+                )
+            else:
+                record = JobRecord(**{**row, **changes})
+                conn.execute(_UPDATE_JOB(), {"b_job_id": result.job_id, **changes})
+            conn.commit()
             return record
