@@ -84,6 +84,7 @@ class SchemaOutOfDateError(AgentflowError, RuntimeError):
 
 def target_metadata() -> MetaData:
     """The models' metadata (importing the table modules registers their tables on it)."""
+    import infra.batches
     import infra.jobs
     import infra.keys
     import infra.payloads  # noqa: F401

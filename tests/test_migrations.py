@@ -104,6 +104,10 @@ def _schema(engine: Engine) -> dict[str, Any]:
     }
 
 
+BATCH_TABLES = ("batches", "batch_items")
+"""Tables added after the baseline (revision 0002)."""
+
+
 def _old_metadata() -> MetaData:
     """The schema a previous release created: jobs without events_json, no api_keys table."""
     old = MetaData()
@@ -123,7 +127,7 @@ def test_fresh_database_upgrades_to_exactly_the_models(bare_engine: Engine) -> N
     assert current_revision(bare_engine) is None
     assert upgrade(bare_engine) == head_revision()
     assert current_revision(bare_engine) == head_revision()
-    assert set(inspect(bare_engine).get_table_names()) == {*TABLES, VERSION_TABLE}
+    assert set(inspect(bare_engine).get_table_names()) == {*TABLES, *BATCH_TABLES, VERSION_TABLE}
     assert _differences(bare_engine) == []
 
 
