@@ -8,12 +8,15 @@ waits for a decision runs no tool before it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
+from temporalio.testing import ActivityEnvironment
 
 from core.events import (
     StageCompleted,
@@ -28,6 +31,7 @@ from core.models import (
     ApprovalDecision,
     ApprovalPolicy,
     JobStatus,
+    PrepareJobInput,
     Stage,
     ToolCall,
     ToolSuccess,
@@ -125,3 +129,27 @@ async def test_a_job_that_waits_runs_no_tool_before_its_decision(
     assert result.status is JobStatus.COMPLETED
     [echo] = [r for r in result.tool_results if r.call_id == "f"]
     assert isinstance(echo, ToolSuccess) and text in FAILED_ONCE
+
+
+async def test_prepare_hands_the_tools_back_when_its_attempt_lacks_the_time(
+    harness: Harness,
+) -> None:
+    """Tools run in ``prepare_job`` only when its attempt has the slowest call's timeout left
+    besides the first record's wait and a second; otherwise the workflow runs them."""
+    echo = ToolCall(id="e", name="local_echo", parameters={"text": "x", "delay_ms": 0})  # 10 s
+    inp = PrepareJobInput(
+        request=AgentRequest(query=unique("Echo this"), tool_calls=[echo], model_tier="small"),
+        approval_policy=ApprovalPolicy(),
+        run_local_tools=True,
+    )
+    env = ActivityEnvironment()
+    for start_to_close_s, runs_here in ((12, False), (30, True)):  # 12 - 2 - 1 < 10 < 30 - 3
+        env.info = dataclasses.replace(
+            ActivityEnvironment.default_info(),
+            started_time=datetime.now(UTC),
+            start_to_close_timeout=timedelta(seconds=start_to_close_s),
+            is_local=True,
+        )
+        result = await env.run(harness.activities.stages.prepare_job, inp)
+        assert result.cache.hit is None
+        assert (result.tool_results is not None) is runs_here, start_to_close_s
