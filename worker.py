@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from activities.retention import RetentionActivities
 from activities.wiring import (
     AgentActivities,
+    BatchActivities,
     ModelActivities,
     StageActivities,
     TokenStreamSettings,
@@ -38,6 +39,7 @@ from core.telemetry import configure_tracing
 from core.tokens import encoding
 from core.tools import ToolRegistry
 from domain.routing import router_from_settings
+from infra.batches import BatchStore
 from infra.cache import RedisCache, cache_from_settings, semantic_from_settings
 from infra.coalesce import Coalescer
 from infra.db import make_engine
@@ -136,6 +138,7 @@ def build_activities(
             compressor=stages.compressor,
         ),
         tools=tool_activities,
+        batches=BatchActivities(store=BatchStore(store.engine)),
     )
     return activities, cache, providers
 

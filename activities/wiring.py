@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from activities.batches import BatchActivities
 from activities.generation import ModelActivities
 from activities.stages import StageActivities
 from activities.token_stream import TokenStreamSettings
@@ -26,6 +27,7 @@ class AgentActivities:
     stages: StageActivities
     model: ModelActivities
     tools: ToolActivities
+    batches: BatchActivities
 
     def all(self) -> list[Callable[..., Any]]:
         """The bound activity methods, for ``Worker(activities=...)``."""
@@ -36,11 +38,13 @@ class AgentActivities:
             s.record_job,
             self.model.generate_answer,
             self.tools.run_tools,
+            self.batches.batch_step,
         ]
 
 
 __all__ = [
     "AgentActivities",
+    "BatchActivities",
     "ModelActivities",
     "StageActivities",
     "TokenStreamSettings",

@@ -20,6 +20,9 @@ AGENT_WORKFLOW_TYPE = "AgentWorkflow"
 """The workflow type of every job (``workflows.agent.AgentWorkflow``): the API starts and reads
 jobs by these names, so it never imports workflow (or activity) code."""
 
+BATCH_WORKFLOW_TYPE = "BatchWorkflow"
+"""The workflow type of every batch (``workflows.batch.BatchWorkflow``), id ``batch-<id>``."""
+
 PROGRESS_QUERY = "get_progress"
 """The job's progress query (returns ``core.models.AgentProgress``)."""
 
@@ -30,6 +33,11 @@ DECIDE_UPDATE = "decide"
 def workflow_id_for(job_id: str) -> str:
     """The workflow id of a job: ``agent-<job_id>``."""
     return f"{WORKFLOW_ID_PREFIX}{job_id}"
+
+
+def batch_workflow_id(batch_id: str) -> str:
+    """The workflow id of a batch: ``batch-<batch_id>``."""
+    return f"batch-{batch_id}"
 
 
 def scoped_idempotency_key(idempotency_key: str, owner: str | None) -> str:

@@ -34,7 +34,9 @@ from sqlalchemy import Engine, Index, Table, Text, UniqueConstraint, and_, exist
 from sqlalchemy.orm import aliased
 from sqlmodel import Field, SQLModel
 
+from core.models import JobStatus
 from infra.db import UTCDateTime, translate_errors, utc_now
+from infra.jobs import JobRecord
 
 
 class ItemStatus(StrEnum):
@@ -145,6 +147,10 @@ def item_job_id(batch_id: str, seq: int, attempt: int) -> str:
 
 def _items() -> Table:
     return cast(Table, BatchItemRecord.__table__)  # type: ignore[attr-defined]
+
+
+def _jobs() -> Table:
+    return cast(Table, JobRecord.__table__)  # type: ignore[attr-defined]
 
 
 class BatchStore:
@@ -286,6 +292,60 @@ class BatchStore:
                 )
             ).rowcount
         return status if changed else None
+
+    def unstarted(self, batch_id: str) -> list[ClaimedItem]:
+        """Running attempts whose job has written no record yet: not started, or just starting.
+
+        A step starts these (again): starting is idempotent by the job's workflow id, so an
+        attempt whose start was lost with a worker is started, and one already out is left be.
+        """
+        items = _items()
+        jobs = _jobs()
+        query = (
+            select(items.c.seq, items.c.job_id, items.c.attempts, items.c.request_json)
+            .where(items.c.batch_id == batch_id, items.c.status == ItemStatus.RUNNING.value)
+            .where(~exists().where(jobs.c.job_id == items.c.job_id))
+            .order_by(items.c.seq)
+        )
+        with translate_errors(), self._engine.connect() as conn:
+            return [
+                ClaimedItem(seq, job_id, attempts, request_json)
+                for seq, job_id, attempts, request_json in conn.execute(query).all()
+            ]
+
+    def collect(self, batch_id: str, max_attempts: int) -> int:
+        """Apply the outcome of every running attempt whose job has ended (:meth:`finish`).
+
+        A job that ended ``completed`` completes its item; any other end (failed, rejected,
+        expired, canceled) is a failed attempt, retried while attempts are left.
+
+        Returns:
+            How many attempts ended.
+        """
+        items = _items()
+        jobs = _jobs()
+        ended = [s.value for s in JobStatus if s.is_terminal]
+        query = (
+            select(items.c.seq, items.c.job_id, jobs.c.status, jobs.c.error)
+            .join(jobs, jobs.c.job_id == items.c.job_id)
+            .where(items.c.batch_id == batch_id, items.c.status == ItemStatus.RUNNING.value)
+            .where(jobs.c.status.in_(ended))
+        )
+        with translate_errors(), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        finished = 0
+        for seq, job_id, status, error in rows:
+            completed = status == JobStatus.COMPLETED.value
+            outcome = self.finish(
+                batch_id,
+                seq,
+                job_id,
+                completed=completed,
+                error=None if completed else (error or f"the job ended {status}"),
+                max_attempts=max_attempts,
+            )
+            finished += outcome is not None
+        return finished
 
     def counts(self, batch_id: str) -> dict[ItemStatus, int]:
         """Items per status (every status present, 0 when none)."""

@@ -76,24 +76,30 @@ def test_dev_runs_examples_end_to_end(tmp_path: Path) -> None:
         AGENTFLOW_SIMULATED_LATENCY_SCALE="0",
         COLUMNS="160",
     )
-    # One request at a time, so the repeat starts after the first answer is cached.
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "cli.main", "dev",
-            "--run", str(request_file), "--out", str(out), "--exit-after-run",
-            "--concurrency", "1",
-            "--temporal-port", str(temporal_port),
-            "--ui-port", str(ui_port),
-            "--api-port", str(api_port),
-            "--site-port", str(site_port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )  # fmt: skip
-    output = proc.stdout + proc.stderr
+    # One request at a time, so the repeat starts after the first answer is cached. A port
+    # free_port() chose may be taken by another process before the stack binds it (the suite
+    # runs servers in parallel): the stack refuses it by name, and the run takes new ports.
+    for _ in range(3):
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "cli.main", "dev",
+                "--run", str(request_file), "--out", str(out), "--exit-after-run",
+                "--concurrency", "1",
+                "--temporal-port", str(temporal_port),
+                "--ui-port", str(ui_port),
+                "--api-port", str(api_port),
+                "--site-port", str(site_port),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=280,
+        )  # fmt: skip
+        output = proc.stdout + proc.stderr
+        if proc.returncode == 0 or "is in use by something" not in output:
+            break
+        temporal_port, ui_port, api_port = free_port(), free_port(), free_port()
     assert proc.returncode == 0, output
 
     results = [json.loads(line) for line in out.read_text().splitlines()]

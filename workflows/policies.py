@@ -141,3 +141,15 @@ RECORD_RETRY = RetryPolicy(
 )
 """Recording retries until the database is back (the outcome is never lost); a write the
 database refuses is final, since retrying the same statement cannot succeed."""
+
+
+BATCH_STEP_TIMEOUT = timedelta(seconds=60)
+"""Start-to-close of one ``batch_step`` (a few queries and at most ``max_concurrency`` starts)."""
+
+BATCH_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+"""A batch step retries until the database and Temporal answer again: a batch never fails for an
+outage, it waits (a regular activity, so the wait holds no workflow task open)."""

@@ -35,6 +35,12 @@ from core.models.approvals import (
     CallOutcomeKind,
     DecisionResult,
 )
+from core.models.batches import (
+    BatchCounts,
+    BatchStepInput,
+    BatchStepResult,
+    BatchWorkflowInput,
+)
 from core.models.cache import (
     CachedResponse,
     CacheLevel,
@@ -97,6 +103,10 @@ __all__ = [
     "ApprovalPolicy",
     "ApprovalRecord",
     "ApprovalRequest",
+    "BatchCounts",
+    "BatchStepInput",
+    "BatchStepResult",
+    "BatchWorkflowInput",
     "BlobRef",
     "BudgetReservation",
     "CacheLevel",
