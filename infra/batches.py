@@ -43,19 +43,23 @@ class ItemStatus(StrEnum):
     """Where one batch item is.
 
     ``pending`` (waiting, or failed with attempts left), ``running`` (its current attempt's job is
-    out), ``completed``, ``dead_letter`` (failed on its last attempt), ``canceled``.
+    out), ``completed``, ``dead_letter`` (failed on its last attempt), ``rejected`` (its job
+    waited for a human who rejected it, or did not decide in time), ``canceled`` (its job was
+    cancelled). Rejected and canceled items are never retried: another attempt would ask the
+    same human again, or undo the cancel.
     """
 
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
     DEAD_LETTER = "dead_letter"
+    REJECTED = "rejected"
     CANCELED = "canceled"
 
     @property
     def is_terminal(self) -> bool:
-        """Whether the item is done for this run (completed, dead-lettered or canceled)."""
-        return self in (ItemStatus.COMPLETED, ItemStatus.DEAD_LETTER, ItemStatus.CANCELED)
+        """Whether the item is done for this run (anything but pending and running)."""
+        return self not in (ItemStatus.PENDING, ItemStatus.RUNNING)
 
 
 class BatchRecord(SQLModel, table=True):
@@ -143,6 +147,14 @@ class ClaimedItem:
 def item_job_id(batch_id: str, seq: int, attempt: int) -> str:
     """The job id of attempt ``attempt`` (1-based) of item ``seq``: ``<batch>-<seq>-<attempt>``."""
     return f"{batch_id}-{seq}-{attempt}"
+
+
+_FINAL_FOR_JOB = {
+    JobStatus.REJECTED.value: ItemStatus.REJECTED,
+    JobStatus.EXPIRED.value: ItemStatus.REJECTED,
+    JobStatus.CANCELED.value: ItemStatus.CANCELED,
+}
+"""Job endings that end their item without another attempt."""
 
 
 def _items() -> Table:
@@ -250,11 +262,13 @@ class BatchStore:
         completed: bool,
         error: str | None = None,
         max_attempts: int,
+        final: ItemStatus | None = None,
     ) -> ItemStatus | None:
         """Apply the outcome of attempt ``job_id`` of item ``seq``.
 
         Completed: ``completed``. Failed: back to ``pending`` while fewer than ``max_attempts``
-        attempts were made, else ``dead_letter``; ``error`` is kept either way.
+        attempts were made, else ``dead_letter``; ``error`` is kept either way. ``final``
+        (``rejected`` or ``canceled``) ends a failed item so, whatever attempts are left.
 
         Returns:
             The item's new status, or ``None`` when ``job_id`` is not the item's running attempt
@@ -277,6 +291,8 @@ class BatchStore:
             if not completed:
                 attempts_left = row.attempts < max_attempts
                 status = ItemStatus.PENDING if attempts_left else ItemStatus.DEAD_LETTER
+                if final is not None:
+                    status = final
             changed = conn.execute(
                 items.update()
                 .where(
@@ -316,8 +332,9 @@ class BatchStore:
     def collect(self, batch_id: str, max_attempts: int) -> int:
         """Apply the outcome of every running attempt whose job has ended (:meth:`finish`).
 
-        A job that ended ``completed`` completes its item; any other end (failed, rejected,
-        expired, canceled) is a failed attempt, retried while attempts are left.
+        A job that ended ``completed`` completes its item; ``failed`` is a failed attempt,
+        retried while attempts are left; ``rejected`` or ``expired`` (a human said no, or did not
+        answer) makes the item ``rejected`` and ``canceled`` makes it ``canceled``, not retried.
 
         Returns:
             How many attempts ended.
@@ -343,6 +360,7 @@ class BatchStore:
                 completed=completed,
                 error=None if completed else (error or f"the job ended {status}"),
                 max_attempts=max_attempts,
+                final=_FINAL_FOR_JOB.get(status),
             )
             finished += outcome is not None
         return finished

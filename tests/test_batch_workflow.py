@@ -142,3 +142,31 @@ async def test_continue_as_new_loses_and_repeats_no_item(harness: Harness) -> No
     first_run = harness.client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
     events = [e.event_type async for e in first_run.fetch_history_events()]
     assert events[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+
+
+async def test_a_job_a_human_did_not_approve_is_rejected_not_retried(harness: Harness) -> None:
+    waits = AgentRequest(query=f"Needs a human ({uuid.uuid4().hex[:8]})", require_approval=True)
+    items = [NewItem(_request("Fine")), NewItem(waits.model_dump_json(), item_key="gated")]
+    store = BatchStore(harness.store.engine)
+    batch_id = uuid.uuid4().hex[:16]
+    store.create(BatchRecord(batch_id=batch_id), items)
+    inp = BatchWorkflowInput(
+        batch_id=batch_id,
+        max_concurrency=2,
+        max_attempts=3,
+        template=AgentWorkflowInput(
+            job_id="template",
+            request=AgentRequest(query="template"),
+            shape=CURRENT_SHAPE,
+            approval_timeout=timedelta(minutes=5),  # skipped by the time-skipping server
+        ),
+    )
+    counts = await asyncio.wait_for(
+        harness.client.execute_workflow(
+            BatchWorkflow.run, inp, id=batch_workflow_id(batch_id), task_queue=harness.task_queue
+        ),
+        120,
+    )
+    assert (counts.completed, counts.rejected, counts.pending) == (1, 1, 0)
+    [gated] = [i for i in store.items(batch_id) if i.item_key == "gated"]
+    assert gated.status == ItemStatus.REJECTED.value and gated.attempts == 1

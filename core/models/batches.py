@@ -20,6 +20,7 @@ class BatchCounts(BaseModel):
     running: int = 0
     completed: int = 0
     dead_letter: int = 0
+    rejected: int = 0
     canceled: int = 0
 
     @property
