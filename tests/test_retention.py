@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -43,7 +43,8 @@ from infra.jobs import JobRecord
 from infra.migrations import create_tables
 from infra.payloads import BlobRecord, PayloadRecord
 from infra.retention import ExpiredRows, RetentionStore, ensure_retention_schedule
-from tests.helpers import free_port
+from infra.temporal import AgentflowPlugin
+from tests.helpers import find_binary, free_port
 from workflows.retention import RetentionWorkflow
 
 MAX_AGE = timedelta(days=30)
@@ -378,13 +379,32 @@ async def test_workflow_with_nothing_expired_makes_one_batch(
 
 
 @pytest.fixture
+async def own_dev_env(plugin: AgentflowPlugin) -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server of the test's own.
+
+    The retention schedule has one fixed id per namespace, and every ``python worker.py``
+    re-points it at its own task queue when it starts: on the session's shared dev server a
+    worker process started by another module (the crash tests) could take this module's
+    scheduled runs, and the test would wait for them forever.
+    """
+    environment = await WorkflowEnvironment.start_local(
+        plugins=[plugin],
+        dev_server_existing_path=find_binary("temporal"),
+        port=free_port(),
+        ui=False,
+    )
+    async with environment:
+        yield environment
+
+
+@pytest.fixture
 def cli_env(
-    monkeypatch: pytest.MonkeyPatch, dev_env: WorkflowEnvironment, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, own_dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> Iterator[dict[str, str]]:
     """Environment for the CLI: a SQLite job database, the dev server, a fresh task queue."""
     values = {
         "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
-        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "TEMPORAL_ADDRESS": own_dev_env.client.service_client.config.target_host,
         "AGENTFLOW_TASK_QUEUE": f"retention-{uuid.uuid4()}",
         "AGENTFLOW_RETENTION_BATCH_SIZE": "3",
     }
@@ -402,7 +422,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 @pytest.mark.devserver
 async def test_cli_dry_run_counts_and_run_deletes(
-    dev_env: WorkflowEnvironment, cli_env: dict[str, str]
+    own_dev_env: WorkflowEnvironment, cli_env: dict[str, str]
 ) -> None:
     engine = make_engine(cli_env["DATABASE_URL"])
     create_tables(engine)
@@ -415,7 +435,7 @@ async def test_cli_dry_run_counts_and_run_deletes(
     assert "5 jobs, 4 payloads and 0 blobs" in " ".join(output.split())
     assert len(present(engine)[0]) == 5 + len(seeded.kept_jobs)
 
-    async with retention_worker(dev_env.client, engine, cli_env["AGENTFLOW_TASK_QUEUE"]):
+    async with retention_worker(own_dev_env.client, engine, cli_env["AGENTFLOW_TASK_QUEUE"]):
         # The CLI runs its own event loop (asyncio.run), so it runs in a thread.
         code, output = await asyncio.to_thread(invoke, "run", "--older-than", "30")
     assert code == 0, output
@@ -427,9 +447,9 @@ async def test_cli_dry_run_counts_and_run_deletes(
 
 @pytest.mark.devserver
 async def test_schedule_is_created_updated_and_its_run_deletes(
-    dev_env: WorkflowEnvironment, cli_env: dict[str, str]
+    own_dev_env: WorkflowEnvironment, cli_env: dict[str, str]
 ) -> None:
-    client = dev_env.client
+    client = own_dev_env.client
     engine = make_engine(cli_env["DATABASE_URL"])
     create_tables(engine)
     seeded = seed(engine, datetime.now(UTC), jobs=4, payloads=2, blobs=7)
