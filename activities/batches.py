@@ -49,9 +49,12 @@ class BatchActivities:
             room = inp.max_concurrency - counts[ItemStatus.RUNNING]
             claimed = await asyncio.to_thread(self.store.claim, inp.batch_id, room)
             await asyncio.gather(*(self._start(inp, item) for item in [*lost, *claimed]))
-            counts = await asyncio.to_thread(self.store.counts, inp.batch_id)
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
+        # The batch's workflow is the only writer of its items: the claims moved that many
+        # from pending to running, so the counts need no second query.
+        counts[ItemStatus.PENDING] -= len(claimed)
+        counts[ItemStatus.RUNNING] += len(claimed)
         return BatchStepResult(
             finished=finished,
             started=len(lost) + len(claimed),
