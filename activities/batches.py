@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
@@ -20,6 +21,10 @@ from core.errors import AgentflowError
 from core.ids import AGENT_WORKFLOW_TYPE, workflow_id_for
 from core.models import AgentRequest, BatchCounts, BatchStepInput, BatchStepResult
 from infra.batches import BatchStore, ClaimedItem, ItemStatus
+
+MAX_STARTS_PER_STEP = 100
+"""Most jobs one step starts: the rest wait for the next step (a few hundred ms), so a step's
+start calls stay far inside its 60 s start-to-close even when the server is slow."""
 
 
 class BatchActivities:
@@ -46,29 +51,45 @@ class BatchActivities:
             finished = await asyncio.to_thread(self.store.collect, inp.batch_id, inp.max_attempts)
             lost = await asyncio.to_thread(self.store.unstarted, inp.batch_id)
             counts = await asyncio.to_thread(self.store.counts, inp.batch_id)
-            room = inp.max_concurrency - counts[ItemStatus.RUNNING]
+            room = min(inp.max_concurrency - counts[ItemStatus.RUNNING], MAX_STARTS_PER_STEP)
             claimed = await asyncio.to_thread(self.store.claim, inp.batch_id, room)
-            await asyncio.gather(*(self._start(inp, item) for item in [*lost, *claimed]))
+            started = await asyncio.gather(*(self._start(inp, i) for i in [*lost, *claimed]))
         except AgentflowError as exc:
             raise to_application_error(exc) from exc
         # The batch's workflow is the only writer of its items: the claims moved that many
-        # from pending to running, so the counts need no second query.
+        # from pending to running, and the items that could not start went to the dead
+        # letter, so the counts need no second query.
+        refused = started.count(False)
         counts[ItemStatus.PENDING] -= len(claimed)
-        counts[ItemStatus.RUNNING] += len(claimed)
+        counts[ItemStatus.RUNNING] += len(claimed) - refused
+        counts[ItemStatus.DEAD_LETTER] += refused
         return BatchStepResult(
-            finished=finished,
-            started=len(lost) + len(claimed),
+            finished=finished + refused,
+            started=len(started) - refused,
             counts=BatchCounts(**{status.value: n for status, n in counts.items()}),
         )
 
-    async def _start(self, inp: BatchStepInput, item: ClaimedItem) -> None:
-        """Start the item's job (a no-op when it is already out)."""
-        job = inp.template.model_copy(
-            update={
-                "job_id": item.job_id,
-                "request": AgentRequest.model_validate_json(item.request_json),
-            }
-        )
+    async def _start(self, inp: BatchStepInput, item: ClaimedItem) -> bool:
+        """Start the item's job (a no-op when it is already out); ``False`` when it cannot.
+
+        An item whose stored request is not a valid agent request goes to the dead letter at
+        once: no attempt could start it, and a step failing on it would be retried forever.
+        """
+        try:
+            request = AgentRequest.model_validate_json(item.request_json)
+        except ValidationError as exc:
+            await asyncio.to_thread(
+                self.store.finish,
+                inp.batch_id,
+                item.seq,
+                item.job_id,
+                completed=False,
+                error=f"the stored item is not a valid agent request ({exc.error_count()} errors)",
+                max_attempts=inp.max_attempts,
+                final=ItemStatus.DEAD_LETTER,
+            )
+            return False
+        job = inp.template.model_copy(update={"job_id": item.job_id, "request": request})
         await activity.client().start_workflow(
             AGENT_WORKFLOW_TYPE,
             job,
@@ -78,3 +99,4 @@ class BatchActivities:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"batch {inp.batch_id} item {item.seq} attempt {item.attempt}",
         )
+        return True

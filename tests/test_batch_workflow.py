@@ -170,3 +170,16 @@ async def test_a_job_a_human_did_not_approve_is_rejected_not_retried(harness: Ha
     assert (counts.completed, counts.rejected, counts.pending) == (1, 1, 0)
     [gated] = [i for i in store.items(batch_id) if i.item_key == "gated"]
     assert gated.status == ItemStatus.REJECTED.value and gated.attempts == 1
+
+
+async def test_an_item_that_is_not_a_request_goes_to_the_dead_letter_at_once(
+    harness: Harness,
+) -> None:
+    """A stored item no attempt could start (a hostile probe's case: the step used to fail on it
+    and retry forever, holding a slot, and the batch never ended)."""
+    items = [NewItem(_request("Fine")), NewItem("not json", item_key="bad")]
+    batch_id, _, counts = await _run_batch(harness, items, max_concurrency=2, max_attempts=3)
+    assert (counts.completed, counts.dead_letter, counts.running) == (1, 1, 0)
+    [bad] = [i for i in BatchStore(harness.store.engine).items(batch_id) if i.item_key == "bad"]
+    assert bad.status == ItemStatus.DEAD_LETTER.value and bad.attempts == 1
+    assert bad.last_error and "not a valid agent request" in bad.last_error
